@@ -1,0 +1,101 @@
+"""The sandbox state machine: every allowed transition, in one table.
+
+Nothing else in Atoll compares states to decide what may happen; it asks ``next_state``.
+
+    starting ──booted──▶ running ──pause──▶ paused ──resume──▶ unpausing ──resumed──▶ running
+        │                  │  ▲                                    │
+        │ failed           │  └──────────snapshotted──────┐        └─failed──▶ paused
+        ▼                  ├──snapshot──▶ snapshotting ───┘
+     stopped ◀──stopped── stopping ◀──stop── running;  stopped ──start──▶ starting
+                           running ──delete──▶ deleting ──deleted──▶ deleted
+    (running, paused and stopped all accept ``delete``; a state in transition answers 409)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    UNPAUSING = "unpausing"
+    SNAPSHOTTING = "snapshotting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Event(str, enum.Enum):
+    BOOTED = "booted"  # the runtime reports the init process started
+    FAILED = "failed"  # a transition's work failed; fall back
+    PAUSE = "pause"  # user pause, or timeout with auto_pause
+    RESUME = "resume"  # any request reached a paused sandbox
+    RESUMED = "resumed"
+    SNAPSHOT = "snapshot"
+    SNAPSHOTTED = "snapshotted"
+    STOP = "stop"
+    STOPPED = "stopped"
+    START = "start"
+    DELETE = "delete"  # user delete, or timeout without auto_pause
+    DELETED = "deleted"
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    # boot: a new sandbox, or a stopped one started again
+    (State.STARTING, Event.BOOTED): State.RUNNING,
+    # a boot that fails keeps the disk; a brand-new sandbox is then deleted by its creator
+    (State.STARTING, Event.FAILED): State.STOPPED,
+    # pause keeps memory and disk; compute stops
+    (State.RUNNING, Event.PAUSE): State.PAUSED,
+    (State.PAUSED, Event.RESUME): State.UNPAUSING,
+    (State.UNPAUSING, Event.RESUMED): State.RUNNING,
+    (State.UNPAUSING, Event.FAILED): State.PAUSED,
+    # a snapshot is a brief pause of a running sandbox
+    (State.RUNNING, Event.SNAPSHOT): State.SNAPSHOTTING,
+    (State.SNAPSHOTTING, Event.SNAPSHOTTED): State.RUNNING,
+    (State.SNAPSHOTTING, Event.FAILED): State.RUNNING,
+    (State.SNAPSHOTTING, Event.DELETE): State.DELETING,
+    # stop keeps only the disk diff; start boots the template over it
+    (State.RUNNING, Event.STOP): State.STOPPING,
+    (State.STOPPING, Event.STOPPED): State.STOPPED,
+    (State.STOPPING, Event.FAILED): State.STOPPED,
+    (State.STOPPED, Event.START): State.STARTING,
+    # delete from any resting state
+    (State.RUNNING, Event.DELETE): State.DELETING,
+    (State.PAUSED, Event.DELETE): State.DELETING,
+    (State.STOPPED, Event.DELETE): State.DELETING,
+    (State.DELETING, Event.DELETED): State.DELETED,
+    (State.DELETING, Event.FAILED): State.DELETED,
+}
+
+# States in which the sandbox's processes exist on the host (the reconciler adopts these).
+LIVE_STATES = frozenset({State.RUNNING, State.PAUSED, State.UNPAUSING, State.SNAPSHOTTING})
+# States that are a transition under way: a concurrent request gets 409.
+TRANSIENT_STATES = frozenset(
+    {State.STARTING, State.UNPAUSING, State.SNAPSHOTTING, State.STOPPING, State.DELETING}
+)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, state: State, event: Event) -> None:
+        super().__init__(f"cannot {event.value} a sandbox that is {state.value}")
+        self.state = state
+        self.event = event
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state after ``event``, or ``InvalidTransition`` when the table does not allow it."""
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise InvalidTransition(state, event) from None
+
+
+def allows(state: State, event: Event) -> bool:
+    return (state, event) in TRANSITIONS

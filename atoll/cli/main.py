@@ -1,0 +1,171 @@
+"""The ``atoll`` command: run the server, build templates, and drive sandboxes through the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from atoll.cli import sandbox as sandbox_commands
+
+app = typer.Typer(help="Atoll: self-hosted sandboxes for AI agents.", no_args_is_help=True)
+template_app = typer.Typer(help="Build and list templates.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys (run on the server host).", no_args_is_help=True)
+app.add_typer(template_app, name="template")
+app.add_typer(sandbox_commands.app, name="sandbox")
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+DataDir = Annotated[Path, typer.Option(envvar="ATOLL_DATA_DIR", help="State directory.")]
+TemplatesDir = Annotated[
+    Path | None, typer.Option(envvar="ATOLL_TEMPLATES_DIR", help="Template cache (default: shared).")
+]
+
+
+def _build_default_template(templates_dir: Path, *, force: bool = False) -> None:
+    from atoll.templates.debian import build_debian
+    from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, TemplateRegistry
+
+    registry = TemplateRegistry(templates_dir)
+    if registry.get(DEFAULT_TEMPLATE_NAME) is not None and not force:
+        console.print(f"template [bold]{DEFAULT_TEMPLATE_NAME}[/] is cached in {templates_dir}")
+        return
+    with Progress(
+        TextColumn("[bold]building " + DEFAULT_TEMPLATE_NAME),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% {task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("starting", total=1.0)
+        build_debian(
+            registry,
+            force=force,
+            on_progress=lambda fraction, phase: progress.update(task, completed=fraction, description=phase),
+        )
+    console.print(f"[green]built[/] {DEFAULT_TEMPLATE_NAME}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="ATOLL_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="ATOLL_PORT")] = 7700,
+    instance: Annotated[str, typer.Option(envvar="ATOLL_INSTANCE", help="Names host resources.")] = "main",
+    data_dir: DataDir = Path("/var/lib/atoll"),
+    templates_dir: TemplatesDir = None,
+    database_url: Annotated[str | None, typer.Option(envvar="ATOLL_DATABASE_URL")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="ATOLL_API_KEY", help="Register this key.")] = None,
+    runtime: Annotated[str, typer.Option(envvar="ATOLL_RUNTIME", help="crun or runc.")] = "crun",
+    subnet: Annotated[str, typer.Option(envvar="ATOLL_SUBNET")] = "10.200.0.0/16",
+    iface_prefix: Annotated[str, typer.Option(envvar="ATOLL_IFACE_PREFIX")] = "atl",
+    deny_cidr: Annotated[list[str] | None, typer.Option(help="Extra egress deny range (repeat).")] = None,
+    dns_server: Annotated[
+        list[str] | None, typer.Option(help="Sandbox resolver (repeat; 'none' for no DNS).")
+    ] = None,
+    pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
+    netns_pool_size: Annotated[int, typer.Option(envvar="ATOLL_NETNS_POOL")] = 4,
+    max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
+    build_template: Annotated[bool, typer.Option(help="Build the default template if missing.")] = True,
+    log_level: Annotated[str, typer.Option(envvar="ATOLL_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the control plane on HOST:PORT."""
+    import uvicorn
+
+    from atoll.server.app import create_app
+    from atoll.server.settings import Settings
+
+    if os.geteuid() != 0:
+        raise typer.BadParameter("atoll serve manages namespaces, cgroups and nftables: run it as root")
+    settings = Settings(
+        instance=instance,
+        data_dir=data_dir,
+        templates_dir=templates_dir or Path("/var/lib/atoll/templates"),
+        database_url=database_url,
+        host=host,
+        port=port,
+        api_key=api_key,
+        runtime=runtime,  # type: ignore[arg-type]
+        subnet=subnet,
+        iface_prefix=iface_prefix,
+        deny_cidrs=tuple(deny_cidr or ()),
+        dns_servers=tuple(s for s in dns_server if s != "none") if dns_server else None,
+        pids_limit=pids_limit,
+        netns_pool_size=netns_pool_size,
+        max_sandboxes_per_org=max_sandboxes_per_org,
+    )
+    if build_template:
+        _build_default_template(settings.templates_dir)
+    console.print(f"Atoll API on [bold]http://{host}:{port}[/] (OpenAPI at /docs)")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@template_app.command("build")
+def template_build(
+    templates_dir: TemplatesDir = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when cached.")] = False,
+) -> None:
+    """Build the default template (system/debian:bookworm) with mmdebstrap."""
+    _build_default_template(templates_dir or Path("/var/lib/atoll/templates"), force=force)
+
+
+@template_app.command("list")
+def template_list(templates_dir: TemplatesDir = None) -> None:
+    """Templates cached on this host."""
+    from atoll.templates.registry import TemplateRegistry
+
+    registry = TemplateRegistry(templates_dir or Path("/var/lib/atoll/templates"))
+    table = Table("name", "id", "PORT")
+    for name in registry.names():
+        template = registry.get(name)
+        if template is not None:
+            table.add_row(template.name, template.id, str(template.port))
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="Organisation id; created when new.")] = "org_default",
+    data_dir: DataDir = Path("/var/lib/atoll"),
+    database_url: Annotated[str | None, typer.Option(envvar="ATOLL_DATABASE_URL")] = None,
+) -> None:
+    """Mint an API key for an organisation and print it (only its hash is stored)."""
+    from atoll.store import db
+    from atoll.store.repo import Repository, new_api_key
+
+    url = database_url or f"sqlite+aiosqlite:///{data_dir / 'atoll.db'}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db.upgrade(url)
+
+    async def mint() -> str:
+        engine = db.make_engine(url)
+        repo = Repository(db.sessions(engine))
+        await repo.ensure_org(org, org)
+        key = new_api_key()
+        await repo.add_key(org, key)
+        await engine.dispose()
+        return key
+
+    typer.echo(asyncio.run(mint()))
+
+
+def print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+if __name__ == "__main__":
+    app()

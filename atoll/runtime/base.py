@@ -1,0 +1,48 @@
+"""The one interface every isolation backend implements.
+
+A backend turns a ``SandboxSpec`` into running processes and back. It owns the root filesystem
+mount, the container and its cgroups; the network namespace is made by ``atoll.network`` and
+handed in through the spec, so egress rules hold whatever the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
+
+BackendName = Literal["crun", "runc"]
+
+# name -> "module:attr", resolved once at start-up (an optional backend is imported only when chosen)
+BACKENDS: dict[str, str] = {
+    "crun": "atoll.runtime.oci:OCIBackend",
+    "runc": "atoll.runtime.oci:OCIBackend",
+}
+
+
+class RuntimeBackend(Protocol):
+    name: str
+
+    async def boot(self, spec: SandboxSpec) -> None:
+        """Mount the root, start PID 1. On failure, everything it made is undone before raising."""
+
+    async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
+        """Run one command to completion (or its timeout, killing its whole session)."""
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Stop compute; memory stays resident."""
+
+    async def resume(self, sandbox_id: str) -> None: ...
+
+    async def halt(self, spec: SandboxSpec) -> None:
+        """Kill every process, remove the container and its cgroups, unmount the root.
+        Keeps the upper dir. Idempotent: safe on a half-made or already-gone sandbox."""
+
+    async def halt_by_id(self, sandbox_id: str) -> None:
+        """Kill and remove a container known only by id (a leftover no record describes)."""
+
+    async def running_ids(self) -> set[str]:
+        """Ids of the sandboxes this backend has on the host right now."""
+
+    async def orphan_cgroups(self, known: set[str]) -> list[str]:
+        """Remove cgroups of sandboxes not in ``known``; returns what was removed."""

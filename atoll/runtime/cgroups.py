@@ -1,0 +1,80 @@
+"""Host cgroup facts: which hierarchy is in use, the crun hybrid fix, and leak sweeping."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+from atoll.runtime._proc import run_sync
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb", "systemd")
+
+
+def is_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def ensure_crun_compatible() -> None:
+    """crun refuses a hybrid host whose v2 hierarchy owns a controller (here: hugetlb).
+    Mounting hugetlb as a v1 hierarchy moves it off v2; needed once per boot."""
+    if is_v2():
+        return
+    target = CGROUP_ROOT / "hugetlb"
+    if os.path.ismount(target):
+        return
+    target.mkdir(exist_ok=True)
+    run_sync(["mount", "-t", "cgroup", "-o", "hugetlb", "cgroup", str(target)], timeout=30)
+
+
+def group_dirs(parent: str) -> list[Path]:
+    """Every directory of the cgroup ``parent`` across hierarchies (v1: one per controller)."""
+    if is_v2():
+        return [CGROUP_ROOT / parent.strip("/")]
+    return [CGROUP_ROOT / c / parent.strip("/") for c in V1_CONTROLLERS if (CGROUP_ROOT / c).is_dir()]
+
+
+def children(parent: str) -> set[str]:
+    names: set[str] = set()
+    for d in group_dirs(parent):
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if p.is_dir())
+    return names
+
+
+def remove_group(parent: str, name: str) -> None:
+    """Kill whatever is still inside, thaw, and rmdir the group in every hierarchy."""
+    for d in group_dirs(parent):
+        group = d / name
+        if not group.is_dir():
+            continue
+        freezer_state = group / "freezer.state"
+        if freezer_state.exists():
+            freezer_state.write_text("THAWED")
+        procs = group / "cgroup.procs"
+        if procs.exists():
+            for pid in procs.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        subgroups = [p for p in group.rglob("*") if p.is_dir()]
+        for sub in sorted(subgroups, key=lambda p: len(p.parts), reverse=True) + [group]:
+            _rmdir_when_empty(sub)
+
+
+def _rmdir_when_empty(group: Path, attempts: int = 100) -> None:
+    """A killed task leaves its cgroup a moment after SIGKILL; rmdir says EBUSY until then."""
+    for _ in range(attempts):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)

@@ -1,0 +1,28 @@
+"""Atoll's helper layer: a tiny read-only overlay layer on top of every template that carries
+static binaries the runtime relies on, so no template needs them and no sandbox's upper layer
+is touched by them: ``/.atoll/init`` (catatonit, a reaping PID 1) and ``/.atoll/busybox``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+SOURCES = {
+    "init": (Path("/usr/bin/catatonit"), "catatonit"),
+    "busybox": (Path("/bin/busybox"), "busybox-static"),
+}
+
+
+def prepare(layer_dir: Path) -> Path:
+    target = layer_dir / ".atoll"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, (source, package) in SOURCES.items():
+        if not source.exists():
+            raise RuntimeError(f"{source} is missing: install the Debian package {package}")
+        dest = target / name
+        if not dest.exists() or dest.stat().st_size != source.stat().st_size:
+            tmp = dest.with_suffix(".tmp")
+            shutil.copy2(source, tmp)
+            tmp.chmod(0o755)
+            tmp.rename(dest)
+    return layer_dir

@@ -1,0 +1,117 @@
+"""Builds an OCI runtime ``config.json`` from a ``SandboxSpec``. Pure: no I/O, unit-tested."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+from atoll.runtime import seccomp
+from atoll.runtime.spec import SandboxSpec
+
+CPU_PERIOD_US = 100_000
+MAX_OPEN_FILES = 65536
+
+# What a root user inside needs to install packages and run servers, and nothing that reaches
+# outside: no NET_RAW (spoofing), MKNOD, SYS_ADMIN, SYS_PTRACE, SETFCAP or SETPCAP.
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/proc/interrupts",
+    "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/kallsyms", "/proc/sysrq-trigger",
+]  # fmt: skip
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
+
+# the path inside the sandbox where Atoll's static helpers are bind-mounted
+HELPER_DIR = "/.atoll"
+INIT_PATH = f"{HELPER_DIR}/init"
+BUSYBOX_PATH = f"{HELPER_DIR}/busybox"
+
+
+def env_list(env: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]
+    for bind in spec.binds:
+        options = ["bind", "nosuid", "nodev"] + (["ro"] if bind.read_only else ["rw"])
+        mounts.append({"destination": bind.destination, "type": "bind", "source": str(bind.source), "options": options})
+    return mounts
+
+
+def build(spec: SandboxSpec, *, cgroups_path: str, init_args: list[str] | None = None) -> dict[str, Any]:
+    """``init_args`` is the sandbox's PID 1; it defaults to the reaping init in pause mode."""
+    args = init_args or [INIT_PATH, "-P"]
+    # never above the server's own hard limit: raising it needs CAP_SYS_RESOURCE, not always held
+    nofile = min(MAX_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.netns_path is not None:
+        namespaces.append({"type": "network", "path": str(spec.netns_path)})
+    else:
+        namespaces.append({"type": "network"})
+    memory = spec.memory_mib * 1024 * 1024
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": env_list(spec.env),
+            "cwd": spec.workdir,
+            "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "noNewPrivileges": True,
+            "oomScoreAdj": 500,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": _mounts(spec),
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "devices": [
+                    {"allow": False, "access": "rwm"},
+                    # the usual harmless character devices: null, zero, full, random, urandom, tty, ptmx
+                    *[
+                        {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+                        for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2))
+                    ],
+                    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+                ],
+                "memory": {"limit": memory, "swap": memory},
+                "cpu": {"quota": spec.vcpu * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                "pids": {"limit": spec.pids_limit},
+            },
+            "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"},
+            "seccomp": seccomp.profile(),
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }

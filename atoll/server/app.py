@@ -1,0 +1,124 @@
+"""The control plane application: one lifespan that starts the pieces in order (store, host
+network rules, runtime, network pool, reconciliation, timeout reaper) and stops them in reverse.
+
+Sandboxes outlive the server process: a restart reconciles and adopts them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from atoll.network import firewall
+from atoll.network.addressing import AddressPlan
+from atoll.network.pool import NetworkPool
+from atoll.runtime import helpers
+from atoll.runtime.base import BACKENDS, RuntimeBackend
+from atoll.server import errors
+from atoll.server.manager import SandboxManager
+from atoll.server.reconcile import reconcile
+from atoll.server.routes import health, process, sandboxes
+from atoll.server.settings import Settings
+from atoll.store import db
+from atoll.store.repo import Repository, new_api_key
+from atoll.templates.registry import TemplateRegistry
+
+log = logging.getLogger("atoll.server")
+DEFAULT_ORG = "org_default"
+
+
+def load_backend(settings: Settings) -> RuntimeBackend:
+    module_name, _, attr = BACKENDS[settings.runtime].partition(":")
+    cls: Any = getattr(importlib.import_module(module_name), attr)
+    binary = shutil.which(settings.runtime)
+    if binary is None:
+        raise RuntimeError(f"{settings.runtime} is not installed (apt-get install {settings.runtime})")
+    backend: RuntimeBackend = cls(
+        binary=binary, state_root=settings.run_dir / settings.runtime, cgroup_parent=settings.cgroup_parent
+    )
+    return backend
+
+
+async def bootstrap_keys(repo: Repository, settings: Settings) -> str | None:
+    """Register the configured key; on a brand-new store without one, mint and return one."""
+    await repo.ensure_org(DEFAULT_ORG, "default")
+    if settings.api_key:
+        await repo.add_key(DEFAULT_ORG, settings.api_key)
+        return None
+    if await repo.count_keys() == 0:
+        key = new_api_key()
+        await repo.add_key(DEFAULT_ORG, key)
+        return key
+    return None
+
+
+async def _reap_forever(manager: SandboxManager, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await manager.expire_due()
+        except Exception:
+            log.exception("timeout reaper failed")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    for directory in (settings.data_dir, settings.sandboxes_dir, settings.run_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    helpers.prepare(settings.helpers_dir)
+    await asyncio.to_thread(db.upgrade, settings.db_url)
+    engine = db.make_engine(settings.db_url)
+    repo = Repository(db.sessions(engine))
+    minted = await bootstrap_keys(repo, settings)
+    if minted:
+        print(f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n", flush=True)
+    await firewall.apply(
+        instance=settings.instance,
+        subnet=settings.subnet,
+        iface_prefix=settings.iface_prefix,
+        deny_cidrs=settings.deny_cidrs,
+    )
+    plan = AddressPlan(settings.subnet, instance=settings.instance, iface_prefix=settings.iface_prefix)
+    pool = NetworkPool(plan, target_size=settings.netns_pool_size)
+    manager = SandboxManager(
+        settings=settings,
+        repo=repo,
+        backend=load_backend(settings),
+        pool=pool,
+        templates=TemplateRegistry(settings.templates_dir),
+    )
+    report = await reconcile(manager)
+    app.state.repo = repo
+    app.state.manager = manager
+    app.state.reconcile_report = report
+    reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
+    try:
+        yield
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await pool.close()
+        await engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Atoll",
+        version="0.1.0",
+        summary="Self-hosted sandboxes for AI agents (leap0-compatible wire protocol)",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for module in (sandboxes, process, health):
+        app.include_router(module.router)
+    return app

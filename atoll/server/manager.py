@@ -1,0 +1,308 @@
+"""Sandbox lifecycle: the one place that drives the state machine, the runtime backend, the
+network pool and the store together. Every state change goes through ``_move`` (the table in
+``atoll._states``); each sandbox's transitions are serialised by its own lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
+from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, next_state
+from atoll.network.addressing import Slot
+from atoll.network.pool import NetworkPool
+from atoll.runtime.base import RuntimeBackend
+from atoll.runtime.spec import BindMount, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
+from atoll.server.settings import Settings
+from atoll.store.models import SandboxRow, utcnow
+from atoll.store.repo import Repository
+from atoll.templates.registry import Template, TemplateRegistry
+
+log = logging.getLogger("atoll.manager")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateParams:
+    template_name: str
+    vcpu: int
+    memory: int
+    timeout: int
+    auto_pause: bool = False
+    env_vars: dict[str, str] = field(default_factory=dict)
+    network_policy: dict[str, Any] | None = None
+
+
+def new_sandbox_id() -> str:
+    # no dash: sandbox hosts are "{id}-{port}.{domain}", so the id must not contain one
+    return "sbx" + secrets.token_hex(8)
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        repo: Repository,
+        backend: RuntimeBackend,
+        pool: NetworkPool,
+        templates: TemplateRegistry,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.backend = backend
+        self.pool = pool
+        self.templates = templates
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # helpers ----------------------------------------------------------------------------
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def _transition(self, sandbox_id: str) -> AsyncIterator[None]:
+        """Hold the sandbox's lock; a request arriving mid-transition gets 409, not a wait."""
+        lock = self._lock(sandbox_id)
+        if lock.locked():
+            raise ConflictError("sandbox is in the middle of a transition; retry shortly")
+        async with lock:
+            yield
+
+    async def _move(self, row: SandboxRow, event: Event, **values: Any) -> SandboxRow:
+        try:
+            state = next_state(State(row.state), event)
+        except InvalidTransition as exc:
+            raise ConflictError(str(exc)) from None
+        return await self.repo.update_sandbox(row.id, state=state, **values)
+
+    def template_for(self, row: SandboxRow) -> Template:
+        template = self.templates.get(row.template_name)
+        if template is None:
+            raise ServerError(f"template {row.template_name!r} is missing on this host")
+        return template
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.settings.sandboxes_dir / sandbox_id
+
+    def spec_for(self, row: SandboxRow, template: Template, slot: Slot | None) -> SandboxSpec:
+        base = self.sandbox_dir(row.id)
+        etc = base / "etc"
+        return SandboxSpec(
+            sandbox_id=row.id,
+            lower_dirs=(self.settings.helpers_dir, template.rootfs),
+            sandbox_dir=base,
+            vcpu=row.vcpu,
+            memory_mib=row.memory,
+            pids_limit=self.settings.pids_limit,
+            netns_path=slot.netns_path if slot else None,
+            env={**template.sandbox_env(), **row.env_vars},
+            binds=tuple(
+                BindMount(source=etc / name, destination=f"/etc/{name}", read_only=False)
+                for name in ("hosts", "hostname", "resolv.conf")
+            ),
+            main_command=tuple(template.cmd) or None,
+            workdir=template.workdir,
+        )
+
+    def _write_etc(self, row: SandboxRow, slot: Slot) -> None:
+        etc = self.sandbox_dir(row.id) / "etc"
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hostname").write_text("sandbox\n")
+        (etc / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{slot.sandbox_ip}\tsandbox\n"
+        )
+        (etc / "resolv.conf").write_text("".join(f"nameserver {ns}\n" for ns in self.settings.nameservers()))
+
+    def slot_of(self, row: SandboxRow) -> Slot | None:
+        return self.pool.plan.slot(row.net_slot) if row.net_slot else None
+
+    async def _boot(self, row: SandboxRow, template: Template) -> SandboxRow:
+        """Network + root + PID 1 for a row in ``starting``; on failure nothing is left running."""
+        slot = await self.pool.acquire()
+        try:
+            row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
+            self._write_etc(row, slot)
+            await self.backend.boot(self.spec_for(row, template, slot))
+        except BaseException:
+            await self.pool.release(slot)
+            await self.repo.update_sandbox(row.id, net_slot=None)
+            raise
+        now = utcnow()
+        return await self._move(
+            row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
+        )
+
+    async def _teardown(self, row: SandboxRow, *, keep_disk: bool) -> None:
+        """Release everything the sandbox holds on the host (idempotent)."""
+        template = self.templates.get(row.template_name)
+        slot = self.slot_of(row)
+        if template is not None:
+            await self.backend.halt(self.spec_for(row, template, slot))
+        if slot is not None:
+            await self.pool.release(slot)
+        if not keep_disk:
+            await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(row.id), True)
+
+    # lifecycle --------------------------------------------------------------------------
+    async def create(self, org_id: str, params: CreateParams) -> SandboxRow:
+        template = self.templates.get(params.template_name)
+        if template is None:
+            raise BadRequestError(
+                "invalid sandbox parameters",
+                errors=[{"field": "template_name", "error": f"template {params.template_name!r} not found"}],
+            )
+        limit = self.settings.max_sandboxes_per_org
+        if limit is not None and await self.repo.count_active(org_id) >= limit:
+            raise ConflictError(f"organisation limit reached: at most {limit} sandboxes")
+        row = SandboxRow(
+            id=new_sandbox_id(),
+            org_id=org_id,
+            template_id=template.id,
+            template_name=template.name,
+            runtime=self.backend.name,
+            vcpu=params.vcpu,
+            memory=params.memory,
+            disk=self.settings.disk_mib,
+            timeout=params.timeout,
+            auto_pause=params.auto_pause,
+            state=State.STARTING,
+            env_vars=dict(params.env_vars),
+            network_policy=params.network_policy,
+        )
+        await self.repo.add_sandbox(row)
+        async with self._lock(row.id):
+            try:
+                return await self._boot(row, template)
+            except Exception as exc:
+                log.exception("sandbox %s failed to start", row.id)
+                row = await self._move(row, Event.FAILED)
+                row = await self._move(row, Event.DELETE)
+                await self._teardown(row, keep_disk=False)
+                await self._move(row, Event.DELETED)
+                raise ServerError(f"sandbox failed to start: {exc}") from exc
+
+    async def get(self, org_id: str, sandbox_id: str) -> SandboxRow:
+        row = await self.repo.get_sandbox(sandbox_id, org_id)
+        if row is None:
+            raise NotFoundError("sandbox not found")
+        return row
+
+    async def delete(self, org_id: str, sandbox_id: str) -> None:
+        row = await self.get(org_id, sandbox_id)
+        if State(row.state) in TRANSIENT_STATES:
+            raise ConflictError(f"sandbox is {row.state}; retry when the transition ends")
+        async with self._transition(row.id):
+            row = await self._move(await self.get(org_id, sandbox_id), Event.DELETE)
+            await self._finish_delete(row)
+
+    async def _finish_delete(self, row: SandboxRow) -> None:
+        try:
+            await self._teardown(row, keep_disk=False)
+        finally:
+            await self._move(row, Event.DELETED, net_slot=None, timeout_at=None)
+            self._locks.pop(row.id, None)
+
+    async def pause(self, org_id: str, sandbox_id: str) -> SandboxRow:
+        async with self._transition(sandbox_id):
+            return await self._pause(await self.get(org_id, sandbox_id))
+
+    async def _pause(self, row: SandboxRow) -> SandboxRow:
+        if State(row.state) != State.RUNNING:
+            raise ConflictError(f"cannot pause a sandbox that is {row.state}")
+        await self.backend.pause(row.id)
+        timeout_at = None if row.auto_pause else row.timeout_at
+        return await self._move(row, Event.PAUSE, pause_kind="freeze", timeout_at=timeout_at)
+
+    async def ensure_running(self, row: SandboxRow) -> SandboxRow:
+        """A paused sandbox resumes on any request that reaches it."""
+        if State(row.state) == State.RUNNING:
+            return row
+        async with self._lock(row.id):
+            row = await self.get(row.org_id, row.id)
+            if State(row.state) == State.PAUSED:
+                row = await self._move(row, Event.RESUME)
+                try:
+                    await self.backend.resume(row.id)
+                except Exception as exc:
+                    await self._move(row, Event.FAILED)
+                    raise ServerError(f"sandbox failed to resume: {exc}") from exc
+                row = await self._move(
+                    row,
+                    Event.RESUMED,
+                    pause_kind=None,
+                    timeout_at=utcnow() + dt.timedelta(seconds=row.timeout),
+                )
+        if State(row.state) != State.RUNNING:
+            raise ConflictError(f"sandbox is {row.state}")
+        return row
+
+    async def stop(self, org_id: str, sandbox_id: str) -> SandboxRow:
+        async with self._transition(sandbox_id):
+            row = await self._move(await self.get(org_id, sandbox_id), Event.STOP)
+            try:
+                await self._teardown(row, keep_disk=True)
+            finally:
+                row = await self._move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
+            return row
+
+    async def start(self, org_id: str, sandbox_id: str) -> SandboxRow:
+        async with self._transition(sandbox_id):
+            row = await self._move(await self.get(org_id, sandbox_id), Event.START)
+            try:
+                return await self._boot(row, self.template_for(row))
+            except Exception as exc:
+                await self._teardown(row, keep_disk=True)
+                await self._move(row, Event.FAILED, net_slot=None)
+                raise ServerError(f"sandbox failed to start: {exc}") from exc
+
+    async def execute(
+        self,
+        org_id: str,
+        sandbox_id: str,
+        *,
+        command: str,
+        cwd: str | None,
+        envs: dict[str, str],
+        timeout: float,
+    ) -> ExecResult:
+        row = await self.ensure_running(await self.get(org_id, sandbox_id))
+        template = self.template_for(row)
+        request = ExecRequest(
+            argv=("/bin/sh", "-c", command),
+            env={**template.sandbox_env(), **row.env_vars, **envs},
+            cwd=cwd or template.workdir,
+            timeout=timeout,
+            max_output_bytes=self.settings.exec_max_output_bytes,
+        )
+        try:
+            return await self.backend.exec(row.id, request)
+        except ExecSetupFailed as exc:
+            if "chdir" in str(exc):
+                raise BadRequestError(
+                    "invalid process parameters", errors=[{"field": "cwd", "error": "directory does not exist"}]
+                ) from None
+            raise ServerError(f"could not start the process: {exc}") from None
+
+    # timeouts ---------------------------------------------------------------------------
+    async def expire_due(self) -> None:
+        """Sandboxes past their timeout are deleted, or paused when created with auto_pause."""
+        for row in await self.repo.expired():
+            if self._lock(row.id).locked():
+                continue
+            try:
+                if row.auto_pause and State(row.state) == State.RUNNING:
+                    async with self._transition(row.id):
+                        await self._pause(row)
+                elif row.auto_pause:
+                    await self.repo.update_sandbox(row.id, timeout_at=None)
+                else:
+                    await self.delete(row.org_id, row.id)
+            except Exception:
+                log.exception("timeout handling failed for %s", row.id)

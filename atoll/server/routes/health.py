@@ -1,0 +1,19 @@
+"""Liveness and a small view of the host (no auth: it reveals no tenant data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+router = APIRouter(prefix="/v1", tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    manager = request.app.state.manager
+    return {
+        "status": "ok",
+        "runtime": manager.backend.name,
+        "network_pool_ready": manager.pool.ready_count,
+    }

@@ -1,0 +1,92 @@
+"""Sandbox lifecycle endpoints (wire-protocol §3). Both spellings of every path are served,
+with and without the trailing slash, because the leap0 SDK follows no redirects."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from atoll._states import State
+from atoll.server.auth import require_org
+from atoll.server.manager import CreateParams, SandboxManager
+from atoll.server.schemas import CreateSandboxBody, list_item, sandbox_body
+
+router = APIRouter(prefix="/v1", tags=["sandboxes"])
+Org = Annotated[str, Depends(require_org)]
+
+
+def manager(request: Request) -> SandboxManager:
+    return request.app.state.manager  # type: ignore[no-any-return]
+
+
+@router.post("/sandbox", status_code=201)
+@router.post("/sandbox/", status_code=201, include_in_schema=False)
+async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) -> dict[str, Any]:
+    policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
+    row = await manager(request).create(
+        org,
+        CreateParams(
+            template_name=body.template_name,
+            vcpu=body.vcpu,
+            memory=body.memory,
+            timeout=body.timeout,
+            auto_pause=body.auto_pause,
+            env_vars=dict(body.env_vars or {}),
+            network_policy=policy,
+        ),
+    )
+    return sandbox_body(row, with_policy=True)
+
+
+@router.get("/sandboxes")
+@router.get("/sandboxes/", include_in_schema=False)
+async def list_sandboxes(
+    org: Org,
+    request: Request,
+    state: State | None = None,
+    sort: Literal["created_at", "state"] = "created_at",
+    order_by: Annotated[Literal["asc", "desc"], Query(alias="order-by")] = "desc",
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(alias="page-size", ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    rows, total = await manager(request).repo.list_sandboxes(
+        org,
+        state=state.value if state else None,
+        sort=sort,
+        descending=order_by == "desc",
+        page=page,
+        page_size=page_size,
+    )
+    return {"items": [list_item(r) for r in rows], "total_items": total}
+
+
+@router.get("/sandbox/{sandbox_id}/")
+@router.get("/sandbox/{sandbox_id}", include_in_schema=False)
+async def get_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
+    return sandbox_body(await manager(request).get(org, sandbox_id), with_policy=False)
+
+
+@router.delete("/sandbox/{sandbox_id}/", status_code=204)
+@router.delete("/sandbox/{sandbox_id}", status_code=204, include_in_schema=False)
+async def delete_sandbox(sandbox_id: str, org: Org, request: Request) -> Response:
+    await manager(request).delete(org, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandbox/{sandbox_id}/pause", status_code=201)
+@router.post("/sandbox/{sandbox_id}/pause/", status_code=201, include_in_schema=False)
+async def pause_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
+    return sandbox_body(await manager(request).pause(org, sandbox_id), with_policy=True)
+
+
+@router.post("/sandbox/{sandbox_id}/stop")
+@router.post("/sandbox/{sandbox_id}/stop/", include_in_schema=False)
+async def stop_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
+    return sandbox_body(await manager(request).stop(org, sandbox_id), with_policy=True)
+
+
+@router.post("/sandbox/{sandbox_id}/start")
+@router.post("/sandbox/{sandbox_id}/start/", include_in_schema=False)
+async def start_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
+    return sandbox_body(await manager(request).start(org, sandbox_id), with_policy=True)

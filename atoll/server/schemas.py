@@ -1,0 +1,133 @@
+"""Request bodies and response shapes of the wire protocol (leap0-compatible)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from atoll.store.models import SandboxRow
+from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
+
+_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
+StrictInt = Annotated[int, Field(strict=True)]
+EnvVars = dict[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")], Annotated[str, Field(max_length=65536)]]
+
+
+def _domain(value: str) -> str:
+    if ":" in value or not _DOMAIN.match(value):
+        raise ValueError("must be a domain name like 'api.example.com' or '*.example.com' (no port)")
+    return value.lower()
+
+
+class Transform(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    domain: str
+    inject_headers: dict[str, str] | None = None
+    strip_headers: list[str] | None = None
+
+    _check_domain = field_validator("domain")(classmethod(lambda cls, v: _domain(v)))
+
+
+class NetworkPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["allow-all", "deny-all", "custom"]
+    allow_domains: Annotated[list[str], Field(max_length=50)] | None = None
+    allow_cidrs: Annotated[list[str], Field(max_length=10)] | None = None
+    transforms: Annotated[list[Transform], Field(max_length=20)] | None = None
+
+    @field_validator("allow_domains")
+    @classmethod
+    def _domains(cls, values: list[str] | None) -> list[str] | None:
+        return [_domain(v) for v in values] if values is not None else None
+
+    @field_validator("allow_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or ():
+            try:
+                ipaddress.IPv4Network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 address or CIDR") from None
+        return values
+
+
+class CreateSandboxBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template_name: Annotated[str, Field(min_length=1, max_length=64)] = DEFAULT_TEMPLATE_NAME
+    vcpu: Annotated[StrictInt, Field(ge=1, le=8)] = 1
+    memory: Annotated[StrictInt, Field(ge=512, le=8192)] = 1024
+    timeout: Annotated[StrictInt, Field(ge=1, le=28800)] = 300
+    auto_pause: Annotated[bool, Field(strict=True)] = False
+    env_vars: EnvVars | None = None
+    network_policy: NetworkPolicy | None = None
+    mounts: list[dict[str, Any]] | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be an even number of MiB between 512 and 8192")
+        return value
+
+    @field_validator("mounts")
+    @classmethod
+    def _no_mounts(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("object-storage mounts are not supported by this server")
+        return value
+
+
+class ExecuteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    cwd: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")] | None = None
+    envs: EnvVars | None = None
+    timeout: Annotated[StrictInt, Field(ge=1, le=86400)] | None = None
+
+
+class ExecuteResponse(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def sandbox_body(row: SandboxRow, *, with_policy: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row.id,
+        "template_id": row.template_id,
+        "template_name": row.template_name,
+        "runtime": row.runtime,
+        "vcpu": row.vcpu,
+        "memory": row.memory,
+        "disk": row.disk,
+        "timeout": row.timeout,
+        "state": row.state,
+        "auto_pause": row.auto_pause,
+        "pause_kind": row.pause_kind,
+        "created_at": iso(row.created_at),
+        "timeout_at": int(row.timeout_at.timestamp()) if row.timeout_at else None,
+    }
+    if with_policy:
+        body["network_policy"] = row.network_policy
+    return body
+
+
+def list_item(row: SandboxRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "template_id": row.template_id,
+        "pod_id": row.id,
+        "state": row.state,
+        "launch_time": iso(row.launch_time),
+        "state_change_time": iso(row.state_change_time),
+        "timeout_at": int(row.timeout_at.timestamp()) if row.timeout_at else None,
+        "created_at": iso(row.created_at),
+    }

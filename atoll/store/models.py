@@ -1,0 +1,72 @@
+"""The control plane's tables. Schema changes go through Alembic (``migrations/``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps are UTC and come back timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key is never stored
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SandboxRow(Base):
+    __tablename__ = "sandboxes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    template_id: Mapped[str] = mapped_column(String(128))
+    template_name: Mapped[str] = mapped_column(String(128))
+    runtime: Mapped[str] = mapped_column(String(32))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(Integer)  # MiB
+    disk: Mapped[int] = mapped_column(Integer)  # MiB
+    timeout: Mapped[int] = mapped_column(Integer)  # seconds
+    auto_pause: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    net_slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pause_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "freeze" for now
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    launch_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    state_change_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    timeout_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)

@@ -1,0 +1,116 @@
+"""Queries the control plane runs. Every sandbox query is scoped to one organisation,
+so one org can never see or touch another's rows."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from atoll._states import State
+from atoll.store.models import ApiKey, Org, SandboxRow, utcnow
+
+KEY_PREFIX = "atl_"
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class Repository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # organisations and keys -------------------------------------------------------------
+    async def ensure_org(self, org_id: str, name: str) -> None:
+        async with self.sessions.begin() as s:
+            if await s.get(Org, org_id) is None:
+                s.add(Org(id=org_id, name=name))
+
+    async def add_key(self, org_id: str, raw_key: str) -> bool:
+        """Register ``raw_key`` for the org; False when it already exists."""
+        digest = hash_key(raw_key)
+        async with self.sessions.begin() as s:
+            if await s.scalar(select(ApiKey).where(ApiKey.key_hash == digest)) is not None:
+                return False
+            s.add(ApiKey(id="key_" + secrets.token_hex(8), org_id=org_id, key_hash=digest, prefix=raw_key[:8]))
+            return True
+
+    async def count_keys(self) -> int:
+        async with self.sessions() as s:
+            return int(await s.scalar(select(func.count()).select_from(ApiKey)) or 0)
+
+    async def org_for_key(self, raw_key: str) -> str | None:
+        async with self.sessions() as s:
+            row = await s.scalar(select(ApiKey.org_id).where(ApiKey.key_hash == hash_key(raw_key)))
+            return str(row) if row is not None else None
+
+    # sandboxes --------------------------------------------------------------------------
+    async def add_sandbox(self, row: SandboxRow) -> None:
+        async with self.sessions.begin() as s:
+            s.add(row)
+
+    async def get_sandbox(self, sandbox_id: str, org_id: str | None = None) -> SandboxRow | None:
+        async with self.sessions() as s:
+            row = await s.get(SandboxRow, sandbox_id)
+        if row is None or row.state == State.DELETED or (org_id is not None and row.org_id != org_id):
+            return None
+        return row
+
+    async def update_sandbox(self, sandbox_id: str, **values: Any) -> SandboxRow:
+        if "state" in values:
+            values["state_change_time"] = utcnow()
+        async with self.sessions.begin() as s:
+            await s.execute(update(SandboxRow).where(SandboxRow.id == sandbox_id).values(**values))
+            row = await s.get(SandboxRow, sandbox_id)
+            assert row is not None
+            return row
+
+    async def list_sandboxes(
+        self,
+        org_id: str,
+        *,
+        state: str | None = None,
+        sort: str = "created_at",
+        descending: bool = True,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> tuple[Sequence[SandboxRow], int]:
+        query = select(SandboxRow).where(SandboxRow.org_id == org_id, SandboxRow.state != State.DELETED)
+        if state is not None:
+            query = query.where(SandboxRow.state == state)
+        column = SandboxRow.state if sort == "state" else SandboxRow.created_at
+        ordered = query.order_by(column.desc() if descending else column.asc(), SandboxRow.id)
+        async with self.sessions() as s:
+            total = int(await s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            rows = (await s.scalars(ordered.offset((page - 1) * page_size).limit(page_size))).all()
+        return rows, total
+
+    async def count_active(self, org_id: str) -> int:
+        async with self.sessions() as s:
+            query = select(func.count()).where(
+                SandboxRow.org_id == org_id, SandboxRow.state.not_in([State.DELETED, State.STOPPED])
+            )
+            return int(await s.scalar(query) or 0)
+
+    async def not_deleted(self) -> Sequence[SandboxRow]:
+        async with self.sessions() as s:
+            return (await s.scalars(select(SandboxRow).where(SandboxRow.state != State.DELETED))).all()
+
+    async def expired(self) -> Sequence[SandboxRow]:
+        now = utcnow()
+        async with self.sessions() as s:
+            query = select(SandboxRow).where(
+                SandboxRow.timeout_at.is_not(None),
+                SandboxRow.timeout_at <= now,
+                SandboxRow.state.in_([State.RUNNING, State.PAUSED]),
+            )
+            return (await s.scalars(query)).all()

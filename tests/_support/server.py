@@ -1,0 +1,96 @@
+"""Runs a real ``atoll serve`` for the tests: its own instance name, data dir, interface prefix
+and subnet (so it never touches a developer's ``make serve``), no upstream DNS for sandboxes,
+and the shared template cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+INSTANCE = "test"
+IFACE_PREFIX = "att"
+SUBNET = "10.210.0.0/16"
+API_KEY = "atl_test_" + os.urandom(12).hex()
+PIDS_LIMIT = 256
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    api_key: str = API_KEY
+    host: str = "0.0.0.0"  # all interfaces, so the isolation tests prove the firewall, not the bind
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "atoll.cli.main", "serve",
+            "--host", self.host, "--port", str(self.port),
+            "--instance", INSTANCE, "--data-dir", str(self.data_dir),
+            "--iface-prefix", IFACE_PREFIX, "--subnet", SUBNET,
+            "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
+            "--netns-pool-size", "2", "--log-level", "warning",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ATOLL_API_KEY": self.api_key}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"atoll serve exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"atoll serve did not come up:\n{self.log_tail()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
