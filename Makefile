@@ -1,0 +1,61 @@
+# Atoll: `make serve` runs it, `make test` tests it. Both install what is missing first.
+# Run as root on Debian 12: sandboxes need namespaces, cgroups and nftables.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LEAP0_VENV := .venv-leap0
+STAMPS := .stamps
+ATOLL := $(VENV)/bin/atoll
+
+.PHONY: serve test setup host template lint fmt unasync bench clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make serve   install what is missing, build the default template, run Atoll on localhost"
+	@echo "make test    install what is missing and run the whole test suite"
+	@echo "make lint    ruff, mypy and the generated-sync-SDK check"
+	@echo "make bench   run the benchmarks in bench/"
+
+serve: setup template
+	$(ATOLL) serve
+
+test: setup template $(STAMPS)/leap0 lint
+	$(VENV)/bin/pytest -q
+
+setup: host $(STAMPS)/venv
+
+host:
+	@bash scripts/setup-host.sh
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e ".[server,dev]"
+	@touch $@
+
+$(STAMPS)/leap0:
+	@mkdir -p $(STAMPS)
+	[ -x $(LEAP0_VENV)/bin/python ] || "$$(bash scripts/find-python312.sh)" -m venv $(LEAP0_VENV)
+	$(LEAP0_VENV)/bin/pip install -q "leap0==0.8.0"
+	@touch $@
+
+template: setup
+	$(ATOLL) template build
+
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check atoll tests scripts bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python scripts/unasync.py --check
+
+fmt: $(STAMPS)/venv
+	$(VENV)/bin/ruff format atoll tests scripts bench
+	$(VENV)/bin/ruff check --fix atoll tests scripts bench
+
+unasync: $(STAMPS)/venv
+	$(VENV)/bin/python scripts/unasync.py
+
+bench: setup template
+	$(VENV)/bin/python bench/lifecycle.py
+
+clean:
+	rm -rf $(STAMPS) $(VENV) $(LEAP0_VENV)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Atoll needs on a Debian 12 host (as root) and prepares the kernel side.
+# Idempotent: packages already present are not touched, and apt is not even updated then.
+set -euo pipefail
+
+PACKAGES=(
+  crun runc               # OCI runtimes (crun: fast starts; runc: checkpointable)
+  catatonit busybox-static  # static init and tools for Atoll's helper layer
+  mmdebstrap              # builds the default Debian template
+  nftables iproute2 iptables  # host-side sandbox network rules, netns and veths
+  python3-venv python3-dev  # the project's virtualenv
+  libnss-myhostname       # *.localhost names resolve to loopback (sandbox URLs)
+  wrk                     # load generator for bench/
+  ca-certificates
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [[ $pkg == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# crun on a cgroup v1 host whose v2 hierarchy owns hugetlb: move hugetlb to v1 (once per boot)
+if [[ ! -e /sys/fs/cgroup/cgroup.controllers ]] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+  mkdir -p /sys/fs/cgroup/hugetlb
+  mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+fi
