@@ -227,11 +227,9 @@ class SandboxList:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxList:
         raw_items = data.get("items")
-        items = raw_items if isinstance(raw_items, list) else []
-        return cls(
-            items=[SandboxListItem.from_dict(item) for item in items if isinstance(item, Mapping)],
-            total_items=_int(data, "total_items", len(items)),
-        )
+        rows = raw_items if isinstance(raw_items, list) else []
+        items = [SandboxListItem.from_dict(row) for row in rows if isinstance(row, Mapping)]
+        return cls(items=items, total_items=_int(data, "total_items", len(items)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from atoll.sdk.models import SandboxData, SandboxStatus
 
 
 class AsyncClient:
-    """``async with AsyncClient() as client: sandbox = await client.sandboxes.create()``.
+    """The entry point: ``client.sandboxes`` hands out sandbox handles. Close it, or use it as a
+    context manager (in the async flavour, ``async with`` and ``await`` every call).
 
     Settings come from the arguments, else ``ATOLL_*`` environment variables, else defaults (see
     ``ClientConfig``); pass either ``config`` or individual settings. ``http_client`` lets the

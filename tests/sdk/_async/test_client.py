@@ -13,7 +13,9 @@ from .._mock import Router, status_json
 async def test_transport_sends_auth_and_user_agent() -> None:
     router = Router().on("GET", "/prefix/v1/sandbox/s/", json=status_json())
     async with AsyncClient(
-        api_key="secret", base_url="http://api.test/prefix/", http_client=httpx.AsyncClient(transport=router.transport())
+        api_key="secret",
+        base_url="http://api.test/prefix/",
+        http_client=httpx.AsyncClient(transport=router.transport()),
     ) as client:
         await client.sandboxes.get("s")
     assert router.last.headers["authorization"] == "Bearer secret"
@@ -33,7 +35,10 @@ async def test_transport_sends_auth_and_user_agent() -> None:
 async def test_transport_auth_header_forms(key: str, auth_header: str, bearer: bool, expected: str) -> None:
     router = Router().on("GET", "/x", content=b"ok")
     transport = AsyncTransport(
-        key, "http://api.test", auth_header=auth_header, bearer=bearer,
+        key,
+        "http://api.test",
+        auth_header=auth_header,
+        bearer=bearer,
         http_client=httpx.AsyncClient(transport=router.transport()),
     )
     response = await transport.request("GET", "/x", headers={"x-extra": "1"})
@@ -44,7 +49,9 @@ async def test_transport_auth_header_forms(key: str, auth_header: str, bearer: b
 
 async def test_transport_accepts_several_expected_statuses() -> None:
     router = Router().on("DELETE", "/x", 202)
-    transport = AsyncTransport("k", "http://api.test", http_client=httpx.AsyncClient(transport=router.transport()))
+    transport = AsyncTransport(
+        "k", "http://api.test", http_client=httpx.AsyncClient(transport=router.transport())
+    )
     response = await transport.request("DELETE", "/x", expected_status=(202, 204))
     assert response.status_code == 202
 

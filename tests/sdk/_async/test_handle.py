@@ -7,7 +7,15 @@ from typing import Any
 import httpx
 import pytest
 
-from atoll import AsyncClient, AsyncSandbox, ConflictError, InvalidArgument, ProcessResult, SandboxData, SandboxStatus
+from atoll import (
+    AsyncClient,
+    AsyncSandbox,
+    ConflictError,
+    InvalidArgument,
+    ProcessResult,
+    SandboxData,
+    SandboxStatus,
+)
 from atoll.sdk._async._transport import AsyncTransport
 from atoll.sdk._async.process import AsyncProcessClient
 
@@ -94,7 +102,12 @@ async def test_process_execute_sends_envs_and_parses_the_result() -> None:
     sandbox = await created(router)
     router.on("POST", f"{SANDBOX}/process/execute", json={"exit_code": 3, "stdout": "hi\n", "stderr": "e\n"})
     result = await sandbox.process.execute(command="echo hi; exit 3", cwd="/tmp", env={"X": "y"}, timeout=5)
-    assert router.last_json() == {"command": "echo hi; exit 3", "cwd": "/tmp", "envs": {"X": "y"}, "timeout": 5}
+    assert router.last_json() == {
+        "command": "echo hi; exit 3",
+        "cwd": "/tmp",
+        "envs": {"X": "y"},
+        "timeout": 5,
+    }
     assert result == ProcessResult(exit_code=3, stdout="hi\n", stderr="e\n")
 
     await sandbox.process.execute(command="true")
@@ -110,7 +123,9 @@ async def test_process_result_is_parsed_leniently() -> None:
 
 async def test_process_http_timeout_outlives_the_command() -> None:
     router = Router().on("POST", f"{SANDBOX}/process/execute", json={"exit_code": 0})
-    transport = AsyncTransport("k", "http://api.test", timeout=60, http_client=httpx.AsyncClient(transport=router.transport()))
+    transport = AsyncTransport(
+        "k", "http://api.test", timeout=60, http_client=httpx.AsyncClient(transport=router.transport())
+    )
     process = AsyncProcessClient(transport)
 
     await process.execute("sbx-abc123", command="sleep 1")

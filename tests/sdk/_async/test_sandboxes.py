@@ -27,7 +27,13 @@ from atoll import (
 
 from .._mock import Router, sandbox_json, status_json
 
-DEFAULT_BODY = {"template_name": "system/debian:bookworm", "vcpu": 1, "memory": 1024, "timeout": 300, "auto_pause": False}
+DEFAULT_BODY = {
+    "template_name": "system/debian:bookworm",
+    "vcpu": 1,
+    "memory": 1024,
+    "timeout": 300,
+    "auto_pause": False,
+}
 
 
 def make_client(router: Router, **settings: Any) -> AsyncClient:
@@ -41,7 +47,9 @@ def make_client(router: Router, **settings: Any) -> AsyncClient:
 
 
 def raw_client(router: Router) -> AsyncSandboxesClient[SandboxData | SandboxStatus]:
-    transport = AsyncTransport("k", "http://api.test", http_client=httpx.AsyncClient(transport=router.transport()))
+    transport = AsyncTransport(
+        "k", "http://api.test", http_client=httpx.AsyncClient(transport=router.transport())
+    )
     return AsyncSandboxesClient(transport, sandbox_domain="sbx.test")
 
 
@@ -65,7 +73,8 @@ async def test_create_sends_exactly_the_default_body() -> None:
     assert list(router.last_json()) == list(DEFAULT_BODY)
     assert isinstance(sandbox, AsyncSandbox)
     assert sandbox.id == "sbx-abc123"
-    assert sandbox.state == SandboxState.RUNNING == "running"
+    assert sandbox.state == "running"
+    assert sandbox.state is SandboxState.RUNNING
     assert (sandbox.vcpu, sandbox.memory, sandbox.timeout) == (1, 1024, 300)
     assert isinstance(sandbox.data, SandboxData)
     assert sandbox.network_policy is None
@@ -81,7 +90,11 @@ async def test_create_converts_minutes_and_sends_optional_fields_only_when_set()
         timeout_min=480,
         auto_pause=True,
         env_vars={"A": "1"},
-        network_policy={"mode": "custom", "allow_domains": ["pypi.org", "*.github.com"], "allow_cidrs": ["10.0.0.0/8"]},
+        network_policy={
+            "mode": "custom",
+            "allow_domains": ["pypi.org", "*.github.com"],
+            "allow_cidrs": ["10.0.0.0/8"],
+        },
     )
     assert router.last_json() == {
         "template_name": "acme/python:3.12",
@@ -122,7 +135,10 @@ async def test_create_without_factory_returns_raw_data() -> None:
         ({"env_vars": {"A": 1}}, "env_vars['A']"),
         ({"env_vars": {"": "x"}}, "env_vars"),
         ({"network_policy": {"mode": "open"}}, "network_policy.mode"),
-        ({"network_policy": {"mode": "custom", "allow_domains": ["localhost"]}}, "network_policy.allow_domains[0]"),
+        (
+            {"network_policy": {"mode": "custom", "allow_domains": ["localhost"]}},
+            "network_policy.allow_domains[0]",
+        ),
         ({"network_policy": {"mode": "custom", "allowed_domains": []}}, "network_policy"),
         ({"http_timeout": 0}, "http_timeout"),
     ],
@@ -205,7 +221,12 @@ async def test_get_uses_the_slash_path_and_returns_status() -> None:
 
 @pytest.mark.parametrize(
     "ref",
-    ["sbx-abc123", SandboxData(id="sbx-abc123"), SandboxStatus(id="sbx-abc123"), SandboxListItem(id="sbx-abc123")],
+    [
+        "sbx-abc123",
+        SandboxData(id="sbx-abc123"),
+        SandboxStatus(id="sbx-abc123"),
+        SandboxListItem(id="sbx-abc123"),
+    ],
 )
 async def test_a_sandbox_ref_is_an_id_or_anything_with_an_id(ref: Any) -> None:
     router = Router().on("GET", "/v1/sandbox/sbx-abc123/", json=status_json())
@@ -223,18 +244,29 @@ async def test_odd_ids_are_quoted_and_empty_ones_rejected() -> None:
 
 
 async def test_list_sends_hyphenated_query_keys() -> None:
-    answer = {"items": [{"id": "sbx-1", "template_id": "t", "pod_id": "p", "state": "running", "created_at": "c"}],
-              "total_items": 7}
+    answer = {
+        "items": [{"id": "sbx-1", "template_id": "t", "pod_id": "p", "state": "running", "created_at": "c"}],
+        "total_items": 7,
+    }
     router = Router().on("GET", "/v1/sandboxes", json=answer)
     client = make_client(router)
 
     page = await client.sandboxes.list()
-    assert dict(router.last.url.params) == {"sort": "created_at", "order-by": "desc", "page": "1", "page-size": "20"}
+    assert dict(router.last.url.params) == {
+        "sort": "created_at",
+        "order-by": "desc",
+        "page": "1",
+        "page-size": "20",
+    }
     assert isinstance(page, SandboxList)
     assert page.total_items == 7
-    assert page.items == [SandboxListItem(id="sbx-1", template_id="t", state="running", pod_id="p", created_at="c")]
+    assert page.items == [
+        SandboxListItem(id="sbx-1", template_id="t", state="running", pod_id="p", created_at="c")
+    ]
 
-    await client.sandboxes.list(state=SandboxState.STOPPED, sort="state", order_by="asc", page=3, page_size=100)
+    await client.sandboxes.list(
+        state=SandboxState.STOPPED, sort="state", order_by="asc", page=3, page_size=100
+    )
     assert dict(router.last.url.params) == {
         "sort": "state",
         "order-by": "asc",
@@ -283,7 +315,7 @@ async def test_stop_and_start_post_and_expect_200(action: str) -> None:
 
 async def test_delete_expects_204() -> None:
     router = Router().on("DELETE", "/v1/sandbox/sbx-abc123/", 204)
-    assert await make_client(router).sandboxes.delete("sbx-abc123") is None
+    await make_client(router).sandboxes.delete("sbx-abc123")
     assert str(router.last.url) == "http://api.test/v1/sandbox/sbx-abc123/"
 
 
@@ -315,8 +347,13 @@ async def test_every_method_takes_an_http_timeout() -> None:
 async def test_create_accepts_the_echoed_policy_as_is() -> None:
     policy = {
         "mode": "custom",
-        "transforms": [{"domain": "api.openai.com", "inject_headers": {"Authorization": "Bearer x"},
-                        "strip_headers": ["Cookie"]}],
+        "transforms": [
+            {
+                "domain": "api.openai.com",
+                "inject_headers": {"Authorization": "Bearer x"},
+                "strip_headers": ["Cookie"],
+            }
+        ],
     }
     router = Router().on("POST", "/v1/sandbox", 201, json=sandbox_json(network_policy=policy))
     await make_client(router).sandboxes.create(network_policy=json.loads(json.dumps(policy)))
