@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     PAUSED = "paused"
@@ -27,11 +27,8 @@ class State(str, enum.Enum):
     DELETING = "deleting"
     DELETED = "deleted"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     BOOTED = "booted"  # the runtime reports the init process started
     FAILED = "failed"  # a transition's work failed; fall back
     PAUSE = "pause"  # user pause, or timeout with auto_pause

@@ -22,7 +22,7 @@ def _client() -> Any:
 
 
 def _show(data: Any) -> None:
-    raw = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else data
+    raw = dataclasses.asdict(data) if dataclasses.is_dataclass(data) and not isinstance(data, type) else data
     console.print_json(json.dumps(raw, default=str))
 
 
@@ -46,7 +46,7 @@ def create(
             auto_pause=auto_pause,
             env_vars=env_vars or None,
         )
-        _show(sandbox._data)
+        _show(sandbox.data)
 
 
 @app.command("list")
@@ -64,7 +64,7 @@ def list_(state: Annotated[str | None, typer.Option()] = None) -> None:
 def get(sandbox_id: str) -> None:
     """Show a sandbox."""
     with _client() as client:
-        _show(client.sandboxes.get(sandbox_id)._data)
+        _show(client.sandboxes.get(sandbox_id).data)
 
 
 @app.command("exec")
@@ -86,7 +86,7 @@ def exec_(
 def pause(sandbox_id: str) -> None:
     """Pause a running sandbox (it resumes on the next request)."""
     with _client() as client:
-        _show(client.sandboxes.pause(sandbox_id)._data)
+        _show(client.sandboxes.pause(sandbox_id).data)
 
 
 @app.command()

@@ -43,7 +43,7 @@ async def run(
     ``output_file`` takes stdout and stderr instead of pipes: for commands that leave a daemon
     behind holding their stdio (``crun run --detach``), where a pipe would never reach EOF."""
     started = time.perf_counter()
-    sink = open(output_file, "ab") if output_file is not None else None  # noqa: SIM115
+    sink = open(output_file, "ab") if output_file is not None else None
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

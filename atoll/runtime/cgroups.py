@@ -11,7 +11,18 @@ from pathlib import Path
 from atoll.runtime._proc import run_sync
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb", "systemd")
+V1_CONTROLLERS = (
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "systemd",
+)
 
 
 def is_v2() -> bool:
@@ -62,7 +73,7 @@ def remove_group(parent: str, name: str) -> None:
                 except ProcessLookupError:
                     pass
         subgroups = [p for p in group.rglob("*") if p.is_dir()]
-        for sub in sorted(subgroups, key=lambda p: len(p.parts), reverse=True) + [group]:
+        for sub in [*sorted(subgroups, key=lambda p: len(p.parts), reverse=True), group]:
             _rmdir_when_empty(sub)
 
 

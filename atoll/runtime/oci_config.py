@@ -56,12 +56,24 @@ def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
             "source": "shm",
             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         },
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
     ]
     for bind in spec.binds:
         options = ["bind", "nosuid", "nodev"] + (["ro"] if bind.read_only else ["rw"])
-        mounts.append({"destination": bind.destination, "type": "bind", "source": str(bind.source), "options": options})
+        mounts.append(
+            {"destination": bind.destination, "type": "bind", "source": str(bind.source), "options": options}
+        )
     return mounts
 
 

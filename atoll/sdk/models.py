@@ -71,7 +71,7 @@ def parse_state(value: object) -> SandboxState | str:
     if value is None:
         return SandboxState.STARTING
     try:
-        return SandboxState(value)
+        return SandboxState(str(value))
     except ValueError:
         return str(value)
 

@@ -286,7 +286,8 @@ class SandboxManager:
         except ExecSetupFailed as exc:
             if "chdir" in str(exc):
                 raise BadRequestError(
-                    "invalid process parameters", errors=[{"field": "cwd", "error": "directory does not exist"}]
+                    "invalid process parameters",
+                    errors=[{"field": "cwd", "error": "directory does not exist"}],
                 ) from None
             raise ServerError(f"could not start the process: {exc}") from None
 

@@ -12,9 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from atoll.store.models import SandboxRow
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
-_DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
+_DOMAIN = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I
+)
 StrictInt = Annotated[int, Field(strict=True)]
-EnvVars = dict[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")], Annotated[str, Field(max_length=65536)]]
+EnvVars = dict[
+    Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")],
+    Annotated[str, Field(max_length=65536)],
+]
 
 
 def _domain(value: str) -> str:

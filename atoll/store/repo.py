@@ -41,7 +41,9 @@ class Repository:
         async with self.sessions.begin() as s:
             if await s.scalar(select(ApiKey).where(ApiKey.key_hash == digest)) is not None:
                 return False
-            s.add(ApiKey(id="key_" + secrets.token_hex(8), org_id=org_id, key_hash=digest, prefix=raw_key[:8]))
+            s.add(
+                ApiKey(id="key_" + secrets.token_hex(8), org_id=org_id, key_hash=digest, prefix=raw_key[:8])
+            )
             return True
 
     async def count_keys(self) -> int:

@@ -47,9 +47,15 @@ def host_view(data_dir: Path) -> HostView:
         mount_point = line.split()[4]
         if mount_point.startswith(sandboxes_dir):
             mounts.add(mount_point[len(sandboxes_dir) :].split("/")[0])
-    dirs = {p.name for p in (data_dir / "sandboxes").iterdir()} if (data_dir / "sandboxes").exists() else set()
+    dirs = (
+        {p.name for p in (data_dir / "sandboxes").iterdir()} if (data_dir / "sandboxes").exists() else set()
+    )
     netns_dir = Path("/run/netns")
-    netns = {p.name for p in netns_dir.iterdir() if p.name.startswith(f"atoll-{INSTANCE}-")} if netns_dir.exists() else set()
+    netns = (
+        {p.name for p in netns_dir.iterdir() if p.name.startswith(f"atoll-{INSTANCE}-")}
+        if netns_dir.exists()
+        else set()
+    )
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     veths = {
         line.split(":")[1].strip().split("@")[0]

@@ -23,7 +23,9 @@ def lifecycle(client: Leap0Client) -> dict[str, object]:
         "template_id": sandbox.template_id,
         "created_at": sandbox.created_at,
     }
-    result = sandbox.process.execute(command="echo hi; echo e 1>&2; exit 3", cwd="/tmp", env={"X": "y"}, timeout=5)
+    result = sandbox.process.execute(
+        command="echo hi; echo e 1>&2; exit 3", cwd="/tmp", env={"X": "y"}, timeout=5
+    )
     seen["exec"] = [result.exit_code, result.stdout, result.stderr]
     seen["env"] = sandbox.process.execute(command="echo $X", env={"X": "y"}).stdout
     got = client.sandboxes.get(sandbox.id)
@@ -91,8 +93,16 @@ def main() -> None:
         "raw-leap0-header": {"auth_header": "leap0-authorization", "bearer": False},
     }
     variant = sys.argv[4] if len(sys.argv) > 4 else "bearer"
-    with Leap0Client(api_key=api_key, base_url=base_url, sandbox_domain="sbx.local", **variants[variant]) as client:
-        print(json.dumps({"lifecycle": lifecycle, "env_vars": env_vars, "validation": validation, "bad_key": bad_key}[check](client)))
+    with Leap0Client(
+        api_key=api_key, base_url=base_url, sandbox_domain="sbx.local", **variants[variant]
+    ) as client:
+        print(
+            json.dumps(
+                {"lifecycle": lifecycle, "env_vars": env_vars, "validation": validation, "bad_key": bad_key}[
+                    check
+                ](client)
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tests._support.server import ServerProcess
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
 CONNECT = (
-    "python3 -c \"import socket,sys; s=socket.socket(); s.settimeout(2); "
+    'python3 -c "import socket,sys; s=socket.socket(); s.settimeout(2); '
     "print('open' if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 'closed')\" {host} {port}"
 )
 
@@ -39,11 +39,17 @@ def gateway(http: httpx.Client, sid: str) -> str:
 
 def host_addresses() -> list[str]:
     out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
-    return [line.split()[3].split("/")[0] for line in out.splitlines() if not line.split()[1].startswith("att")]
+    return [
+        line.split()[3].split("/")[0] for line in out.splitlines() if not line.split()[1].startswith("att")
+    ]
 
 
-def test_pid1_is_the_sandbox_init_and_host_processes_are_invisible(http: httpx.Client, pair: tuple[str, str]) -> None:
-    out = api.run(http, pair[0], "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'")["stdout"]
+def test_pid1_is_the_sandbox_init_and_host_processes_are_invisible(
+    http: httpx.Client, pair: tuple[str, str]
+) -> None:
+    out = api.run(http, pair[0], "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'")[
+        "stdout"
+    ]
     first, count = out.splitlines()
     assert first.strip() == "/.atoll/init -P"
     assert int(count) < 10  # init, the shell, ls, grep: not the host's hundreds
@@ -53,7 +59,9 @@ def test_host_files_are_invisible(http: httpx.Client, pair: tuple[str, str]) -> 
     marker = Path("/tmp") / f"atoll-host-marker-{uuid.uuid4().hex}"
     marker.write_text("host secret")
     try:
-        result = api.run(http, pair[0], f"cat {marker} /proc/1/root{marker} 2>&1; ls /proc/1/root/var/lib/atoll 2>&1")
+        result = api.run(
+            http, pair[0], f"cat {marker} /proc/1/root{marker} 2>&1; ls /proc/1/root/var/lib/atoll 2>&1"
+        )
         assert "host secret" not in result["stdout"]
         assert result["exit_code"] != 0
     finally:
@@ -74,7 +82,9 @@ def test_mount_and_namespace_escapes_fail(http: httpx.Client, pair: tuple[str, s
 
 
 def test_capabilities_are_minimal(http: httpx.Client, pair: tuple[str, str]) -> None:
-    status = api.run(http, pair[0], "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")["stdout"]
+    status = api.run(http, pair[0], "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")[
+        "stdout"
+    ]
     fields = dict(line.split(":\t") for line in status.strip().splitlines())
     cap_eff = int(fields["CapEff"], 16)
     cap_sys_admin, cap_net_raw, cap_sys_ptrace, cap_sys_module = 1 << 21, 1 << 13, 1 << 19, 1 << 16
@@ -91,8 +101,13 @@ def test_raw_sockets_and_kernel_interfaces_fail(http: httpx.Client, pair: tuple[
         "    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP); print('raw ok')\n"
         "except PermissionError: print('raw denied')\n"
     )
-    assert api.run(http, pair[0], f"python3 -c \"{script}\"")["stdout"] == "raw denied\n"
-    for command in ("echo 1 > /proc/sys/kernel/sysrq", "hostname evil", "date -s '2001-01-01'", "cat /proc/kcore"):
+    assert api.run(http, pair[0], f'python3 -c "{script}"')["stdout"] == "raw denied\n"
+    for command in (
+        "echo 1 > /proc/sys/kernel/sysrq",
+        "hostname evil",
+        "date -s '2001-01-01'",
+        "cat /proc/kcore",
+    ):
         assert api.run(http, pair[0], command)["exit_code"] != 0, command
 
 

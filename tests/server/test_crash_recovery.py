@@ -43,7 +43,9 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     # plant orphans a crash could leave: a netns + veth pair, a cgroup, a state dir, a mount
     orphan = "sbxdeadbeefdeadbeef"
     subprocess.run(["ip", "netns", "add", f"atoll-{INSTANCE}-9999"], check=True)
-    subprocess.run(["ip", "link", "add", f"{IFACE_PREFIX}9999", "type", "veth", "peer", "name", "attorphanp"], check=True)
+    subprocess.run(
+        ["ip", "link", "add", f"{IFACE_PREFIX}9999", "type", "veth", "peer", "name", "attorphanp"], check=True
+    )
     Path(f"/sys/fs/cgroup/pids/atoll_{INSTANCE}/{orphan}").mkdir(parents=True, exist_ok=True)
     orphan_dir = server.data_dir / "sandboxes" / orphan / "rootfs"
     orphan_dir.mkdir(parents=True)
@@ -54,7 +56,9 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     assert http.get(f"/v1/sandbox/{paused}/").json()["state"] == "paused"
     assert api.run(http, paused, "echo resumed")["stdout"] == "resumed\n"
     assert http.get(f"/v1/sandbox/{gone}/").status_code == 404
-    states = {i["id"]: i["state"] for i in http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]}
+    states = {
+        i["id"]: i["state"] for i in http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]
+    }
     assert all(state in ("running", "paused", "stopped") for state in states.values()), states
     view = host_view(server.data_dir)
     assert orphan not in view.cgroups | view.dirs | view.mounts

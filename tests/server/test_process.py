@@ -41,7 +41,9 @@ def test_env_vars_reach_every_process_including_pid1(http: httpx.Client, sandbox
 
 
 def test_missing_cwd_is_a_400_on_cwd(http: httpx.Client, sandbox: str) -> None:
-    r = http.post(f"/v1/sandbox/{sandbox}/process/execute", json={"command": "true", "cwd": "/does/not/exist"})
+    r = http.post(
+        f"/v1/sandbox/{sandbox}/process/execute", json={"command": "true", "cwd": "/does/not/exist"}
+    )
     assert r.status_code == 400
     assert r.json()["errors"][0]["field"] == "cwd"
 

@@ -14,10 +14,29 @@ pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
 
 def test_create_get_list_delete_round_trip(http: httpx.Client) -> None:
-    r = http.post("/v1/sandbox", json={"template_name": "system/debian:bookworm", "vcpu": 1, "memory": 1024, "timeout": 300, "auto_pause": False})
+    r = http.post(
+        "/v1/sandbox",
+        json={
+            "template_name": "system/debian:bookworm",
+            "vcpu": 1,
+            "memory": 1024,
+            "timeout": 300,
+            "auto_pause": False,
+        },
+    )
     assert r.status_code == 201, r.text
     body = r.json()
-    for key in ("id", "template_id", "vcpu", "memory", "disk", "timeout", "state", "auto_pause", "created_at"):
+    for key in (
+        "id",
+        "template_id",
+        "vcpu",
+        "memory",
+        "disk",
+        "timeout",
+        "state",
+        "auto_pause",
+        "created_at",
+    ):
         assert key in body
     assert (body["vcpu"], body["memory"], body["timeout"], body["state"]) == (1, 1024, 300, "running")
     assert body["network_policy"] is None
@@ -46,9 +65,12 @@ def test_create_get_list_delete_round_trip(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("vcpu", 9), ("vcpu", 0), ("memory", 513), ("memory", 511), ("memory", 8194), ("timeout", 0),
-     ("timeout", 28801), ("template_name", ""), ("template_name", "x" * 65), ("vcpu", "2"), ("auto_pause", "yes")],
+     ("timeout", 28801), ("template_name", ""), ("template_name", "x" * 65), ("vcpu", "2"),
+     ("auto_pause", "yes")],
 )  # fmt: skip
-def test_invalid_create_fields_get_400_naming_the_field(http: httpx.Client, field: str, value: object) -> None:
+def test_invalid_create_fields_get_400_naming_the_field(
+    http: httpx.Client, field: str, value: object
+) -> None:
     r = http.post("/v1/sandbox", json={field: value})
     assert r.status_code == 400, r.text
     body = r.json()

@@ -1,0 +1,166 @@
+"""Lifecycle latency through the real API, next to the bare OCI runtime on the same rootfs.
+
+Starts its own `atoll serve` (test instance settings), then for N runs measures:
+create -> running, create -> first exec result, exec round trip (`true`), pause, resume (the
+first exec after a pause, which resumes the sandbox) and delete. Baselines from the same run:
+`crun run` of the same template rootfs on an overlay (bundle prepared beforehand) and
+`crun exec ... true` on a running container.
+
+    python bench/lifecycle.py [--runs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atoll.runtime import oci_config, overlay
+from atoll.runtime.spec import SandboxSpec
+from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, TemplateRegistry
+from bench._stats import row
+from tests._support.server import ServerProcess
+
+TEMPLATES = Path("/var/lib/atoll/templates")
+
+
+def ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def bare_runtime(runs: int, scratch: Path) -> tuple[list[float], list[float]]:
+    """`crun run` of `echo hi` on a prepared overlay bundle, and `crun exec true`."""
+    template = TemplateRegistry(TEMPLATES).get(DEFAULT_TEMPLATE_NAME)
+    assert template is not None, "build the template first: atoll template build"
+    helpers = scratch / "helpers"
+    from atoll.runtime import helpers as helper_layer
+
+    helper_layer.prepare(helpers)
+    root = scratch / "crun-root"
+    run_times, exec_times = [], []
+    for i in range(runs + 1):
+        spec = SandboxSpec(
+            sandbox_id=f"benchbare{i}",
+            lower_dirs=(helpers, template.rootfs),
+            sandbox_dir=scratch / f"b{i}",
+            vcpu=1,
+            memory_mib=1024,
+            pids_limit=1024,
+            netns_path=None,
+            env=template.sandbox_env(),
+        )
+        overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        try:
+            config = oci_config.build(
+                spec, cgroups_path=f"/atoll_bench/{spec.sandbox_id}", init_args=["/bin/echo", "hi"]
+            )
+            (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+            argv = ["crun", "--root", str(root), "run", "--bundle", str(spec.sandbox_dir), spec.sandbox_id]
+            start = time.perf_counter()
+            out = subprocess.run(argv, capture_output=True, check=True).stdout
+            if i:  # the first run warms caches, as the API's first create does
+                run_times.append(ms(start))
+            assert out == b"hi\n", out
+        finally:
+            overlay.unmount(spec.rootfs)
+            shutil.rmtree(spec.sandbox_dir, ignore_errors=True)
+    # exec baseline on one long-lived bare container
+    spec = SandboxSpec(
+        sandbox_id="benchbareexec",
+        lower_dirs=(helpers, template.rootfs),
+        sandbox_dir=scratch / "exec",
+        vcpu=1,
+        memory_mib=1024,
+        pids_limit=1024,
+        netns_path=None,
+        env=template.sandbox_env(),
+    )
+    overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+    try:
+        config = oci_config.build(spec, cgroups_path="/atoll_bench/exec")
+        (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+        bundle = str(spec.sandbox_dir)
+        argv = ["crun", "--root", str(root), "run", "--detach", "--bundle", bundle, spec.sandbox_id]
+        quiet = subprocess.DEVNULL
+        subprocess.run(argv, stdin=quiet, stdout=quiet, stderr=quiet, check=True)
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run(["crun", "--root", str(root), "exec", spec.sandbox_id, "true"], check=True)
+            exec_times.append(ms(start))
+    finally:
+        subprocess.run(["crun", "--root", str(root), "delete", "--force", spec.sandbox_id], check=False)
+        overlay.unmount(spec.rootfs)
+    return run_times, exec_times
+
+
+def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {
+        k: [] for k in ("create", "create_to_exec", "exec", "pause", "resume_exec", "delete")
+    }
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
+        warm = http.post("/v1/sandbox", json={}).json()["id"]
+        for _ in range(runs):
+            start = time.perf_counter()
+            created = http.post("/v1/sandbox", json={})
+            results["create"].append(ms(start))
+            assert created.status_code == 201, created.text
+            sid = created.json()["id"]
+            out = http.post(f"/v1/sandbox/{sid}/process/execute", json={"command": "echo hi"}).json()
+            results["create_to_exec"].append(ms(start))
+            assert out["stdout"] == "hi\n", out
+            start = time.perf_counter()
+            http.delete(f"/v1/sandbox/{sid}/")
+            results["delete"].append(ms(start))
+        for _ in range(runs):
+            start = time.perf_counter()
+            http.post(f"/v1/sandbox/{warm}/process/execute", json={"command": "true"}).raise_for_status()
+            results["exec"].append(ms(start))
+        for _ in range(runs):
+            start = time.perf_counter()
+            http.post(f"/v1/sandbox/{warm}/pause").raise_for_status()
+            results["pause"].append(ms(start))
+            start = time.perf_counter()
+            http.post(f"/v1/sandbox/{warm}/process/execute", json={"command": "true"}).raise_for_status()
+            results["resume_exec"].append(ms(start))
+        http.delete(f"/v1/sandbox/{warm}/")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
+    server = ServerProcess(data_dir=scratch / "server")
+    server.host = "127.0.0.1"
+    try:
+        bare_run, bare_exec = bare_runtime(args.runs, scratch)
+        server.start()
+        api = through_api(server, args.runs)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"# lifecycle benchmark, {args.runs} runs, crun, default template")
+    print(row("baseline: crun run (echo hi)", bare_run))
+    print(row("baseline: crun exec true", bare_exec))
+    print(row("API create -> running", api["create"], bare_run))
+    print(row("API create -> first exec result", api["create_to_exec"], bare_run))
+    print(row("API exec round trip (true)", api["exec"], bare_exec))
+    print(row("API pause (freeze)", api["pause"]))
+    print(row("API resume + exec (true)", api["resume_exec"], bare_exec))
+    print(row("API delete", api["delete"]))
+
+
+if __name__ == "__main__":
+    main()
