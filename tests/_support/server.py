@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 
-INSTANCE = "test"
-IFACE_PREFIX = "att"
-SUBNET = "10.210.0.0/16"
+# Overridable so that several test runs can share one host without touching each other's
+# namespaces, interfaces, cgroups and nft tables (each run reconciles only its own instance).
+INSTANCE = os.environ.get("ATOLL_TEST_INSTANCE", "test")
+IFACE_PREFIX = os.environ.get("ATOLL_TEST_IFACE_PREFIX", "att")
+SUBNET = os.environ.get("ATOLL_TEST_SUBNET", "10.210.0.0/16")
 API_KEY = "atl_test_" + os.urandom(12).hex()
 PIDS_LIMIT = 256
 
