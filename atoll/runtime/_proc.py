@@ -36,25 +36,22 @@ async def run(
     input: bytes | None = None,
     check: bool = True,
     env: Mapping[str, str] | None = None,
-    output_file: Path | None = None,
+    error_log: Path | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run ``argv`` to completion; returns (rc, stdout, stderr).
 
-    ``output_file`` takes stdout and stderr instead of pipes: for commands that leave a daemon
-    behind holding their stdio (``crun run --detach``), where a pipe would never reach EOF."""
+    With ``error_log``, stdout and stderr are /dev/null and "stderr" is that log's tail: for
+    commands that leave a daemon behind holding their stdio (``run --detach``), where a pipe
+    would never reach EOF and a file would tie the daemon to a host path (no checkpoint)."""
     started = time.perf_counter()
-    sink = open(output_file, "ab") if output_file is not None else None
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=sink or subprocess.PIPE,
-            stderr=sink or subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-        )
-    finally:
-        if sink is not None:
-            sink.close()
+    output = subprocess.DEVNULL if error_log is not None else subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        env=dict(env) if env is not None else None,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError:
@@ -68,8 +65,8 @@ async def run(
         await proc.wait()
         raise
     rc = proc.returncode if proc.returncode is not None else -1
-    if output_file is not None:
-        err = output_file.read_bytes()[-4000:]
+    if error_log is not None:
+        err = error_log.read_bytes()[-4000:] if error_log.exists() else b""
     log.debug("%s rc=%d %.1fms", " ".join(argv), rc, (time.perf_counter() - started) * 1000)
     if check and rc != 0:
         raise CommandFailed(argv, rc, err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -56,22 +57,35 @@ def children(parent: str) -> set[str]:
     return names
 
 
+def pids_in_group(parent: str, name: str) -> list[int]:
+    found: set[int] = set()
+    for d in group_dirs(parent):
+        group = d / name
+        for procs in group.rglob("cgroup.procs") if group.is_dir() else ():
+            found.update(int(pid) for pid in procs.read_text().split())
+    return sorted(found)
+
+
+def kill_group(parent: str, name: str) -> None:
+    """SIGKILL every process in the group (thawed first: a frozen task dies only once thawed)."""
+    for d in group_dirs(parent):
+        group = d / name
+        freezer_state = group / "freezer.state"
+        if freezer_state.exists():
+            freezer_state.write_text("THAWED")
+        for procs in group.rglob("cgroup.procs") if group.is_dir() else ():
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
 def remove_group(parent: str, name: str) -> None:
-    """Kill whatever is still inside, thaw, and rmdir the group in every hierarchy."""
+    """Kill whatever is still inside and rmdir the group in every hierarchy."""
+    kill_group(parent, name)
     for d in group_dirs(parent):
         group = d / name
         if not group.is_dir():
             continue
-        freezer_state = group / "freezer.state"
-        if freezer_state.exists():
-            freezer_state.write_text("THAWED")
-        procs = group / "cgroup.procs"
-        if procs.exists():
-            for pid in procs.read_text().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         subgroups = [p for p in group.rglob("*") if p.is_dir()]
         for sub in [*sorted(subgroups, key=lambda p: len(p.parts), reverse=True), group]:
             _rmdir_when_empty(sub)

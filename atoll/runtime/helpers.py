@@ -15,7 +15,7 @@ SOURCES = {
 
 def prepare(layer_dir: Path) -> Path:
     target = layer_dir / ".atoll"
-    target.mkdir(parents=True, exist_ok=True)
+    (target / "run").mkdir(parents=True, exist_ok=True)  # mount point of the exec output tmpfs
     for name, (source, package) in SOURCES.items():
         if not source.exists():
             raise RuntimeError(f"{source} is missing: install the Debian package {package}")

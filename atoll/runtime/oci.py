@@ -1,8 +1,7 @@
 """The OCI backend: crun (fast) or runc (checkpointable) over one bundle format.
 
 Each sandbox is a bundle dir with an overlay root and a config.json; PID 1 is a static reaping
-init from Atoll's helper layer. Commands run through ``<runtime> exec``, wrapped in ``setsid`` so
-that a timeout can kill the whole session the command started.
+init from Atoll's helper layer. Commands run through ``<runtime> exec`` (see ``oci_exec``).
 """
 
 from __future__ import annotations
@@ -11,15 +10,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 
-from atoll.runtime import cgroups, oci_config, overlay
+from atoll.runtime import cgroups, oci_config, overlay, reaping
 from atoll.runtime._proc import run
-from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
-
-OUTPUT_GRACE_S = 0.05  # after the command exits, how long to wait for output still in flight
+from atoll.runtime.oci_exec import run_exec
+from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
 
 class OCIBackend:
@@ -44,11 +40,9 @@ class OCIBackend:
                 init_args=self._init_args(spec),
             )
             (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
-            await run(
-                self._argv("run", "--detach", "--bundle", str(spec.sandbox_dir), spec.sandbox_id),
-                timeout=30,
-                output_file=spec.sandbox_dir / "console.log",
-            )
+            log = spec.sandbox_dir / "runtime.log"
+            argv = self._argv("--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
+            await run([*argv, spec.sandbox_id], timeout=30, error_log=log)
         except BaseException:
             await self.halt(spec)
             raise
@@ -62,44 +56,12 @@ class OCIBackend:
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"
-        argv = self._argv("exec", "--no-new-privs", "--pid-file", str(pid_file), "--cwd", request.cwd)
+        argv = self._argv(
+            "exec", "--detach", "--no-new-privs", "--pid-file", str(pid_file), "--cwd", request.cwd
+        )
         for key, value in request.env.items():
             argv += ["--env", f"{key}={value}"]
-        argv += [sandbox_id, oci_config.BUSYBOX_PATH, "setsid", *request.argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        out, err = bytearray(), bytearray()
-        readers = [
-            asyncio.create_task(_read_capped(proc.stdout, out, request.max_output_bytes)),
-            asyncio.create_task(_read_capped(proc.stderr, err, request.max_output_bytes)),
-        ]
-        timed_out = False
-        try:
-            await asyncio.wait_for(proc.wait(), request.timeout)
-        except TimeoutError:
-            timed_out = True
-            _kill_session(pid_file)
-            proc.kill()
-            await proc.wait()
-        finally:
-            # background children may hold the pipes open: take what is there, then let go
-            await asyncio.wait(readers, timeout=OUTPUT_GRACE_S)
-            for task in readers:
-                task.cancel()
-            _close_pipes(proc)
-            started = pid_file.exists()
-            with contextlib.suppress(FileNotFoundError):
-                pid_file.unlink()
-        code = proc.returncode if proc.returncode is not None else -1
-        if timed_out:
-            err += f"\nprocess timed out after {request.timeout:g}s and was killed\n".encode()
-            code = 124
-        elif not started:
-            # the runtime failed before the command began (no such cwd, container gone)
-            raise ExecSetupFailed(err.decode(errors="replace").strip() or f"exec failed with {code}")
-        return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err), timed_out=timed_out)
+        return await run_exec([*argv, sandbox_id], pid_file, request)
 
     async def pause(self, sandbox_id: str) -> None:
         await run(self._argv("pause", sandbox_id), timeout=30)
@@ -114,11 +76,13 @@ class OCIBackend:
             (spec.sandbox_dir / "config.json").unlink()
 
     async def halt_by_id(self, sandbox_id: str) -> None:
-        rc, _, err = await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
-        if rc != 0 and b"not exist" not in err and b"No such file" not in err:
-            # a paused or wedged container: thaw and kill through the cgroup, then forget it
-            cgroups.remove_group(self.cgroup_parent, sandbox_id)
-            await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
+        # Kill through the cgroup first: it works on frozen sandboxes too, and `runc delete
+        # --force` on a live container spends seconds freezing and polling.
+        members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
+        cgroups.kill_group(self.cgroup_parent, sandbox_id)
+        # the init was orphaned by `run --detach` and is ours to reap (see reaping.py)
+        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+        await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
         cgroups.remove_group(self.cgroup_parent, sandbox_id)
 
     async def running_ids(self) -> set[str]:
@@ -133,41 +97,3 @@ class OCIBackend:
             cgroups.remove_group(self.cgroup_parent, name)
             removed.append(name)
         return removed
-
-
-async def _read_capped(stream: asyncio.StreamReader, into: bytearray, cap: int) -> None:
-    while chunk := await stream.read(65536):
-        room = cap - len(into)
-        if room > 0:
-            into += chunk[:room]
-
-
-def _close_pipes(proc: asyncio.subprocess.Process) -> None:
-    transport = getattr(proc, "_transport", None)
-    if transport is None:
-        return
-    for fd in (1, 2):
-        pipe = transport.get_pipe_transport(fd)
-        if pipe is not None:
-            pipe.close()
-
-
-def _kill_session(pid_file: Path) -> None:
-    """SIGKILL every process in the session the command's setsid started."""
-    try:
-        session = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # fields after the ")" that closes comm: state ppid pgrp session ...
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == session:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)

@@ -68,6 +68,13 @@ def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
             "source": "sysfs",
             "options": ["nosuid", "noexec", "nodev", "ro"],
         },
+        {
+            # exec output spools here (see oci_exec); its pages are charged to the sandbox
+            "destination": f"{HELPER_DIR}/run",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", "mode=700", "size=262144k"],
+        },
     ]
     for bind in spec.binds:
         options = ["bind", "nosuid", "nodev"] + (["ro"] if bind.read_only else ["rw"])

@@ -28,9 +28,12 @@ class HostView:
 
 
 def host_view(data_dir: Path) -> HostView:
-    crun_root = f"/run/atoll/{INSTANCE}/crun"
-    out = subprocess.run(["crun", "--root", crun_root, "list", "--quiet"], capture_output=True, text=True)
-    containers = {line.strip() for line in out.stdout.splitlines() if line.strip()}
+    containers: set[str] = set()
+    for runtime in ("crun", "runc"):
+        root = Path(f"/run/atoll/{INSTANCE}/{runtime}")
+        if root.is_dir():
+            out = subprocess.run([runtime, "--root", str(root), "list", "--quiet"], capture_output=True, text=True)
+            containers |= {line.strip() for line in out.stdout.splitlines() if line.strip()}
     cgroups: set[str] = set()
     procs = 0
     for controller in CGROUP_ROOT.iterdir():

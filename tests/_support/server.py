@@ -20,8 +20,10 @@ import httpx
 INSTANCE = os.environ.get("ATOLL_TEST_INSTANCE", "test")
 IFACE_PREFIX = os.environ.get("ATOLL_TEST_IFACE_PREFIX", "att")
 SUBNET = os.environ.get("ATOLL_TEST_SUBNET", "10.210.0.0/16")
+RUNTIME = os.environ.get("ATOLL_TEST_RUNTIME", "")  # empty: the server's default
 API_KEY = "atl_test_" + os.urandom(12).hex()
 PIDS_LIMIT = 256
+SANDBOX_DOMAIN = "sbx.localhost"
 
 
 def free_port() -> int:
@@ -34,6 +36,7 @@ def free_port() -> int:
 class ServerProcess:
     data_dir: Path
     port: int = field(default_factory=free_port)
+    router_port: int = field(default_factory=free_port)
     api_key: str = API_KEY
     host: str = "0.0.0.0"  # all interfaces, so the isolation tests prove the firewall, not the bind
     proc: subprocess.Popen[bytes] | None = None
@@ -47,6 +50,16 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def router_url(self) -> str:
+        """The sandbox router on loopback (send ``Host: {id}[-{port}].{SANDBOX_DOMAIN}:{port}``)."""
+        return f"http://127.0.0.1:{self.router_port}"
+
+    def sandbox_host(self, sandbox_id: str, port: int | None = None) -> str:
+        """The ``Host`` an ``invoke_url`` for this server names (``{id}[-{port}].{domain}:{port}``)."""
+        label = sandbox_id if port is None else f"{sandbox_id}-{port}"
+        return f"{label}.{SANDBOX_DOMAIN}:{self.router_port}"
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"}
 
@@ -58,6 +71,8 @@ class ServerProcess:
             "--iface-prefix", IFACE_PREFIX, "--subnet", SUBNET,
             "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
             "--netns-pool-size", "2", "--log-level", "warning",
+            *(["--runtime", RUNTIME] if RUNTIME else []),
+            "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
         ]  # fmt: skip
 
     def start(self, timeout: float = 120.0) -> None:

@@ -27,13 +27,12 @@ def test_memory_limit_kills_inside_and_sandbox_stays_usable(http: httpx.Client) 
 def test_fork_bomb_is_stopped_by_the_pids_limit(http: httpx.Client) -> None:
     sid = api.create(http)["id"]
     try:
-        bomb = api.run(http, sid, "f() { f | f & }; f; sleep 3", timeout=8)
-        assert bomb["exit_code"] in (0, 124)
+        bomb = api.run(http, sid, "f() { f | f & }; f; sleep 300", timeout=6)
+        assert bomb["exit_code"] == 124  # the timeout ends the bomb's whole session
         events = api.cgroup_file(INSTANCE, sid, v1=("pids", "pids.events"), v2="pids.events")
         assert int(events.read_text().split()[1]) > 0  # the limit was hit
         current = api.cgroup_file(INSTANCE, sid, v1=("pids", "pids.current"), v2="pids.current")
         assert int(current.read_text()) <= PIDS_LIMIT
-        api.run(http, sid, "pkill -9 -f 'sh -c' ; true", timeout=10)
         assert api.run(http, sid, "echo alive", timeout=30)["stdout"] == "alive\n"
     finally:
         api.delete(http, sid)

@@ -1,0 +1,51 @@
+"""Atoll's server is a child subreaper, like a container engine's shim.
+
+Runtimes start sandbox processes and exit (``run --detach``, ``exec --detach``, ``restore -d``);
+their orphans would otherwise go to the host's PID 1, which may reap late, and a pid namespace's
+init cannot finish exiting while one of its processes is an unreaped zombie outside it (a
+delete then waits seconds). As subreaper the server inherits them and reaps exactly those pids
+it knows (never ``waitpid(-1)``, which would steal the event loop's own children)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def try_reap(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True when it is gone (or was never ours)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
+    """Wait (without blocking the loop) until ``pid`` exits, and reap it if it is ours."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        try_reap(pid)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exited, timeout)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    try_reap(pid)
