@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs a CRIU that works on this kernel (>= 4.1: Debian 12's 3.17 fails on the vvar_vclock
-# mapping). Debian's newer suite ships the source; its binary needs a newer libc, so build the
-# source with Debian 12's own build dependencies. The system's apt sources are left untouched:
-# the newer suite is read through a private sources list and lists directory.
+# Installs a CRIU that works on this kernel: Debian 12's 3.17 fails on the vvar_vclock mapping
+# (fixed in 4.1), and 4.1 cannot dump a TCP socket on Linux >= 6.16 (SO_PASSCRED is refused
+# there; fixed in 4.2). Debian unstable ships 4.2's source; its binary needs a newer libc, so we
+# build the source with Debian 12's own build dependencies. The system's apt sources are left
+# untouched: the newer suite is read through a private sources list and lists directory.
 set -euo pipefail
 PREFIX=/usr/local/sbin
-if [[ -x $PREFIX/criu ]] && $PREFIX/criu check >/dev/null 2>&1; then exit 0; fi
+MIN_VERSION=4.2
+SUITE=${CRIU_SOURCE_SUITE:-sid}
+installed=$($PREFIX/criu --version 2>/dev/null | awk '/^Version:/{print $2}') || true
+if [[ -n $installed ]] && [[ $(printf '%s\n%s\n' "$MIN_VERSION" "$installed" | sort -V | head -n1) == "$MIN_VERSION" ]] \
+  && $PREFIX/criu check >/dev/null 2>&1; then
+  exit 0
+fi
 
 BUILD_DEPS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
   protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
@@ -23,7 +30,7 @@ WORK=/var/cache/atoll/criu-build
 mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial"
 MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 MIRROR=${MIRROR:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)}
-echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" > "$WORK/apt/sources.list"
+echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $SUITE main" > "$WORK/apt/sources.list"
 APT=(-o Dir::Etc::SourceList="$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
   -o Dir::State::Lists="$WORK/apt/lists" -o Dir::Cache="$WORK/apt/cache")
 apt-get "${APT[@]}" update -qq

@@ -14,11 +14,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from atoll.cli import sandbox as sandbox_commands
+from atoll.cli import templates as template_commands
 
 app = typer.Typer(help="Atoll: self-hosted sandboxes for AI agents.", no_args_is_help=True)
 template_app = typer.Typer(help="Build and list templates.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys (run on the server host).", no_args_is_help=True)
 app.add_typer(template_app, name="template")
+template_commands.register(template_app)  # create, catalog, rename, delete (through the API)
 app.add_typer(sandbox_commands.app, name="sandbox")
 app.add_typer(keys_app, name="keys")
 console = Console()
@@ -67,11 +69,31 @@ def serve(
     iface_prefix: Annotated[str, typer.Option(envvar="ATOLL_IFACE_PREFIX")] = "atl",
     deny_cidr: Annotated[list[str] | None, typer.Option(help="Extra egress deny range (repeat).")] = None,
     dns_server: Annotated[
-        list[str] | None, typer.Option(help="Sandbox resolver (repeat; 'none' for no DNS).")
+        list[str] | None,
+        typer.Option(help="Upstream of Atoll's sandbox resolver, IP or IP:PORT (repeat; 'none' for no DNS)."),
+    ] = None,
+    egress_ca_bundle: Annotated[
+        Path | None,
+        typer.Option(envvar="ATOLL_EGRESS_CA_BUNDLE", help="CA bundle transforms verify upstreams with."),
     ] = None,
     pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
     netns_pool_size: Annotated[int, typer.Option(envvar="ATOLL_NETNS_POOL")] = 4,
     max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
+    router_host: Annotated[
+        list[str] | None, typer.Option(help="Sandbox router address (repeat; default 127.0.0.1 and ::1).")
+    ] = None,
+    router_port: Annotated[int, typer.Option(envvar="ATOLL_ROUTER_PORT", help="Sandbox router port.")] = 7701,
+    sandbox_domain: Annotated[
+        str, typer.Option(envvar="ATOLL_SANDBOX_DOMAIN", help="Sandbox URLs: {id}[-{port}].DOMAIN[:PORT].")
+    ] = "sbx.localhost",
+    presigned_domain: Annotated[
+        str | None,
+        typer.Option(envvar="ATOLL_PRESIGNED_DOMAIN", help="Presigned URL domain (default: sandbox domain)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="ATOLL_TLS_CERT", help="Router certificate (wildcard for domain).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="ATOLL_TLS_KEY", help="Router private key.")] = None,
     build_template: Annotated[bool, typer.Option(help="Build the default template if missing.")] = True,
     log_level: Annotated[str, typer.Option(envvar="ATOLL_LOG_LEVEL")] = "info",
 ) -> None:
@@ -96,13 +118,22 @@ def serve(
         iface_prefix=iface_prefix,
         deny_cidrs=tuple(deny_cidr or ()),
         dns_servers=tuple(s for s in dns_server if s != "none") if dns_server else None,
+        egress_ca_bundle=egress_ca_bundle,
         pids_limit=pids_limit,
         netns_pool_size=netns_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
+        router_hosts=tuple(router_host) if router_host else ("127.0.0.1", "::1"),
+        router_port=router_port,
+        sandbox_domain=sandbox_domain,
+        presigned_domain=presigned_domain,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if build_template:
         _build_default_template(settings.templates_dir)
     console.print(f"Atoll API on [bold]http://{host}:{port}[/] (OpenAPI at /docs)")
+    example = f"{settings.sandbox_scheme}://{{id}}[-{{port}}].{settings.sandbox_host}:{settings.sandbox_url_port}/"
+    console.print(f"Sandbox URLs on [bold]{example}[/] ({', '.join(settings.router_hosts)})")
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -95,3 +95,16 @@ def delete(sandbox_id: str) -> None:
     with _client() as client:
         client.sandboxes.delete(sandbox_id)
     console.print(f"deleted {sandbox_id}")
+
+
+@app.command()
+def shell(
+    sandbox_id: str,
+    cwd: Annotated[str | None, typer.Option(help="Directory to start in (default: the workdir).")] = None,
+) -> None:
+    """Open an interactive terminal in the sandbox (exit the shell to leave)."""
+    from atoll.cli.shell import run_shell
+
+    with _client() as client:
+        code = run_shell(client.sandboxes.get(sandbox_id), cwd=cwd)
+    raise typer.Exit(code)

@@ -1,0 +1,41 @@
+"""The sandbox router: ``{id}[-{port}].{domain}`` (or the ``Atoll-Sandbox-Id`` header) to a port
+inside a sandbox, for HTTP/1.1, SSE and WebSocket traffic; and presigned URLs.
+
+One small module per concern, composed in ``_server``:
+
+    _names      which sandbox and port a request is for (Host or headers); public URLs
+    _lookup     API key / presigned token -> org -> running sandbox -> address (cached)
+    _presigned  presigned-URL tokens: minting, hashing, storage
+    _watch      sandbox state changes as events (drops cache entries)
+    _proxy      one client connection: parse request heads, stream bodies, relay responses
+    _framing    where each response ends in the relayed byte stream
+    _upstream   the connection to the sandbox port (fast 502 when nothing listens)
+    _responses  the router's own JSON errors
+    _server     listeners, TLS, start/stop
+"""
+
+from __future__ import annotations
+
+from atoll.router._lookup import Destination, Lookup, SandboxLookup
+from atoll.router._names import Names, SandboxTarget, Target, TokenTarget, public_url
+from atoll.router._presigned import DEFAULT_EXPIRES_IN, Grant, PresignedStore
+from atoll.router._server import Router, build_router, tls_context
+from atoll.router._watch import ObservedRepository
+
+__all__ = [
+    "DEFAULT_EXPIRES_IN",
+    "Destination",
+    "Grant",
+    "Lookup",
+    "Names",
+    "ObservedRepository",
+    "PresignedStore",
+    "Router",
+    "SandboxLookup",
+    "SandboxTarget",
+    "Target",
+    "TokenTarget",
+    "build_router",
+    "public_url",
+    "tls_context",
+]

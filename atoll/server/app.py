@@ -17,16 +17,20 @@ from fastapi import FastAPI
 
 from atoll.network import firewall
 from atoll.network.addressing import AddressPlan
+from atoll.network.egress import EgressConfig, EgressService
 from atoll.network.pool import NetworkPool
-from atoll.runtime import helpers
+from atoll.router import ObservedRepository, build_router
+from atoll.runtime import helpers, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.server import errors
 from atoll.server.manager import SandboxManager
+from atoll.server.pty import PtyManager
 from atoll.server.reconcile import reconcile
-from atoll.server.routes import health, process, sandboxes
+from atoll.server.routes import filesystem, health, network, presigned, process, pty, sandboxes, templates
 from atoll.server.settings import Settings
 from atoll.store import db
 from atoll.store.repo import Repository, new_api_key
+from atoll.templates.catalog import TemplateCatalog
 from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.server")
@@ -73,17 +77,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for directory in (settings.data_dir, settings.sandboxes_dir, settings.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
     helpers.prepare(settings.helpers_dir)
+    reaping.become_subreaper()
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url)
-    repo = Repository(db.sessions(engine))
+    repo = ObservedRepository(db.sessions(engine))  # tells the router's cache about state changes
     minted = await bootstrap_keys(repo, settings)
     if minted:
-        print(f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n", flush=True)
+        print(
+            f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n",
+            flush=True,
+        )
+    egress = EgressService(
+        EgressConfig(
+            instance=settings.instance,
+            subnet=settings.subnet,
+            deny_cidrs=settings.deny_cidrs,
+            upstreams=tuple(settings.dns_upstreams()),
+            upstream_ca_bundle=settings.egress_ca_bundle,
+        )
+    )
+    await egress.start()  # binds the resolver and the proxy: the firewall redirects to their ports
     await firewall.apply(
         instance=settings.instance,
         subnet=settings.subnet,
         iface_prefix=settings.iface_prefix,
         deny_cidrs=settings.deny_cidrs,
+        dns_port=egress.dns_port,
+        proxy_port=egress.proxy_port,
     )
     plan = AddressPlan(settings.subnet, instance=settings.instance, iface_prefix=settings.iface_prefix)
     pool = NetworkPool(plan, target_size=settings.netns_pool_size)
@@ -92,20 +112,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repo=repo,
         backend=load_backend(settings),
         pool=pool,
-        templates=TemplateRegistry(settings.templates_dir),
+        templates=TemplateRegistry(settings.templates_dir, user_root=settings.user_templates_dir),
     )
+    manager.egress = egress
+    app.state.egress = egress
     report = await reconcile(manager)
     app.state.repo = repo
     app.state.manager = manager
+    app.state.ptys = ptys = PtyManager(manager)
+    app.state.templates = TemplateCatalog(
+        repo.sessions, manager.templates, max_per_org=settings.max_templates_per_org
+    )
+    await app.state.templates.recover()
     app.state.reconcile_report = report
+    router = build_router(settings, manager, repo)
+    await router.start()
+    app.state.presigned = router.presigned
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
     try:
         yield
     finally:
+        await router.stop()
+        await ptys.close()
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
         await pool.close()
+        await egress.close()
         await engine.dispose()
 
 
@@ -119,6 +152,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for module in (sandboxes, process, health):
+    for module in (sandboxes, process, presigned, filesystem, pty, templates, network, health):
         app.include_router(module.router)
     return app

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
 from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, next_state
 from atoll.network.addressing import Slot
+from atoll.network.egress import Attachment, EgressService
 from atoll.network.pool import NetworkPool
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import BindMount, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
@@ -46,6 +47,8 @@ def new_sandbox_id() -> str:
 
 
 class SandboxManager:
+    egress: EgressService | None = None  # set by the app: egress policy hooks (atoll.network.egress)
+
     def __init__(
         self,
         *,
@@ -61,6 +64,8 @@ class SandboxManager:
         self.pool = pool
         self.templates = templates
         self._locks: dict[str, asyncio.Lock] = {}
+        # called with a sandbox id before its processes go away (PTY sessions end with it)
+        self.teardown_hooks: list[Callable[[str], Awaitable[None]]] = []
 
     # helpers ----------------------------------------------------------------------------
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -83,7 +88,7 @@ class SandboxManager:
         return await self.repo.update_sandbox(row.id, state=state, **values)
 
     def template_for(self, row: SandboxRow) -> Template:
-        template = self.templates.get(row.template_name)
+        template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
         if template is None:
             raise ServerError(f"template {row.template_name!r} is missing on this host")
         return template
@@ -118,7 +123,14 @@ class SandboxManager:
         (etc / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{slot.sandbox_ip}\tsandbox\n"
         )
-        (etc / "resolv.conf").write_text("".join(f"nameserver {ns}\n" for ns in self.settings.nameservers()))
+        if self.egress is None:
+            servers = self.settings.nameservers()
+            (etc / "resolv.conf").write_text("".join(f"nameserver {ns}\n" for ns in servers))
+        else:  # Atoll's resolver enforces the policy's names; transforms need the sandbox CA inside
+            (etc / "resolv.conf").write_text(self.egress.resolv_conf(slot))
+            template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
+            rootfs = template.rootfs if template else None
+            self.egress.prepare(row.network_policy, self.sandbox_dir(row.id), rootfs)
 
     def slot_of(self, row: SandboxRow) -> Slot | None:
         return self.pool.plan.slot(row.net_slot) if row.net_slot else None
@@ -128,9 +140,24 @@ class SandboxManager:
         slot = await self.pool.acquire()
         try:
             row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
+            if self.egress is not None and (ca_env := self.egress.sandbox_env(row.network_policy)):
+                if any(k not in row.env_vars for k in ca_env):  # the caller's own values win
+                    row = await self.repo.update_sandbox(row.id, env_vars={**ca_env, **row.env_vars})
             self._write_etc(row, slot)
+            if self.egress is not None:  # before the first process: no egress until attached
+                await self.egress.attach(
+                    Attachment(
+                        sandbox_id=row.id,
+                        org_id=row.org_id,
+                        policy=row.network_policy,
+                        slot=slot,
+                        sandbox_dir=self.sandbox_dir(row.id),
+                    )
+                )
             await self.backend.boot(self.spec_for(row, template, slot))
         except BaseException:
+            if self.egress is not None:
+                await self.egress.detach(row.id, slot)
             await self.pool.release(slot)
             await self.repo.update_sandbox(row.id, net_slot=None)
             raise
@@ -141,18 +168,25 @@ class SandboxManager:
 
     async def _teardown(self, row: SandboxRow, *, keep_disk: bool) -> None:
         """Release everything the sandbox holds on the host (idempotent)."""
-        template = self.templates.get(row.template_name)
+        for hook in self.teardown_hooks:
+            try:
+                await hook(row.id)
+            except Exception:
+                log.exception("teardown hook failed for %s", row.id)
+        template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
         slot = self.slot_of(row)
         if template is not None:
             await self.backend.halt(self.spec_for(row, template, slot))
         if slot is not None:
+            if self.egress is not None:
+                await self.egress.detach(row.id, slot)
             await self.pool.release(slot)
         if not keep_disk:
             await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(row.id), True)
 
     # lifecycle --------------------------------------------------------------------------
     async def create(self, org_id: str, params: CreateParams) -> SandboxRow:
-        template = self.templates.get(params.template_name)
+        template = await self.templates.resolve(org_id, params.template_name)
         if template is None:
             raise BadRequestError(
                 "invalid sandbox parameters",

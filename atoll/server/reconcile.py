@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from atoll._states import LIVE_STATES, State
+from atoll.network.egress import Attachment
 from atoll.runtime import overlay
 from atoll.server.manager import SandboxManager
 
@@ -47,6 +48,20 @@ async def reconcile(manager: SandboxManager) -> Report:
         if row.net_slot:
             held_slots.add(row.net_slot)  # released by the teardown below, not by the sweep
     report.removed += await manager.pool.start(held_slots)
+    if manager.egress is not None:  # per-sandbox egress rules: the adopted get theirs again, no other stays
+        report.removed += await manager.egress.reconcile(
+            [
+                Attachment(
+                    sandbox_id=row.id,
+                    org_id=row.org_id,
+                    policy=row.network_policy,
+                    slot=manager.pool.plan.slot(row.net_slot),
+                    sandbox_dir=manager.sandbox_dir(row.id),
+                )
+                for row in await manager.repo.not_deleted()
+                if row.id in keep and row.net_slot
+            ]
+        )
 
     for row in await manager.repo.not_deleted():
         if row.id in keep:

@@ -6,12 +6,14 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_DATA_DIR = Path("/var/lib/atoll")
+_NAME = r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_NAME = rf"^{_NAME}$"
 
 
-def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf"), *, loopback: bool = False) -> list[str]:
     """The host's resolvers a sandbox can use (loopback ones are unreachable from a netns)."""
     servers = []
     try:
@@ -25,7 +27,7 @@ def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
                 address = ipaddress.ip_address(parts[1])
             except ValueError:
                 continue
-            if not address.is_loopback and address.version == 4:
+            if (loopback or not address.is_loopback) and address.version == 4:
                 servers.append(parts[1])
     return servers
 
@@ -47,7 +49,8 @@ class Settings(BaseModel):
     subnet: str = "10.200.0.0/16"
     iface_prefix: str = Field(default="atl", pattern=r"^[a-z]{2,6}$")
     deny_cidrs: tuple[str, ...] = ()
-    dns_servers: tuple[str, ...] | None = None  # default: the host's own non-loopback resolvers
+    dns_servers: tuple[str, ...] | None = None  # upstreams of Atoll's sandbox resolver; default: the host's
+    egress_ca_bundle: Path | None = None  # verifies upstream TLS for transforms; default: the system store
     netns_pool_size: int = Field(default=4, ge=0, le=256)
 
     pids_limit: int = Field(default=1024, ge=16)
@@ -56,11 +59,48 @@ class Settings(BaseModel):
     exec_max_output_bytes: int = 10 * 1024 * 1024
     reaper_interval_s: float = 1.0
 
+    # templates imported from OCI images (atoll.templates.oci)
+    max_templates_per_org: int | None = 25
+    template_import_timeout_s: float = 1800.0
+    # local image sources (oci-archive:, docker-archive:, oci:, dir:) must lie under one of
+    # these; None means data_dir/imports, () disables local sources
+    template_import_dirs: tuple[Path, ...] | None = None
+
+    # sandbox router: {id}[-{port}].{sandbox_domain} -> a port inside the sandbox (atoll.router)
+    router_hosts: tuple[str, ...] = ("127.0.0.1", "::1")  # *.localhost resolves to ::1 first
+    router_port: int = Field(default=7701, ge=1, le=65535)
+    # "domain[:port]", as the SDK's ATOLL_SANDBOX_DOMAIN; the port (default router_port) is the
+    # one generated URLs name, e.g. 443 behind a TLS proxy
+    sandbox_domain: str = Field(default="sbx.localhost", pattern=rf"^{_NAME}(:[0-9]{{1,5}})?$")
+    presigned_domain: str | None = Field(default=None, pattern=_DOMAIN_NAME)  # default: sandbox_domain
+    tls_cert: Path | None = None  # with tls_key: HTTPS (a wildcard certificate for the domain)
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, value: str) -> str:
         ipaddress.IPv4Network(value, strict=True)
         return value
+
+    @property
+    def sandbox_scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @property
+    def sandbox_host(self) -> str:
+        """The sandbox domain without a port."""
+        return self.sandbox_domain.partition(":")[0]
+
+    @property
+    def sandbox_url_port(self) -> int:
+        _, _, port = self.sandbox_domain.partition(":")
+        return int(port) if port else self.router_port
 
     @property
     def db_url(self) -> str:
@@ -75,6 +115,17 @@ class Settings(BaseModel):
         return self.data_dir / "sandboxes"
 
     @property
+    def user_templates_dir(self) -> Path:
+        """Imported templates' root filesystems, by template id (this instance's catalog owns them)."""
+        return self.data_dir / "user-templates"
+
+    @property
+    def import_dirs(self) -> tuple[Path, ...]:
+        if self.template_import_dirs is None:
+            return (self.data_dir / "imports",)
+        return self.template_import_dirs
+
+    @property
     def helpers_dir(self) -> Path:
         return self.data_dir / "helpers"
 
@@ -84,3 +135,7 @@ class Settings(BaseModel):
 
     def nameservers(self) -> list[str]:
         return list(self.dns_servers) if self.dns_servers is not None else host_nameservers()
+
+    def dns_upstreams(self) -> list[str]:
+        """Where Atoll's resolver (on the host, so loopback resolvers work too) forwards to."""
+        return list(self.dns_servers) if self.dns_servers is not None else host_nameservers(loopback=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -70,3 +70,34 @@ class SandboxRow(Base):
     launch_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     state_change_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     timeout_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
+
+
+class PresignedUrl(Base):
+    """A public URL to one port of one sandbox. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "presigned_urls"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"), index=True)
+    port: Mapped[int] = mapped_column(Integer)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TemplateRow(Base):
+    """A template an organisation imported from an OCI image. Its root filesystem and runtime
+    settings live on disk by id (``atoll.templates.registry``); this row is the org's catalog
+    entry: the name (unique per org, renamable), where it came from, and the image's config.
+    System templates (``system/...``) have no row."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16))  # "importing" until the rootfs is in place, then "ready"
+    digest: Mapped[str] = mapped_column(String(128), default="")
+    image_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

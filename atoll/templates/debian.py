@@ -76,4 +76,3 @@ def build_debian(
     registry.save(template)
     report(1.0, "done")
     return template
-

@@ -1,13 +1,22 @@
 """Templates on disk: ``<templates_dir>/<slug>/rootfs`` (read-only lower layer) and
-``template.json`` (id, name, PORT, environment). Lookup by name; nothing here builds."""
+``template.json`` (id, name, PORT, environment). Lookup by name; nothing here builds.
+
+System templates live in the shared cache, by name. Templates an organisation imported from an
+image (``atoll.templates.oci``) live under ``user_root/<id>/`` in the same layout: their names
+are per organisation and renamable, so they are found by id, and by name only through
+``resolve`` (which asks the catalog, ``atoll.templates.catalog``, for the org's name → id)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_TEMPLATE_NAME = "system/debian:bookworm"
+SYSTEM_PREFIX = "system/"
+# (org id, template name) -> id of the org's template, or None
+NameLookup = Callable[[str, str], Awaitable[str | None]]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -24,6 +33,7 @@ class Template:
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)  # the main process, when the image has one
+    user: str = ""  # the image's USER (recorded; the home directory endpoint reads it)
     created_at: str = ""
     path: Path = Path()
 
@@ -40,28 +50,45 @@ def slug(name: str) -> str:
 
 
 class TemplateRegistry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, user_root: Path | None = None) -> None:
         self.root = root
+        self.user_root = user_root
+        self.lookup: NameLookup | None = None  # set by the server once the catalog exists
+        self._system_ids: dict[str, str] = {}  # id -> name, learnt by scanning
         root.mkdir(parents=True, exist_ok=True)
+        if user_root is not None:
+            user_root.mkdir(parents=True, exist_ok=True)
 
     def dir_for(self, name: str) -> Path:
         return self.root / slug(name)
 
     def get(self, name: str) -> Template | None:
-        meta = self.dir_for(name) / "template.json"
-        if not meta.exists() or not (self.dir_for(name) / "rootfs").is_dir():
-            return None
-        data = json.loads(meta.read_text())
-        return Template(
-            id=data["id"],
-            name=data["name"],
-            port=int(data.get("port", 8080)),
-            env=dict(data.get("env", {})),
-            workdir=data.get("workdir", "/"),
-            cmd=list(data.get("cmd", [])),
-            created_at=data.get("created_at", ""),
-            path=self.dir_for(name),
-        )
+        return _load(self.dir_for(name))
+
+    def by_id(self, template_id: str) -> Template | None:
+        """A system template or an imported one, by id (ids never change; names may)."""
+        if self.user_root is not None and "/" not in template_id and template_id not in (".", ".."):
+            found = _load(self.user_root / template_id)
+            if found is not None:
+                return found
+        known = self._system_ids.get(template_id)
+        if known is not None and (template := self.get(known)) is not None and template.id == template_id:
+            return template
+        for meta in self.root.glob("*/template.json"):
+            template = _load(meta.parent)
+            if template is not None and template.id == template_id:
+                self._system_ids[template_id] = template.name
+                return template
+        return None
+
+    async def resolve(self, org_id: str, name: str) -> Template | None:
+        """The template an org means by ``name``: a system one, or one of its own."""
+        if name.startswith(SYSTEM_PREFIX) or self.lookup is None:
+            return self.get(name)
+        template_id = await self.lookup(org_id, name)
+        template = self.by_id(template_id) if template_id else None
+        # the catalog's name is current; the one on disk is the name it was imported under
+        return replace(template, name=name) if template is not None else None
 
     def save(self, template: Template) -> None:
         data = asdict(template)
@@ -73,3 +100,21 @@ class TemplateRegistry:
         for meta in sorted(self.root.glob("*/template.json")):
             found.append(json.loads(meta.read_text())["name"])
         return found
+
+
+def _load(directory: Path) -> Template | None:
+    meta = directory / "template.json"
+    if not meta.exists() or not (directory / "rootfs").is_dir():
+        return None
+    data = json.loads(meta.read_text())
+    return Template(
+        id=data["id"],
+        name=data["name"],
+        port=int(data.get("port", 8080)),
+        env=dict(data.get("env", {})),
+        workdir=data.get("workdir", "/"),
+        cmd=list(data.get("cmd", [])),
+        user=data.get("user", ""),
+        created_at=data.get("created_at", ""),
+        path=directory,
+    )

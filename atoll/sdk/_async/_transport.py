@@ -7,7 +7,8 @@ it ever sees an httpx exception or has to look at a status code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
@@ -66,7 +67,7 @@ class AsyncTransport:
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         expected_status: int | tuple[int, ...] = 200,
-        timeout: float | None = None,  # noqa: ASYNC109  # it is the HTTP timeout, handed to httpx
+        timeout: float | None = None,  # it is the HTTP timeout, handed to httpx
     ) -> httpx.Response:
         """One HTTP exchange; any status other than ``expected_status`` raises an ``APIError``."""
         seconds = self.timeout if timeout is None else check_timeout("http_timeout", timeout)
@@ -96,6 +97,54 @@ class AsyncTransport:
                 reason=response.reason_phrase,
             )
         return response
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers every call carries (for connections made outside httpx: WebSockets)."""
+        return self._headers(None)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        expected_status: int | tuple[int, ...] = 200,
+        timeout: float | None = None,  # it is the HTTP timeout, handed to httpx
+    ) -> AsyncIterator[httpx.Response]:
+        """Like ``request``, but the body is sent and read as it goes: read the response's body
+        inside the block. Errors map as in ``request``."""
+        seconds = self.timeout if timeout is None else check_timeout("http_timeout", timeout)
+        expected = (expected_status,) if isinstance(expected_status, int) else expected_status
+        try:
+            async with self._client.stream(
+                method,
+                self.base_url + path,
+                params=params,
+                json=json,
+                content=content,
+                headers=self._headers(headers),
+                timeout=seconds,
+            ) as response:
+                if response.status_code not in expected:
+                    await response.aread()
+                    raise api_error(
+                        method,
+                        path,
+                        response.status_code,
+                        response.headers,
+                        response.content,
+                        expected=expected,
+                        reason=response.reason_phrase,
+                    )
+                yield response
+        except httpx.TimeoutException as exc:
+            raise AtollTimeoutError(f"{method} {path} timed out after {seconds:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{method} {path} failed: {str(exc) or type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         if self._owns_client:

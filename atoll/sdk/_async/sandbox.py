@@ -6,7 +6,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
+from atoll.sdk._async._transport import AsyncTransport
+from atoll.sdk._async.filesystem import AsyncFilesystem
 from atoll.sdk._async.process import AsyncProcessClient, AsyncSandboxProcess
+from atoll.sdk._async.pty import AsyncPty
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus
 
@@ -25,10 +28,14 @@ class AsyncSandbox:
         *,
         sandboxes: AsyncSandboxesClient[AsyncSandbox],
         process: AsyncProcessClient,
+        transport: AsyncTransport | None = None,
     ) -> None:
         self._data = data
         self._sandboxes = sandboxes
         self.process = AsyncSandboxProcess(process, self)
+        transport = transport if transport is not None else sandboxes._transport
+        self.filesystem = AsyncFilesystem(transport, self)
+        self.pty = AsyncPty(transport, self)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; never forward private names, so a

@@ -10,7 +10,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
+from atoll.sdk._sync._transport import Transport
+from atoll.sdk._sync.filesystem import Filesystem
 from atoll.sdk._sync.process import ProcessClient, SandboxProcess
+from atoll.sdk._sync.pty import Pty
 from atoll.sdk._sync.sandboxes import SandboxesClient
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus
 
@@ -29,10 +32,14 @@ class Sandbox:
         *,
         sandboxes: SandboxesClient[Sandbox],
         process: ProcessClient,
+        transport: Transport | None = None,
     ) -> None:
         self._data = data
         self._sandboxes = sandboxes
         self.process = SandboxProcess(process, self)
+        transport = transport if transport is not None else sandboxes._transport
+        self.filesystem = Filesystem(transport, self)
+        self.pty = Pty(transport, self)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; never forward private names, so a

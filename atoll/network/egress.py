@@ -1,0 +1,424 @@
+"""Egress policy enforcement for one Atoll instance: the per-sandbox nftables objects, the DNS
+resolver, the egress proxy and the counters, behind the hooks the sandbox manager calls.
+
+    attach(Attachment)   at boot, before the sandbox's first process: rules + resolver/proxy state
+    detach(id, slot)     at stop/delete/failed boot: everything per-sandbox is removed
+    reconcile(adopted)   at start-up: re-attach surviving sandboxes, remove any other s<N>_ object
+
+The instance table is rebuilt at start-up, so after a crash nothing stale survives it; what a
+sandbox had learned from DNS is lost then (it resolves again). See docs/egress.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from atoll.network import egress_rules
+from atoll.network.addressing import Slot
+from atoll.network.ca import CertificateAuthority
+from atoll.network.firewall import table_name
+from atoll.network.nftables import Nft, NftError
+from atoll.network.policy import AddressGuard, EgressPolicy
+from atoll.network.proxy import EgressProxy
+from atoll.network.resolver import Resolver, parse_upstream
+
+log = logging.getLogger("atoll.egress")
+
+MIN_LEARNED_TIMEOUT = 60  # seconds an address stays allowed after an answer, whatever its TTL
+LOCAL_ADDRESSES_TTL = 30.0
+# where the sandbox's CA lands inside it (Debian layout; the env vars make it work elsewhere)
+GUEST_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+GUEST_CA = "usr/local/share/ca-certificates/atoll-egress.crt"
+CA_ENV_BUNDLE = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "PIP_CERT",
+    "AWS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EgressConfig:
+    instance: str
+    subnet: str
+    deny_cidrs: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()  # "ip" or "ip:port"
+    upstream_ca_bundle: Path | None = None  # verifies upstream TLS for transforms; None: system store
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attachment:
+    sandbox_id: str
+    org_id: str
+    policy: Mapping[str, Any] | None
+    slot: Slot
+    sandbox_dir: Path
+
+
+@dataclass
+class Stats:
+    dns_allowed: int = 0
+    dns_denied: int = 0
+    proxied_allowed: int = 0
+    proxied_denied: int = 0
+    transformed: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class SandboxEgress:
+    """One attached sandbox, as the resolver and the proxy see it."""
+
+    def __init__(self, service: EgressService, attachment: Attachment, policy: EgressPolicy) -> None:
+        self._service = service
+        self.sandbox_id = attachment.sandbox_id
+        self.org_id = attachment.org_id
+        self.slot = attachment.slot
+        self.policy = policy
+        self.ca_dir = attachment.sandbox_dir / "egress"
+        self.stats = Stats()
+        self.learned: dict[ipaddress.IPv4Address, dict[str, float]] = {}
+        self._contexts: dict[str, tuple[ssl.SSLContext, float]] = {}
+        self._ca: CertificateAuthority | None = None
+        self._pruned = time.monotonic()
+
+    # resolver side
+    def dns_answered(self, *, allowed: bool) -> None:
+        if allowed:
+            self.stats.dns_allowed += 1
+        else:
+            self.stats.dns_denied += 1
+
+    def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None:
+        now = time.monotonic()
+        if now - self._pruned > 60:
+            self._prune(now)
+        updates = []
+        for address, ttl in addresses:
+            timeout = max(ttl, MIN_LEARNED_TIMEOUT)
+            names = self.learned.setdefault(address, {})
+            known = max(names.values(), default=0.0)
+            names[name] = max(names.get(name, 0.0), now + timeout)
+            if now + timeout > known + 1:
+                updates.append((str(address), timeout))
+        if updates:
+            self._service.learn(self, updates)
+
+    def _prune(self, now: float) -> None:
+        self._pruned = now
+        for address in list(self.learned):
+            names = {n: t for n, t in self.learned[address].items() if t > now}
+            if names:
+                self.learned[address] = names
+            else:
+                del self.learned[address]
+
+    # proxy side
+    def learned_for(self, name: str, address: ipaddress.IPv4Address) -> bool:
+        return self.learned.get(address, {}).get(name, 0.0) > time.monotonic()
+
+    def learned_any(self, address: ipaddress.IPv4Address) -> bool:
+        now = time.monotonic()
+        return any(t > now for t in self.learned.get(address, {}).values())
+
+    def connection(self, *, allowed: bool, transformed: bool = False) -> None:
+        if allowed:
+            self.stats.proxied_allowed += 1
+            self.stats.transformed += transformed
+        else:
+            self.stats.proxied_denied += 1
+
+    def traffic(self, *, sent: int = 0, received: int = 0) -> None:
+        self.stats.bytes_sent += sent
+        self.stats.bytes_received += received
+
+    def server_context(self, name: str) -> ssl.SSLContext:
+        cached = self._contexts.get(name)
+        if cached is not None and cached[1] > time.time() + 3600:
+            return cached[0]
+        if self._ca is None:
+            self._ca = CertificateAuthority.load(self.ca_dir)
+        issued = self._ca.issue(name)
+        path = self.ca_dir / f"leaf-{name}.pem"
+        path.write_bytes(issued.cert_pem + issued.key_pem)
+        path.chmod(0o600)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(path)
+        context.set_alpn_protocols(["http/1.1"])
+        self._contexts[name] = (context, issued.not_after.timestamp())
+        return context
+
+
+class EgressService:
+    def __init__(self, config: EgressConfig) -> None:
+        self.config = config
+        self.table = table_name(config.instance)
+        self._nft: Nft | None = None
+        self._by_ip: dict[str, SandboxEgress] = {}
+        self._by_id: dict[str, SandboxEgress] = {}
+        self._base_guard = AddressGuard(subnet=config.subnet, deny_cidrs=config.deny_cidrs)
+        self._guard = self._base_guard
+        self._refresher: asyncio.Task[None] | None = None
+        context = ssl.create_default_context(
+            cafile=str(config.upstream_ca_bundle) if config.upstream_ca_bundle else None
+        )
+        context.set_alpn_protocols(["http/1.1"])
+        self.resolver = Resolver(
+            upstreams=[parse_upstream(u) for u in config.upstreams], lookup=self._by_ip.get, guard=self.guard
+        )
+        self.proxy = EgressProxy(lookup=self._by_ip.get, guard=self.guard, upstream_tls=context)
+
+    @property
+    def nft(self) -> Nft:
+        if self._nft is None:
+            self._nft = Nft()
+        return self._nft
+
+    @property
+    def dns_port(self) -> int:
+        return self.resolver.port
+
+    @property
+    def proxy_port(self) -> int:
+        return self.proxy.port
+
+    async def start(self) -> None:
+        await self._refresh_local_addresses()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+        await self.resolver.start()
+        await self.proxy.start()
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.proxy.close()
+        await self.resolver.close()
+        if self._nft is not None:
+            self._nft.close()
+
+    def guard(self) -> AddressGuard:
+        return self._guard
+
+    async def _refresh_local_addresses(self) -> None:
+        """The host's own addresses join the guard (refreshed in the background)."""
+
+        def dump() -> list[str]:
+            with IPRoute() as ipr:
+                addresses = ipr.get_addr(family=socket.AF_INET)
+                return [str(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")) for a in addresses]
+
+        self._guard = self._base_guard.with_local(a for a in await asyncio.to_thread(dump) if a != "None")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LOCAL_ADDRESSES_TTL)
+            try:
+                await self._refresh_local_addresses()
+            except Exception:
+                log.exception("could not list the host's addresses")
+
+    # manager hooks ---------------------------------------------------------------------------
+    def resolv_conf(self, slot: Slot) -> str:
+        return f"nameserver {slot.host_ip}\noptions timeout:2 attempts:2\n"
+
+    @staticmethod
+    def sandbox_env(policy: Mapping[str, Any] | None) -> dict[str, str]:
+        """Environment for a sandbox whose policy terminates TLS: every common CA-bundle variable
+        points at the trust store that includes the sandbox's CA."""
+        if not EgressPolicy.from_wire(policy).transforms:
+            return {}
+        return {**{k: f"/{GUEST_BUNDLE}" for k in CA_ENV_BUNDLE}, "NODE_EXTRA_CA_CERTS": f"/{GUEST_CA}"}
+
+    def prepare(
+        self, policy: Mapping[str, Any] | None, sandbox_dir: Path, template_rootfs: Path | None
+    ) -> None:
+        """Before boot: for transforms, create (once) the sandbox's CA on the host and install its
+        certificate in the sandbox's trust store (written into the root's upper layer)."""
+        parsed = EgressPolicy.from_wire(policy)
+        if not parsed.transforms:
+            return
+        ca = CertificateAuthority.load_or_create(
+            sandbox_dir / "egress",
+            f"Atoll egress CA {sandbox_dir.name}",
+            permitted=[t.domain for t in parsed.transforms],
+        )
+        pem = ca.cert_pem
+        upper = sandbox_dir / "upper"  # SandboxSpec.upper_dir
+        bundle = upper / GUEST_BUNDLE
+        if bundle.exists() and pem in bundle.read_bytes():
+            return
+        base = bundle if bundle.exists() else (template_rootfs / GUEST_BUNDLE if template_rootfs else None)
+        existing = base.read_bytes() if base is not None and base.is_file() else b""
+        for path, data in ((bundle, existing.rstrip(b"\n") + b"\n" + pem), (upper / GUEST_CA, pem)):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            path.write_bytes(data.lstrip(b"\n"))
+            path.chmod(0o644)
+
+    async def attach(self, attachment: Attachment) -> None:
+        policy = EgressPolicy.from_wire(attachment.policy)
+        slot = attachment.slot
+        batch = egress_rules.attach(
+            self.table, index=slot.index, ifname=slot.host_ifname, policy=policy, proxy_port=self.proxy_port
+        )
+        try:
+            self.nft.run(batch)
+        except NftError:
+            self._remove_slot_objects(slot.index, slot.host_ifname)  # a leftover of a failed attach
+            self.nft.run(batch)
+        state = SandboxEgress(self, attachment, policy)
+        self._by_ip[slot.sandbox_ip] = state
+        self._by_id[attachment.sandbox_id] = state
+
+    async def detach(self, sandbox_id: str, slot: Slot) -> None:
+        state = self._by_id.pop(sandbox_id, None)
+        if state is not None and self._by_ip.get(state.slot.sandbox_ip) is state:
+            del self._by_ip[state.slot.sandbox_ip]
+        if state is None or state.slot.index != slot.index:
+            self._remove_slot_objects(slot.index, slot.host_ifname)
+            return
+        try:
+            self.nft.run(
+                egress_rules.detach(
+                    self.table,
+                    index=slot.index,
+                    ifname=slot.host_ifname,
+                    **egress_rules.objects(state.policy),
+                )
+            )
+        except NftError:
+            self._remove_slot_objects(slot.index, slot.host_ifname)
+
+    async def reconcile(self, adopted: Sequence[Attachment]) -> list[str]:
+        """Start-up: remove every per-sandbox object whose slot no adopted sandbox holds, and
+        attach the adopted ones afresh. Returns what was removed."""
+        keep = {a.slot.index for a in adopted}
+        removed = []
+        for index, ifname in sorted(self._slot_objects().items()):
+            if index not in keep:
+                self._remove_slot_objects(index, ifname)
+                removed.append(f"egress rules of slot {index}")
+        for attachment in adopted:
+            self._remove_slot_objects(attachment.slot.index, attachment.slot.host_ifname)
+            await self.attach(attachment)
+        return removed
+
+    def _slot_objects(self) -> dict[int, str | None]:
+        """Slots that have any per-sandbox object in the table -> the ifname in the maps, if any."""
+        found: dict[int, str | None] = {}
+        for item in self.nft.query(f"list table inet {self.table}"):
+            for kind in ("chain", "set", "counter"):
+                if kind in item:
+                    index = egress_rules.slot_of_object(item[kind]["name"])
+                    if index is not None:
+                        found.setdefault(index, None)
+            if "map" in item and item["map"]["name"] in egress_rules.MAPS:
+                for element in item["map"].get("elem", []):
+                    key, verdict = element
+                    target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
+                    index = egress_rules.slot_of_object(target)
+                    if index is not None:
+                        found[index] = key
+        return found
+
+    def _remove_slot_objects(self, index: int, ifname: str | None) -> None:
+        """Remove whatever exists of slot ``index``, one command at a time (some may be gone)."""
+        prefix = egress_rules.prefix(index)
+        listing = self.nft.query(f"list table inet {self.table}")
+        names = {kind: set() for kind in ("chain", "set", "counter")}  # type: dict[str, set[str]]
+        maps = []
+        for item in listing:
+            for kind in names:
+                if kind in item and item[kind]["name"].startswith(prefix):
+                    names[kind].add(item[kind]["name"][len(prefix) :])
+            if "map" in item and ifname is not None:
+                if any(element[0] == ifname for element in item["map"].get("elem", [])):
+                    maps.append(item["map"]["name"])
+        batch = egress_rules.detach(
+            self.table,
+            index=index,
+            ifname=ifname or "",
+            maps=maps,
+            chains=names["chain"],
+            sets=names["set"],
+            counters=names["counter"],
+        )
+        for line in batch.splitlines():
+            try:
+                self.nft.run(line)
+            except NftError as exc:
+                log.debug("egress cleanup of slot %d: %s", index, exc)
+
+    def learn(self, state: SandboxEgress, addresses: Sequence[tuple[str, int]]) -> None:
+        if self._by_id.get(state.sandbox_id) is not state:
+            return
+        try:
+            self.nft.run(egress_rules.learn(self.table, index=state.slot.index, addresses=addresses))
+        except NftError:
+            log.exception("could not add learned addresses for %s", state.sandbox_id)
+
+    # counters --------------------------------------------------------------------------------
+    def _counters(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for item in self.nft.query(f"list counters table inet {self.table}"):
+            counter = item.get("counter")
+            if counter:
+                out[counter["name"]] = (int(counter["packets"]), int(counter["bytes"]))
+        return out
+
+    def report(
+        self, sandbox_id: str, counters: Mapping[str, tuple[int, int]] | None = None
+    ) -> dict[str, Any]:
+        state = self._by_id.get(sandbox_id)
+        if state is None:
+            return {"attached": False}
+        counters = self._counters() if counters is None else counters
+        p = egress_rules.prefix(state.slot.index)
+
+        def get(name: str) -> tuple[int, int]:
+            return counters.get(p + name, (0, 0))
+
+        s = state.stats
+        return {
+            "attached": True,
+            "mode": state.policy.mode,
+            "allowed": {
+                "connections": get("new")[0] + s.proxied_allowed,
+                "bytes_out": get("tx")[1] + s.bytes_sent,
+                "bytes_in": get("rx")[1] + s.bytes_received,
+            },
+            "denied": {
+                "connections": get("deny_new")[0] + s.proxied_denied,
+                "packets": get("deny")[0],
+                "bytes": get("deny")[1],
+            },
+            "dns": {"answered": s.dns_allowed, "refused": s.dns_denied},
+            "proxy": {
+                "connections": s.proxied_allowed,
+                "denied": s.proxied_denied,
+                "transformed": s.transformed,
+                "learned_addresses": len(state.learned),
+            },
+        }
+
+    def reports(self, org_id: str | None = None) -> dict[str, dict[str, Any]]:
+        counters = self._counters()
+        return {
+            sid: self.report(sid, counters)
+            for sid, state in self._by_id.items()
+            if org_id is None or state.org_id == org_id
+        }

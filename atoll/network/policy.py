@@ -1,0 +1,141 @@
+"""A sandbox's egress policy, compiled once from the validated wire dict (``network_policy``), and
+the address guard every egress path shares. Pure: no I/O.
+
+Semantics (wire-protocol section 3):
+- omitted or ``allow-all``: everything but the always-denied ranges; ``transforms`` still apply;
+- ``deny-all``: nothing (names resolve to nothing, every packet is refused);
+- ``custom``: only ``allow_cidrs``, ``allow_domains`` and the transforms' domains.
+
+A domain pattern is an exact name (``api.example.com``) or ``*.`` followed by a name, which
+matches any name below it, at any depth (``a.example.com``, ``b.a.example.com``), never the
+name itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["allow-all", "deny-all", "custom"]
+IPv4 = ipaddress.IPv4Address
+
+# Never reachable from a sandbox, whatever its policy (the firewall's always-denied ranges plus
+# what only the host itself may use). The sandbox subnet and the host's own addresses are added
+# per server by ``AddressGuard``.
+ALWAYS_FORBIDDEN_V4 = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
+
+
+def normalise_name(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def domain_matches(pattern: str, name: str) -> bool:
+    """``api.x.y`` matches only itself; ``*.x.y`` matches every name strictly below ``x.y``."""
+    name = normalise_name(name)
+    pattern = normalise_name(pattern)
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return name == pattern
+
+
+@dataclass(frozen=True)
+class Transform:
+    domain: str
+    inject: tuple[tuple[str, str], ...] = ()
+    strip: frozenset[str] = frozenset()  # lower-cased header names
+
+    def matches(self, name: str) -> bool:
+        return domain_matches(self.domain, name)
+
+    def __repr__(self) -> str:  # the injected values are secrets: never in logs or reprs
+        names = [k for k, _ in self.inject]
+        return f"Transform(domain={self.domain!r}, inject={names!r}, strip={sorted(self.strip)!r})"
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    mode: Mode = "allow-all"
+    domains: tuple[str, ...] = ()
+    cidrs: tuple[ipaddress.IPv4Network, ...] = ()
+    transforms: tuple[Transform, ...] = field(default=())
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any] | None) -> EgressPolicy:
+        if not data:
+            return cls()
+        mode: Mode = data.get("mode") or "allow-all"
+        if mode == "deny-all":
+            return cls(mode="deny-all")
+        transforms = tuple(
+            Transform(
+                domain=normalise_name(t["domain"]),
+                inject=tuple((str(k), str(v)) for k, v in (t.get("inject_headers") or {}).items()),
+                strip=frozenset(str(h).lower() for h in (t.get("strip_headers") or ())),
+            )
+            for t in data.get("transforms") or ()
+        )
+        if mode == "allow-all":
+            return cls(mode="allow-all", transforms=transforms)
+        return cls(
+            mode="custom",
+            domains=tuple(normalise_name(d) for d in data.get("allow_domains") or ()),
+            cidrs=tuple(ipaddress.IPv4Network(c, strict=False) for c in data.get("allow_cidrs") or ()),
+            transforms=transforms,
+        )
+
+    @property
+    def learns_names(self) -> bool:
+        """Whether the resolver must record this sandbox's answers (and the proxy see the traffic):
+        for domain allow-lists and for transforms."""
+        return self.mode == "custom" or bool(self.transforms)
+
+    def allows_name(self, name: str) -> bool:
+        if self.mode == "allow-all":
+            return True
+        if self.mode == "deny-all":
+            return False
+        return any(domain_matches(p, name) for p in self.domains) or self.transform_for(name) is not None
+
+    def transform_for(self, name: str) -> Transform | None:
+        for transform in self.transforms:
+            if transform.matches(name):
+                return transform
+        return None
+
+    def cidr_allows(self, address: IPv4) -> bool:
+        if self.mode == "allow-all":
+            return True
+        return any(address in net for net in self.cidrs)
+
+    def secrets(self) -> list[str]:
+        return [value for t in self.transforms for _, value in t.inject if value]
+
+
+class AddressGuard:
+    """Addresses no egress path may ever reach for a sandbox: the always-denied ranges, the
+    operator's deny ranges, the sandbox subnet and the host's own addresses. The resolver never
+    learns them and the proxy never connects to them (the firewall refuses them too)."""
+
+    def __init__(self, *, subnet: str, deny_cidrs: Iterable[str] = (), local: Iterable[str] = ()) -> None:
+        nets = [ipaddress.IPv4Network(c) for c in ALWAYS_FORBIDDEN_V4]
+        nets.append(ipaddress.IPv4Network(subnet))
+        nets += [ipaddress.IPv4Network(c, strict=False) for c in deny_cidrs if ":" not in c]
+        self.networks = tuple(nets)
+        self.local: frozenset[IPv4] = frozenset(ipaddress.IPv4Address(a) for a in local)
+
+    def with_local(self, local: Iterable[str]) -> AddressGuard:
+        guard = AddressGuard.__new__(AddressGuard)
+        guard.networks = self.networks
+        guard.local = frozenset(ipaddress.IPv4Address(a) for a in local)
+        return guard
+
+    def forbidden(self, address: IPv4) -> bool:
+        return address in self.local or any(address in net for net in self.networks)

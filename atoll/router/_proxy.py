@@ -1,0 +1,542 @@
+"""One client connection to the router.
+
+Requests are parsed with llhttp (httptools) only as far as routing needs: the head is rewritten
+(the API key and routing headers are removed, ``X-Forwarded-*`` added) and the body is passed on
+as it arrives, never buffered whole (a chunked body is re-chunked as it streams). Responses come
+back byte for byte; ``ResponseFraming`` only watches where each one ends.
+
+Each request is routed on its own, so one keep-alive connection can reach many sandboxes
+(header routing). A request for the sandbox port the connection already talks to goes out at
+once, from the parser callback (the fast path, no task, no await). Anything else (a key or
+sandbox not in the cache, a new upstream connection, a different sandbox while responses are
+still due, HEAD, an upgrade) waits in ``backlog`` for the ``_pump`` task, with reading paused.
+After ``101 Switching Protocols`` both directions become a plain byte pipe (WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+from atoll._exceptions import APIError, BadRequestError, ServerError
+from atoll.router._lookup import Destination, Lookup
+from atoll.router._names import ID_HEADER, PORT_HEADER, Names, Target
+from atoll.router._responses import BadGateway, error_response
+from atoll.router._upstream import WRITE_HIGH_WATER, UpstreamConnection, open_upstream
+
+log = logging.getLogger("atoll.router")
+
+HTTP, UPGRADING, TUNNEL, OPAQUE = range(4)  # client connection modes
+AUTH_HEADERS = (b"authorization", b"leap0-authorization")
+STRIPPED = frozenset((*AUTH_HEADERS, ID_HEADER, PORT_HEADER))
+DRAIN_S = 10.0  # how long an answered-early request may keep sending its body
+MAX_HEAD = 64 * 1024  # request line + headers
+
+
+@dataclass(eq=False)
+class ProxyContext:
+    """What every connection of one router shares."""
+
+    lookup: Lookup
+    names: Names
+    scheme: str = "http"
+    connect_timeout: float = 5.0
+    idle_timeout: float = 75.0
+    connections: set[ClientConnection] = field(default_factory=set)
+    all_closed: asyncio.Event | None = None  # set by the router while it stops
+    proto_header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proto_header = f"X-Forwarded-Proto: {self.scheme}\r\n".encode()
+
+
+class Exchange:
+    """One request and, once answered, its place in line for the response."""
+
+    __slots__ = (
+        "api_key", "body_done", "chunked", "dest", "error", "exclusive", "head", "is_head",
+        "keep_alive", "pending", "sent", "target", "upgrade",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.target: Target | None = None
+        self.api_key: str | None = None
+        self.dest: Destination | None = None
+        self.error: APIError | None = None
+        self.head = b""
+        self.pending: list[bytes] = []  # body received before the request could go out
+        self.sent = False
+        self.body_done = False
+        self.chunked = False
+        self.keep_alive = True
+        self.is_head = False
+        self.upgrade = False
+        self.exclusive = False  # HEAD and upgrades travel alone: their responses end differently
+
+
+def api_key(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value[:7].lower() == b"bearer ":
+        value = value[7:].strip()
+    return value.decode("latin-1") or None
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.mode = HTTP
+        self.closed = False  # close requested or done: nothing more is written
+        self.closing = False  # answered early: swallow the rest of the body, then close
+        self.draining = False  # the router is stopping: close once idle
+        self.upstream: UpstreamConnection | None = None
+        self.backlog: deque[Exchange] = deque()
+        self.inflight: deque[Exchange] = deque()
+        self.receiving: Exchange | None = None
+        self.last_active = 0.0
+        self._eof = False
+        self._upstream_eof = False
+        self._head_bytes = 0
+        self._paused: set[str] = set()
+        self._write_paused = False
+        self._pump_task: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._held: list[bytes] = []  # client bytes after an upgrade request, until its answer
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self._url: list[bytes] = []
+        self._headers: list[bytes] = []
+        self._trailers: list[bytes] = []
+        self._host: bytes | None = None
+        self._auth: bytes | None = None
+        self._auth_alt: bytes | None = None
+        self._sid: bytes | None = None
+        self._port: bytes | None = None
+        self._chunked = False
+        self._xff = False
+        self._xfp = False
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b""
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.ctx.connections.add(self)
+        self.last_active = self.loop.time()
+        self._timer = self.loop.call_later(self.ctx.idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        mode = self.mode
+        if mode == TUNNEL:
+            if self.upstream is not None:
+                self.upstream.write(data)
+            return
+        if mode == UPGRADING:
+            self._held.append(data)
+            return
+        if mode == OPAQUE or self.closed:
+            return
+        if self.receiving is None:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :]
+            self.mode = UPGRADING
+            if rest:
+                self._held.append(rest)
+            self._pause("upgrade")
+        except httptools.HttpParserCallbackError:
+            log.exception("router: request handling failed")
+            self._fail(ServerError("internal router error"))
+        except httptools.HttpParserError as exc:
+            self._fail(BadRequestError(f"malformed HTTP request: {exc}"))
+        else:
+            if self.receiving is None and self._head_bytes > MAX_HEAD:
+                self._fail(APIError("request head too large", status_code=431))
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.mode == TUNNEL and self.upstream is not None and self.upstream.transport is not None:
+            if self.upstream.transport.can_write_eof() and not self._upstream_eof:
+                self.upstream.transport.write_eof()  # half-close: the sandbox may still answer
+                return True
+            return False
+        if self.receiving is not None:  # the request was cut short
+            return False
+        return bool(self.inflight or self.backlog)  # answer what was asked, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if not self.ctx.connections and self.ctx.all_closed is not None:
+            self.ctx.all_closed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        if self.upstream is not None:
+            if exc is None:
+                self.upstream.close()  # what was written still goes out, then FIN
+            else:
+                self.upstream.abort()
+            self.upstream = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # llhttp callbacks (request side) ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_head()
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if self.receiving is not None:  # trailers after a chunked body
+            if lname not in STRIPPED:
+                self._trailers.append(name + b": " + value + b"\r\n")
+            return
+        if lname in STRIPPED:
+            if lname == b"authorization":
+                self._auth = value
+            elif lname == b"leap0-authorization":
+                self._auth_alt = value
+            elif lname == ID_HEADER:
+                self._sid = value
+            else:
+                self._port = value
+            return
+        if lname == b"host":
+            self._host = value
+        elif lname == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+        elif lname == b"x-forwarded-for":
+            self._xff = True
+        elif lname == b"x-forwarded-proto":
+            self._xfp = True
+        self._headers.append(name + b": " + value + b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self._head_bytes = 0
+        ex = Exchange()
+        method = parser.get_method()
+        ex.is_head = method == b"HEAD"
+        ex.upgrade = parser.should_upgrade()
+        ex.exclusive = ex.is_head or ex.upgrade
+        ex.keep_alive = parser.should_keep_alive()
+        ex.chunked = self._chunked
+        ex.api_key = api_key(self._auth if self._auth is not None else self._auth_alt)
+        if method == b"CONNECT":
+            ex.error = APIError("CONNECT is not supported by the sandbox router", status_code=405)
+        else:
+            try:
+                ex.target = self.ctx.names.target(self._host, self._sid, self._port)
+            except APIError as err:
+                ex.error = err
+        head = [method, b" ", b"".join(self._url), b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
+        head += self._headers
+        if not self._xff:
+            head.append(b"X-Forwarded-For: " + self.peer + b"\r\n")
+        if not self._xfp:
+            head.append(self.ctx.proto_header)
+        head.append(b"\r\n")
+        ex.head = b"".join(head)
+        self.receiving = ex
+        if not self.closing:
+            self._dispatch(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.receiving
+        if ex is None or ex.error is not None or self.closing:
+            return
+        if ex.chunked:
+            self._body_out(ex, (b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            self._body_out(ex, (body,))
+
+    def on_message_complete(self) -> None:
+        ex, self.receiving = self.receiving, None
+        if ex is None:
+            return
+        ex.body_done = True
+        if self.closing:
+            self._close()
+        elif ex.chunked and ex.error is None:
+            self._body_out(ex, (b"0\r\n", *self._trailers, b"\r\n"))
+
+    # sending requests ---------------------------------------------------------------------
+    def _body_out(self, ex: Exchange, pieces: tuple[bytes, ...]) -> None:
+        if not ex.sent:
+            ex.pending.extend(pieces)
+        elif self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.writelines(pieces)
+
+    def _can_pipeline(self, ex: Exchange) -> bool:
+        up = self.upstream
+        return (
+            up is not None
+            and up.reusable
+            and ex.dest is not None
+            and up.dest == ex.dest
+            and not (self.inflight and (ex.exclusive or self.inflight[-1].exclusive))
+        )
+
+    def _dispatch(self, ex: Exchange) -> None:
+        if not self.backlog and ex.error is None and ex.target is not None:
+            ex.dest = self.ctx.lookup.cached(ex.target, ex.api_key)
+            if ex.dest is not None and self._can_pipeline(ex):
+                self._send(ex)
+                return
+        self.backlog.append(ex)
+        self._pause("backlog")
+        if self._pump_task is None:
+            self._pump_task = self.loop.create_task(self._pump())
+
+    def _send(self, ex: Exchange) -> None:
+        assert self.upstream is not None and self.upstream.transport is not None
+        ex.sent = True
+        self.inflight.append(ex)
+        if ex.pending:
+            self.upstream.transport.writelines([ex.head, *ex.pending])
+            ex.pending = []
+        else:
+            self.upstream.transport.write(ex.head)
+
+    async def _pump(self) -> None:
+        """Send the backlog in order: resolve, wait for earlier responses, connect, send."""
+        try:
+            while self.backlog and not self.closed and self.mode in (HTTP, UPGRADING):
+                ex = self.backlog[0]
+                if ex.error is None and ex.dest is None:
+                    ex.dest = await self._resolve(ex)
+                if ex.error is not None or not self._can_pipeline(ex):
+                    while self.inflight:  # earlier responses first
+                        self._drained = self.loop.create_future()
+                        await self._drained
+                    if self.closed or self.mode in (TUNNEL, OPAQUE):
+                        return
+                if ex.error is None and not self._can_pipeline(ex):
+                    await self._connect(ex)
+                    if self.closed:
+                        return
+                self.backlog.popleft()
+                if ex.error is not None:
+                    self._answer_error(ex)
+                else:
+                    self._send(ex)
+        except Exception:
+            log.exception("router: connection failed")
+            self.abort()
+        finally:
+            self._pump_task = None
+            if not self.closed:
+                self._resume("backlog")
+
+    async def _resolve(self, ex: Exchange) -> Destination | None:
+        assert ex.target is not None
+        try:
+            return await self.ctx.lookup.resolve(ex.target, ex.api_key)
+        except APIError as err:
+            ex.error = err
+        except Exception:
+            log.exception("router: looking up %s failed", ex.target)
+            ex.error = ServerError("internal router error")
+        return None
+
+    async def _connect(self, ex: Exchange) -> None:
+        assert ex.dest is not None
+        old, self.upstream = self.upstream, None
+        if old is not None:
+            old.close()
+        self._resume("upstream")
+        try:
+            upstream = await open_upstream(self, ex.dest, self.ctx.connect_timeout)
+        except BadGateway as err:
+            ex.error = err
+            return
+        if self.closed:
+            upstream.abort()
+            return
+        self.upstream = upstream
+        self._upstream_eof = False
+        if self._write_paused and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def _answer_error(self, ex: Exchange) -> None:
+        assert ex.error is not None and self.transport is not None
+        close = ex.upgrade or not ex.body_done or not ex.keep_alive or self._eof or self.draining
+        self.transport.write(error_response(ex.error, close=close))
+        if not close:
+            return
+        if ex.body_done or ex.upgrade:
+            self._close()
+        else:  # read (and drop) the rest of the body, so the client sees the answer, not a reset
+            self.closing = True
+            self.backlog.clear()
+            self.loop.call_later(DRAIN_S, self._close)
+
+    # responses (called by the upstream and its framing) -----------------------------------
+    def upstream_data(self, upstream: UpstreamConnection, data: bytes) -> None:
+        if upstream is not self.upstream or self.transport is None:
+            return
+        mode = self.mode
+        if mode == TUNNEL or mode == OPAQUE:
+            self.transport.write(data)
+        elif self.inflight:
+            self.transport.write(data)
+            upstream.framing.feed(data, self.inflight[0].is_head)
+        else:  # nothing was asked: an idle server talking before it hangs up
+            upstream.close()
+
+    def response_complete(self, keep_alive: bool) -> None:
+        if not self.inflight:
+            return
+        ex = self.inflight.popleft()
+        self.last_active = self.loop.time()
+        if not (keep_alive and ex.keep_alive):  # the server (or the client) ends the connection
+            self._close()
+            return
+        if self.mode == UPGRADING and ex.upgrade:  # upgrade refused: back to plain HTTP
+            self.mode = HTTP
+            held, self._held = b"".join(self._held), []
+            self.loop.call_soon(self._replay, held)
+        if not self.inflight:
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+            if (self._eof or self.draining) and not self.backlog and self.receiving is None:
+                self._close()
+
+    def _replay(self, held: bytes) -> None:
+        if held and not self.closed:
+            self.data_received(held)
+        self._resume("upgrade")
+
+    def response_upgraded(self) -> None:
+        if self.inflight:
+            self.inflight.popleft()
+        self.mode = TUNNEL
+        if self.upstream is not None:
+            for chunk in self._held:
+                self.upstream.write(chunk)
+            if self._eof and self.upstream.transport is not None and self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+        self._held = []
+        self._resume("upgrade")
+
+    def response_unparseable(self) -> None:
+        dest = self.inflight[0].dest if self.inflight else None
+        log.warning("router: unparseable response from %s; relaying it raw", dest)
+        self.mode = OPAQUE
+        self._pause("opaque")
+
+    def upstream_eof(self, upstream: UpstreamConnection) -> bool:
+        if upstream is not self.upstream:
+            return False
+        self._upstream_eof = True
+        if self.mode == TUNNEL and not self._eof and self.transport is not None:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                return True
+        return False
+
+    def upstream_lost(self, upstream: UpstreamConnection) -> None:
+        if upstream is not self.upstream:
+            return
+        self.upstream = None
+        self._resume("upstream")
+        if self.closed or self.transport is None:
+            return
+        if self.mode != HTTP or (self.inflight and upstream.framing.in_message):
+            self._close()  # a tunnel ended, or a response ran to (or was cut at) EOF
+        elif self.inflight:
+            dest = self.inflight[0].dest
+            where = f"port {dest.port} in sandbox {dest.sandbox_id}" if dest else "the sandbox"
+            error = BadGateway(f"{where} closed the connection without answering")
+            self.transport.write(error_response(error, close=True))
+            self._close()
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause("upstream")
+        else:
+            self._resume("upstream")
+
+    # housekeeping -------------------------------------------------------------------------
+    def _pause(self, reason: str) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _fail(self, error: APIError) -> None:
+        """A request we cannot parse: answer (after earlier responses would be wrong, so now) and close."""
+        if self.transport is not None and not self.closed:
+            if not self.inflight:
+                self.transport.write(error_response(error, close=True))
+            self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.transport is not None:
+            self.transport.close()  # after what is buffered has been written
+
+    def shutdown(self) -> None:
+        """The router is stopping: close now when idle, else after the response in progress."""
+        self.draining = True
+        if not (self.inflight or self.backlog or self.receiving) and self.mode == HTTP:
+            self._close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.upstream is not None:
+            self.upstream.abort()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        idle = self.ctx.idle_timeout
+        busy = self.mode != HTTP or self.inflight or self.backlog or self.receiving is not None
+        wait = idle
+        if not busy:
+            elapsed = self.loop.time() - self.last_active
+            if elapsed >= idle:
+                self._close()
+                return
+            wait = idle - elapsed
+        self._timer = self.loop.call_later(wait, self._check_idle)

@@ -1,0 +1,129 @@
+"""The router's listeners and lifecycle, and the one place its pieces are put together.
+
+It runs in the control plane's process and event loop (started and stopped by the API's
+lifespan), so it shares the sandbox manager: a request to a paused sandbox resumes it, and a
+state change reaches the router's cache at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+from atoll.router._lookup import Lookup, SandboxLookup
+from atoll.router._names import Names
+from atoll.router._presigned import PresignedStore
+from atoll.router._proxy import ClientConnection, ProxyContext
+from atoll.router._watch import ObservedRepository
+from atoll.server.manager import SandboxManager
+from atoll.server.settings import Settings
+
+log = logging.getLogger("atoll.router")
+# an address family or address this host lacks (e.g. ::1 with IPv6 disabled) is skipped
+_UNAVAILABLE = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class Router:
+    """Listens on ``hosts``:``port`` and proxies every connection (see ``_proxy``)."""
+
+    def __init__(
+        self,
+        *,
+        lookup: Lookup,
+        names: Names,
+        hosts: Sequence[str],
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 75.0,
+        presigned: PresignedStore | None = None,
+    ) -> None:
+        self.context = ProxyContext(
+            lookup=lookup,
+            names=names,
+            scheme="https" if ssl_context else "http",
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+        )
+        self.hosts = tuple(hosts)
+        self.port = port
+        self.ssl_context = ssl_context
+        self.presigned = presigned
+        self._servers: list[asyncio.Server] = []
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for server in self._servers
+            for sock in server.sockets
+        ]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host in self.hosts:
+            try:
+                server = await loop.create_server(
+                    lambda: ClientConnection(self.context),
+                    host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+            except OSError as exc:
+                if exc.errno in _UNAVAILABLE:
+                    log.warning("router: cannot listen on %s:%s (%s); skipped", host, self.port, exc)
+                    continue
+                await self.stop()
+                raise RuntimeError(f"sandbox router cannot listen on {host}:{self.port}: {exc}") from exc
+            self._servers.append(server)
+        if not self._servers:
+            raise RuntimeError(f"sandbox router could not listen on any of {', '.join(self.hosts)}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let responses in progress finish (up to ``timeout``), cut the rest."""
+        for server in self._servers:
+            server.close()
+        self._servers = []
+        connections = self.context.connections
+        self.context.all_closed = all_closed = asyncio.Event()
+        for connection in list(connections):
+            connection.shutdown()
+        if connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await all_closed.wait()
+        for connection in list(connections):
+            connection.abort()
+        connections.clear()
+
+
+def build_router(settings: Settings, manager: SandboxManager, repo: ObservedRepository) -> Router:
+    """The router as ``settings`` describe it, wired to the manager and the store."""
+    presigned = PresignedStore(repo.sessions)
+    lookup = SandboxLookup(manager, presigned)
+    repo.subscribe(lookup.forget)
+    ssl_context = (
+        tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    )
+    return Router(
+        lookup=lookup,
+        names=Names(settings.sandbox_host, settings.presigned_domain),
+        hosts=settings.router_hosts,
+        port=settings.router_port,
+        ssl_context=ssl_context,
+        presigned=presigned,
+    )

@@ -1,0 +1,274 @@
+"""PTY sessions (wire-protocol §9): interactive shells in a sandbox, reached over WebSockets.
+
+A session is created by REST and owns at most one terminal (``atoll.runtime.terminal``), started
+at once or, with ``lazy_start``, by the first WebSocket that connects. One pump per terminal
+reads its output and hands it to every connected socket in turn; awaiting each send is the flow
+control (a terminal nobody reads stops its shell at the kernel's buffer, never fills the server),
+and output produced while nobody is connected is kept (up to ``PENDING_MAX``) for the next one.
+Sessions live in memory: they end with their sandbox (the manager's teardown hook), when deleted,
+and when the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
+from atoll.runtime import confined, terminal
+from atoll.server.manager import SandboxManager
+from atoll.store.models import SandboxRow
+
+log = logging.getLogger("atoll.pty")
+
+MAX_SESSIONS_PER_SANDBOX = 16
+PENDING_MAX = 1024 * 1024
+SEND_TIMEOUT_S = 30.0
+SHELLS = ("/bin/bash", "/bin/sh")
+
+
+class Socket(Protocol):
+    """What a session needs of a connected WebSocket."""
+
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(eq=False)
+class PtySession:
+    id: str
+    sandbox_id: str
+    cwd: str
+    envs: dict[str, str]
+    cols: int
+    rows: int
+    lazy_start: bool
+    created_at: str = field(default_factory=_now)
+    terminal: terminal.Terminal | None = None
+    ended: bool = False
+    exit_code: int | None = None
+    sockets: list[Socket] = field(default_factory=list)
+    pending: bytearray = field(default_factory=bytearray)
+    pump: asyncio.Task[None] | None = None
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    activity: float = field(default_factory=time.monotonic)  # last input or output
+
+    @property
+    def active(self) -> bool:
+        return self.terminal is not None and not self.ended
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "cwd": self.cwd,
+            "envs": dict(self.envs),
+            "cols": self.cols,
+            "rows": self.rows,
+            "created_at": self.created_at,
+            "active": self.active,
+            "lazy_start": self.lazy_start,
+        }
+
+
+class PtyManager:
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self._sessions: dict[str, dict[str, PtySession]] = {}
+        manager.teardown_hooks.append(self.end_sandbox)
+
+    # REST ---------------------------------------------------------------------------------
+    async def _row(self, org_id: str, sandbox_id: str) -> SandboxRow:
+        return await self.manager.ensure_running(await self.manager.get(org_id, sandbox_id))
+
+    async def sessions(self, org_id: str, sandbox_id: str) -> list[PtySession]:
+        await self.manager.get(org_id, sandbox_id)
+        return list(self._sessions.get(sandbox_id, {}).values())
+
+    async def get(self, org_id: str, sandbox_id: str, session_id: str) -> PtySession:
+        await self.manager.get(org_id, sandbox_id)
+        session = self._sessions.get(sandbox_id, {}).get(session_id)
+        if session is None:
+            raise NotFoundError(f"PTY session {session_id!r} not found")
+        return session
+
+    async def create(
+        self,
+        org_id: str,
+        sandbox_id: str,
+        *,
+        session_id: str | None,
+        cols: int,
+        rows: int,
+        cwd: str | None,
+        envs: dict[str, str],
+        lazy_start: bool,
+    ) -> PtySession:
+        row = await self._row(org_id, sandbox_id)
+        sessions = self._sessions.setdefault(row.id, {})
+        session_id = session_id or "pty-" + secrets.token_hex(6)
+        if session_id in sessions:
+            raise ConflictError(f"PTY session {session_id!r} already exists")
+        if len(sessions) >= MAX_SESSIONS_PER_SANDBOX:
+            raise ConflictError(f"at most {MAX_SESSIONS_PER_SANDBOX} PTY sessions per sandbox")
+        template = self.manager.template_for(row)
+        workdir = confined.normalize(cwd, base=template.workdir or "/") if cwd else template.workdir or "/"
+        session = PtySession(
+            id=session_id,
+            sandbox_id=row.id,
+            cwd=workdir,
+            envs=envs,
+            cols=cols,
+            rows=rows,
+            lazy_start=lazy_start,
+        )
+        sessions[session_id] = session
+        if not lazy_start:
+            try:
+                await self._start(session, row)
+            except BaseException:
+                sessions.pop(session_id, None)
+                raise
+        return session
+
+    async def resize(
+        self, org_id: str, sandbox_id: str, session_id: str, *, cols: int, rows: int
+    ) -> PtySession:
+        session = await self.get(org_id, sandbox_id, session_id)
+        session.cols, session.rows = cols, rows
+        if session.active and session.terminal is not None:
+            session.terminal.resize(cols, rows)
+        return session
+
+    async def delete(self, org_id: str, sandbox_id: str, session_id: str) -> None:
+        session = await self.get(org_id, sandbox_id, session_id)
+        self._sessions.get(sandbox_id, {}).pop(session_id, None)
+        await self._end(session)
+
+    # terminals ----------------------------------------------------------------------------
+    def _shell(self, row: SandboxRow) -> list[str]:
+        root = confined.Root.open(str(self.manager.sandbox_dir(row.id) / "rootfs"))
+        try:
+            for shell in SHELLS:
+                with contextlib.suppress(OSError, BadRequestError):
+                    os.close(root.open_regular(shell, os.O_RDONLY))
+                    return [shell]
+        finally:
+            root.close()
+        return [confined.PROTECTED + "/busybox", "sh"]
+
+    async def _start(self, session: PtySession, row: SandboxRow) -> None:
+        async with session.starting:
+            if session.terminal is not None or session.ended:
+                return
+            template = self.manager.template_for(row)
+            env = {**template.sandbox_env(), "TERM": "xterm-256color", **row.env_vars, **session.envs}
+            backend: Any = self.manager.backend
+            shell = await asyncio.to_thread(self._shell, row)
+            try:
+                session.terminal = await terminal.open_terminal(
+                    [backend.binary, "--root", str(backend.state_root)],
+                    row.id,
+                    argv=shell,
+                    env=env,
+                    cwd=session.cwd,
+                    cols=session.cols,
+                    rows=session.rows,
+                    socket_dir=backend.state_root,
+                )
+            except terminal.TerminalStartFailed as exc:
+                if "chdir" in str(exc) or "cwd" in str(exc):
+                    raise BadRequestError(
+                        "invalid PTY parameters",
+                        errors=[{"field": "cwd", "error": "directory does not exist"}],
+                    ) from None
+                raise ServerError(f"could not start the terminal: {exc}") from None
+            session.pump = asyncio.create_task(self._pump(session))
+
+    async def _pump(self, session: PtySession) -> None:
+        term = session.terminal
+        assert term is not None
+        try:
+            while data := await term.read():
+                session.activity = time.monotonic()
+                if not session.sockets:
+                    session.pending += data
+                    if len(session.pending) > PENDING_MAX:
+                        del session.pending[: len(session.pending) - PENDING_MAX]
+                    continue
+                for sock in list(session.sockets):
+                    await self._send(session, sock, data)
+        except Exception:
+            log.exception("PTY session %s/%s failed", session.sandbox_id, session.id)
+        finally:
+            session.ended = True
+            with contextlib.suppress(Exception):
+                session.exit_code = await asyncio.wait_for(term.wait(), 10)
+            term.close()
+            for sock in list(session.sockets):
+                with contextlib.suppress(Exception):
+                    await sock.close(1000, "session ended")
+
+    async def _send(self, session: PtySession, sock: Socket, data: bytes) -> None:
+        try:
+            await asyncio.wait_for(sock.send_bytes(data), SEND_TIMEOUT_S)
+        except Exception:
+            # a client that cannot take output (gone, or too slow) is dropped, not waited for
+            if sock in session.sockets:
+                session.sockets.remove(sock)
+            with contextlib.suppress(Exception):
+                await sock.close(1011, "could not deliver terminal output")
+
+    async def attach(self, org_id: str, session: PtySession, sock: Socket) -> None:
+        """Start a lazy session, replay what nobody has seen yet, then stream to ``sock``."""
+        if session.terminal is None:
+            await self._start(session, await self._row(org_id, session.sandbox_id))
+        while session.pending:
+            data, session.pending = bytes(session.pending), bytearray()
+            await sock.send_bytes(data)
+        session.sockets.append(sock)  # no await since the last look at pending: nothing is lost
+
+    def detach(self, session: PtySession, sock: Socket) -> None:
+        if sock in session.sockets:
+            session.sockets.remove(sock)
+
+    async def write(self, session: PtySession, data: bytes) -> None:
+        if session.terminal is not None and not session.ended:
+            session.activity = time.monotonic()
+            await session.terminal.write(data)
+
+    async def _end(self, session: PtySession) -> None:
+        session.ended = True
+        if session.terminal is not None:
+            with contextlib.suppress(Exception):
+                await session.terminal.kill()
+        if session.pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.pump, 10)
+        for sock in list(session.sockets):
+            with contextlib.suppress(Exception):
+                await sock.close(1000, "session ended")
+        session.sockets.clear()
+
+    async def end_sandbox(self, sandbox_id: str) -> None:
+        """Teardown hook: every session of the sandbox ends with it."""
+        await self._end_all(self._sessions.pop(sandbox_id, {}).values())
+
+    async def close(self) -> None:
+        sessions = [s for by_id in self._sessions.values() for s in by_id.values()]
+        self._sessions.clear()
+        await self._end_all(sessions)
+
+    async def _end_all(self, sessions: Iterable[PtySession]) -> None:
+        await asyncio.gather(*(self._end(s) for s in sessions), return_exceptions=True)

@@ -1,0 +1,77 @@
+"""Egress counters per sandbox: ``GET /v1/sandbox/{id}/network`` (JSON) and ``GET /v1/metrics``
+(Prometheus text, the caller's organisation only). Counters cover the sandbox's current boot."""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from atoll.network.egress import EgressService
+from atoll.server.auth import require_org
+from atoll.server.manager import SandboxManager
+
+router = APIRouter(prefix="/v1", tags=["network"])
+Org = Annotated[str, Depends(require_org)]
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _egress(request: Request) -> EgressService:
+    return request.app.state.egress  # type: ignore[no-any-return]
+
+
+@router.get("/sandbox/{sandbox_id}/network")
+@router.get("/sandbox/{sandbox_id}/network/", include_in_schema=False)
+async def sandbox_network(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
+    manager: SandboxManager = request.app.state.manager
+    row = await manager.get(org, sandbox_id)
+    policy = copy.deepcopy(row.network_policy or {"mode": "allow-all"})
+    for transform in policy.get("transforms") or ():
+        transform["inject_headers"] = {k: "***" for k in transform.get("inject_headers") or {}}
+    return {"id": row.id, "state": row.state, "network_policy": policy, **_egress(request).report(row.id)}
+
+
+class _EgressCollector(Collector):
+    def __init__(self, reports: dict[str, dict[str, Any]]) -> None:
+        self.reports = reports
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        connections = CounterMetricFamily(
+            "atoll_egress_connections",
+            "Connections a sandbox opened, by verdict",
+            labels=["sandbox", "verdict"],
+        )
+        traffic = CounterMetricFamily(
+            "atoll_egress_bytes",
+            "Bytes of allowed and refused traffic",
+            labels=["sandbox", "direction", "verdict"],
+        )
+        dns = CounterMetricFamily(
+            "atoll_egress_dns_queries", "Resolver answers", labels=["sandbox", "verdict"]
+        )
+        learned = GaugeMetricFamily(
+            "atoll_egress_learned_addresses", "Addresses learned from DNS answers", labels=["sandbox"]
+        )
+        for sid, report in self.reports.items():
+            if not report.get("attached"):
+                continue
+            connections.add_metric([sid, "allowed"], report["allowed"]["connections"])
+            connections.add_metric([sid, "denied"], report["denied"]["connections"])
+            traffic.add_metric([sid, "out", "allowed"], report["allowed"]["bytes_out"])
+            traffic.add_metric([sid, "in", "allowed"], report["allowed"]["bytes_in"])
+            traffic.add_metric([sid, "out", "denied"], report["denied"]["bytes"])
+            dns.add_metric([sid, "answered"], report["dns"]["answered"])
+            dns.add_metric([sid, "refused"], report["dns"]["refused"])
+            learned.add_metric([sid], report["proxy"]["learned_addresses"])
+        yield from (connections, traffic, dns, learned)
+
+
+@router.get("/metrics")
+async def metrics(org: Org, request: Request) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_EgressCollector(_egress(request).reports(org)))
+    return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

@@ -1,0 +1,151 @@
+"""Each organisation's imported templates: the ``templates`` table (names, sources, image config)
+next to the id-keyed root filesystems on disk (``TemplateRegistry.user_root``).
+
+A name is reserved by inserting its row in state ``importing`` before the (slow) pull starts, so
+two concurrent imports of one name cannot both win; the row turns ``ready`` only once the root
+filesystem is in place. Deleting a template a sandbox still uses (running, paused or stopped:
+a stopped one restarts from it) is refused with 409, so a template's layer is never pulled from
+under a sandbox and deletion is immediate and complete when it succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from atoll._exceptions import ConflictError, NotFoundError
+from atoll._states import State
+from atoll.store.models import SandboxRow, TemplateRow
+from atoll.templates.registry import TemplateRegistry
+
+log = logging.getLogger("atoll.templates")
+IMPORTING = "importing"
+READY = "ready"
+
+
+def new_template_id() -> str:
+    return "tpl-" + secrets.token_hex(8)
+
+
+class TemplateCatalog:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        registry: TemplateRegistry,
+        *,
+        max_per_org: int | None,
+    ) -> None:
+        assert registry.user_root is not None, "imported templates need the registry's user_root"
+        self.sessions = sessions
+        self.registry = registry
+        self.max_per_org = max_per_org
+        registry.lookup = self.id_for
+
+    async def id_for(self, org_id: str, name: str) -> str | None:
+        async with self.sessions() as s:
+            found = await s.scalar(
+                select(TemplateRow.id).where(
+                    TemplateRow.org_id == org_id, TemplateRow.name == name, TemplateRow.state == READY
+                )
+            )
+        return str(found) if found is not None else None
+
+    async def get(self, org_id: str, template_id: str) -> TemplateRow:
+        async with self.sessions() as s:
+            row = await s.get(TemplateRow, template_id)
+        if row is None or row.org_id != org_id or row.state != READY:
+            raise NotFoundError(f"template {template_id!r} not found")
+        return row
+
+    async def of_org(self, org_id: str) -> Sequence[TemplateRow]:
+        async with self.sessions() as s:
+            query = select(TemplateRow).where(TemplateRow.org_id == org_id).order_by(TemplateRow.created_at)
+            return (await s.scalars(query)).all()
+
+    async def reserve(self, org_id: str, name: str, uri: str) -> TemplateRow:
+        """Claim ``name`` for an import; 409 for a name in use or at the organisation's limit."""
+        row = TemplateRow(id=new_template_id(), org_id=org_id, name=name, uri=uri, state=IMPORTING)
+        try:
+            async with self.sessions.begin() as s:
+                if self.max_per_org is not None:
+                    count = await s.scalar(
+                        select(func.count()).select_from(TemplateRow).where(TemplateRow.org_id == org_id)
+                    )
+                    if int(count or 0) >= self.max_per_org:
+                        raise ConflictError(
+                            f"organisation limit reached: at most {self.max_per_org} templates"
+                        )
+                s.add(row)
+        except IntegrityError:
+            raise ConflictError(f"a template named {name!r} already exists") from None
+        return row
+
+    async def finish(self, template_id: str, *, digest: str, image_config: dict[str, Any]) -> TemplateRow:
+        async with self.sessions.begin() as s:
+            await s.execute(
+                update(TemplateRow)
+                .where(TemplateRow.id == template_id)
+                .values(state=READY, digest=digest, image_config=image_config)
+            )
+            row = await s.get(TemplateRow, template_id)
+            assert row is not None
+            return row
+
+    async def discard(self, template_id: str) -> None:
+        async with self.sessions.begin() as s:
+            await s.execute(delete(TemplateRow).where(TemplateRow.id == template_id))
+        await self._remove_files(template_id)
+
+    async def rename(self, org_id: str, template_id: str, name: str) -> None:
+        await self.get(org_id, template_id)
+        try:
+            async with self.sessions.begin() as s:
+                await s.execute(update(TemplateRow).where(TemplateRow.id == template_id).values(name=name))
+        except IntegrityError:
+            raise ConflictError(f"a template named {name!r} already exists") from None
+
+    async def users(self, template_id: str) -> list[str]:
+        """Sandboxes that still need the template's layer."""
+        async with self.sessions() as s:
+            query = select(SandboxRow.id).where(
+                SandboxRow.template_id == template_id, SandboxRow.state != State.DELETED
+            )
+            return [str(i) for i in (await s.scalars(query)).all()]
+
+    async def delete(self, org_id: str, template_id: str) -> None:
+        await self.get(org_id, template_id)
+        users = await self.users(template_id)
+        if users:
+            shown = ", ".join(users[:5]) + (" …" if len(users) > 5 else "")
+            raise ConflictError(f"template is in use by {len(users)} sandbox(es): {shown}; delete them first")
+        async with self.sessions.begin() as s:
+            await s.execute(delete(TemplateRow).where(TemplateRow.id == template_id))
+        await self._remove_files(template_id)
+
+    async def _remove_files(self, template_id: str) -> None:
+        assert self.registry.user_root is not None
+        for suffix in ("", ".importing"):
+            path = self.registry.user_root / (template_id + suffix)
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def recover(self) -> None:
+        """At start-up: imports a crash interrupted are dropped, and so are files no row owns."""
+        async with self.sessions.begin() as s:
+            stale = (await s.scalars(select(TemplateRow.id).where(TemplateRow.state == IMPORTING))).all()
+            await s.execute(delete(TemplateRow).where(TemplateRow.state == IMPORTING))
+            known = set((await s.scalars(select(TemplateRow.id))).all())
+        for template_id in stale:
+            await self._remove_files(template_id)
+        assert self.registry.user_root is not None
+        for entry in self.registry.user_root.iterdir():
+            if entry.name.removesuffix(".importing") not in known:
+                log.warning("removing template files no catalog entry owns: %s", entry)
+                await asyncio.to_thread(shutil.rmtree, entry, True)

@@ -1,0 +1,290 @@
+"""Templates from container images: ``skopeo copy`` fetches the image into a private OCI layout,
+``umoci raw unpack`` turns its layers into a root filesystem, and the image's config becomes the
+template's settings: entrypoint + cmd as the sandbox's main process, env, ``PORT``, working dir
+and user.
+
+Sources: ``docker://REF`` (or a bare ``REF`` such as ``docker.io/library/python:3.12-slim``)
+from a registry, optionally with basic credentials; and, for offline hosts, local files under
+the server's import directories only (``oci-archive:PATH[:TAG]``, ``docker-archive:PATH``,
+``oci:DIR[:TAG]``, ``dir:DIR``), so an API user can never make the server read an arbitrary host
+path. Everything is built in ``<dest>.importing`` and renamed into place at the end, so a crash
+never leaves a half-made template that looks finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from atoll._exceptions import BadRequestError, ServerError
+from atoll.runtime._proc import CommandFailed, CommandTimeout
+from atoll.runtime.confined import Root
+from atoll.templates.registry import Template
+
+log = logging.getLogger("atoll.templates")
+
+Progress = Callable[[str, str], None]  # (phase, message)
+LOCAL_TRANSPORTS = ("oci-archive:", "docker-archive:", "oci:", "dir:")
+_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+POLICY = Path("/etc/containers/policy.json")
+DEFAULT_PORT = 8080
+TAG = "atoll"
+# the runtime bind-mounts its own files over these: they must be plain files in the image
+BIND_TARGETS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    entrypoint: list[str] | None
+    cmd: list[str] | None
+    working_dir: str
+    user: str
+    env: dict[str, str]
+    port: int
+
+    def to_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("port")
+        return data
+
+    @classmethod
+    def from_image(cls, config: Mapping[str, Any]) -> ImageConfig:
+        inner = config.get("config") or {}
+        env: dict[str, str] = {}
+        for item in inner.get("Env") or []:
+            key, sep, value = str(item).partition("=")
+            if sep and key:
+                env[key] = value
+        return cls(
+            entrypoint=[str(a) for a in inner["Entrypoint"]] if inner.get("Entrypoint") else None,
+            cmd=[str(a) for a in inner["Cmd"]] if inner.get("Cmd") else None,
+            working_dir=str(inner.get("WorkingDir") or ""),
+            user=str(inner.get("User") or ""),
+            env=env,
+            port=_port(env, inner.get("ExposedPorts") or {}),
+        )
+
+    @property
+    def main_command(self) -> list[str]:
+        return [*(self.entrypoint or []), *(self.cmd or [])]
+
+
+def _port(env: Mapping[str, str], exposed: Mapping[str, Any]) -> int:
+    """``PORT`` from the image's env, else its first exposed TCP port, else 8080."""
+    with contextlib.suppress(ValueError):
+        port = int(env.get("PORT", ""))
+        if 1 <= port <= 65535:
+            return port
+    for spec in sorted(exposed):
+        number, _, proto = spec.partition("/")
+        if proto in ("", "tcp") and number.isdigit() and 1 <= int(number) <= 65535:
+            return int(number)
+    return DEFAULT_PORT
+
+
+def source_ref(uri: str, import_dirs: Sequence[Path]) -> tuple[str, bool]:
+    """The skopeo source for ``uri`` and whether it is a registry (credentials apply)."""
+    uri = uri.strip()
+    for transport in LOCAL_TRANSPORTS:
+        if uri.startswith(transport):
+            rest = uri[len(transport) :]
+            path, _, tag = rest.partition(":") if transport in ("oci-archive:", "oci:") else (rest, "", "")
+            return transport + str(_allowed_path(path, import_dirs)) + (f":{tag}" if tag else ""), False
+    if uri.startswith("docker://"):
+        reference = uri[len("docker://") :]
+    elif "://" in uri or uri.split(":", 1)[0] in ("containers-storage", "docker-daemon", "ostree", "sif"):
+        raise BadRequestError(
+            "unsupported image source",
+            errors=[{"field": "uri", "error": "use docker://, a registry reference, or a local archive"}],
+        )
+    else:
+        reference = uri
+    if not _REFERENCE.match(reference):
+        raise BadRequestError(
+            "invalid image reference", errors=[{"field": "uri", "error": f"{reference!r} is not a reference"}]
+        )
+    return "docker://" + reference, True
+
+
+def _allowed_path(raw: str, import_dirs: Sequence[Path]) -> Path:
+    if not import_dirs:
+        raise BadRequestError("local image sources are disabled on this server (no import directory)")
+    path = Path(raw).resolve()
+    for base in import_dirs:
+        if path.is_relative_to(base.resolve()):
+            if not path.exists():
+                raise BadRequestError(f"{raw}: no such file or directory")
+            return path
+    allowed = ", ".join(str(d) for d in import_dirs)
+    raise BadRequestError(
+        "local image source outside the import directories",
+        errors=[{"field": "uri", "error": f"local sources must be under {allowed}"}],
+    )
+
+
+def registry_host(reference: str) -> str:
+    first = reference.removeprefix("docker://").split("/", 1)[0]
+    if "/" in reference.removeprefix("docker://") and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _authfile(path: Path, registry: str, username: str, password: str) -> Path:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    auths = {registry: {"auth": token}}
+    if registry == "docker.io":
+        auths["https://index.docker.io/v1/"] = {"auth": token}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"auths": auths}, f)
+    return path
+
+
+async def _run_lines(argv: Sequence[str], *, timeout: float, on_line: Callable[[str], None]) -> None:
+    """Run a host command, handing each output line to ``on_line``; CommandFailed on failure.
+    (``atoll.runtime._proc.run`` collects output at the end; progress needs it as it comes.)"""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                tail[:] = [*tail[-20:], line]
+                on_line(line)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise CommandTimeout(argv, timeout) from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    log.debug("%s rc=%s %.1fms", argv[0], proc.returncode, (time.perf_counter() - started) * 1000)
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode or -1, "\n".join(tail).encode())
+
+
+def _read_layout(layout: Path) -> tuple[str, dict[str, Any]]:
+    """(manifest digest, image config) of the one image in an OCI layout."""
+
+    def blob(digest: str) -> dict[str, Any]:
+        algorithm, _, hexdigest = digest.partition(":")
+        if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[a-f0-9]+", hexdigest):
+            raise ServerError(f"malformed digest {digest!r} in the image")
+        data: dict[str, Any] = json.loads((layout / "blobs" / algorithm / hexdigest).read_bytes())
+        return data
+
+    index = json.loads((layout / "index.json").read_bytes())
+    manifests = index.get("manifests") or []
+    if not manifests:
+        raise BadRequestError("the image has no manifest")
+    digest = str(manifests[0]["digest"])
+    manifest = blob(digest)
+    return digest, blob(str(manifest["config"]["digest"]))
+
+
+def _prepare_rootfs(rootfs: Path) -> None:
+    """Make the bind-mount targets plain files, working inside the new root only (an image may
+    hold links such as ``/etc -> /`` that must never lead to the host's files)."""
+    rootfs.chmod(0o755)
+    with Root.open(str(rootfs), require_mount=False) as root:
+        root.makedirs("/etc")
+        for target in BIND_TARGETS:
+            try:
+                info = root.lstat(target)
+            except FileNotFoundError:
+                info = None
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                with root.parent(target) as (fd, name):
+                    if stat.S_ISDIR(info.st_mode):
+                        shutil.rmtree(name, dir_fd=fd)
+                    else:
+                        os.unlink(name, dir_fd=fd)
+            os.close(root.open_regular(target, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+async def import_image(
+    *,
+    uri: str,
+    credentials: tuple[str, str] | None,
+    template_id: str,
+    name: str,
+    dest: Path,
+    import_dirs: Sequence[Path],
+    timeout: float,
+    on_progress: Progress | None = None,
+) -> tuple[str, ImageConfig]:
+    """Import ``uri`` as template ``template_id`` into ``dest``; returns (digest, image config)."""
+    report = on_progress or (lambda phase, message: None)
+    source, remote = source_ref(uri, import_dirs)
+    staging = dest.with_name(dest.name + ".importing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, mode=0o700)
+    deadline = time.monotonic() + timeout
+    try:
+        # no policy file (containers-common missing): accept any image, as the default policy does
+        argv = ["skopeo", *([] if POLICY.exists() else ["--insecure-policy"]), "copy", "--retry-times", "2"]
+        if credentials is not None and remote:
+            argv += [
+                "--src-authfile",
+                str(_authfile(staging / "auth.json", registry_host(source), *credentials)),
+            ]
+        argv += [source, f"oci:{staging / 'layout'}:{TAG}"]
+        report("pull", f"pulling {uri}")
+        await _run_lines(argv, timeout=timeout, on_line=lambda line: report("pull", line))
+        with contextlib.suppress(FileNotFoundError):
+            (staging / "auth.json").unlink()
+        digest, config = await asyncio.to_thread(_read_layout, staging / "layout")
+        image = ImageConfig.from_image(config)
+        report("unpack", f"unpacking {digest}")
+        await _run_lines(
+            ["umoci", "raw", "unpack", "--image", f"{staging / 'layout'}:{TAG}", str(staging / "rootfs")],
+            timeout=max(deadline - time.monotonic(), 1.0),
+            on_line=lambda line: report("unpack", line),
+        )
+        await asyncio.to_thread(_prepare_rootfs, staging / "rootfs")
+        await asyncio.to_thread(shutil.rmtree, staging / "layout")
+        template = Template(
+            id=template_id,
+            name=name,
+            port=image.port,
+            env=image.env,
+            workdir=image.working_dir or "/",
+            cmd=image.main_command,
+            user=image.user,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        meta = asdict(template)
+        meta.pop("path")
+        meta.update(uri=uri, digest=digest)
+        (staging / "template.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+        report("done", f"template {name} ready ({digest})")
+        return digest, image
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        raise
