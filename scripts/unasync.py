@@ -36,6 +36,7 @@ RULES = {
     "AsyncSandbox": "Sandbox",
     "AsyncSandboxProcess": "SandboxProcess",
     "AsyncProcessClient": "ProcessClient",
+    "AsyncSnapshotsClient": "SnapshotsClient",
     "aclose": "close",
     "_async": "_sync",
 }

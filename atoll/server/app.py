@@ -18,15 +18,17 @@ from fastapi import FastAPI
 from atoll.network import firewall
 from atoll.network.addressing import AddressPlan
 from atoll.network.pool import NetworkPool
-from atoll.runtime import helpers
+from atoll.runtime import helpers, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
+from atoll.runtime.base import resolve as resolve_runtime
 from atoll.server import errors
 from atoll.server.manager import SandboxManager
 from atoll.server.reconcile import reconcile
-from atoll.server.routes import health, process, sandboxes
+from atoll.server.routes import health, process, sandboxes, snapshots
 from atoll.server.settings import Settings
+from atoll.server.snapshots import SnapshotService
 from atoll.store import db
-from atoll.store.repo import Repository, new_api_key
+from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.server")
@@ -34,14 +36,16 @@ DEFAULT_ORG = "org_default"
 
 
 def load_backend(settings: Settings) -> RuntimeBackend:
-    module_name, _, attr = BACKENDS[settings.runtime].partition(":")
+    name = resolve_runtime(settings.runtime)
+    module_name, _, attr = BACKENDS[name].partition(":")
     cls: Any = getattr(importlib.import_module(module_name), attr)
-    binary = shutil.which(settings.runtime)
+    binary = shutil.which(name)
     if binary is None:
-        raise RuntimeError(f"{settings.runtime} is not installed (apt-get install {settings.runtime})")
+        raise RuntimeError(f"{name} is not installed (apt-get install {name})")
     backend: RuntimeBackend = cls(
-        binary=binary, state_root=settings.run_dir / settings.runtime, cgroup_parent=settings.cgroup_parent
+        binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
     )
+    log.info("runtime %s (checkpoint %s)", name, "available" if backend.can_checkpoint else "unavailable")
     return backend
 
 
@@ -70,15 +74,19 @@ async def _reap_forever(manager: SandboxManager, interval: float) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    for directory in (settings.data_dir, settings.sandboxes_dir, settings.run_dir):
+    for directory in (settings.data_dir, settings.sandboxes_dir, settings.snapshots_dir, settings.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
     helpers.prepare(settings.helpers_dir)
+    reaping.become_subreaper()
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url)
     repo = Repository(db.sessions(engine))
     minted = await bootstrap_keys(repo, settings)
     if minted:
-        print(f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n", flush=True)
+        print(
+            f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n",
+            flush=True,
+        )
     await firewall.apply(
         instance=settings.instance,
         subnet=settings.subnet,
@@ -94,9 +102,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool=pool,
         templates=TemplateRegistry(settings.templates_dir),
     )
+    snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
     report = await reconcile(manager)
+    report.removed += await snapshots_service.sweep()
     app.state.repo = repo
     app.state.manager = manager
+    app.state.snapshots = snapshots_service
     app.state.reconcile_report = report
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
     try:
@@ -119,6 +130,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for module in (sandboxes, process, health):
+    for module in (sandboxes, process, snapshots, health):
         app.include_router(module.router)
     return app

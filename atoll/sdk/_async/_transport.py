@@ -66,7 +66,7 @@ class AsyncTransport:
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         expected_status: int | tuple[int, ...] = 200,
-        timeout: float | None = None,  # noqa: ASYNC109  # it is the HTTP timeout, handed to httpx
+        timeout: float | None = None,  # it is the HTTP timeout, handed to httpx
     ) -> httpx.Response:
         """One HTTP exchange; any status other than ``expected_status`` raises an ``APIError``."""
         seconds = self.timeout if timeout is None else check_timeout("http_timeout", timeout)

@@ -12,6 +12,7 @@ from atoll.sdk._async._transport import AsyncTransport
 from atoll.sdk._async.process import AsyncProcessClient
 from atoll.sdk._async.sandbox import AsyncSandbox
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
+from atoll.sdk._async.snapshots import AsyncSnapshotsClient
 from atoll.sdk._config import ClientConfig
 from atoll.sdk.models import SandboxData, SandboxStatus
 
@@ -59,8 +60,12 @@ class AsyncClient:
             sandbox_scheme=config.sandbox_scheme,
         )
 
+        self.snapshots: AsyncSnapshotsClient[AsyncSandbox] = AsyncSnapshotsClient(
+            self._transport, sandbox_factory=self._make_sandbox
+        )
+
     def _make_sandbox(self, data: SandboxData | SandboxStatus) -> AsyncSandbox:
-        return AsyncSandbox(data, sandboxes=self.sandboxes, process=self._process)
+        return AsyncSandbox(data, sandboxes=self.sandboxes, process=self._process, snapshots=self.snapshots)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._config!r})"
