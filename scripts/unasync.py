@@ -47,6 +47,7 @@ RULES = {
     "aread": "read",
     "aiter_bytes": "iter_bytes",
     "aiter_lines": "iter_lines",
+    "AsyncSnapshotsClient": "SnapshotsClient",
     "aclose": "close",
     "_async": "_sync",
 }

@@ -64,7 +64,9 @@ def serve(
     templates_dir: TemplatesDir = None,
     database_url: Annotated[str | None, typer.Option(envvar="ATOLL_DATABASE_URL")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="ATOLL_API_KEY", help="Register this key.")] = None,
-    runtime: Annotated[str, typer.Option(envvar="ATOLL_RUNTIME", help="crun or runc.")] = "crun",
+    runtime: Annotated[
+        str, typer.Option(envvar="ATOLL_RUNTIME", help="auto (runc if CRIU works, else crun), crun, runc.")
+    ] = "auto",
     subnet: Annotated[str, typer.Option(envvar="ATOLL_SUBNET")] = "10.200.0.0/16",
     iface_prefix: Annotated[str, typer.Option(envvar="ATOLL_IFACE_PREFIX")] = "atl",
     deny_cidr: Annotated[list[str] | None, typer.Option(help="Extra egress deny range (repeat).")] = None,

@@ -7,11 +7,13 @@ handed in through the spec, so egress rules hold whatever the backend.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Literal, Protocol
 
 from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
-BackendName = Literal["crun", "runc"]
+BackendName = Literal["auto", "crun", "runc"]
 
 # name -> "module:attr", resolved once at start-up (an optional backend is imported only when chosen)
 BACKENDS: dict[str, str] = {
@@ -20,8 +22,19 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def resolve(name: BackendName) -> str:
+    """``auto`` picks runc when a working CRIU makes pause durable and snapshots possible,
+    else crun (faster to start and exec, pause by freezing only)."""
+    if name != "auto":
+        return name
+    from atoll.runtime import criu
+
+    return "runc" if shutil.which("runc") and criu.works() else "crun"
+
+
 class RuntimeBackend(Protocol):
     name: str
+    can_checkpoint: bool  # checkpoint/restore available (else pause freezes and snapshots are off)
 
     async def boot(self, spec: SandboxSpec) -> None:
         """Mount the root, start PID 1. On failure, everything it made is undone before raising."""
@@ -33,6 +46,12 @@ class RuntimeBackend(Protocol):
         """Stop compute; memory stays resident."""
 
     async def resume(self, sandbox_id: str) -> None: ...
+
+    async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
+        """Save processes, memory and open files; without ``leave_running`` they end."""
+
+    async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
+        """Start the sandbox from a checkpoint image; on failure nothing is left running."""
 
     async def halt(self, spec: SandboxSpec) -> None:
         """Kill every process, remove the container and its cgroups, unmount the root.

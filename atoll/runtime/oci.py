@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
-from atoll.runtime import cgroups, oci_config, overlay, reaping
-from atoll.runtime._proc import run
+from atoll.runtime import cgroups, criu, oci_config, overlay, reaping
+from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
-from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
+from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
 
 
 class OCIBackend:
@@ -27,19 +28,24 @@ class OCIBackend:
         state_root.mkdir(parents=True, exist_ok=True)
         if self.name == "crun":
             cgroups.ensure_crun_compatible()
+        # Debian's crun is built without libcriu; runc drives CRIU itself
+        self.can_checkpoint = self.name == "runc" and criu.works()
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
 
+    def _prepare_bundle(self, spec: SandboxSpec) -> None:
+        overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        config = oci_config.build(
+            spec,
+            cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
+            init_args=self._init_args(spec),
+        )
+        (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+
     async def boot(self, spec: SandboxSpec) -> None:
         try:
-            overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
-            config = oci_config.build(
-                spec,
-                cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
-                init_args=self._init_args(spec),
-            )
-            (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+            self._prepare_bundle(spec)
             log = spec.sandbox_dir / "runtime.log"
             argv = self._argv("--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
             await run([*argv, spec.sandbox_id], timeout=30, error_log=log)
@@ -53,6 +59,41 @@ class OCIBackend:
             # the init reaps orphans and forwards signals to the template's own main process
             return [oci_config.INIT_PATH, "--", *spec.main_command]
         return [oci_config.INIT_PATH, "-P"]
+
+    async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
+        """Write the sandbox's processes, memory and open files to ``image_dir``. Without
+        ``leave_running`` the processes are gone afterwards (the container is removed)."""
+        image_dir.mkdir(parents=True, exist_ok=True)
+        work = image_dir.with_name(image_dir.name + ".work")
+        argv = self._argv("checkpoint", "--image-path", str(image_dir), "--work-path", str(work))
+        argv += ["--tcp-established", "--file-locks"]
+        if leave_running:
+            argv.append("--leave-running")
+        try:
+            await run([*argv, sandbox_id], timeout=600)
+        except CommandFailed as exc:
+            raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
+        """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
+        work = spec.sandbox_dir / "restore.work"
+        try:
+            self._prepare_bundle(spec)
+            log = spec.sandbox_dir / "runtime.log"
+            argv = self._argv("--log", str(log), "restore", "--detach", "--image-path", str(image_dir))
+            argv += ["--work-path", str(work), "--tcp-established", "--file-locks"]
+            argv += ["--bundle", str(spec.sandbox_dir)]
+            try:
+                await run([*argv, spec.sandbox_id], timeout=600, error_log=log)
+            except CommandFailed as exc:
+                raise CheckpointFailed(criu.log_errors(work / "restore.log") or str(exc)) from None
+        except BaseException:
+            await self.halt(spec)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"

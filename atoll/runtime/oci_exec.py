@@ -49,7 +49,7 @@ async def run_exec(runtime_argv: list[str], pid_file: Path, request: ExecRequest
         proc = await asyncio.create_subprocess_exec(
             *runtime_argv,
             *wrapped(request.argv),
-            stdin=theirs,
+            stdin=theirs.fileno(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

@@ -40,8 +40,13 @@ async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
         try_reap(pid)
         return
     loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(exited, timeout)

@@ -61,3 +61,7 @@ class ExecResult:
 
 class ExecSetupFailed(RuntimeError):
     """The command could not be started at all (e.g. its working directory is missing)."""
+
+
+class CheckpointFailed(RuntimeError):
+    """CRIU could not save or restore the sandbox; the message carries CRIU's own errors."""

@@ -11,12 +11,14 @@ from atoll.sdk._async.client import AsyncClient
 from atoll.sdk._async.process import AsyncProcessClient, AsyncSandboxProcess
 from atoll.sdk._async.sandbox import AsyncSandbox
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
+from atoll.sdk._async.snapshots import AsyncSnapshotsClient
 from atoll.sdk._config import SDK_VERSION, ClientConfig
 from atoll.sdk._sync._transport import Transport
 from atoll.sdk._sync.client import Client
 from atoll.sdk._sync.process import ProcessClient, SandboxProcess
 from atoll.sdk._sync.sandbox import Sandbox
 from atoll.sdk._sync.sandboxes import SandboxesClient
+from atoll.sdk._sync.snapshots import SnapshotsClient
 from atoll.sdk._validation import (
     DEFAULT_MEMORY_MIB,
     DEFAULT_TEMPLATE_NAME,
@@ -33,6 +35,8 @@ from atoll.sdk.models import (
     SandboxRef,
     SandboxState,
     SandboxStatus,
+    Snapshot,
+    SnapshotList,
     TransformRuleDict,
 )
 
@@ -47,6 +51,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncSandboxProcess",
     "AsyncSandboxesClient",
+    "AsyncSnapshotsClient",
     "AsyncTransport",
     "Client",
     "ClientConfig",
@@ -63,6 +68,9 @@ __all__ = [
     "SandboxState",
     "SandboxStatus",
     "SandboxesClient",
+    "Snapshot",
+    "SnapshotList",
+    "SnapshotsClient",
     "TransformRuleDict",
     "Transport",
 ]

@@ -259,3 +259,55 @@ def sandbox_id(ref: SandboxRef) -> str:
 def sandbox_path(ref: SandboxRef, suffix: str = "") -> str:
     """``/v1/sandbox/{id}{suffix}``; the id is quoted so an odd one can never reach another route."""
     return f"/v1/sandbox/{quote(sandbox_id(ref), safe='')}{suffix}"
+
+
+SNAPSHOT_NAME_MAX: Final = 64
+SNAPSHOT_SORTS: Final = ("created_at", "template_id")
+RESTORE_TIMEOUT_RANGE: Final = (1, 28800)  # seconds, as on the wire
+
+
+def check_snapshot_name(value: object, field: str = "name") -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= SNAPSHOT_NAME_MAX
+        or any(c.isspace() for c in value)
+    ):
+        raise InvalidArgument(
+            field, f"must be 1 to {SNAPSHOT_NAME_MAX} characters without spaces, got {value!r}"
+        )
+    return value
+
+
+def snapshot_list_params(
+    *, query: object, sort: object, order_by: object, page: object, page_size: object
+) -> dict[str, Any]:
+    if not isinstance(query, str) or len(query) > SNAPSHOT_NAME_MAX:
+        raise InvalidArgument("query", f"must be a string of at most {SNAPSHOT_NAME_MAX} characters")
+    return {
+        "query": query,
+        "sort": _one_of("sort", sort, SNAPSHOT_SORTS),
+        "order-by": _one_of("order_by", order_by, LIST_ORDERS),
+        "page": _int_in("page", page, 1, 2**31 - 1),
+        "page-size": _int_in("page_size", page_size, *PAGE_SIZE_RANGE),
+    }
+
+
+def restore_body(
+    *, snapshot_name: object, auto_pause: object, timeout: object, network_policy: object
+) -> dict[str, Any]:
+    if not isinstance(auto_pause, bool):
+        raise InvalidArgument("auto_pause", f"must be a bool, got {auto_pause!r}")
+    body: dict[str, Any] = {"snapshot_name": check_snapshot_name(snapshot_name, "snapshot_name")}
+    body["auto_pause"] = auto_pause
+    if timeout is not None:
+        body["timeout"] = _int_in("timeout", timeout, *RESTORE_TIMEOUT_RANGE, unit="seconds")
+    if network_policy is not None:
+        body["network_policy"] = check_network_policy(network_policy)
+    return body
+
+
+def snapshot_path(ref: object) -> str:
+    snapshot_id = ref if isinstance(ref, str) else getattr(ref, "id", None)
+    if not isinstance(snapshot_id, str) or not snapshot_id:
+        raise InvalidArgument("snapshot", f"must be a snapshot id or an object with an id, got {ref!r}")
+    return f"/v1/snapshot/{quote(snapshot_id, safe='')}"

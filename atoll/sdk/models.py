@@ -245,3 +245,54 @@ class ProcessResult:
             stdout=_str(data, "stdout"),
             stderr=_str(data, "stderr"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A named checkpoint of a sandbox (memory and disk), restorable into new sandboxes."""
+
+    id: str
+    name: str
+    template_id: str = ""
+    vcpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    state: str | None = None
+    size_bytes: int = 0
+    source_sandbox_id: str | None = None
+    network_policy: NetworkPolicyDict | None = None
+    created_at: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise MalformedResponseError("snapshot response has no name")
+        return cls(
+            id=_required_id(data, "snapshot"),
+            name=name,
+            template_id=_str(data, "template_id"),
+            vcpu=_int(data, "vcpu"),
+            memory=_int(data, "memory"),
+            disk=_int(data, "disk"),
+            state=_opt_str(data, "state"),
+            size_bytes=_int(data, "size_bytes"),
+            source_sandbox_id=_opt_str(data, "source_sandbox_id"),
+            network_policy=_network_policy(data),
+            created_at=_str(data, "created_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotList:
+    items: list[Snapshot]
+    total_items: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SnapshotList:
+        if "items" not in data or "total_items" not in data:
+            raise MalformedResponseError("snapshot list response needs items and total_items")
+        raw_items = data.get("items")
+        rows = raw_items if isinstance(raw_items, list) else []
+        items = [Snapshot.from_dict(row) for row in rows if isinstance(row, Mapping)]
+        return cls(items=items, total_items=_int(data, "total_items", len(items)))

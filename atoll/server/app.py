@@ -22,14 +22,26 @@ from atoll.network.pool import NetworkPool
 from atoll.router import ObservedRepository, build_router
 from atoll.runtime import helpers, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
+from atoll.runtime.base import resolve as resolve_runtime
 from atoll.server import errors
 from atoll.server.manager import SandboxManager
 from atoll.server.pty import PtyManager
 from atoll.server.reconcile import reconcile
-from atoll.server.routes import filesystem, health, network, presigned, process, pty, sandboxes, templates
+from atoll.server.routes import (
+    filesystem,
+    health,
+    network,
+    presigned,
+    process,
+    pty,
+    sandboxes,
+    snapshots,
+    templates,
+)
 from atoll.server.settings import Settings
+from atoll.server.snapshots import SnapshotService
 from atoll.store import db
-from atoll.store.repo import Repository, new_api_key
+from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.catalog import TemplateCatalog
 from atoll.templates.registry import TemplateRegistry
 
@@ -38,14 +50,16 @@ DEFAULT_ORG = "org_default"
 
 
 def load_backend(settings: Settings) -> RuntimeBackend:
-    module_name, _, attr = BACKENDS[settings.runtime].partition(":")
+    name = resolve_runtime(settings.runtime)
+    module_name, _, attr = BACKENDS[name].partition(":")
     cls: Any = getattr(importlib.import_module(module_name), attr)
-    binary = shutil.which(settings.runtime)
+    binary = shutil.which(name)
     if binary is None:
-        raise RuntimeError(f"{settings.runtime} is not installed (apt-get install {settings.runtime})")
+        raise RuntimeError(f"{name} is not installed (apt-get install {name})")
     backend: RuntimeBackend = cls(
-        binary=binary, state_root=settings.run_dir / settings.runtime, cgroup_parent=settings.cgroup_parent
+        binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
     )
+    log.info("runtime %s (checkpoint %s)", name, "available" if backend.can_checkpoint else "unavailable")
     return backend
 
 
@@ -74,7 +88,7 @@ async def _reap_forever(manager: SandboxManager, interval: float) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    for directory in (settings.data_dir, settings.sandboxes_dir, settings.run_dir):
+    for directory in (settings.data_dir, settings.sandboxes_dir, settings.snapshots_dir, settings.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
     helpers.prepare(settings.helpers_dir)
     reaping.become_subreaper()
@@ -116,7 +130,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     manager.egress = egress
     app.state.egress = egress
+    snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
     report = await reconcile(manager)
+    report.removed += await snapshots_service.sweep()
     app.state.repo = repo
     app.state.manager = manager
     app.state.ptys = ptys = PtyManager(manager)
@@ -124,6 +140,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repo.sessions, manager.templates, max_per_org=settings.max_templates_per_org
     )
     await app.state.templates.recover()
+    app.state.snapshots = snapshots_service
     app.state.reconcile_report = report
     router = build_router(settings, manager, repo)
     await router.start()
@@ -152,6 +169,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for module in (sandboxes, process, presigned, filesystem, pty, templates, network, health):
+    for module in (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, health):
         app.include_router(module.router)
     return app

@@ -1,5 +1,5 @@
 """Sandbox lifecycle: the one place that drives the state machine, the runtime backend, the
-network pool and the store together. Every state change goes through ``_move`` (the table in
+network pool and the store together. Every state change goes through ``move`` (the table in
 ``atoll._states``); each sandbox's transitions are serialised by its own lock."""
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressService
 from atoll.network.pool import NetworkPool
 from atoll.runtime.base import RuntimeBackend
-from atoll.runtime.spec import BindMount, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
+from atoll.runtime.spec import (
+    BindMount,
+    CheckpointFailed,
+    ExecRequest,
+    ExecResult,
+    ExecSetupFailed,
+    SandboxSpec,
+)
 from atoll.server.settings import Settings
 from atoll.store.models import SandboxRow, utcnow
 from atoll.store.repo import Repository
@@ -72,7 +79,7 @@ class SandboxManager:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def _transition(self, sandbox_id: str) -> AsyncIterator[None]:
+    async def transition(self, sandbox_id: str) -> AsyncIterator[None]:
         """Hold the sandbox's lock; a request arriving mid-transition gets 409, not a wait."""
         lock = self._lock(sandbox_id)
         if lock.locked():
@@ -80,7 +87,7 @@ class SandboxManager:
         async with lock:
             yield
 
-    async def _move(self, row: SandboxRow, event: Event, **values: Any) -> SandboxRow:
+    async def move(self, row: SandboxRow, event: Event, **values: Any) -> SandboxRow:
         try:
             state = next_state(State(row.state), event)
         except InvalidTransition as exc:
@@ -101,7 +108,11 @@ class SandboxManager:
         etc = base / "etc"
         return SandboxSpec(
             sandbox_id=row.id,
-            lower_dirs=(self.settings.helpers_dir, template.rootfs),
+            lower_dirs=(
+                self.settings.helpers_dir,
+                *self.snapshot_layers(row.base_snapshot_id),
+                template.rootfs,
+            ),
             sandbox_dir=base,
             vcpu=row.vcpu,
             memory_mib=row.memory,
@@ -115,6 +126,16 @@ class SandboxManager:
             main_command=tuple(template.cmd) or None,
             workdir=template.workdir,
         )
+
+    def snapshot_layers(self, snapshot_id: str | None) -> tuple[Path, ...]:
+        """The disk layers of a snapshot chain, newest first (a snapshot of a restored sandbox
+        holds only its own changes and builds on its parent's)."""
+        layers: list[Path] = []
+        while snapshot_id:
+            layers.append(self.settings.snapshots_dir / snapshot_id / "upper")
+            parent = (self.settings.snapshots_dir / snapshot_id / "parent").read_text().strip()
+            snapshot_id = parent or None
+        return tuple(layers)
 
     def _write_etc(self, row: SandboxRow, slot: Slot) -> None:
         etc = self.sandbox_dir(row.id) / "etc"
@@ -135,8 +156,9 @@ class SandboxManager:
     def slot_of(self, row: SandboxRow) -> Slot | None:
         return self.pool.plan.slot(row.net_slot) if row.net_slot else None
 
-    async def _boot(self, row: SandboxRow, template: Template) -> SandboxRow:
-        """Network + root + PID 1 for a row in ``starting``; on failure nothing is left running."""
+    async def _boot(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
+        """Network + root + PID 1 for a row in ``starting`` (from a checkpoint ``image`` when
+        given); on failure nothing is left running."""
         slot = await self.pool.acquire()
         try:
             row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
@@ -154,7 +176,11 @@ class SandboxManager:
                         sandbox_dir=self.sandbox_dir(row.id),
                     )
                 )
-            await self.backend.boot(self.spec_for(row, template, slot))
+            spec = self.spec_for(row, template, slot)
+            if image is None:
+                await self.backend.boot(spec)
+            else:
+                await self.backend.restore(spec, image)
         except BaseException:
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
@@ -162,7 +188,7 @@ class SandboxManager:
             await self.repo.update_sandbox(row.id, net_slot=None)
             raise
         now = utcnow()
-        return await self._move(
+        return await self.move(
             row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
         )
 
@@ -210,16 +236,20 @@ class SandboxManager:
             env_vars=dict(params.env_vars),
             network_policy=params.network_policy,
         )
+        return await self.boot_new(row, template)
+
+    async def boot_new(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
+        """Record and boot a brand-new sandbox; one that fails to start is deleted at once."""
         await self.repo.add_sandbox(row)
         async with self._lock(row.id):
             try:
-                return await self._boot(row, template)
+                return await self._boot(row, template, image)
             except Exception as exc:
                 log.exception("sandbox %s failed to start", row.id)
-                row = await self._move(row, Event.FAILED)
-                row = await self._move(row, Event.DELETE)
+                row = await self.move(row, Event.FAILED)
+                row = await self.move(row, Event.DELETE)
                 await self._teardown(row, keep_disk=False)
-                await self._move(row, Event.DELETED)
+                await self.move(row, Event.DELETED)
                 raise ServerError(f"sandbox failed to start: {exc}") from exc
 
     async def get(self, org_id: str, sandbox_id: str) -> SandboxRow:
@@ -232,27 +262,53 @@ class SandboxManager:
         row = await self.get(org_id, sandbox_id)
         if State(row.state) in TRANSIENT_STATES:
             raise ConflictError(f"sandbox is {row.state}; retry when the transition ends")
-        async with self._transition(row.id):
-            row = await self._move(await self.get(org_id, sandbox_id), Event.DELETE)
-            await self._finish_delete(row)
+        async with self.transition(row.id):
+            row = await self.move(await self.get(org_id, sandbox_id), Event.DELETE)
+            await self.finish_delete(row)
 
-    async def _finish_delete(self, row: SandboxRow) -> None:
+    async def finish_delete(self, row: SandboxRow) -> None:
         try:
             await self._teardown(row, keep_disk=False)
         finally:
-            await self._move(row, Event.DELETED, net_slot=None, timeout_at=None)
+            await self.move(row, Event.DELETED, net_slot=None, timeout_at=None)
             self._locks.pop(row.id, None)
 
     async def pause(self, org_id: str, sandbox_id: str) -> SandboxRow:
-        async with self._transition(sandbox_id):
+        async with self.transition(sandbox_id):
             return await self._pause(await self.get(org_id, sandbox_id))
 
     async def _pause(self, row: SandboxRow) -> SandboxRow:
+        """Checkpoint to disk and free the host (processes, memory, cgroups, root mount) when
+        the runtime can; else freeze. The network slot is kept, so the address survives."""
         if State(row.state) != State.RUNNING:
             raise ConflictError(f"cannot pause a sandbox that is {row.state}")
-        await self.backend.pause(row.id)
+        kind = "freeze"
+        if self.backend.can_checkpoint:
+            image = self.checkpoint_dir(row.id)
+            shutil.rmtree(image, ignore_errors=True)
+            try:
+                await self.backend.checkpoint(row.id, image, leave_running=False)
+                kind = "checkpoint"
+            except CheckpointFailed as exc:
+                log.warning("checkpoint of %s failed, pausing by freezing instead: %s", row.id, exc)
+                shutil.rmtree(image, ignore_errors=True)
+        if kind == "checkpoint":
+            await self.backend.halt(self.spec_for(row, self.template_for(row), self.slot_of(row)))
+        else:
+            await self.backend.pause(row.id)
         timeout_at = None if row.auto_pause else row.timeout_at
-        return await self._move(row, Event.PAUSE, pause_kind="freeze", timeout_at=timeout_at)
+        return await self.move(row, Event.PAUSE, pause_kind=kind, timeout_at=timeout_at)
+
+    def checkpoint_dir(self, sandbox_id: str) -> Path:
+        return self.sandbox_dir(sandbox_id) / "checkpoint"
+
+    async def _unpause(self, row: SandboxRow) -> None:
+        if row.pause_kind == "checkpoint":
+            spec = self.spec_for(row, self.template_for(row), self.slot_of(row))
+            await self.backend.restore(spec, self.checkpoint_dir(row.id))
+            shutil.rmtree(self.checkpoint_dir(row.id), ignore_errors=True)
+        else:
+            await self.backend.resume(row.id)
 
     async def ensure_running(self, row: SandboxRow) -> SandboxRow:
         """A paused sandbox resumes on any request that reaches it."""
@@ -261,13 +317,13 @@ class SandboxManager:
         async with self._lock(row.id):
             row = await self.get(row.org_id, row.id)
             if State(row.state) == State.PAUSED:
-                row = await self._move(row, Event.RESUME)
+                row = await self.move(row, Event.RESUME)
                 try:
-                    await self.backend.resume(row.id)
+                    await self._unpause(row)
                 except Exception as exc:
-                    await self._move(row, Event.FAILED)
+                    await self.move(row, Event.FAILED)
                     raise ServerError(f"sandbox failed to resume: {exc}") from exc
-                row = await self._move(
+                row = await self.move(
                     row,
                     Event.RESUMED,
                     pause_kind=None,
@@ -278,22 +334,22 @@ class SandboxManager:
         return row
 
     async def stop(self, org_id: str, sandbox_id: str) -> SandboxRow:
-        async with self._transition(sandbox_id):
-            row = await self._move(await self.get(org_id, sandbox_id), Event.STOP)
+        async with self.transition(sandbox_id):
+            row = await self.move(await self.get(org_id, sandbox_id), Event.STOP)
             try:
                 await self._teardown(row, keep_disk=True)
             finally:
-                row = await self._move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
+                row = await self.move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
             return row
 
     async def start(self, org_id: str, sandbox_id: str) -> SandboxRow:
-        async with self._transition(sandbox_id):
-            row = await self._move(await self.get(org_id, sandbox_id), Event.START)
+        async with self.transition(sandbox_id):
+            row = await self.move(await self.get(org_id, sandbox_id), Event.START)
             try:
                 return await self._boot(row, self.template_for(row))
             except Exception as exc:
                 await self._teardown(row, keep_disk=True)
-                await self._move(row, Event.FAILED, net_slot=None)
+                await self.move(row, Event.FAILED, net_slot=None)
                 raise ServerError(f"sandbox failed to start: {exc}") from exc
 
     async def execute(
@@ -333,7 +389,7 @@ class SandboxManager:
                 continue
             try:
                 if row.auto_pause and State(row.state) == State.RUNNING:
-                    async with self._transition(row.id):
+                    async with self.transition(row.id):
                         await self._pause(row)
                 elif row.auto_pause:
                     await self.repo.update_sandbox(row.id, timeout_at=None)

@@ -35,6 +35,12 @@ async def reconcile(manager: SandboxManager) -> Report:
 
     for row in await manager.repo.not_deleted():
         state = State(row.state)
+        if state == State.PAUSED and row.pause_kind == "checkpoint":
+            keep.add(row.id)  # no processes on purpose: its memory is on disk
+            if row.net_slot:
+                held_slots.add(row.net_slot)
+            report.adopted.append(row.id)
+            continue
         if state in LIVE_STATES and row.id in alive:
             keep.add(row.id)
             if row.net_slot:
@@ -86,9 +92,10 @@ async def reconcile(manager: SandboxManager) -> Report:
         report.removed.append(f"container {orphan}")
     report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
     sandboxes_dir = manager.settings.sandboxes_dir
+    mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):
         sandbox_id = mount_point.relative_to(sandboxes_dir).parts[0]
-        if sandbox_id not in keep:
+        if sandbox_id not in mounted:
             overlay.unmount(mount_point)
             report.removed.append(f"mount {mount_point}")
     if sandboxes_dir.exists():

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from atoll.store.models import SandboxRow
+from atoll.store.models import SandboxRow, SnapshotRow
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
 _DOMAIN = re.compile(
@@ -86,6 +86,20 @@ class CreateSandboxBody(BaseModel):
         return value
 
 
+class CreateSnapshotBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")] | None = None
+    kill_sandbox_after: Annotated[bool, Field(strict=True)] = False
+
+
+class RestoreSnapshotBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    snapshot_name: Annotated[str, Field(min_length=1, max_length=64)]
+    auto_pause: Annotated[bool, Field(strict=True)] = False
+    timeout: Annotated[StrictInt, Field(ge=1, le=28800)] | None = None
+    network_policy: NetworkPolicy | None = None
+
+
 class ExecuteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: Annotated[str, Field(min_length=1, max_length=1_000_000)]
@@ -134,5 +148,22 @@ def list_item(row: SandboxRow) -> dict[str, Any]:
         "launch_time": iso(row.launch_time),
         "state_change_time": iso(row.state_change_time),
         "timeout_at": int(row.timeout_at.timestamp()) if row.timeout_at else None,
+        "created_at": iso(row.created_at),
+    }
+
+
+def snapshot_body(row: SnapshotRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "template_id": row.template_id,
+        "template_name": row.template_name,
+        "source_sandbox_id": row.source_sandbox_id,
+        "vcpu": row.vcpu,
+        "memory": row.memory,
+        "disk": row.disk,
+        "state": row.state,
+        "size_bytes": row.size_bytes,
+        "network_policy": row.network_policy,
         "created_at": iso(row.created_at),
     }

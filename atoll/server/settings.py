@@ -45,7 +45,7 @@ class Settings(BaseModel):
     port: int = 7700
     api_key: str | None = None  # registered for the default org at start-up when given
 
-    runtime: Literal["crun", "runc"] = "crun"
+    runtime: Literal["auto", "crun", "runc"] = "auto"
     subnet: str = "10.200.0.0/16"
     iface_prefix: str = Field(default="atl", pattern=r"^[a-z]{2,6}$")
     deny_cidrs: tuple[str, ...] = ()
@@ -105,6 +105,10 @@ class Settings(BaseModel):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'atoll.db'}"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
 
     @property
     def run_dir(self) -> Path:

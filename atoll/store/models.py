@@ -5,7 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -70,6 +80,8 @@ class SandboxRow(Base):
     launch_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     state_change_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     timeout_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
+    # a sandbox restored from a snapshot runs over the snapshot's disk layers
+    base_snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class PresignedUrl(Base):
@@ -100,4 +112,27 @@ class TemplateRow(Base):
     state: Mapped[str] = mapped_column(String(16))  # "importing" until the rootfs is in place, then "ready"
     digest: Mapped[str] = mapped_column(String(128), default="")
     image_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SnapshotRow(Base):
+    """A reusable checkpoint: memory image + disk layer, restorable into new sandboxes."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    source_sandbox_id: Mapped[str] = mapped_column(String(64))
+    parent_snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    template_id: Mapped[str] = mapped_column(String(128))
+    template_name: Mapped[str] = mapped_column(String(128))
+    runtime: Mapped[str] = mapped_column(String(32))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(Integer)
+    disk: Mapped[int] = mapped_column(Integer)
+    env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._states import State
-from atoll.store.models import ApiKey, Org, SandboxRow, utcnow
+from atoll.store.models import ApiKey, Org, SandboxRow, SnapshotRow, utcnow
 
 KEY_PREFIX = "atl_"
 
@@ -116,3 +116,71 @@ class Repository:
                 SandboxRow.state.in_([State.RUNNING, State.PAUSED]),
             )
             return (await s.scalars(query)).all()
+
+
+class SnapshotRepository:
+    """Snapshot rows, scoped to one organisation like everything else."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def add(self, row: SnapshotRow) -> None:
+        async with self.sessions.begin() as s:
+            s.add(row)
+
+    async def get(self, org_id: str, snapshot_id: str) -> SnapshotRow | None:
+        async with self.sessions() as s:
+            row = await s.get(SnapshotRow, snapshot_id)
+        return row if row is not None and row.org_id == org_id else None
+
+    async def by_name(self, org_id: str, name: str) -> SnapshotRow | None:
+        async with self.sessions() as s:
+            query = select(SnapshotRow).where(SnapshotRow.org_id == org_id, SnapshotRow.name == name)
+            return await s.scalar(query)
+
+    async def get_any(self, snapshot_id: str) -> SnapshotRow | None:
+        async with self.sessions() as s:
+            return await s.get(SnapshotRow, snapshot_id)
+
+    async def delete(self, snapshot_id: str) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(SnapshotRow, snapshot_id)
+            if row is not None:
+                await s.delete(row)
+
+    async def in_use(self, snapshot_id: str) -> bool:
+        """A live sandbox runs over its layers, or a newer snapshot builds on it."""
+        async with self.sessions() as s:
+            sandboxes = await s.scalar(
+                select(func.count()).where(
+                    SandboxRow.base_snapshot_id == snapshot_id, SandboxRow.state != State.DELETED
+                )
+            )
+            children = await s.scalar(
+                select(func.count()).where(SnapshotRow.parent_snapshot_id == snapshot_id)
+            )
+        return bool(sandboxes) or bool(children)
+
+    async def list(
+        self,
+        org_id: str,
+        *,
+        query: str = "",
+        sort: str = "created_at",
+        descending: bool = True,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> tuple[Sequence[SnapshotRow], int]:
+        statement = select(SnapshotRow).where(SnapshotRow.org_id == org_id)
+        if query:
+            statement = statement.where(SnapshotRow.name.contains(query, autoescape=True))
+        column = SnapshotRow.template_id if sort == "template_id" else SnapshotRow.created_at
+        ordered = statement.order_by(column.desc() if descending else column.asc(), SnapshotRow.id)
+        async with self.sessions() as s:
+            total = int(await s.scalar(select(func.count()).select_from(statement.subquery())) or 0)
+            rows = (await s.scalars(ordered.offset((page - 1) * page_size).limit(page_size))).all()
+        return rows, total
+
+    async def all_ids(self) -> set[str]:
+        async with self.sessions() as s:
+            return set((await s.scalars(select(SnapshotRow.id))).all())

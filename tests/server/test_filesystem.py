@@ -157,9 +157,9 @@ def test_edit_file_and_edit_files(http: httpx.Client, sandbox: str) -> None:
     r = fs(http, sandbox, "edit-file", path="/tmp/edit/a.txt", edits=[{"find": "beta", "replace": "B"}])
     assert r.status_code == 200
     assert r.json()["replacements"] == 2
-    assert "-alpha beta\n+alpha B\n" in r.json()["diff"] and r.json()["diff"].startswith(
-        "--- a/tmp/edit/a.txt"
-    )
+    diff = r.json()["diff"]
+    assert diff.startswith("--- a/tmp/edit/a.txt\n+++ b/tmp/edit/a.txt\n")
+    assert "-alpha beta\n" in diff and "+alpha B\n" in diff
     assert read(http, sandbox, "/tmp/edit/a.txt") == b"alpha B\nB gamma\n"
     # all or nothing: one edit that finds nothing leaves the file untouched
     r = fs(

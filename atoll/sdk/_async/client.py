@@ -12,6 +12,7 @@ from atoll.sdk._async._transport import AsyncTransport
 from atoll.sdk._async.process import AsyncProcessClient
 from atoll.sdk._async.sandbox import AsyncSandbox
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
+from atoll.sdk._async.snapshots import AsyncSnapshotsClient
 from atoll.sdk._async.templates import AsyncTemplatesClient
 from atoll.sdk._config import ClientConfig
 from atoll.sdk.models import SandboxData, SandboxStatus
@@ -61,8 +62,18 @@ class AsyncClient:
         )
         self.templates = AsyncTemplatesClient(self._transport)
 
+        self.snapshots: AsyncSnapshotsClient[AsyncSandbox] = AsyncSnapshotsClient(
+            self._transport, sandbox_factory=self._make_sandbox
+        )
+
     def _make_sandbox(self, data: SandboxData | SandboxStatus) -> AsyncSandbox:
-        return AsyncSandbox(data, sandboxes=self.sandboxes, process=self._process, transport=self._transport)
+        return AsyncSandbox(
+            data,
+            sandboxes=self.sandboxes,
+            process=self._process,
+            transport=self._transport,
+            snapshots=self.snapshots,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._config!r})"

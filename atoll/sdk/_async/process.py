@@ -23,7 +23,7 @@ class AsyncProcessClient:
         command: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109  # the command's limit, enforced by the server
+        timeout: int | None = None,  # the command's limit, enforced by the server
         http_timeout: float | None = None,
     ) -> ProcessResult:
         """Run ``command`` and wait for it. ``timeout`` (seconds) is enforced by the server
@@ -51,7 +51,7 @@ class AsyncSandboxProcess:
         command: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109  # the command's limit, enforced by the server
+        timeout: int | None = None,  # the command's limit, enforced by the server
         http_timeout: float | None = None,
     ) -> ProcessResult:
         return await self._client.execute(

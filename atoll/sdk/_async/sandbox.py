@@ -11,7 +11,8 @@ from atoll.sdk._async.filesystem import AsyncFilesystem
 from atoll.sdk._async.process import AsyncProcessClient, AsyncSandboxProcess
 from atoll.sdk._async.pty import AsyncPty
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
-from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus
+from atoll.sdk._async.snapshots import AsyncSnapshotsClient
+from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
 class AsyncSandbox:
@@ -29,9 +30,11 @@ class AsyncSandbox:
         sandboxes: AsyncSandboxesClient[AsyncSandbox],
         process: AsyncProcessClient,
         transport: AsyncTransport | None = None,
+        snapshots: AsyncSnapshotsClient[AsyncSandbox] | None = None,
     ) -> None:
         self._data = data
         self._sandboxes = sandboxes
+        self._snapshots = snapshots
         self.process = AsyncSandboxProcess(process, self)
         transport = transport if transport is not None else sandboxes._transport
         self.filesystem = AsyncFilesystem(transport, self)
@@ -111,6 +114,20 @@ class AsyncSandbox:
 
     async def delete(self, http_timeout: float | None = None) -> None:
         await self._sandboxes.delete(self, http_timeout=http_timeout)
+
+    async def create_snapshot(
+        self,
+        *,
+        name: str | None = None,
+        kill_sandbox_after: bool = False,
+        http_timeout: float | None = None,
+    ) -> Snapshot:
+        """Checkpoint this sandbox's memory and disk as a reusable, restorable snapshot."""
+        if self._snapshots is None:
+            raise TypeError("this sandbox handle was made without a snapshots client")
+        return await self._snapshots.create(
+            self, name=name, kill_sandbox_after=kill_sandbox_after, http_timeout=http_timeout
+        )
 
     def invoke_url(self, path: str = "/", *, port: int | None = None) -> str:
         return self._sandboxes.invoke_url(self, path, port=port)

@@ -16,6 +16,7 @@ from atoll.sdk._sync._transport import Transport
 from atoll.sdk._sync.process import ProcessClient
 from atoll.sdk._sync.sandbox import Sandbox
 from atoll.sdk._sync.sandboxes import SandboxesClient
+from atoll.sdk._sync.snapshots import SnapshotsClient
 from atoll.sdk._sync.templates import TemplatesClient
 from atoll.sdk._config import ClientConfig
 from atoll.sdk.models import SandboxData, SandboxStatus
@@ -65,8 +66,18 @@ class Client:
         )
         self.templates = TemplatesClient(self._transport)
 
+        self.snapshots: SnapshotsClient[Sandbox] = SnapshotsClient(
+            self._transport, sandbox_factory=self._make_sandbox
+        )
+
     def _make_sandbox(self, data: SandboxData | SandboxStatus) -> Sandbox:
-        return Sandbox(data, sandboxes=self.sandboxes, process=self._process, transport=self._transport)
+        return Sandbox(
+            data,
+            sandboxes=self.sandboxes,
+            process=self._process,
+            transport=self._transport,
+            snapshots=self.snapshots,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._config!r})"

@@ -27,7 +27,7 @@ class ProcessClient:
         command: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109  # the command's limit, enforced by the server
+        timeout: int | None = None,  # the command's limit, enforced by the server
         http_timeout: float | None = None,
     ) -> ProcessResult:
         """Run ``command`` and wait for it. ``timeout`` (seconds) is enforced by the server
@@ -55,7 +55,7 @@ class SandboxProcess:
         command: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: int | None = None,  # noqa: ASYNC109  # the command's limit, enforced by the server
+        timeout: int | None = None,  # the command's limit, enforced by the server
         http_timeout: float | None = None,
     ) -> ProcessResult:
         return self._client.execute(

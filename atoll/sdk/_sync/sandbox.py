@@ -15,7 +15,8 @@ from atoll.sdk._sync.filesystem import Filesystem
 from atoll.sdk._sync.process import ProcessClient, SandboxProcess
 from atoll.sdk._sync.pty import Pty
 from atoll.sdk._sync.sandboxes import SandboxesClient
-from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus
+from atoll.sdk._sync.snapshots import SnapshotsClient
+from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
 class Sandbox:
@@ -33,9 +34,11 @@ class Sandbox:
         sandboxes: SandboxesClient[Sandbox],
         process: ProcessClient,
         transport: Transport | None = None,
+        snapshots: SnapshotsClient[Sandbox] | None = None,
     ) -> None:
         self._data = data
         self._sandboxes = sandboxes
+        self._snapshots = snapshots
         self.process = SandboxProcess(process, self)
         transport = transport if transport is not None else sandboxes._transport
         self.filesystem = Filesystem(transport, self)
@@ -115,6 +118,20 @@ class Sandbox:
 
     def delete(self, http_timeout: float | None = None) -> None:
         self._sandboxes.delete(self, http_timeout=http_timeout)
+
+    def create_snapshot(
+        self,
+        *,
+        name: str | None = None,
+        kill_sandbox_after: bool = False,
+        http_timeout: float | None = None,
+    ) -> Snapshot:
+        """Checkpoint this sandbox's memory and disk as a reusable, restorable snapshot."""
+        if self._snapshots is None:
+            raise TypeError("this sandbox handle was made without a snapshots client")
+        return self._snapshots.create(
+            self, name=name, kill_sandbox_after=kill_sandbox_after, http_timeout=http_timeout
+        )
 
     def invoke_url(self, path: str = "/", *, port: int | None = None) -> str:
         return self._sandboxes.invoke_url(self, path, port=port)

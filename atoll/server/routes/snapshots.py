@@ -1,0 +1,74 @@
+"""Snapshot endpoints (wire-protocol §3 and §6): create from a sandbox, restore into a new one,
+list, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from atoll.server.auth import require_org
+from atoll.server.schemas import CreateSnapshotBody, RestoreSnapshotBody, sandbox_body, snapshot_body
+from atoll.server.snapshots import SnapshotService
+
+router = APIRouter(prefix="/v1", tags=["snapshots"])
+Org = Annotated[str, Depends(require_org)]
+DEFAULT_TIMEOUT_S = 300
+
+
+def service(request: Request) -> SnapshotService:
+    return request.app.state.snapshots  # type: ignore[no-any-return]
+
+
+@router.post("/sandbox/{sandbox_id}/snapshot/create", status_code=201)
+@router.post("/sandbox/{sandbox_id}/snapshot/create/", status_code=201, include_in_schema=False)
+async def create_snapshot(
+    sandbox_id: str, org: Org, request: Request, body: CreateSnapshotBody | None = None
+) -> dict[str, Any]:
+    body = body or CreateSnapshotBody()
+    row = await service(request).create(org, sandbox_id, name=body.name, kill_after=body.kill_sandbox_after)
+    return snapshot_body(row)
+
+
+@router.post("/snapshot/restore", status_code=201)
+@router.post("/snapshot/restore/", status_code=201, include_in_schema=False)
+async def restore_snapshot(body: RestoreSnapshotBody, org: Org, request: Request) -> dict[str, Any]:
+    policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
+    row = await service(request).restore(
+        org,
+        body.snapshot_name,
+        auto_pause=body.auto_pause,
+        timeout=body.timeout or DEFAULT_TIMEOUT_S,
+        network_policy=policy,
+    )
+    return sandbox_body(row, with_policy=True)
+
+
+@router.get("/snapshots")
+@router.get("/snapshots/", include_in_schema=False)
+async def list_snapshots(
+    org: Org,
+    request: Request,
+    query: Annotated[str, Query(max_length=64)] = "",
+    sort: Literal["created_at", "template_id"] = "created_at",
+    order_by: Annotated[Literal["asc", "desc"], Query(alias="order-by")] = "desc",
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(alias="page-size", ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    rows, total = await service(request).repo.list(
+        org, query=query, sort=sort, descending=order_by == "desc", page=page, page_size=page_size
+    )
+    return {"items": [snapshot_body(r) for r in rows], "total_items": total}
+
+
+@router.get("/snapshot/{snapshot_id}")
+@router.get("/snapshot/{snapshot_id}/", include_in_schema=False)
+async def get_snapshot(snapshot_id: str, org: Org, request: Request) -> dict[str, Any]:
+    return snapshot_body(await service(request).get(org, snapshot_id))
+
+
+@router.delete("/snapshot/{snapshot_id}", status_code=204)
+@router.delete("/snapshot/{snapshot_id}/", status_code=204, include_in_schema=False)
+async def delete_snapshot(snapshot_id: str, org: Org, request: Request) -> Response:
+    await service(request).delete(org, snapshot_id)
+    return Response(status_code=204)

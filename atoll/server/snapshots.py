@@ -1,0 +1,193 @@
+"""Named snapshots: a running sandbox's memory image and disk layer, restorable any number of
+times into brand-new sandboxes (each restore is an independent fork).
+
+On disk, ``<data>/snapshots/<id>/`` holds ``image/`` (the CRIU checkpoint), ``upper/`` (the
+sandbox's disk changes, frozen at the same instant), ``parent`` (the snapshot this one's disk
+builds on, if the source was itself restored) and ``manifest.json``. A restored sandbox runs
+over the snapshot's layers without copying them, so a snapshot is in use (409 on delete) while
+such a sandbox lives or a newer snapshot builds on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from atoll._exceptions import ConflictError, NotFoundError, RateLimitError
+from atoll._states import Event, State
+from atoll.runtime._proc import run
+from atoll.server.manager import SandboxManager, new_sandbox_id
+from atoll.store.models import SandboxRow, SnapshotRow, utcnow
+from atoll.store.repo import SnapshotRepository
+
+log = logging.getLogger("atoll.snapshots")
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class SnapshotService:
+    def __init__(self, manager: SandboxManager, repo: SnapshotRepository) -> None:
+        self.manager = manager
+        self.repo = repo
+
+    @property
+    def root(self) -> Path:
+        return self.manager.settings.snapshots_dir
+
+    def _require_checkpointing(self) -> None:
+        if not self.manager.backend.can_checkpoint:
+            raise ConflictError(
+                f"snapshots need a checkpointing runtime; this server runs {self.manager.backend.name} "
+                "(start it with --runtime runc and a working CRIU: scripts/setup-criu.sh)"
+            )
+
+    async def create(
+        self, org_id: str, sandbox_id: str, *, name: str | None, kill_after: bool
+    ) -> SnapshotRow:
+        self._require_checkpointing()
+        manager = self.manager
+        row = await manager.ensure_running(await manager.get(org_id, sandbox_id))
+        name = name or f"{sandbox_id}-{utcnow():%Y%m%d%H%M%S%f}"
+        if await self.repo.by_name(org_id, name) is not None:
+            raise ConflictError(f"a snapshot named {name!r} already exists")
+        snapshot_id = "snp" + secrets.token_hex(8)
+        directory = self.root / snapshot_id
+        async with manager.transition(row.id):
+            row = await manager.move(await manager.get(org_id, sandbox_id), Event.SNAPSHOT)
+            try:
+                await self._capture(row, directory, kill_after=kill_after)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                await manager.move(row, Event.FAILED)
+                raise
+            snapshot = SnapshotRow(
+                id=snapshot_id,
+                org_id=org_id,
+                name=name,
+                source_sandbox_id=row.id,
+                parent_snapshot_id=row.base_snapshot_id,
+                template_id=row.template_id,
+                template_name=row.template_name,
+                runtime=row.runtime,
+                vcpu=row.vcpu,
+                memory=row.memory,
+                disk=row.disk,
+                env_vars=dict(row.env_vars),
+                network_policy=row.network_policy,
+                size_bytes=await asyncio.to_thread(disk_usage, directory),
+                created_at=utcnow(),
+            )
+            (directory / "manifest.json").write_text(json.dumps(snapshot_manifest(snapshot), indent=2))
+            await self.repo.add(snapshot)
+            if kill_after:
+                await manager.finish_delete(await manager.move(row, Event.DELETE))
+            else:
+                await manager.move(row, Event.SNAPSHOTTED)
+        return snapshot
+
+    async def _capture(self, row: SandboxRow, directory: Path, *, kill_after: bool) -> None:
+        """Freeze, copy the disk layer, checkpoint memory: both describe the same instant."""
+        backend = self.manager.backend
+        directory.mkdir(parents=True)
+        (directory / "parent").write_text(row.base_snapshot_id or "")
+        await backend.pause(row.id)
+        try:
+            upper = self.manager.sandbox_dir(row.id) / "upper"
+            await run(["cp", "-a", "--reflink=auto", str(upper), str(directory / "upper")], timeout=600)
+            await backend.checkpoint(row.id, directory / "image", leave_running=not kill_after)
+        finally:
+            if not kill_after:
+                await backend.resume(row.id)
+
+    async def restore(
+        self,
+        org_id: str,
+        snapshot_name: str,
+        *,
+        auto_pause: bool,
+        timeout: int,
+        network_policy: dict[str, Any] | None,
+    ) -> SandboxRow:
+        self._require_checkpointing()
+        snapshot = await self.repo.by_name(org_id, snapshot_name)
+        if snapshot is None:
+            raise NotFoundError(f"snapshot {snapshot_name!r} not found")
+        manager = self.manager
+        template = manager.templates.get(snapshot.template_name)
+        if template is None:
+            raise ConflictError(f"template {snapshot.template_name!r} of the snapshot is gone")
+        limit = manager.settings.max_sandboxes_per_org
+        if limit is not None and await manager.repo.count_active(org_id) >= limit:
+            raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
+        row = SandboxRow(
+            id=new_sandbox_id(),
+            org_id=org_id,
+            template_id=snapshot.template_id,
+            template_name=snapshot.template_name,
+            runtime=manager.backend.name,
+            vcpu=snapshot.vcpu,
+            memory=snapshot.memory,
+            disk=snapshot.disk,
+            timeout=timeout,
+            auto_pause=auto_pause,
+            state=State.STARTING,
+            env_vars=dict(snapshot.env_vars),
+            network_policy=network_policy if network_policy is not None else snapshot.network_policy,
+            base_snapshot_id=snapshot.id,
+        )
+        return await manager.boot_new(row, template, image=self.root / snapshot.id / "image")
+
+    async def get(self, org_id: str, snapshot_id: str) -> SnapshotRow:
+        snapshot = await self.repo.get(org_id, snapshot_id)
+        if snapshot is None:
+            raise NotFoundError("snapshot not found")
+        return snapshot
+
+    async def delete(self, org_id: str, snapshot_id: str) -> None:
+        snapshot = await self.get(org_id, snapshot_id)
+        if await self.repo.in_use(snapshot.id):
+            raise ConflictError("snapshot is in use by a sandbox restored from it or by a newer snapshot")
+        await self.repo.delete(snapshot.id)
+        await asyncio.to_thread(shutil.rmtree, self.root / snapshot.id, True)
+
+    async def sweep(self) -> list[str]:
+        """Remove snapshot directories no record owns (a crash mid-snapshot)."""
+        if not self.root.exists():
+            return []
+        known = await self.repo.all_ids()
+        removed = []
+        for directory in self.root.iterdir():
+            if directory.name not in known:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                removed.append(f"snapshot dir {directory.name}")
+        return removed
+
+
+def snapshot_manifest(snapshot: SnapshotRow) -> dict[str, Any]:
+    return {
+        "id": snapshot.id,
+        "name": snapshot.name,
+        "source_sandbox_id": snapshot.source_sandbox_id,
+        "parent_snapshot_id": snapshot.parent_snapshot_id,
+        "template_name": snapshot.template_name,
+        "runtime": snapshot.runtime,
+        "vcpu": snapshot.vcpu,
+        "memory": snapshot.memory,
+        "disk": snapshot.disk,
+        "size_bytes": snapshot.size_bytes,
+        "created_at": snapshot.created_at.isoformat(),
+    }
