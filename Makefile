@@ -26,6 +26,7 @@ setup: host $(STAMPS)/venv
 
 host:
 	@bash scripts/setup-host.sh
+	@bash scripts/setup-criu.sh
 
 $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)

@@ -1,19 +1,23 @@
 """Sandbox router throughput and latency, next to a direct connection to the same server.
 
-Starts its own `atoll serve` (its own instance name, subnet and ports, so it can run beside the
-tests), creates one sandbox, starts a server in it, then runs `wrk` (Debian package) twice per
-scenario against the same in-sandbox server: directly at the sandbox's address from the host,
-and through the router on loopback (`Host: {id}.sbx.localhost:{port}` plus the API key, the
-way an `invoke_url` request arrives). Throughput comes from a run with many connections,
-latency percentiles from a run with one connection (so queueing does not hide the router's
-own cost), in the same run for both paths.
+Starts its own `atoll serve` (its own instance name, a free subnet and free ports, so it can run
+beside the tests), creates a sandbox per scenario, starts a server in it, then drives it with
+`wrk` (Debian package) both directly, at the sandbox's address from the host, and through the
+router on loopback (`Host: {id}.sbx.localhost:{port}` plus the API key, the way an `invoke_url`
+request arrives). Throughput comes from runs with many connections; latency percentiles from
+runs with one connection, so queueing does not hide what the router adds. Direct and routed
+runs alternate (`--repeat` times each) and the medians are reported, because a shared machine's
+load drifts between runs.
 
-Scenarios:
-  keepalive   a small asyncio HTTP/1.1 server (keep-alive, 23-byte answers): the router's own
-              per-request cost dominates
-  http.server `python3 -m http.server` (HTTP/1.0: one connection per request)
+Scenarios (the in-sandbox server):
+  stdlib       http.server.ThreadingHTTPServer speaking HTTP/1.1 keep-alive
+               (tests/router/sandbox_app.py, GET /hello): a typical small Python app server
+  asyncio      a bare asyncio protocol that answers every request with 23 fixed bytes: the
+               server does nothing, so this shows the router's own cost at its most visible
+  http.server  `python3 -m http.server` (HTTP/1.0, a new connection for every request) with at
+               most 4 connections: its listen backlog is 5 and dropped SYNs would dominate
 
-    python bench/router.py [--duration 10] [--connections 32] [--scenario keepalive]
+    python bench/router.py [--duration 8] [--connections 32] [--repeat 3] [--scenario stdlib]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,17 +36,26 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# our own host resources, apart from a test run's (read when tests._support.server is imported)
-os.environ.setdefault("ATOLL_TEST_INSTANCE", "bench")
-os.environ.setdefault("ATOLL_TEST_IFACE_PREFIX", "atb")
-os.environ.setdefault("ATOLL_TEST_SUBNET", "10.240.0.0/16")
 
-from tests._support import api
-from tests._support.server import SANDBOX_DOMAIN, ServerProcess
+def unused_subnet() -> str:
+    """A 10.N.0.0/16 no route on this host falls into (other Atoll instances included)."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    taken = {line.split(".")[1] for line in routes.splitlines() if line.startswith("10.")}
+    return next(f"10.{n}.0.0/16" for n in range(199, 255) if str(n) not in taken)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# our own host resources, apart from a test run's (read when tests._support.server is imported)
+os.environ.setdefault("ATOLL_TEST_INSTANCE", "rbench")
+os.environ.setdefault("ATOLL_TEST_IFACE_PREFIX", "arb")
+os.environ.setdefault("ATOLL_TEST_SUBNET", unused_subnet())
+
+from tests._support import api  # noqa: E402
+from tests._support.server import SANDBOX_DOMAIN, ServerProcess  # noqa: E402
 
 PORT = 8080
-KEEPALIVE_SERVER = r"""
+ASYNCIO_SERVER = r"""
 import asyncio, sys
 BODY = b"hello from the sandbox\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -62,11 +76,28 @@ async def main():
 
 asyncio.run(main())
 """
+STDLIB_SERVER = (ROOT / "tests" / "router" / "sandbox_app.py").read_text()
 BACKGROUND = ">/dev/null 2>&1 &"
-START = {
-    "keepalive": f"cat > /tmp/ka.py <<'EOF'\n{KEEPALIVE_SERVER}\nEOF\n"
-    f"nohup python3 /tmp/ka.py {PORT} {BACKGROUND}",
-    "http.server": f"cd /tmp && echo hello > index.html && nohup python3 -m http.server {PORT} {BACKGROUND}",
+
+
+@dataclass(frozen=True)
+class Scenario:
+    start: str
+    path: str
+    max_connections: int | None = None
+
+
+SCENARIOS = {
+    "stdlib": Scenario(
+        f"cat > /tmp/app.py <<'EOF'\n{STDLIB_SERVER}\nEOF\nnohup python3 /tmp/app.py {PORT} {BACKGROUND}",
+        "/hello",
+    ),
+    "asyncio": Scenario(
+        f"cat > /tmp/ka.py <<'EOF'\n{ASYNCIO_SERVER}\nEOF\nnohup python3 /tmp/ka.py {PORT} {BACKGROUND}", "/"
+    ),
+    "http.server": Scenario(
+        f"cd /tmp && echo hello > index.html && nohup python3 -m http.server {PORT} {BACKGROUND}", "/", 4
+    ),
 }
 WRK_REPORT = """
 done = function(summary, latency, requests)
@@ -91,10 +122,20 @@ class Run:
         return f"{self.rps:>10,.0f}  {self.p50:>8.0f}  {self.p95:>8.0f}  {self.p99:>8.0f}  {self.errors:>6}"
 
 
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        rps=statistics.median(r.rps for r in runs),
+        p50=statistics.median(r.p50 for r in runs),
+        p95=statistics.median(r.p95 for r in runs),
+        p99=statistics.median(r.p99 for r in runs),
+        errors=sum(r.errors for r in runs),
+    )
+
+
 def wrk(
     url: str, headers: dict[str, str], *, connections: int, threads: int, duration: int, script: Path
 ) -> Run:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script)]
+    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "-s", str(script)]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
@@ -108,63 +149,66 @@ def wrk(
     )
 
 
-def wait_ready(router: str, headers: dict[str, str]) -> None:
-    for _ in range(200):
+def wait_ready(url: str, headers: dict[str, str], timeout: float = 20.0) -> None:
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
         try:
-            if httpx.get(router, headers=headers, timeout=5, trust_env=False).status_code == 200:
+            r = httpx.get(url, headers=headers, timeout=5, trust_env=False)
+            if r.status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+            last = f"{r.status_code} {r.text}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
         time.sleep(0.05)
-    raise RuntimeError("the in-sandbox server did not come up")
+    raise RuntimeError(f"the in-sandbox server did not come up: {last}")
 
 
-def scenario(
+def run_scenario(
     http: httpx.Client, server: ServerProcess, name: str, args: argparse.Namespace, script: Path
 ) -> bool:
+    spec = SCENARIOS[name]
+    connections = min(args.connections, spec.max_connections or args.connections)
     sandbox = str(api.create(http, memory=1024)["id"])
     try:
-        api.run(http, sandbox, START[name])
-        ip = api.sandbox_ip(http, sandbox)
-        direct = f"http://{ip}:{PORT}/"
-        routed = f"{server.router_url}/"
+        api.run(http, sandbox, spec.start)
+        direct = f"http://{api.sandbox_ip(http, sandbox)}:{PORT}{spec.path}"
+        routed = f"{server.router_url}{spec.path}"
         route_headers = {"Host": f"{sandbox}.{SANDBOX_DOMAIN}:{server.router_port}", **server.headers}
         wait_ready(routed, route_headers)
-        load = {
-            "connections": args.connections,
-            "threads": args.threads,
-            "duration": args.duration,
-            "script": script,
+        targets = {"direct": (direct, {}), "routed": (routed, route_headers)}
+        kinds = {
+            "load": {"connections": connections, "threads": args.threads, "duration": args.duration},
+            "single": {"connections": 1, "threads": 1, "duration": max(2, args.duration // 2)},
         }
-        single = {"connections": 1, "threads": 1, "duration": max(3, args.duration // 2), "script": script}
-        # warm both paths (caches, first connections), then measure them back to back
-        wrk(direct, {}, **{**single, "duration": 1})
-        wrk(routed, route_headers, **{**single, "duration": 1})
-        results = {
-            ("direct", "load"): wrk(direct, {}, **load),
-            ("routed", "load"): wrk(routed, route_headers, **load),
-            ("direct", "single"): wrk(direct, {}, **single),
-            ("routed", "single"): wrk(routed, route_headers, **single),
-        }
+        for url, headers in targets.values():  # warm up: caches, first connections
+            wrk(url, headers, connections=connections, threads=1, duration=1, script=script)
+        runs: dict[tuple[str, str], list[Run]] = {(p, k): [] for p in targets for k in kinds}
+        for i in range(args.repeat):
+            for kind, options in kinds.items():
+                order = list(targets) if i % 2 == 0 else list(reversed(targets))
+                for path in order:
+                    url, headers = targets[path]
+                    runs[path, kind].append(wrk(url, headers, script=script, **options))  # type: ignore[arg-type]
     finally:
         http.delete(f"/v1/sandbox/{sandbox}/")
-    print(f"\nscenario {name}: GET / from {'the asyncio keep-alive server' if name == 'keepalive' else name}")
+    result = {key: median_run(value) for key, value in runs.items()}
+    print(f"\nscenario {name}: GET {spec.path} (median of {args.repeat} alternating runs)")
     print(f"  {'':<26}{'req/s':>10}  {'p50 us':>8}  {'p95 us':>8}  {'p99 us':>8}  {'errors':>6}")
-    for kind, label in (("load", f"{args.connections} connections"), ("single", "1 connection")):
-        for path in ("direct", "routed"):
-            print(f"  {path + ', ' + label:<26}{results[path, kind].cells()}")
-    ratio = results["routed", "load"].rps / results["direct", "load"].rps
+    for kind, label in (("load", f"{connections} connections"), ("single", "1 connection")):
+        for path in targets:
+            print(f"  {path + ', ' + label:<26}{result[path, kind].cells()}")
+    ratio = result["routed", "load"].rps / result["direct", "load"].rps
     added = {
-        q: getattr(results["routed", "single"], q) - getattr(results["direct", "single"], q)
+        q: getattr(result["routed", "single"], q) - getattr(result["direct", "single"], q)
         for q in ("p50", "p95", "p99")
     }
     ok_ratio, ok_latency = ratio >= 0.8, added["p50"] < 1000
     print(f"  throughput routed/direct: {ratio:.2f}  (target >= 0.80: {'met' if ok_ratio else 'NOT met'})")
     print(
-        f"  added latency (1 connection): p50 {added['p50']:+.0f} us, p95 {added['p95']:+.0f} us, "
+        f"  added latency, 1 connection: p50 {added['p50']:+.0f} us, p95 {added['p95']:+.0f} us, "
         f"p99 {added['p99']:+.0f} us  (target p50 < 1000 us: {'met' if ok_latency else 'NOT met'})"
     )
-    errors = sum(r.errors for r in results.values())
+    errors = sum(r.errors for r in result.values())
     if errors:
         print(f"  {errors} failed requests")
     return ok_ratio and ok_latency and not errors
@@ -174,10 +218,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per loaded wrk run")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per loaded wrk run")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scenario", choices=[*START, "all"], default="all")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per path")
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -191,10 +236,15 @@ def main() -> int:
             script.write(WRK_REPORT)
             script.flush()
             with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
-                print(f"router bench: {os.cpu_count()} CPUs, sandbox vcpu=1, wrk -t{args.threads}, ", end="")
-                print(f"{args.duration}s loaded runs, {max(3, args.duration // 2)}s single-connection runs")
-                for name in START if args.scenario == "all" else [args.scenario]:
-                    ok = scenario(http, server, name, args, Path(script.name)) and ok
+                load = os.getloadavg()[0]
+                print(
+                    f"router bench: {os.cpu_count()} CPUs (load average {load:.1f} at start), sandbox vcpu=1,"
+                )
+                print(
+                    f"  wrk: {args.duration}s runs with many connections, {max(2, args.duration // 2)}s with one"
+                )
+                for name in SCENARIOS if args.scenario == "all" else [args.scenario]:
+                    ok = run_scenario(http, server, name, args, Path(script.name)) and ok
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

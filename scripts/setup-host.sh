@@ -7,6 +7,7 @@ PACKAGES=(
   crun runc               # OCI runtimes (crun: fast starts; runc: checkpointable)
   catatonit busybox-static  # static init and tools for Atoll's helper layer
   mmdebstrap              # builds the default Debian template
+  skopeo umoci            # templates from container images: pull (registry or archive), unpack
   nftables iproute2 iptables  # host-side sandbox network rules, netns and veths
   python3-venv python3-dev  # the project's virtualenv
   libnss-myhostname       # *.localhost names resolve to loopback (sandbox URLs)

@@ -81,6 +81,16 @@ def serve(
     pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
     netns_pool_size: Annotated[int, typer.Option(envvar="ATOLL_NETNS_POOL")] = 4,
     max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
+    cpu_overcommit: Annotated[
+        float, typer.Option(envvar="ATOLL_CPU_OVERCOMMIT", help="vCPU budget per host CPU.")
+    ] = 128.0,
+    memory_overcommit: Annotated[
+        float, typer.Option(envvar="ATOLL_MEMORY_OVERCOMMIT", help="Memory budget per MiB of host memory.")
+    ] = 8.0,
+    import_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="Local image sources must be under these (repeat; default DATA_DIR/imports)."),
+    ] = None,
     router_host: Annotated[
         list[str] | None, typer.Option(help="Sandbox router address (repeat; default 127.0.0.1 and ::1).")
     ] = None,
@@ -124,6 +134,9 @@ def serve(
         pids_limit=pids_limit,
         netns_pool_size=netns_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
+        cpu_overcommit=cpu_overcommit,
+        memory_overcommit=memory_overcommit,
+        template_import_dirs=tuple(import_dir) if import_dir else None,
         router_hosts=tuple(router_host) if router_host else ("127.0.0.1", "::1"),
         router_port=router_port,
         sandbox_domain=sandbox_domain,

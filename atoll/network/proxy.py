@@ -140,7 +140,7 @@ class EgressProxy:
         except BaseException:
             connect.cancel()
             raise
-        sniffed = Sniffed("other") if server_first is not None else (sniff(first) or Sniffed("other"))
+        sniffed = (sniff(first) if first else None) or Sniffed("other")
         verdict = decide(sandbox, address, sniffed)
         if verdict is False:
             connect.cancel()
@@ -168,43 +168,44 @@ class EgressProxy:
         reader: asyncio.StreamReader,
         connect: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
     ) -> tuple[bytes, bytes | None]:
-        """The client's first bytes, read until they can be classified; or, when the server speaks
-        first, (b"", what it said)."""
+        """(what the client said first, read until it can be classified; what the server said if
+        it spoke first, else None). Cancelling a pending read loses nothing: data stays buffered."""
         client = asyncio.ensure_future(reader.read(READ_SIZE))
         server: asyncio.Future[bytes] | None = None
         try:
-            while True:
-                waiting: set[asyncio.Future[object]] = {client}  # type: ignore[arg-type]
-                waiting.add(server if server is not None else connect)  # type: ignore[arg-type]
+            while not client.done():
+                waiting: set[asyncio.Future[Any]] = {client, server if server is not None else connect}
                 done, _ = await asyncio.wait(
                     waiting, timeout=FIRST_BYTES_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
                     raise ConnectionResetError("nothing said")
-                if client in done:
+                if client.done():
                     break
                 if server is None:
                     if connect.exception() is not None:  # the upstream refused: nothing to relay
                         raise ConnectionRefusedError("upstream unreachable")
                     server = asyncio.ensure_future(connect.result()[0].read(READ_SIZE))
-                    continue
-                said = server.result()
-                if not said:
-                    raise ConnectionResetError("upstream closed")
-                client.cancel()
-                return b"", said
+                elif server.done():
+                    if not server.result():
+                        raise ConnectionResetError("upstream closed")
+                    break  # the server speaks first: a protocol that carries no name
         finally:
+            if not client.done():
+                client.cancel()
             if server is not None and not server.done():
-                server.cancel()  # a cancelled read loses nothing: the data stays buffered
-        data = client.result()
-        if not data:
-            raise ConnectionResetError("client closed")
-        while sniff(data) is None and len(data) < MAX_PEEK:
-            more = await asyncio.wait_for(reader.read(READ_SIZE), FIRST_BYTES_TIMEOUT)
-            if not more:
-                break
-            data += more
-        return data, None
+                server.cancel()
+        said = server.result() if server is not None and server.done() and not server.cancelled() else None
+        data = client.result() if client.done() and not client.cancelled() else b""
+        if said is None:
+            if not data:
+                raise ConnectionResetError("client closed")
+            while sniff(data) is None and len(data) < MAX_PEEK:
+                more = await asyncio.wait_for(reader.read(READ_SIZE), FIRST_BYTES_TIMEOUT)
+                if not more:
+                    break
+                data += more
+        return data, said
 
     async def _transform(
         self,

@@ -179,6 +179,10 @@ class Root:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # a safety net for a root handed to a streaming response that was never sent
+        self.close()
+
     def __enter__(self) -> Root:
         return self
 

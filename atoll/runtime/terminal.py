@@ -1,11 +1,12 @@
-"""Interactive terminals inside a sandbox: ``<runtime> exec --tty --console-socket``.
+"""Interactive terminals inside a sandbox: ``<runtime> exec --detach --tty --console-socket``.
 
 The runtime allocates the pseudo-terminal inside the sandbox (its own devpts instance, so
-``tty`` and ``stty`` there see a real ``/dev/pts/N``) and hands the master side to us over a
-unix socket (SCM_RIGHTS). The runtime stays in the foreground as the shell's parent and exits
-with it; its exit status is the shell's. Nothing from the host is ever passed into the sandbox:
-only the master fd comes out. Resizing is ``TIOCSWINSZ`` on the master (the kernel then sends
-SIGWINCH to the terminal's foreground process group).
+``tty`` and ``stty`` there see a real ``/dev/pts/N``), hands the master side to us over a unix
+socket (SCM_RIGHTS) and exits (runc accepts a console socket only when detaching). The shell
+then belongs to us: the server is a child subreaper (``reaping``), so the orphaned shell is
+re-parented to it, and we watch it through a pidfd and reap it. Nothing from the host is passed
+into the sandbox; only the master fd comes out. Resizing is ``TIOCSWINSZ`` on the master (the
+kernel then sends SIGWINCH to the terminal's foreground process group).
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import termios
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from atoll.runtime import reaping
+from atoll.runtime._proc import run
 
 START_TIMEOUT_S = 15.0
-KILL_GRACE_S = 5.0
+KILL_WAIT_S = 5.0
 READ_SIZE = 65536
+_reapers: set[asyncio.Task[None]] = set()
 
 
 class TerminalStartFailed(RuntimeError):
@@ -52,15 +54,30 @@ def _receive_fd(conn: socket.socket) -> int:
     return fds[0]
 
 
-class Terminal:
-    """A started terminal: the master fd, and the runtime process that waits for the shell."""
+async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], object]) -> None:
+    """Wait until the event loop reports ``fd`` ready (``add`` is its add_reader/add_writer)."""
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def __init__(self, master: int, proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    add(fd, wake)
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+class Terminal:
+    """A started terminal: the master fd and the shell (the leader of its own session)."""
+
+    def __init__(self, master: int, pid: int) -> None:
         self.master = master
-        self.proc = proc
-        self.pid_file = pid_file
-        self._waiting = asyncio.Lock()
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)  # from here on the pid cannot be confused with another
         self._exit_code: int | None = None
+        self._waiting = asyncio.Lock()  # one waiter on the pidfd at a time (one reader per fd)
         os.set_blocking(master, False)
 
     def resize(self, cols: int, rows: int) -> None:
@@ -91,37 +108,26 @@ class Terminal:
                 pass
             await _ready(self.master, loop.add_writer, loop.remove_writer)
 
-    def _session_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
+    async def wait(self) -> int:
+        """The shell's exit status, once it has exited (reaped here: it is our child)."""
+        async with self._waiting:
+            if self._exit_code is None:
+                loop = asyncio.get_running_loop()
+                await _ready(self._pidfd, loop.add_reader, loop.remove_reader)
+                self._exit_code = _reap(self.pid)
+                os.close(self._pidfd)
+                self._pidfd = -1
+        return self._exit_code if self._exit_code is not None else -1
 
     async def kill(self) -> int:
         """End the shell and everything started in its session; returns the exit status."""
-        pid = self._session_pid()
-        if pid is not None and self.proc.returncode is None:
-            _kill_session(pid)
+        if self._exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            _kill_session(self.pid)
         with contextlib.suppress(TimeoutError):
-            # the runtime reaps the shell and exits with it; killing the runtime first would
-            # hand the shell to us (the server is a subreaper) as a zombie
-            return await asyncio.wait_for(asyncio.shield(self.wait()), KILL_GRACE_S)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        return await self.wait()
-
-    async def wait(self) -> int:
-        async with self._waiting:  # once: the pid must not be waited for after it may be reused
-            if self._exit_code is None:
-                code = await self.proc.wait()
-                pid = self._session_pid()
-                if pid is not None:
-                    # should the runtime have gone before the shell, the shell became our child
-                    await reaping.reap_when_exits(pid, timeout=KILL_GRACE_S)
-                with contextlib.suppress(FileNotFoundError):
-                    self.pid_file.unlink()
-                self._exit_code = code
-            return self._exit_code
+            return await asyncio.wait_for(self.wait(), KILL_WAIT_S)
+        return -1
 
     def close(self) -> None:
         if self.master >= 0:
@@ -129,23 +135,16 @@ class Terminal:
             self.master = -1
 
 
-async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], object]) -> None:
-    """Wait until the event loop reports ``fd`` ready (``add`` is its add_reader/add_writer)."""
-    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    add(fd, wake)
+def _reap(pid: int) -> int:
     try:
-        await ready
-    finally:
-        remove(fd)
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return -1  # not ours (no subreaper): its parent reaps it
+    return os.waitstatus_to_exitcode(status) if done == pid else -1
 
 
 def _kill_session(session: int) -> None:
-    """SIGKILL every process in ``session`` (the shell is its leader: the runtime set it up)."""
+    """SIGKILL every process in ``session`` (the shell leads it: the runtime made it so)."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -174,51 +173,46 @@ async def open_terminal(
     """Start ``argv`` on a new terminal in the sandbox. ``runtime_argv`` is the runtime binary
     with its global options (``crun --root …``)."""
     token = os.urandom(6).hex()
-    sock_path = socket_dir / f"{sandbox_id}.pty.{token}.sock"
-    pid_file = socket_dir / f"{sandbox_id}.pty.{token}.pid"
+    base = socket_dir / f"{sandbox_id}.pty.{token}"
+    sock_path, pid_file, log_file = (base.with_suffix(s) for s in (".sock", ".pid", ".log"))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc: asyncio.subprocess.Process | None = None
+    master = -1
     try:
         server.bind(str(sock_path))
         os.chmod(sock_path, 0o600)
         server.listen(1)
         server.setblocking(False)
-        command = [*runtime_argv, "exec", "--tty", "--console-socket", str(sock_path)]
-        command += ["--no-new-privs", "--pid-file", str(pid_file), "--cwd", cwd]
+        command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
+        command += ["--console-socket", str(sock_path), "--pid-file", str(pid_file)]
+        command += ["--no-new-privs", "--cwd", cwd]
         for key, value in env.items():
             command += ["--env", f"{key}={value}"]
         command += [sandbox_id, *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        loop = asyncio.get_running_loop()
-        accept = asyncio.ensure_future(loop.sock_accept(server))
-        exited = asyncio.ensure_future(proc.wait())
-        done, _ = await asyncio.wait({accept, exited}, timeout=START_TIMEOUT_S, return_when="FIRST_COMPLETED")
-        if accept not in done:
-            accept.cancel()
-            exited.cancel()
-            assert proc.stderr is not None
-            if exited in done:
-                message = (await proc.stderr.read()).decode(errors="replace").strip()
-                raise TerminalStartFailed(message or f"the runtime exited {proc.returncode}")
-            raise TerminalStartFailed("the runtime did not hand over a terminal in time")
-        exited.cancel()
-        conn, _ = accept.result()
+        # the runtime connects and sends the terminal before it exits: the connection waits in
+        # the listen backlog, so its exit comes first and tells whether it all worked
+        rc, _, err = await run(command, timeout=START_TIMEOUT_S, check=False, error_log=log_file)
+        if rc != 0 or not pid_file.exists():
+            message = err.decode(errors="replace").strip()
+            raise TerminalStartFailed(message or f"the runtime exited {rc}")
+        pid = int(pid_file.read_text().strip())
+        conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(server), START_TIMEOUT_S)
         with conn:
             conn.settimeout(5)
             master = await asyncio.to_thread(_receive_fd, conn)
         set_size(master, cols, rows)
-        return Terminal(master, proc, pid_file)
+        return Terminal(master, pid)
     except BaseException:
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
+        if master >= 0:
+            os.close(master)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            _kill_session(pid)
+            task = asyncio.get_running_loop().create_task(reaping.reap_when_exits(pid))
+            _reapers.add(task)
+            task.add_done_callback(_reapers.discard)
         raise
     finally:
         server.close()
-        with contextlib.suppress(FileNotFoundError):
-            sock_path.unlink()
+        for path in (sock_path, pid_file, log_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -139,7 +139,9 @@ def connect(url: str, headers: Mapping[str, str], timeout: float) -> PtyConnecti
     from websockets.sync.client import connect as ws_connect
 
     try:
-        websocket = ws_connect(url, open_timeout=timeout, max_size=None, **_header_options(headers))
+        websocket = ws_connect(
+            url, open_timeout=timeout, max_size=None, legacy=True, **_header_options(headers)
+        )
     except Exception as exc:
         raise _open_error(exc, url) from exc
     return PtyConnection(websocket)

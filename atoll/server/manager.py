@@ -29,6 +29,7 @@ from atoll.runtime.spec import (
     ExecSetupFailed,
     SandboxSpec,
 )
+from atoll.server.capacity import Budget, Capacity
 from atoll.server.settings import Settings
 from atoll.store.models import SandboxRow, utcnow
 from atoll.store.repo import Repository
@@ -70,9 +71,18 @@ class SandboxManager:
         self.backend = backend
         self.pool = pool
         self.templates = templates
+        self.capacity = Capacity(
+            repo,
+            Budget.for_host(
+                cpu_overcommit=settings.cpu_overcommit, memory_overcommit=settings.memory_overcommit
+            ),
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         # called with a sandbox id before its processes go away (PTY sessions end with it)
         self.teardown_hooks: list[Callable[[str], Awaitable[None]]] = []
+        # a sandbox any of these hold (say True for) is paused by freezing, never checkpointed:
+        # host-side state such as a PTY's master cannot be saved with it
+        self.checkpoint_vetoes: list[Callable[[str], bool]] = []
 
     # helpers ----------------------------------------------------------------------------
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -240,7 +250,8 @@ class SandboxManager:
 
     async def boot_new(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
         """Record and boot a brand-new sandbox; one that fails to start is deleted at once."""
-        await self.repo.add_sandbox(row)
+        async with self.capacity.admit(row.vcpu, row.memory):
+            await self.repo.add_sandbox(row)
         async with self._lock(row.id):
             try:
                 return await self._boot(row, template, image)
@@ -283,7 +294,7 @@ class SandboxManager:
         if State(row.state) != State.RUNNING:
             raise ConflictError(f"cannot pause a sandbox that is {row.state}")
         kind = "freeze"
-        if self.backend.can_checkpoint:
+        if self.backend.can_checkpoint and not any(veto(row.id) for veto in self.checkpoint_vetoes):
             image = self.checkpoint_dir(row.id)
             shutil.rmtree(image, ignore_errors=True)
             try:
@@ -317,7 +328,11 @@ class SandboxManager:
         async with self._lock(row.id):
             row = await self.get(row.org_id, row.id)
             if State(row.state) == State.PAUSED:
-                row = await self.move(row, Event.RESUME)
+                if row.pause_kind == "checkpoint":  # its memory comes back onto the host
+                    async with self.capacity.admit(row.vcpu, row.memory):
+                        row = await self.move(row, Event.RESUME)
+                else:
+                    row = await self.move(row, Event.RESUME)
                 try:
                     await self._unpause(row)
                 except Exception as exc:
@@ -344,7 +359,9 @@ class SandboxManager:
 
     async def start(self, org_id: str, sandbox_id: str) -> SandboxRow:
         async with self.transition(sandbox_id):
-            row = await self.move(await self.get(org_id, sandbox_id), Event.START)
+            row = await self.get(org_id, sandbox_id)
+            async with self.capacity.admit(row.vcpu, row.memory):
+                row = await self.move(row, Event.START)
             try:
                 return await self._boot(row, self.template_for(row))
             except Exception as exc:

@@ -87,6 +87,11 @@ class PtyManager:
         self.manager = manager
         self._sessions: dict[str, dict[str, PtySession]] = {}
         manager.teardown_hooks.append(self.end_sandbox)
+        manager.checkpoint_vetoes.append(self.has_live_sessions)
+
+    def has_live_sessions(self, sandbox_id: str) -> bool:
+        """Terminals live on the host side: a sandbox with a running one can only freeze."""
+        return any(not s.ended for s in self._sessions.get(sandbox_id, {}).values())
 
     # REST ---------------------------------------------------------------------------------
     async def _row(self, org_id: str, sandbox_id: str) -> SandboxRow:
@@ -230,10 +235,14 @@ class PtyManager:
             with contextlib.suppress(Exception):
                 await sock.close(1011, "could not deliver terminal output")
 
-    async def attach(self, org_id: str, session: PtySession, sock: Socket) -> None:
-        """Start a lazy session, replay what nobody has seen yet, then stream to ``sock``."""
+    async def ensure_started(self, org_id: str, session: PtySession) -> None:
+        """A connection resumes a paused sandbox, and starts a lazy session's shell."""
+        row = await self._row(org_id, session.sandbox_id)
         if session.terminal is None:
-            await self._start(session, await self._row(org_id, session.sandbox_id))
+            await self._start(session, row)
+
+    async def attach(self, session: PtySession, sock: Socket) -> None:
+        """Replay what nobody has seen yet, then stream the terminal's output to ``sock``."""
         while session.pending:
             data, session.pending = bytes(session.pending), bytearray()
             await sock.send_bytes(data)

@@ -56,6 +56,10 @@ class Settings(BaseModel):
     pids_limit: int = Field(default=1024, ge=16)
     disk_mib: int = 10240
     max_sandboxes_per_org: int | None = None  # None: limited only by the host
+    # the host's CPUs and memory times these are the budgets sandboxes draw on (limits are
+    # ceilings, not reservations: idle sandboxes use a few MiB, so memory is over-committed too)
+    cpu_overcommit: float = Field(default=128.0, gt=0)
+    memory_overcommit: float = Field(default=8.0, gt=0)
     exec_max_output_bytes: int = 10 * 1024 * 1024
     reaper_interval_s: float = 1.0
 

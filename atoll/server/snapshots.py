@@ -127,7 +127,8 @@ class SnapshotService:
         if snapshot is None:
             raise NotFoundError(f"snapshot {snapshot_name!r} not found")
         manager = self.manager
-        template = manager.templates.get(snapshot.template_name)
+        templates = manager.templates
+        template = templates.by_id(snapshot.template_id) or templates.get(snapshot.template_name)
         if template is None:
             raise ConflictError(f"template {snapshot.template_name!r} of the snapshot is gone")
         limit = manager.settings.max_sandboxes_per_org

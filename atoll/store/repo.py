@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._states import State
@@ -95,6 +95,11 @@ class Repository:
             total = int(await s.scalar(select(func.count()).select_from(query.subquery())) or 0)
             rows = (await s.scalars(ordered.offset((page - 1) * page_size).limit(page_size))).all()
         return rows, total
+
+    async def resource_usage(self) -> tuple[int, int]:
+        """(vCPUs, MiB) claimed by sandboxes whose processes exist (see ``atoll.server.capacity``)."""
+        async with self.sessions() as s:
+            return await _usage(s)
 
     async def count_active(self, org_id: str) -> int:
         async with self.sessions() as s:
@@ -184,3 +189,27 @@ class SnapshotRepository:
     async def all_ids(self) -> set[str]:
         async with self.sessions() as s:
             return set((await s.scalars(select(SnapshotRow.id))).all())
+
+
+async def _usage(session: AsyncSession) -> tuple[int, int]:
+    holding = or_(
+        SandboxRow.state.in_(
+            [
+                State.STARTING,
+                State.RUNNING,
+                State.UNPAUSING,
+                State.SNAPSHOTTING,
+                State.STOPPING,
+                State.DELETING,
+            ]
+        ),
+        and_(SandboxRow.state == State.PAUSED, SandboxRow.pause_kind != "checkpoint"),
+    )
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(SandboxRow.vcpu), 0), func.coalesce(func.sum(SandboxRow.memory), 0)
+            ).where(holding)
+        )
+    ).one()
+    return int(row[0]), int(row[1])

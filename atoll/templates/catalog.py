@@ -4,8 +4,9 @@ next to the id-keyed root filesystems on disk (``TemplateRegistry.user_root``).
 A name is reserved by inserting its row in state ``importing`` before the (slow) pull starts, so
 two concurrent imports of one name cannot both win; the row turns ``ready`` only once the root
 filesystem is in place. Deleting a template a sandbox still uses (running, paused or stopped:
-a stopped one restarts from it) is refused with 409, so a template's layer is never pulled from
-under a sandbox and deletion is immediate and complete when it succeeds.
+a stopped one restarts from it) or a snapshot was taken from (a restore boots it) is refused
+with 409, so a template's layer is never pulled from under anyone and deletion is immediate and
+complete when it succeeds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._exceptions import ConflictError, NotFoundError
 from atoll._states import State
-from atoll.store.models import SandboxRow, TemplateRow
+from atoll.store.models import SandboxRow, SnapshotRow, TemplateRow
 from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.templates")
@@ -113,19 +114,21 @@ class TemplateCatalog:
             raise ConflictError(f"a template named {name!r} already exists") from None
 
     async def users(self, template_id: str) -> list[str]:
-        """Sandboxes that still need the template's layer."""
+        """Sandboxes and snapshots that still need the template's layer."""
         async with self.sessions() as s:
-            query = select(SandboxRow.id).where(
+            sandboxes = select(SandboxRow.id).where(
                 SandboxRow.template_id == template_id, SandboxRow.state != State.DELETED
             )
-            return [str(i) for i in (await s.scalars(query)).all()]
+            snapshots = select(SnapshotRow.name).where(SnapshotRow.template_id == template_id)
+            found = [*(await s.scalars(sandboxes)).all(), *(await s.scalars(snapshots)).all()]
+            return [str(i) for i in found]
 
     async def delete(self, org_id: str, template_id: str) -> None:
         await self.get(org_id, template_id)
         users = await self.users(template_id)
         if users:
             shown = ", ".join(users[:5]) + (" …" if len(users) > 5 else "")
-            raise ConflictError(f"template is in use by {len(users)} sandbox(es): {shown}; delete them first")
+            raise ConflictError(f"template is in use by {len(users)} sandbox(es) or snapshot(s): {shown}")
         async with self.sessions.begin() as s:
             await s.execute(delete(TemplateRow).where(TemplateRow.id == template_id))
         await self._remove_files(template_id)

@@ -41,6 +41,11 @@ class ServerProcess:
     host: str = "0.0.0.0"  # all interfaces, so the isolation tests prove the firewall, not the bind
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    # a second server in one test run needs its own host resources (it reconciles them)
+    instance: str = INSTANCE
+    iface_prefix: str = IFACE_PREFIX
+    subnet: str = SUBNET
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "server.log"
@@ -67,12 +72,13 @@ class ServerProcess:
         return [
             sys.executable, "-m", "atoll.cli.main", "serve",
             "--host", self.host, "--port", str(self.port),
-            "--instance", INSTANCE, "--data-dir", str(self.data_dir),
-            "--iface-prefix", IFACE_PREFIX, "--subnet", SUBNET,
+            "--instance", self.instance, "--data-dir", str(self.data_dir),
+            "--iface-prefix", self.iface_prefix, "--subnet", self.subnet,
             "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
             "--netns-pool-size", "2", "--log-level", "warning",
             *(["--runtime", RUNTIME] if RUNTIME else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 120.0) -> None:

@@ -6,7 +6,8 @@ loopback, in a /24 of 198.18.0.0/15 (the benchmarking range) picked from the san
 cloud-metadata address 169.254.169.254. A veth joins it to the host.
 
 Traffic from the test server's sandbox subnet is policy-routed: to the lab /24 and to the
-metadata address via the lab, everything else ``unreachable``. So a sandbox packet can only
+metadata address via the lab, to the sandbox subnet itself as usual, everything else
+``unreachable``. So a sandbox packet can only
 ever reach the lab (or this host itself), even if the firewall under test were wrong. The host
 itself routes only the lab /24 to the lab (Atoll's resolver and proxy run on the host).
 
@@ -139,6 +140,8 @@ class Lab:
         sh("ip", "route", "add", f"{METADATA}/32", "via", self.ip(2), "dev", self.host_ifname, "table", table)
         sh("ip", "route", "add", "unreachable", "default", "table", table)
         sh("ip", "rule", "add", "from", self.sandbox_subnet, "lookup", table, "priority", table)
+        # ... except what goes to the sandboxes themselves (the host's replies from its veth ends)
+        sh("ip", "rule", "add", "to", self.sandbox_subnet, "lookup", "main", "priority", str(self.table - 1))
         config = {
             "records": self.records,
             "dns": self.hosts["dns"],
@@ -173,8 +176,9 @@ class Lab:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
-        while sh("ip", "rule", "del", "priority", str(self.table), check=False).returncode == 0:
-            pass
+        for priority in (self.table, self.table - 1):
+            while sh("ip", "rule", "del", "priority", str(priority), check=False).returncode == 0:
+                pass
         sh("ip", "route", "flush", "table", str(self.table), check=False)
         sh("ip", "route", "del", self.network, check=False)
         sh("ip", "link", "del", self.host_ifname, check=False)

@@ -5,7 +5,8 @@ Every service listens on all of the namespace's addresses and says which one it 
 - HTTP :80 and HTTPS :443 (test CA): ``hello <local address> host=<Host>``; HTTPS request
   headers are logged, never echoed;
 - TCP :7 echo, UDP :7 echo (``udp <local address> <data>``), TCP :2222 server-speaks-first;
-- TCP :9000 bulk: reads ``<n>\\n`` and sends n bytes (benchmarks).
+- TCP :9000 bulk: reads ``<n>\\n`` and sends n bytes; ``GET /bytes/<n>`` over HTTP(S) too
+  (benchmarks).
 
     python -m tests.network._labservers CONFIG.json     (prints "ready" once listening)
 """
@@ -104,6 +105,14 @@ class Lab:
                     self.log(
                         kind="https", local=local, method=method, path=path, headers=headers, body=len(body)
                     )
+                if path.startswith("/bytes/"):  # a bulk download (benchmarks)
+                    remaining = int(path.rsplit("/", 1)[1])
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % remaining)
+                    while remaining > 0:
+                        writer.write(CHUNK[: min(remaining, len(CHUNK))])
+                        remaining -= min(remaining, len(CHUNK))
+                        await writer.drain()
+                    continue
                 host = headers.get("Host", headers.get("host", ""))
                 text = f"hello {local} host={host} tls={tls}\n".encode()
                 writer.write(

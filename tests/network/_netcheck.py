@@ -54,8 +54,12 @@ def exchange(sock, request):
 
 
 def tcp(host, port, send=None):
+    """Without SEND: did the connection open? With SEND: did anything come back?"""
     try:
         with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            if send is None and port != "2222":
+                out(True, data="")
+                return
             data = exchange(sock, (send + "\n").encode() if send else b"")
         out(bool(data), data=data.decode(errors="replace"))
     except OSError as exc:

@@ -137,10 +137,7 @@ def test_allow_all_is_the_default(http: httpx.Client, sandboxes: dict[str, str],
     sid = sandboxes["default"]
     assert probe(http, sid, "resolve", API)["addresses"] == [lab.hosts["api"]]
     assert probe(http, sid, "resolve", f"other.{ZONE}")["addresses"] == [lab.hosts["other"]]
-    assert (
-        "hello " + lab.hosts["other"]
-        in probe(http, sid, "tcp", lab.hosts["other"], "80", "GET / HTTP/1.0\r\n")["data"]
-    )
+    assert "hello " + lab.hosts["other"] in probe(http, sid, "http", lab.hosts["other"], "80", "x")["data"]
     assert probe(http, sid, "udp", lab.hosts["outside"], "7")["data"].startswith(
         "udp " + lab.hosts["outside"]
     )
@@ -180,12 +177,14 @@ def test_other_names_neither_resolve_nor_connect(
     sid = sandboxes["domains"]
     assert probe(http, sid, "resolve", API)["ok"]  # learn api's address first
     assert probe(http, sid, "resolve", f"a.pkg.{ZONE}")["ok"]
+    seen = len(lab.dns_queries())
     for name in (f"other.{ZONE}", f"alias.{ZONE}", f"pkg.{ZONE}"):  # "*.pkg" is not "pkg" itself
         assert not probe(http, sid, "resolve", name)["ok"], name
-    queried = lab.dns_queries()
+    queried = lab.dns_queries()[seen:]
     assert f"other.{ZONE}" not in queried and f"alias.{ZONE}" not in queried  # never sent upstream
     other, api_ip = lab.hosts["other"], lab.hosts["api"]
-    assert not probe(http, sid, "tcp", other, "80", "GET / HTTP/1.0\r\n")["ok"]  # by IP
+    assert not probe(http, sid, "http", other, "80", f"other.{ZONE}")["ok"]  # by IP
+    assert not probe(http, sid, "tcp", other, "7")["ok"]
     assert not probe(http, sid, "tls", other, "443", API)["ok"]  # an allowed SNI to another address
     assert not probe(http, sid, "tls", api_ip, "443", f"other.{ZONE}")["ok"]  # another SNI on a shared IP
     assert not probe(http, sid, "tls", api_ip, "443", f"alias.{ZONE}")["ok"]
@@ -205,7 +204,8 @@ def test_allowed_names_never_open_forbidden_addresses(
     sid = sandboxes["domains"]
     for name in (f"meta.{ZONE}", f"loop.{ZONE}", f"gw.{ZONE}"):  # allowed names, forbidden addresses
         assert not probe(http, sid, "resolve", name)["ok"], name
-    assert not probe(http, sid, "tcp", METADATA, "80", "GET / HTTP/1.0\r\n")["ok"]
+    assert not probe(http, sid, "http", METADATA, "80", METADATA)["ok"]
+    assert not probe(http, sid, "tcp", METADATA, "7")["ok"]
 
 
 # transforms ------------------------------------------------------------------------------------
@@ -262,7 +262,8 @@ def test_metadata_host_and_control_plane_are_unreachable_in_every_mode(
     http: httpx.Client, sandboxes: dict[str, str], server: ServerProcess, name: str
 ) -> None:
     sid = sandboxes[name]
-    assert not probe(http, sid, "tcp", METADATA, "80", "GET / HTTP/1.0\r\n")["ok"]
+    assert not probe(http, sid, "http", METADATA, "80", METADATA)["ok"]
+    assert not probe(http, sid, "tcp", METADATA, "7")["ok"]
     assert not probe(http, sid, "udp", METADATA, "7")["ok"]
     mine = ipaddress.IPv4Address(api.sandbox_ip(http, sid))
     targets = {*host_addresses(), str(mine - 1)}  # the host end of the sandbox's veth

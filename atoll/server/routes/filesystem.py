@@ -31,7 +31,7 @@ from atoll.templates.registry import Template
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}", tags=["filesystem"])
 Org = Annotated[str, Depends(require_org)]
 T = TypeVar("T")
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024
 OCTET = "application/octet-stream"
 
 
@@ -315,6 +315,22 @@ class _PartWriter:
             self.fd = None
 
 
+class OwnedFd:
+    """An fd closed exactly once: by whoever streams it, or when it is dropped unread (a
+    response that was never sent because its client left first)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _read_chunks(fd: int, start: int, end: int) -> Iterator[bytes]:
     position = start
     while position < end:
@@ -325,39 +341,46 @@ def _read_chunks(fd: int, start: int, end: int) -> Iterator[bytes]:
         yield chunk
 
 
-async def _stream(fd: int, start: int, end: int) -> AsyncIterator[bytes]:
-    chunks = _read_chunks(fd, start, end)
+async def _stream(owned: OwnedFd, start: int, end: int) -> AsyncIterator[bytes]:
+    chunks = _read_chunks(owned.fd, start, end)
     try:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk
     finally:
-        os.close(fd)
+        owned.close()
 
 
 @route("/filesystem/read-file")
 async def read_file(sandbox_id: str, body: s.ReadFileBody, org: Org, request: Request) -> Response:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
-        fd = await work(lambda: sb.root.open_regular(path, os.O_RDONLY), path)
+        owned = OwnedFd(await work(lambda: sb.root.open_regular(path, os.O_RDONLY), path))
     try:
         start, end = await work(
             lambda: file_walk.read_range(
-                fd, offset=body.offset, limit=body.limit, head=body.head, tail=body.tail
+                owned.fd, offset=body.offset, limit=body.limit, head=body.head, tail=body.tail
             ),
             path,
         )
     except BaseException:
-        os.close(fd)
+        owned.close()
         raise
     return StreamingResponse(
-        _stream(fd, start, end), media_type=OCTET, headers={"content-length": str(end - start)}
+        _stream(owned, start, end), media_type=OCTET, headers={"content-length": str(end - start)}
     )
 
 
-async def _multipart_stream(opened: list[tuple[str, int]], boundary: str) -> AsyncIterator[bytes]:
+def _check_readable(root: Root, path: str) -> None:
+    os.close(root.open_regular(path, os.O_RDONLY))
+
+
+async def _multipart_stream(root: Root, items: list[tuple[str, str]], boundary: str) -> AsyncIterator[bytes]:
+    """One part per file, each opened only when its turn comes (a thousand paths never hold a
+    thousand fds). A file removed since the check ends the body early, and the client sees a
+    truncated document rather than a wrong one."""
     try:
-        while opened:
-            name, fd = opened.pop(0)
+        for name, path in items:
+            fd = await work(partial(root.open_regular, path, os.O_RDONLY), path)
             try:
                 yield b"--" + boundary.encode() + b"\r\n" + multipart.part_header(name)
                 size = os.fstat(fd).st_size
@@ -369,25 +392,20 @@ async def _multipart_stream(opened: list[tuple[str, int]], boundary: str) -> Asy
                 os.close(fd)
         yield b"--" + boundary.encode() + b"--\r\n"
     finally:
-        for _, fd in opened:
-            os.close(fd)
+        root.close()
 
 
 @route("/filesystem/read-files")
 async def read_files(sandbox_id: str, body: s.ReadFilesBody, org: Org, request: Request) -> Response:
-    opened: list[tuple[str, int]] = []
-    try:
-        async with sandbox(request, org, sandbox_id) as sb:
-            for name in body.paths:
-                path = sb.path(name)
-                opened.append((name, await work(partial(sb.root.open_regular, path, os.O_RDONLY), path)))
-    except BaseException:
-        for _, fd in opened:
-            os.close(fd)
-        raise
+    manager: SandboxManager = request.app.state.manager
+    async with sandbox(request, org, sandbox_id) as sb:
+        items = [(name, sb.path(name)) for name in body.paths]
+        for _, path in items:  # every path is checked before the answer starts: 404 means 404
+            await work(partial(_check_readable, sb.root, path), path)
+        root = await asyncio.to_thread(Root.open, str(manager.sandbox_dir(sandbox_id) / "rootfs"))
     boundary = multipart.new_boundary()
     return StreamingResponse(
-        _multipart_stream(opened, boundary), media_type=f"multipart/form-data; boundary={boundary}"
+        _multipart_stream(root, items, boundary), media_type=f"multipart/form-data; boundary={boundary}"
     )
 
 

@@ -15,5 +15,7 @@ async def health(request: Request) -> dict[str, Any]:
     return {
         "status": "ok",
         "runtime": manager.backend.name,
+        "checkpoint": manager.backend.can_checkpoint,
         "network_pool_ready": manager.pool.ready_count,
+        "capacity": await manager.capacity.report(),
     }

@@ -119,15 +119,12 @@ async def connect(websocket: WebSocket, sandbox_id: str, session_id: str) -> Non
         session = await manager.get(org, sandbox_id, session_id)
         if session.ended:
             raise ConflictError(f"PTY session {session.id!r} has ended (exit status {session.exit_code})")
+        await manager.ensure_started(org, session)
     except APIError as exc:
         await _deny(websocket, exc)
         return
     await websocket.accept()
-    try:
-        await manager.attach(org, session, websocket)
-    except APIError as exc:
-        await websocket.close(code=1011, reason=exc.message[:120])
-        return
+    await manager.attach(session, websocket)
     try:
         await _relay_input(manager, session, websocket)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -143,9 +144,16 @@ async def _import(
         if isinstance(exc, CommandTimeout):
             raise ServerError(f"importing {body.uri} timed out", status_code=504) from None
         if isinstance(exc, CommandFailed):
-            raise BadRequestError(f"could not import {body.uri}: {exc.stderr[-1000:]}") from None
+            raise BadRequestError(f"could not import {body.uri}: {_reason(exc.stderr)}") from None
         raise
     return template_body(row)
+
+
+def _reason(stderr: str) -> str:
+    """The gist of a skopeo/umoci failure: its last line, without the logger's decoration."""
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else "failed"
+    found = re.search(r'msg="((?:[^"\\]|\\.)*)"', last)
+    return (found.group(1).replace('\\"', '"') if found else last)[-1000:]
 
 
 def _slots(request: Request) -> asyncio.Semaphore:

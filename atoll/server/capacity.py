@@ -1,0 +1,71 @@
+"""Host capacity: CPU and memory are budgets that sandboxes draw on while their processes exist.
+
+A sandbox counts from the moment it is admitted (``starting``) until its processes are gone
+(deleted, stopped, or paused by checkpoint, which moves its memory to disk). The budget is the
+host's CPUs and memory times a configurable over-commit ratio; a create, start, restore or
+resume that would exceed it gets 503 with ``Retry-After`` at once instead of a slow failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from atoll._exceptions import CapacityError
+from atoll.store.repo import Repository
+
+RETRY_AFTER_S = 5
+HOST_MEMORY_RESERVE_MIB = 1024  # left to the host itself: control plane, page cache, kernel
+
+
+def host_memory_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+@dataclass(frozen=True)
+class Budget:
+    vcpu: int
+    memory_mib: int
+
+    @classmethod
+    def for_host(cls, *, cpu_overcommit: float, memory_overcommit: float) -> Budget:
+        cpus = os.cpu_count() or 1
+        memory = max(512, host_memory_mib() - HOST_MEMORY_RESERVE_MIB)
+        return cls(vcpu=int(cpus * cpu_overcommit), memory_mib=int(memory * memory_overcommit))
+
+
+class Capacity:
+    def __init__(self, repo: Repository, budget: Budget) -> None:
+        self.repo = repo
+        self.budget = budget
+        # Admission is check-then-record; this short section keeps two creates from both
+        # seeing the same free room. Booting happens outside it, so creates still overlap.
+        self._admission = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def admit(self, vcpu: int, memory_mib: int) -> AsyncIterator[None]:
+        """Hold while recording the new claim (inserting the row or changing its state)."""
+        async with self._admission:
+            used_vcpu, used_memory = await self.repo.resource_usage()
+            if used_vcpu + vcpu > self.budget.vcpu or used_memory + memory_mib > self.budget.memory_mib:
+                raise CapacityError(
+                    f"no capacity on this host: {used_vcpu}/{self.budget.vcpu} vCPU and "
+                    f"{used_memory}/{self.budget.memory_mib} MiB in use; retry later",
+                    retry_after=RETRY_AFTER_S,
+                )
+            yield
+
+    async def report(self) -> dict[str, int]:
+        used_vcpu, used_memory = await self.repo.resource_usage()
+        return {
+            "vcpu_budget": self.budget.vcpu,
+            "vcpu_used": used_vcpu,
+            "memory_mib_budget": self.budget.memory_mib,
+            "memory_mib_used": used_memory,
+        }
