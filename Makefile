@@ -14,7 +14,7 @@ help:
 	@echo "make serve   install what is missing, build the default template, run Atoll on localhost"
 	@echo "make test    install what is missing and run the whole test suite"
 	@echo "make lint    ruff, mypy and the generated-sync-SDK check"
-	@echo "make bench   run the benchmarks in bench/"
+	@echo "make bench   run every benchmark in bench/ and write BENCHMARKS.md"
 
 serve: setup template
 	$(ATOLL) serve
@@ -56,7 +56,7 @@ unasync: $(STAMPS)/venv
 	$(VENV)/bin/python scripts/unasync.py
 
 bench: setup template
-	$(VENV)/bin/python bench/lifecycle.py
+	$(VENV)/bin/python bench/report.py
 
 clean:
 	rm -rf $(STAMPS) $(VENV) $(LEAP0_VENV)

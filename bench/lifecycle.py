@@ -1,18 +1,19 @@
 """Lifecycle latency through the real API, next to the bare OCI runtime on the same rootfs.
 
-Starts its own `atoll serve` (test instance settings), then for N runs measures:
-create -> running, create -> first exec result, exec round trip (`true`), pause, resume (the
-first exec after a pause, which resumes the sandbox) and delete. Baselines from the same run:
-`crun run` of the same template rootfs on an overlay (bundle prepared beforehand) and
-`crun exec ... true` on a running container.
+Starts its own `atoll serve` once per runtime (crun, and runc with CRIU), and for N runs
+measures: create -> running, create -> first exec result, exec round trip (`true`), pause,
+resume (the first exec after a pause, which resumes the sandbox) and delete. Baselines from the
+same run: `crun run` of the same template rootfs on an overlay (bundle prepared beforehand) and
+`crun exec ... true` on a running container. With runc, pause is a checkpoint to disk.
 
-    python bench/lifecycle.py [--runs 50]
+    python bench/lifecycle.py [--runs 50] [--runtimes crun,runc]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import httpx
 
+os.environ.setdefault("ATOLL_TEST_INSTANCE", "bench")
+os.environ.setdefault("ATOLL_TEST_IFACE_PREFIX", "atb")
+os.environ.setdefault("ATOLL_TEST_SUBNET", "10.241.0.0/16")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atoll.runtime import oci_config, overlay
@@ -140,26 +144,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runtimes", default="crun,runc")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
-    server = ServerProcess(data_dir=scratch / "server")
-    server.host = "127.0.0.1"
+    results = {}
     try:
         bare_run, bare_exec = bare_runtime(args.runs, scratch)
-        server.start()
-        api = through_api(server, args.runs)
+        for runtime in args.runtimes.split(","):
+            server = ServerProcess(data_dir=scratch / f"server-{runtime}", host="127.0.0.1", runtime=runtime)
+            try:
+                server.start()
+                results[runtime] = through_api(server, args.runs)
+            finally:
+                server.stop()
     finally:
-        server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"# lifecycle benchmark, {args.runs} runs, crun, default template")
+    print(f"# lifecycle benchmark, {args.runs} runs per figure, default template")
     print(row("baseline: crun run (echo hi)", bare_run))
     print(row("baseline: crun exec true", bare_exec))
-    print(row("API create -> running", api["create"], bare_run))
-    print(row("API create -> first exec result", api["create_to_exec"], bare_run))
-    print(row("API exec round trip (true)", api["exec"], bare_exec))
-    print(row("API pause (freeze)", api["pause"]))
-    print(row("API resume + exec (true)", api["resume_exec"], bare_exec))
-    print(row("API delete", api["delete"]))
+    for runtime, api in results.items():
+        pause = "checkpoint" if runtime == "runc" else "freeze"
+        print(row(f"[{runtime}] create -> running", api["create"], bare_run))
+        print(row(f"[{runtime}] create -> first exec", api["create_to_exec"], bare_run))
+        print(row(f"[{runtime}] exec round trip (true)", api["exec"], bare_exec))
+        print(row(f"[{runtime}] pause ({pause})", api["pause"]))
+        print(row(f"[{runtime}] resume + exec (true)", api["resume_exec"], bare_exec))
+        print(row(f"[{runtime}] delete", api["delete"]))
 
 
 if __name__ == "__main__":

@@ -138,8 +138,11 @@ def wrk(
     argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "-s", str(script)]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([*argv, url], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+    data = json.loads(lines[-1])
     return Run(
         rps=data["requests"] / (data["duration_us"] / 1e6),
         p50=data["p50"],
@@ -240,9 +243,8 @@ def main() -> int:
                 print(
                     f"router bench: {os.cpu_count()} CPUs (load average {load:.1f} at start), sandbox vcpu=1,"
                 )
-                print(
-                    f"  wrk: {args.duration}s runs with many connections, {max(2, args.duration // 2)}s with one"
-                )
+                single = max(2, args.duration // 2)
+                print(f"  wrk: {args.duration}s runs with many connections, {single}s with one")
                 for name in SCENARIOS if args.scenario == "all" else [args.scenario]:
                     ok = run_scenario(http, server, name, args, Path(script.name)) and ok
     finally:

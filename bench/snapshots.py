@@ -105,9 +105,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
-    os.environ["ATOLL_TEST_RUNTIME"] = "runc"
-    server = ServerProcess(data_dir=scratch / "server")
-    server.host = "127.0.0.1"
+    server = ServerProcess(data_dir=scratch / "server", host="127.0.0.1", runtime="runc")
     results = {}
     try:
         server.start()

@@ -45,6 +45,7 @@ class ServerProcess:
     instance: str = INSTANCE
     iface_prefix: str = IFACE_PREFIX
     subnet: str = SUBNET
+    runtime: str = RUNTIME
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class ServerProcess:
             "--iface-prefix", self.iface_prefix, "--subnet", self.subnet,
             "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
             "--netns-pool-size", "2", "--log-level", "warning",
-            *(["--runtime", RUNTIME] if RUNTIME else []),
+            *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
             *self.extra_args,
         ]  # fmt: skip

@@ -35,6 +35,7 @@ LOG_PATH = ""
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: object) -> None:
         pass
