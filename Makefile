@@ -27,6 +27,7 @@ setup: host $(STAMPS)/venv
 host:
 	@bash scripts/setup-host.sh
 	@bash scripts/setup-criu.sh
+	@bash scripts/setup-gvisor.sh
 
 $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)

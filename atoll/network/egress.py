@@ -32,6 +32,7 @@ from atoll.network.nftables import Nft, NftError
 from atoll.network.policy import AddressGuard, EgressPolicy
 from atoll.network.proxy import EgressProxy
 from atoll.network.resolver import Resolver, parse_upstream
+from atoll.runtime import confined
 
 log = logging.getLogger("atoll.egress")
 
@@ -259,15 +260,17 @@ class EgressService:
         )
         pem = ca.cert_pem
         upper = sandbox_dir / "upper"  # SandboxSpec.upper_dir
-        bundle = upper / GUEST_BUNDLE
-        if bundle.exists() and pem in bundle.read_bytes():
+        upper.mkdir(parents=True, exist_ok=True)
+        # the upper dir is the sandbox's to change and an imported template's rootfs its author's:
+        # resolve links inside them, never on the host (a planted link must not reach host files)
+        current = confined.read_in_layer(str(upper), GUEST_BUNDLE)
+        if current is not None and pem in current:
             return
-        base = bundle if bundle.exists() else (template_rootfs / GUEST_BUNDLE if template_rootfs else None)
-        existing = base.read_bytes() if base is not None and base.is_file() else b""
-        for path, data in ((bundle, existing.rstrip(b"\n") + b"\n" + pem), (upper / GUEST_CA, pem)):
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            path.write_bytes(data.lstrip(b"\n"))
-            path.chmod(0o644)
+        if current is None and template_rootfs is not None:
+            current = confined.read_in_layer(str(template_rootfs), GUEST_BUNDLE)
+        existing = current or b""
+        for path, data in ((GUEST_BUNDLE, existing.rstrip(b"\n") + b"\n" + pem), (GUEST_CA, pem)):
+            confined.replace_in_layer(str(upper), path, data.lstrip(b"\n"))
 
     async def attach(self, attachment: Attachment) -> None:
         policy = EgressPolicy.from_wire(attachment.policy)

@@ -306,3 +306,33 @@ def chmod_fd(fd: int, mode: int) -> None:
         if exc.errno != errno.EBADF:
             raise
         os.chmod(f"/proc/self/fd/{fd}", mode)
+
+
+# layers: the host writing into a sandbox's upper dir (or reading a template) before it boots --
+def read_in_layer(layer: str, path: str) -> bytes | None:
+    """A regular file of a root filesystem layer (a template's rootfs, a sandbox's upper dir),
+    symlinks resolved inside that layer only; None when there is no such regular file."""
+    try:
+        with Root.open(layer, require_mount=False) as root:
+            fd = root.open_regular(normalize(path), os.O_RDONLY)
+    except (OSError, APIError):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def replace_in_layer(layer: str, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Put a regular file at ``path`` in a layer the sandbox writes to. Whatever is there (a
+    symlink the sandbox planted to a host path included) is replaced, never followed."""
+    path = normalize(path)
+    with Root.open(layer, require_mount=False) as root:
+        root.makedirs(split(path)[0])
+        with root.parent(path) as (dir_fd, name):
+            temporary = f".{name}.atoll-new"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=dir_fd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(temporary, flags, mode, dir_fd=dir_fd), "wb") as f:
+                f.write(data)
+                os.fchmod(f.fileno(), mode)
+            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

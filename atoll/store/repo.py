@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,8 @@ from atoll._states import State
 from atoll.store.models import ApiKey, Org, SandboxRow, SnapshotRow, utcnow
 
 KEY_PREFIX = "atl_"
+KEY_CACHE_TTL_S = 5.0
+KEY_CACHE_SIZE = 10_000
 
 
 def hash_key(raw_key: str) -> str:
@@ -28,6 +31,7 @@ def new_api_key() -> str:
 class Repository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        self._key_cache: dict[str, tuple[str, float]] = {}  # key hash -> (org id, valid until)
 
     # organisations and keys -------------------------------------------------------------
     async def ensure_org(self, org_id: str, name: str) -> None:
@@ -51,9 +55,21 @@ class Repository:
             return int(await s.scalar(select(func.count()).select_from(ApiKey)) or 0)
 
     async def org_for_key(self, raw_key: str) -> str | None:
+        """The key's org. Hits are remembered for a few seconds (by hash: every request is
+        authenticated, and this keeps a database round trip off each one); misses never are."""
+        digest = hash_key(raw_key)
+        cached = self._key_cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
         async with self.sessions() as s:
-            row = await s.scalar(select(ApiKey.org_id).where(ApiKey.key_hash == hash_key(raw_key)))
-            return str(row) if row is not None else None
+            row = await s.scalar(select(ApiKey.org_id).where(ApiKey.key_hash == digest))
+        if row is None:
+            return None
+        if len(self._key_cache) >= KEY_CACHE_SIZE:
+            self._key_cache.clear()
+        self._key_cache[digest] = (str(row), now + KEY_CACHE_TTL_S)
+        return str(row)
 
     # sandboxes --------------------------------------------------------------------------
     async def add_sandbox(self, row: SandboxRow) -> None:

@@ -102,12 +102,23 @@ class TemplateRegistry:
         return found
 
 
+# template.json by path -> (its mtime, the parsed template): every exec looks its template up
+_loaded: dict[Path, tuple[int, Template]] = {}
+
+
 def _load(directory: Path) -> Template | None:
     meta = directory / "template.json"
-    if not meta.exists() or not (directory / "rootfs").is_dir():
+    try:
+        mtime = meta.stat().st_mtime_ns
+    except FileNotFoundError:
         return None
+    if not (directory / "rootfs").is_dir():
+        return None
+    cached = _loaded.get(meta)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
     data = json.loads(meta.read_text())
-    return Template(
+    template = Template(
         id=data["id"],
         name=data["name"],
         port=int(data.get("port", 8080)),
@@ -118,3 +129,5 @@ def _load(directory: Path) -> Template | None:
         created_at=data.get("created_at", ""),
         path=directory,
     )
+    _loaded[meta] = (mtime, template)
+    return template
