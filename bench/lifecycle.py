@@ -106,6 +106,23 @@ def bare_runtime(runs: int, scratch: Path) -> tuple[list[float], list[float]]:
     return run_times, exec_times
 
 
+def warm_creates(server: ServerProcess, runs: int) -> list[float]:
+    """create -> first exec result when the warm pool has a sandbox ready (refill between runs)."""
+    times = []
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
+        for _ in range(runs):
+            deadline = time.monotonic() + 30
+            while http.get("/v1/health").json()["warm_pool_ready"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            start = time.perf_counter()
+            sid = http.post("/v1/sandbox", json={}).json()["id"]
+            out = http.post(f"/v1/sandbox/{sid}/process/execute", json={"command": "echo hi"}).json()
+            times.append(ms(start))
+            assert out["stdout"] == "hi\n", out
+            http.delete(f"/v1/sandbox/{sid}/")
+    return times
+
+
 def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {
         k: [] for k in ("create", "create_to_exec", "exec", "pause", "resume_exec", "delete")
@@ -157,6 +174,17 @@ def main() -> None:
                 results[runtime] = through_api(server, args.runs)
             finally:
                 server.stop()
+            warm = ServerProcess(
+                data_dir=scratch / f"warm-{runtime}",
+                host="127.0.0.1",
+                runtime=runtime,
+                extra_args=("--warm-pool-size", "2"),
+            )
+            try:
+                warm.start()
+                results[runtime]["warm"] = warm_creates(warm, args.runs)
+            finally:
+                warm.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"# lifecycle benchmark, {args.runs} runs per figure, default template")
@@ -166,6 +194,7 @@ def main() -> None:
         pause = "checkpoint" if runtime == "runc" else "freeze"
         print(row(f"[{runtime}] create -> running", api["create"], bare_run))
         print(row(f"[{runtime}] create -> first exec", api["create_to_exec"], bare_run))
+        print(row(f"[{runtime}] warm pool: create -> first exec", api["warm"], bare_run))
         print(row(f"[{runtime}] exec round trip (true)", api["exec"], bare_exec))
         print(row(f"[{runtime}] pause ({pause})", api["pause"]))
         print(row(f"[{runtime}] resume + exec (true)", api["resume_exec"], bare_exec))

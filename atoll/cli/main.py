@@ -80,6 +80,9 @@ def serve(
     ] = None,
     pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
     netns_pool_size: Annotated[int, typer.Option(envvar="ATOLL_NETNS_POOL")] = 4,
+    warm_pool_size: Annotated[
+        int, typer.Option(envvar="ATOLL_WARM_POOL", help="Sandboxes booted ahead of demand (0: off).")
+    ] = 2,
     max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
     cpu_overcommit: Annotated[
         float, typer.Option(envvar="ATOLL_CPU_OVERCOMMIT", help="vCPU budget per host CPU.")
@@ -133,6 +136,7 @@ def serve(
         egress_ca_bundle=egress_ca_bundle,
         pids_limit=pids_limit,
         netns_pool_size=netns_pool_size,
+        warm_pool_size=warm_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
         cpu_overcommit=cpu_overcommit,
         memory_overcommit=memory_overcommit,

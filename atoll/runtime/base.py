@@ -42,6 +42,9 @@ class RuntimeBackend(Protocol):
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         """Run one command to completion (or its timeout, killing its whole session)."""
 
+    async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
+        """Change a running sandbox's CPU quota and lower its memory limit."""
+
     async def pause(self, sandbox_id: str) -> None:
         """Stop compute; memory stays resident."""
 

@@ -103,3 +103,23 @@ def _rmdir_when_empty(group: Path, attempts: int = 100) -> None:
             if exc.errno != errno.EBUSY:
                 raise
             time.sleep(0.01)
+
+
+def set_limits(parent: str, name: str, *, cpu_quota_us: int, cpu_period_us: int, memory_bytes: int) -> None:
+    """Change a running group's CPU quota and memory limit (a warm sandbox being claimed).
+
+    Memory is only ever lowered here (a warm sandbox starts at the maximum), so the limit goes
+    first and the memory+swap limit second, the order the kernel accepts when lowering."""
+    if is_v2():
+        group = CGROUP_ROOT / parent / name
+        (group / "memory.max").write_text(str(memory_bytes))
+        (group / "cpu.max").write_text(f"{cpu_quota_us} {cpu_period_us}")
+        return
+    memory = CGROUP_ROOT / "memory" / parent / name
+    (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+    memsw = memory / "memory.memsw.limit_in_bytes"
+    if memsw.exists():
+        memsw.write_text(str(memory_bytes))
+    cpu = CGROUP_ROOT / "cpu" / parent / name
+    (cpu / "cpu.cfs_period_us").write_text(str(cpu_period_us))
+    (cpu / "cpu.cfs_quota_us").write_text(str(cpu_quota_us))

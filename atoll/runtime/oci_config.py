@@ -10,6 +10,8 @@ from atoll.runtime.spec import SandboxSpec
 
 CPU_PERIOD_US = 100_000
 MAX_OPEN_FILES = 65536
+MAX_PTYS = 1024  # terminals one sandbox may hold open at once
+DEVPTS_OPTIONS = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5", f"max={MAX_PTYS}"]
 
 # What a root user inside needs to install packages and run servers, and nothing that reaches
 # outside: no NET_RAW (spoofing), MKNOD, SYS_ADMIN, SYS_PTRACE, SETFCAP or SETPCAP.
@@ -48,7 +50,8 @@ def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
             "destination": "/dev/pts",
             "type": "devpts",
             "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            # max: a sandbox's own share of the host's PTYs (kernel.pty.max is one pool for all)
+            "options": list(DEVPTS_OPTIONS),
         },
         {
             "destination": "/dev/shm",

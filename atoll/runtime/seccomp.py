@@ -3,6 +3,12 @@
 Default allow with a deny list, like a container engine's profile turned inside out: the calls
 below let a process reach outside its namespaces or into the kernel's global state. They fail
 with EPERM (clone3 with ENOSYS, so libc falls back to clone, whose namespace flags we can see).
+
+Sockets are limited to the families a network namespace confines or that need no network at all
+(unix, inet, inet6, netlink, packet): the others fail with EAFNOSUPPORT. ``AF_VSOCK`` reaches
+the hypervisor of a VM host from any namespace; the rest (rds, tipc, alg, xdp, ...) are kernel
+attack surface no sandbox workload needs. ``socketcall``, the 32-bit multiplexer whose arguments
+a filter cannot see, fails with ENOSYS, so 32-bit programs use the filtered direct calls.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any
 
 EPERM = 1
 ENOSYS = 38
+EAFNOSUPPORT = 97
 
 DENIED_SYSCALLS: tuple[str, ...] = (
     # filesystems and the root
@@ -36,10 +43,41 @@ CLONE_NAMESPACE_FLAGS: tuple[int, ...] = (
 )  # fmt: skip
 
 
+# socket families a sandbox may open: AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET (the last
+# needs CAP_NET_RAW, which a sandbox lacks); every other one, and any value >= 18, is refused
+ALLOWED_SOCKET_FAMILIES: tuple[int, ...] = (1, 2, 10, 16, 17)
+_FIRST_UNLISTED_FAMILY = 18
+_LOW_WORD = 0xFFFFFFFF  # the kernel reads the family as an int: compare the low 32 bits only
+
+
+def _socket_rules() -> list[dict[str, Any]]:
+    refused = [f for f in range(_FIRST_UNLISTED_FAMILY) if f not in ALLOWED_SOCKET_FAMILIES]
+    rules: list[dict[str, Any]] = [
+        {
+            "names": ["socket", "socketpair"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": EAFNOSUPPORT,
+            "args": [{"index": 0, "value": _LOW_WORD, "valueTwo": family, "op": "SCMP_CMP_MASKED_EQ"}],
+        }
+        for family in refused
+    ]
+    rules.append(
+        {
+            "names": ["socket", "socketpair"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": EAFNOSUPPORT,
+            "args": [{"index": 0, "value": _FIRST_UNLISTED_FAMILY, "op": "SCMP_CMP_GE"}],
+        }
+    )
+    rules.append({"names": ["socketcall"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS})
+    return rules
+
+
 def profile() -> dict[str, Any]:
     syscalls: list[dict[str, Any]] = [
         {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+        *_socket_rules(),
     ]
     for flag in CLONE_NAMESPACE_FLAGS:
         syscalls.append(

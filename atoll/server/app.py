@@ -20,7 +20,7 @@ from atoll.network.addressing import AddressPlan
 from atoll.network.egress import EgressConfig, EgressService
 from atoll.network.pool import NetworkPool
 from atoll.router import ObservedRepository, build_router
-from atoll.runtime import helpers, reaping
+from atoll.runtime import helpers, hostlimits, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
 from atoll.server import errors
@@ -40,6 +40,7 @@ from atoll.server.routes import (
 )
 from atoll.server.settings import Settings
 from atoll.server.snapshots import SnapshotService
+from atoll.server.warm import WarmPool
 from atoll.store import db
 from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.catalog import TemplateCatalog
@@ -92,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
     helpers.prepare(settings.helpers_dir)
     reaping.become_subreaper()
+    hostlimits.raise_shared_tables()  # sandboxes share them: let memory cgroups bound each one
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url)
     repo = ObservedRepository(db.sessions(engine))  # tells the router's cache about state changes
@@ -146,6 +148,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await router.start()
     app.state.presigned = router.presigned
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
+    manager.warm = warm = WarmPool(
+        manager, size=settings.warm_pool_size, template_names=settings.warm_templates
+    )
+    warm.start()
     try:
         yield
     finally:
@@ -154,6 +160,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
+        await warm.close()
         await pool.close()
         await egress.close()
         await engine.dispose()

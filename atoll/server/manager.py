@@ -31,6 +31,7 @@ from atoll.runtime.spec import (
 )
 from atoll.server.capacity import Budget, Capacity
 from atoll.server.settings import Settings
+from atoll.server.warm import WarmPool, WarmSandbox
 from atoll.store.models import SandboxRow, utcnow
 from atoll.store.repo import Repository
 from atoll.templates.registry import Template, TemplateRegistry
@@ -78,6 +79,7 @@ class SandboxManager:
             ),
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self.warm: WarmPool | None = None  # set by the app when warm pools are enabled
         # called with a sandbox id before its processes go away (PTY sessions end with it)
         self.teardown_hooks: list[Callable[[str], Awaitable[None]]] = []
         # a sandbox any of these hold (say True for) is paused by freezing, never checkpointed:
@@ -147,7 +149,7 @@ class SandboxManager:
             snapshot_id = parent or None
         return tuple(layers)
 
-    def _write_etc(self, row: SandboxRow, slot: Slot) -> None:
+    def write_etc(self, row: SandboxRow, slot: Slot) -> None:
         etc = self.sandbox_dir(row.id) / "etc"
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "hostname").write_text("sandbox\n")
@@ -171,21 +173,7 @@ class SandboxManager:
         given); on failure nothing is left running."""
         slot = await self.pool.acquire()
         try:
-            row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
-            if self.egress is not None and (ca_env := self.egress.sandbox_env(row.network_policy)):
-                if any(k not in row.env_vars for k in ca_env):  # the caller's own values win
-                    row = await self.repo.update_sandbox(row.id, env_vars={**ca_env, **row.env_vars})
-            self._write_etc(row, slot)
-            if self.egress is not None:  # before the first process: no egress until attached
-                await self.egress.attach(
-                    Attachment(
-                        sandbox_id=row.id,
-                        org_id=row.org_id,
-                        policy=row.network_policy,
-                        slot=slot,
-                        sandbox_dir=self.sandbox_dir(row.id),
-                    )
-                )
+            row = await self._attach_network(row, slot)
             spec = self.spec_for(row, template, slot)
             if image is None:
                 await self.backend.boot(spec)
@@ -201,6 +189,26 @@ class SandboxManager:
         return await self.move(
             row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
         )
+
+    async def _attach_network(self, row: SandboxRow, slot: Slot) -> SandboxRow:
+        """Give the row its slot, its /etc files and its egress policy (before any of its
+        processes runs: a sandbox has no egress until attached)."""
+        row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
+        if self.egress is not None and (ca_env := self.egress.sandbox_env(row.network_policy)):
+            if any(k not in row.env_vars for k in ca_env):  # the caller's own values win
+                row = await self.repo.update_sandbox(row.id, env_vars={**ca_env, **row.env_vars})
+        self.write_etc(row, slot)
+        if self.egress is not None:
+            await self.egress.attach(
+                Attachment(
+                    sandbox_id=row.id,
+                    org_id=row.org_id,
+                    policy=row.network_policy,
+                    slot=slot,
+                    sandbox_dir=self.sandbox_dir(row.id),
+                )
+            )
+        return row
 
     async def _teardown(self, row: SandboxRow, *, keep_disk: bool) -> None:
         """Release everything the sandbox holds on the host (idempotent)."""
@@ -246,7 +254,32 @@ class SandboxManager:
             env_vars=dict(params.env_vars),
             network_policy=params.network_policy,
         )
+        if self.warm is not None and (warm := self.warm.take(template, params.network_policy)):
+            return await self._claim(row, warm)
         return await self.boot_new(row, template)
+
+    async def _claim(self, row: SandboxRow, warm: WarmSandbox) -> SandboxRow:
+        """Turn a warm sandbox into this request's sandbox (see ``atoll.server.warm``)."""
+        row.id = warm.sandbox_id
+        try:
+            async with self.capacity.admit(row.vcpu, row.memory):
+                await self.repo.add_sandbox(row)
+        except BaseException:
+            assert self.warm is not None
+            await self.warm.discard(warm)
+            raise
+        async with self._lock(row.id):
+            try:
+                await self.backend.set_limits(row.id, vcpu=row.vcpu, memory_mib=row.memory)
+                row = await self._attach_network(row, warm.slot)
+            except Exception as exc:
+                log.exception("claiming warm sandbox %s failed", row.id)
+                await self._fail_new(row)
+                raise ServerError(f"sandbox failed to start: {exc}") from exc
+            now = utcnow()
+            return await self.move(
+                row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
+            )
 
     async def boot_new(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
         """Record and boot a brand-new sandbox; one that fails to start is deleted at once."""
@@ -257,11 +290,15 @@ class SandboxManager:
                 return await self._boot(row, template, image)
             except Exception as exc:
                 log.exception("sandbox %s failed to start", row.id)
-                row = await self.move(row, Event.FAILED)
-                row = await self.move(row, Event.DELETE)
-                await self._teardown(row, keep_disk=False)
-                await self.move(row, Event.DELETED)
+                await self._fail_new(row)
                 raise ServerError(f"sandbox failed to start: {exc}") from exc
+
+    async def _fail_new(self, row: SandboxRow) -> None:
+        """A brand-new sandbox that did not come up is deleted at once, leaving nothing."""
+        row = await self.move(row, Event.FAILED)
+        row = await self.move(row, Event.DELETE)
+        await self._teardown(row, keep_disk=False)
+        await self.move(row, Event.DELETED)
 
     async def get(self, org_id: str, sandbox_id: str) -> SandboxRow:
         row = await self.repo.get_sandbox(sandbox_id, org_id)

@@ -52,6 +52,9 @@ class Settings(BaseModel):
     dns_servers: tuple[str, ...] | None = None  # upstreams of Atoll's sandbox resolver; default: the host's
     egress_ca_bundle: Path | None = None  # verifies upstream TLS for transforms; default: the system store
     netns_pool_size: int = Field(default=4, ge=0, le=256)
+    # sandboxes of these templates booted ahead of demand (0 disables; see atoll.server.warm)
+    warm_pool_size: int = Field(default=2, ge=0, le=256)
+    warm_templates: tuple[str, ...] = ("system/debian:bookworm",)
 
     pids_limit: int = Field(default=1024, ge=16)
     disk_mib: int = 10240

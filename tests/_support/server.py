@@ -76,7 +76,7 @@ class ServerProcess:
             "--instance", self.instance, "--data-dir", str(self.data_dir),
             "--iface-prefix", self.iface_prefix, "--subnet", self.subnet,
             "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
-            "--netns-pool-size", "2", "--log-level", "warning",
+            "--netns-pool-size", "2", "--log-level", "warning", "--warm-pool-size", "0",
             *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
             *self.extra_args,

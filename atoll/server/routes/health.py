@@ -17,5 +17,6 @@ async def health(request: Request) -> dict[str, Any]:
         "runtime": manager.backend.name,
         "checkpoint": manager.backend.can_checkpoint,
         "network_pool_ready": manager.pool.ready_count,
+        "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
         "capacity": await manager.capacity.report(),
     }

@@ -1,0 +1,140 @@
+"""Warm pools: sandboxes booted ahead of demand, claimed by creates.
+
+A warm sandbox is booted to the last step that does not depend on the request: network slot,
+root filesystem, cgroups and an idle PID 1 (the reaping init, which runs nothing). It has no
+record in the store and no egress. A claim then applies everything the request decides before
+its first command can run: the record (a new id, never used before), the CPU and memory limits
+(lowered from the maximum it was booted with), the /etc files and the egress policy. The
+sandbox's own upper layer is untouched until then, so a claimed sandbox is indistinguishable
+from a freshly booted one. What a claim cannot change, a warm sandbox is never used for: a
+template with its own main process (it would already have run), a policy with transforms (its
+CA goes into the root before boot), or a snapshot restore.
+
+Refill runs in the background, one sandbox at a time, after every claim; a create never waits
+for it, and with the pool empty it simply boots as usual. After a crash the warm sandboxes have
+no records, so the start-up reconciliation removes them like any other leftover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from atoll._states import State
+from atoll.network.addressing import Slot
+from atoll.store.models import SandboxRow
+from atoll.templates.registry import Template
+
+if TYPE_CHECKING:
+    from atoll.server.manager import SandboxManager
+
+log = logging.getLogger("atoll.warm")
+WARM_VCPU = 8
+WARM_MEMORY_MIB = 8192
+
+
+@dataclass(frozen=True)
+class WarmSandbox:
+    sandbox_id: str
+    template: Template
+    slot: Slot
+
+
+def claimable(template: Template, network_policy: dict[str, Any] | None) -> bool:
+    return not template.cmd and not (network_policy or {}).get("transforms")
+
+
+class WarmPool:
+    def __init__(self, manager: SandboxManager, *, size: int, template_names: tuple[str, ...]) -> None:
+        self.manager = manager
+        self.size = size
+        self.template_names = template_names
+        self._ready: dict[str, deque[WarmSandbox]] = {name: deque() for name in template_names}
+        self._wake = asyncio.Event()
+        self._filler: asyncio.Task[None] | None = None
+
+    @property
+    def ready_count(self) -> int:
+        return sum(len(q) for q in self._ready.values())
+
+    def start(self) -> None:
+        if self.size > 0:
+            self._filler = asyncio.create_task(self._fill_forever())
+            self._wake.set()
+
+    def take(self, template: Template, network_policy: dict[str, Any] | None) -> WarmSandbox | None:
+        queue = self._ready.get(template.name)
+        if not queue or not claimable(template, network_policy):
+            return None
+        self._wake.set()
+        warm = queue.popleft()
+        return warm if warm.template.id == template.id else None
+
+    def _transient_row(self, sandbox_id: str, template: Template) -> SandboxRow:
+        """What the manager needs to lay out a sandbox; never stored (a claim stores its own)."""
+        return SandboxRow(
+            id=sandbox_id,
+            org_id="",
+            template_id=template.id,
+            template_name=template.name,
+            runtime=self.manager.backend.name,
+            vcpu=WARM_VCPU,
+            memory=WARM_MEMORY_MIB,
+            disk=self.manager.settings.disk_mib,
+            timeout=0,
+            auto_pause=False,
+            state=State.STARTING,
+            env_vars={},
+            network_policy=None,
+            base_snapshot_id=None,
+        )
+
+    async def _boot_one(self, template: Template) -> WarmSandbox:
+        from atoll.server.manager import new_sandbox_id
+
+        manager = self.manager
+        row = self._transient_row(new_sandbox_id(), template)
+        slot = await manager.pool.acquire()
+        try:
+            manager.write_etc(row, slot)
+            await manager.backend.boot(manager.spec_for(row, template, slot))
+        except BaseException:
+            await self.discard(WarmSandbox(row.id, template, slot))
+            raise
+        return WarmSandbox(row.id, template, slot)
+
+    async def discard(self, warm: WarmSandbox) -> None:
+        manager = self.manager
+        row = self._transient_row(warm.sandbox_id, warm.template)
+        await manager.backend.halt(manager.spec_for(row, warm.template, warm.slot))
+        await manager.pool.release(warm.slot)
+        await asyncio.to_thread(shutil.rmtree, manager.sandbox_dir(warm.sandbox_id), True)
+
+    async def _fill_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for name in self.template_names:
+                while len(self._ready[name]) < self.size:
+                    template = self.manager.templates.get(name)
+                    if template is None or not claimable(template, None):
+                        break
+                    try:
+                        self._ready[name].append(await self._boot_one(template))
+                    except Exception:
+                        log.exception("could not prepare a warm %s sandbox", name)
+                        await asyncio.sleep(5)
+                        break
+
+    async def close(self) -> None:
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filler
+        for queue in self._ready.values():
+            while queue:
+                await self.discard(queue.popleft())

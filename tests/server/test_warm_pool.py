@@ -1,0 +1,101 @@
+"""Warm pools: a claimed warm sandbox is indistinguishable from a freshly booted one, and the
+pool's refill never holds up a create."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests._support import api
+from tests._support.server import INSTANCE, ServerProcess
+
+pytestmark = [pytest.mark.privileged]
+WARM_INSTANCE = f"{INSTANCE[:8]}warm"
+
+
+@pytest.fixture(scope="module")
+def warm_server() -> Iterator[ServerProcess]:
+    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-warm-", dir="/var/tmp"))
+    server = ServerProcess(
+        data_dir=data_dir,
+        instance=WARM_INSTANCE,
+        iface_prefix="atw",
+        subnet="10.212.0.0/24",
+        host="127.0.0.1",
+        extra_args=("--warm-pool-size", "2"),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        shutil.rmtree(data_dir, ignore_errors=True)
+        assert " atw" not in leftovers, "a warm sandbox's veth outlived the server's shutdown"
+
+
+def containers(server: ServerProcess) -> set[str]:
+    found: set[str] = set()
+    for runtime in ("crun", "runc"):
+        root = Path(f"/run/atoll/{server.instance}/{runtime}")
+        if root.is_dir():
+            out = subprocess.run([runtime, "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            found |= set(out.stdout.split())
+    return found
+
+
+def wait_for_warm(http: httpx.Client, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while http.get("/v1/health").json()["warm_pool_ready"] < count:
+        assert time.monotonic() < deadline, "the warm pool never filled"
+        time.sleep(0.2)
+
+
+def test_claimed_warm_sandbox_is_indistinguishable_from_a_fresh_one(warm_server: ServerProcess) -> None:
+    with httpx.Client(base_url=warm_server.base_url, headers=warm_server.headers, timeout=120) as http:
+        wait_for_warm(http, 2)
+        warm_ids = containers(warm_server)
+        assert len(warm_ids) == 2
+        listing = http.get("/v1/sandboxes", params={"page-size": 100}).json()
+        listed_before = {item["id"] for item in listing["items"]}
+        policy = {"mode": "deny-all"}
+        body = {"vcpu": 2, "memory": 768, "env_vars": {"WHO": "pooled"}, "network_policy": policy}
+        sandbox = api.create(http, **body)
+        sid = sandbox["id"]
+        assert sid in warm_ids  # it really came from the pool ...
+        assert sid not in listed_before  # ... under an id never handed out before
+        assert (sandbox["vcpu"], sandbox["memory"], sandbox["network_policy"]) == (2, 768, policy)
+        # the sandbox's own disk is untouched: nothing ran in it before the claim
+        upper = warm_server.data_dir / "sandboxes" / sid / "upper"
+        assert list(upper.iterdir()) == []
+        out = api.run(http, sid, "echo $WHO; hostname; nproc >/dev/null && echo ok")["stdout"]
+        assert out == "pooled\nsandbox\nok\n"
+        memory = api.cgroup_file(WARM_INSTANCE, sid, v1=("memory", "memory.limit_in_bytes"), v2="memory.max")
+        assert int(memory.read_text()) == 768 * 1024 * 1024
+        cpu = api.cgroup_file(WARM_INSTANCE, sid, v1=("cpu", "cpu.cfs_quota_us"), v2="cpu.max")
+        assert cpu.read_text().split()[0] == "200000"
+        network = http.get(f"/v1/sandbox/{sid}/network").json()
+        assert network["network_policy"] == {"mode": "deny-all"} and network["attached"] is True
+        # a memory hog is held to the claimed limit, not the warm maximum
+        hog = api.run(http, sid, "python3 -c 'b = bytearray(1200 * 1024 * 1024)'", timeout=60)
+        assert hog["exit_code"] == 137
+        api.delete(http, sid)
+
+
+def test_refill_never_blocks_creates(warm_server: ServerProcess) -> None:
+    with httpx.Client(base_url=warm_server.base_url, headers=warm_server.headers, timeout=120) as http:
+        wait_for_warm(http, 2)
+        ids = [api.create(http, memory=512)["id"] for _ in range(5)]  # 2 claims, then cold boots
+        assert len(set(ids)) == 5
+        for sid in ids:
+            assert api.run(http, sid, "echo up")["stdout"] == "up\n"
+            api.delete(http, sid)
+        wait_for_warm(http, 2)  # and it refills afterwards
+        assert len(containers(warm_server)) == 2
