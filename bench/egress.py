@@ -44,12 +44,18 @@ CLIENT = Path(__file__).with_name("_egress_client.py")
 HOST_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 API = f"api.{ZONE}"
 MIB = 1 << 20
+RETRIED = [0]  # connection attempts the client made again after 1 s without an answer
+
+
+def counted(result: dict[str, Any]) -> dict[str, Any]:
+    RETRIED[0] += int(result.get("retries", 0))
+    return result
 
 
 def on_host(*args: str) -> dict[str, Any]:
     out = subprocess.run([HOST_PYTHON, str(CLIENT), *args], capture_output=True, text=True, check=True).stdout
     result: dict[str, Any] = json.loads(out)
-    return result
+    return counted(result)
 
 
 def in_sandbox(http: httpx.Client, sid: str, *args: str) -> dict[str, Any]:
@@ -58,7 +64,7 @@ def in_sandbox(http: httpx.Client, sid: str, *args: str) -> dict[str, Any]:
     )
     assert result["exit_code"] == 0, result
     data: dict[str, Any] = json.loads(result["stdout"])
-    return data
+    return counted(data)
 
 
 def throughput(runs: list[dict[str, Any]]) -> float:
@@ -155,7 +161,7 @@ class PlainNetns:
         result: dict[str, Any] = json.loads(
             subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         )
-        return result
+        return counted(result)
 
 
 def interleaved(paths: dict[str, Any], repeat: int) -> dict[str, float]:
@@ -315,6 +321,7 @@ def run(http: httpx.Client, lab: Lab, args: argparse.Namespace) -> None:
     print(f"Create -> running, by policy (n={args.creates})")
     for name, samples in creates.items():
         print(row(f"create, {name}", samples, creates["allow-all"]))
+    print(f"(connection attempts retried after 1 s without an answer, all paths: {RETRIED[0]})")
     print()
     print("Per-sandbox rules (libnftables batch, scratch table)")
     for line in rule_cost(500):

@@ -116,10 +116,12 @@ class Run:
     p50: float  # microseconds
     p95: float
     p99: float
-    errors: int
+    errors: int  # connect, read, write errors and timeouts (wrk's limit: 2 s)
+    non2xx: int
 
     def cells(self) -> str:
-        return f"{self.rps:>10,.0f}  {self.p50:>8.0f}  {self.p95:>8.0f}  {self.p99:>8.0f}  {self.errors:>6}"
+        failed = f"{self.errors}/{self.non2xx}"
+        return f"{self.rps:>10,.0f}  {self.p50:>8.0f}  {self.p95:>8.0f}  {self.p99:>8.0f}  {failed:>9}"
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -129,6 +131,7 @@ def median_run(runs: list[Run]) -> Run:
         p95=statistics.median(r.p95 for r in runs),
         p99=statistics.median(r.p99 for r in runs),
         errors=sum(r.errors for r in runs),
+        non2xx=sum(r.non2xx for r in runs),
     )
 
 
@@ -148,7 +151,8 @@ def wrk(
         p50=data["p50"],
         p95=data["p95"],
         p99=data["p99"],
-        errors=data["errors"] + data["non2xx"],
+        errors=data["errors"],
+        non2xx=data["non2xx"],
     )
 
 
@@ -191,12 +195,12 @@ def run_scenario(
                 order = list(targets) if i % 2 == 0 else list(reversed(targets))
                 for path in order:
                     url, headers = targets[path]
-                    runs[path, kind].append(wrk(url, headers, script=script, **options))  # type: ignore[arg-type]
+                    runs[path, kind].append(wrk(url, headers, script=script, **options))
     finally:
         http.delete(f"/v1/sandbox/{sandbox}/")
     result = {key: median_run(value) for key, value in runs.items()}
     print(f"\nscenario {name}: GET {spec.path} (median of {args.repeat} alternating runs)")
-    print(f"  {'':<26}{'req/s':>10}  {'p50 us':>8}  {'p95 us':>8}  {'p99 us':>8}  {'errors':>6}")
+    print(f"  {'':<26}{'req/s':>10}  {'p50 us':>8}  {'p95 us':>8}  {'p99 us':>8}  {'err/non2xx':>9}")
     for kind, label in (("load", f"{connections} connections"), ("single", "1 connection")):
         for path in targets:
             print(f"  {path + ', ' + label:<26}{result[path, kind].cells()}")
@@ -211,9 +215,9 @@ def run_scenario(
         f"  added latency, 1 connection: p50 {added['p50']:+.0f} us, p95 {added['p95']:+.0f} us, "
         f"p99 {added['p99']:+.0f} us  (target p50 < 1000 us: {'met' if ok_latency else 'NOT met'})"
     )
-    errors = sum(r.errors for r in result.values())
+    errors = sum(r.errors + r.non2xx for r in result.values())
     if errors:
-        print(f"  {errors} failed requests")
+        print(f"  {errors} failed requests (socket errors or timeouts / answers other than 2xx)")
     return ok_ratio and ok_latency and not errors
 
 

@@ -67,6 +67,13 @@ def serve(
     runtime: Annotated[
         str, typer.Option(envvar="ATOLL_RUNTIME", help="auto (runc if CRIU works, else crun), crun, runc.")
     ] = "auto",
+    runtime_binary: Annotated[
+        Path | None,
+        typer.Option(envvar="ATOLL_RUNTIME_BINARY", help="The runtime's executable (default: on PATH)."),
+    ] = None,
+    snapshots_dir: Annotated[
+        Path | None, typer.Option(envvar="ATOLL_SNAPSHOTS_DIR", help="Snapshot store (default: DATA_DIR).")
+    ] = None,
     subnet: Annotated[str, typer.Option(envvar="ATOLL_SUBNET")] = "10.200.0.0/16",
     iface_prefix: Annotated[str, typer.Option(envvar="ATOLL_IFACE_PREFIX")] = "atl",
     deny_cidr: Annotated[list[str] | None, typer.Option(help="Extra egress deny range (repeat).")] = None,
@@ -79,6 +86,18 @@ def serve(
         typer.Option(envvar="ATOLL_EGRESS_CA_BUNDLE", help="CA bundle transforms verify upstreams with."),
     ] = None,
     pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
+    disk_mib: Annotated[
+        int, typer.Option(envvar="ATOLL_DISK_MIB", help="Disk per sandbox (upper layer and /etc), MiB.")
+    ] = 10240,
+    disk_quota: Annotated[
+        bool, typer.Option(envvar="ATOLL_DISK_QUOTA", help="Enforce --disk-mib with a loop-mounted image.")
+    ] = True,
+    rate_limit: Annotated[
+        int, typer.Option(envvar="ATOLL_RATE_LIMIT", help="API requests per key per window (0: off).")
+    ] = 1000,
+    rate_limit_window: Annotated[
+        float, typer.Option(envvar="ATOLL_RATE_LIMIT_WINDOW", help="Rate limit window, seconds.")
+    ] = 60.0,
     netns_pool_size: Annotated[int, typer.Option(envvar="ATOLL_NETNS_POOL")] = 4,
     warm_pool_size: Annotated[
         int, typer.Option(envvar="ATOLL_WARM_POOL", help="Sandboxes booted ahead of demand (0: off).")
@@ -129,12 +148,18 @@ def serve(
         port=port,
         api_key=api_key,
         runtime=runtime,  # type: ignore[arg-type]
+        runtime_binary=runtime_binary,
+        snapshots_root=snapshots_dir,
         subnet=subnet,
         iface_prefix=iface_prefix,
         deny_cidrs=tuple(deny_cidr or ()),
         dns_servers=tuple(s for s in dns_server if s != "none") if dns_server else None,
         egress_ca_bundle=egress_ca_bundle,
         pids_limit=pids_limit,
+        disk_mib=disk_mib,
+        disk_quota=disk_quota,
+        rate_limit=rate_limit,
+        rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,

@@ -24,8 +24,14 @@ READ_SIZE = 65536
 
 
 def _size() -> tuple[int, int]:
-    size = shutil.get_terminal_size((80, 24))
-    return size.columns, size.lines
+    """The local terminal's size as it is now (COLUMNS/LINES would be stale after a resize)."""
+    for stream in (sys.stdout, sys.stdin):
+        with contextlib.suppress(OSError, ValueError):
+            size = os.get_terminal_size(stream.fileno())
+            if size.columns and size.lines:
+                return size.columns, size.lines
+    fallback = shutil.get_terminal_size((80, 24))
+    return fallback.columns, fallback.lines
 
 
 def run_shell(sandbox: Any, *, cwd: str | None = None) -> int:
@@ -44,6 +50,9 @@ def run_shell(sandbox: Any, *, cwd: str | None = None) -> int:
             target=lambda: sandbox.pty.resize(session.id, cols=columns, rows=lines), daemon=True
         ).start()
 
+    if interactive:
+        # raw before anything can arrive, and without discarding what was already typed
+        tty.setraw(stdin, termios.TCSADRAIN)
     try:
         with sandbox.pty.connect(session.id) as conn:
 
@@ -59,8 +68,6 @@ def run_shell(sandbox: Any, *, cwd: str | None = None) -> int:
             reader = threading.Thread(target=pump_output, daemon=True)
             reader.start()
             previous = signal.signal(signal.SIGWINCH, on_resize)
-            if interactive:
-                tty.setraw(stdin)
             try:
                 while not done.is_set():
                     ready, _, _ = select.select([stdin], [], [], 0.2)

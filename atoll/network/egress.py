@@ -24,6 +24,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from atoll._exceptions import APIError
 from atoll.network import egress_rules
 from atoll.network.addressing import Slot
 from atoll.network.ca import CertificateAuthority
@@ -33,6 +34,7 @@ from atoll.network.policy import AddressGuard, EgressPolicy
 from atoll.network.proxy import EgressProxy
 from atoll.network.resolver import Resolver, parse_upstream
 from atoll.runtime import confined
+from atoll.runtime.spec import upper_dir
 
 log = logging.getLogger("atoll.egress")
 
@@ -259,7 +261,7 @@ class EgressService:
             permitted=[t.domain for t in parsed.transforms],
         )
         pem = ca.cert_pem
-        upper = sandbox_dir / "upper"  # SandboxSpec.upper_dir
+        upper = upper_dir(sandbox_dir)
         upper.mkdir(parents=True, exist_ok=True)
         # the upper dir is the sandbox's to change and an imported template's rootfs its author's:
         # resolve links inside them, never on the host (a planted link must not reach host files)
@@ -270,7 +272,12 @@ class EgressService:
             current = confined.read_in_layer(str(template_rootfs), GUEST_BUNDLE)
         existing = current or b""
         for path, data in ((GUEST_BUNDLE, existing.rstrip(b"\n") + b"\n" + pem), (GUEST_CA, pem)):
-            confined.replace_in_layer(str(upper), path, data.lstrip(b"\n"))
+            try:
+                confined.replace_in_layer(str(upper), path, data.lstrip(b"\n"))
+            except (OSError, APIError) as exc:  # the sandbox broke its own trust store: boot anyway
+                log.warning(
+                    "sandbox %s: could not install its egress CA at /%s: %s", sandbox_dir.name, path, exc
+                )
 
     async def attach(self, attachment: Attachment) -> None:
         policy = EgressPolicy.from_wire(attachment.policy)

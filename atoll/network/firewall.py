@@ -10,8 +10,8 @@ whatever the runtime backend:
   the sandbox boots; a sandbox without one has no egress (fail closed). What a policy allows is
   masqueraded. Refusals are counted per sandbox and rejected (TCP reset, ICMP admin-prohibited).
 - DNS to the host end of a veth goes to Atoll's resolver, and TCP to addresses a sandbox learned
-  from it goes to the egress proxy (``redirect``); those two ports accept only redirected
-  sandbox traffic.
+  from it goes to the egress proxy (``redirect``); from a sandbox, those two ports accept only
+  redirected traffic (both services answer nobody but sandboxes).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ def ruleset(
         if dns_port
         else ""
     )
+    # No port-based drop for other interfaces: the table outlives the server, and a stale rule on
+    # a port the kernel later hands out as a client port would drop that connection's replies.
+    # The resolver and the proxy refuse any peer that is not a sandbox themselves.
     services = (
-        f"iifname {ifaces} ct status dnat meta l4proto {{ tcp, udp }} th dport {{ {ports} }} accept\n"
-        f"        iifname != {ifaces} meta l4proto {{ tcp, udp }} th dport {{ {ports} }} drop"
+        f"iifname {ifaces} ct status dnat meta l4proto {{ tcp, udp }} th dport {{ {ports} }} accept"
         if ports
         else ""
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from atoll._exceptions import AuthenticationError, ConflictError, NotFoundError
-from atoll._states import State
+from atoll._states import LIVE_STATES, State
 from atoll.router._names import Target, TokenTarget
 from atoll.router._presigned import Grant, PresignedStore
 from atoll.server.manager import SandboxManager
@@ -79,6 +79,11 @@ class SandboxLookup:
             return None
         default = entry.default
         return default if port is None or port == default.port else default._replace(port=port)
+
+    async def is_live(self, sandbox_id: str) -> bool:
+        """Whether the sandbox still has its processes and network (running or paused)."""
+        row = await self.manager.repo.get_sandbox(sandbox_id)
+        return row is not None and State(row.state) in LIVE_STATES
 
     # slow path ---------------------------------------------------------------------------
     async def resolve(self, target: Target, api_key: str | None) -> Destination:

@@ -125,7 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self._sid: bytes | None = None
         self._port: bytes | None = None
         self._chunked = False
-        self._xff = False
+        self._xff: bytes | None = None  # what the client sent; the router appends its peer
         self._xfp = False
 
     # asyncio.Protocol ---------------------------------------------------------------------
@@ -234,7 +234,8 @@ class ClientConnection(asyncio.Protocol):
         elif lname == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
         elif lname == b"x-forwarded-for":
-            self._xff = True
+            self._xff = value if self._xff is None else self._xff + b", " + value
+            return
         elif lname == b"x-forwarded-proto":
             self._xfp = True
         self._headers.append(name + b": " + value + b"\r\n")
@@ -259,8 +260,10 @@ class ClientConnection(asyncio.Protocol):
                 ex.error = err
         head = [method, b" ", b"".join(self._url), b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
         head += self._headers
-        if not self._xff:
+        if self._xff is None:
             head.append(b"X-Forwarded-For: " + self.peer + b"\r\n")
+        else:
+            head.append(b"X-Forwarded-For: " + self._xff + b", " + self.peer + b"\r\n")
         if not self._xfp:
             head.append(self.ctx.proto_header)
         head.append(b"\r\n")

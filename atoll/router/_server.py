@@ -11,7 +11,7 @@ import contextlib
 import errno
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from atoll.router._lookup import Lookup, SandboxLookup
@@ -25,6 +25,7 @@ from atoll.server.settings import Settings
 log = logging.getLogger("atoll.router")
 # an address family or address this host lacks (e.g. ::1 with IPv6 disabled) is skipped
 _UNAVAILABLE = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+SWEEP_DELAY_S = 0.5
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -49,6 +50,7 @@ class Router:
         connect_timeout: float = 5.0,
         idle_timeout: float = 75.0,
         presigned: PresignedStore | None = None,
+        is_live: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.context = ProxyContext(
             lookup=lookup,
@@ -61,7 +63,31 @@ class Router:
         self.port = port
         self.ssl_context = ssl_context
         self.presigned = presigned
+        self.is_live = is_live
         self._servers: list[asyncio.Server] = []
+        self._sweeps: dict[str, asyncio.Task[None]] = {}
+
+    def sandbox_changed(self, sandbox_id: str) -> None:
+        """A sandbox changed state: once it settles, cut connections to it if it is gone or
+        stopped (its network is gone too, so they would otherwise hang until TCP gives up).
+        A paused sandbox keeps them: they work again once it resumes."""
+        if self.is_live is not None and sandbox_id not in self._sweeps and self._servers:
+            self._sweeps[sandbox_id] = asyncio.get_running_loop().create_task(self._sweep(sandbox_id))
+
+    async def _sweep(self, sandbox_id: str) -> None:
+        assert self.is_live is not None
+        try:
+            await asyncio.sleep(SWEEP_DELAY_S)  # the transition's later writes land first
+            self._sweeps.pop(sandbox_id, None)
+            if await self.is_live(sandbox_id):
+                return
+            for connection in list(self.context.connections):
+                if connection.upstream is not None and connection.upstream.dest.sandbox_id == sandbox_id:
+                    connection.abort()
+        except Exception:
+            log.exception("router: cutting connections to %s failed", sandbox_id)
+        finally:
+            self._sweeps.pop(sandbox_id, None)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -98,6 +124,9 @@ class Router:
         for server in self._servers:
             server.close()
         self._servers = []
+        for sweep in self._sweeps.values():
+            sweep.cancel()
+        self._sweeps.clear()
         connections = self.context.connections
         self.context.all_closed = all_closed = asyncio.Event()
         for connection in list(connections):
@@ -115,15 +144,18 @@ def build_router(settings: Settings, manager: SandboxManager, repo: ObservedRepo
     """The router as ``settings`` describe it, wired to the manager and the store."""
     presigned = PresignedStore(repo.sessions)
     lookup = SandboxLookup(manager, presigned)
-    repo.subscribe(lookup.forget)
     ssl_context = (
         tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     )
-    return Router(
+    router = Router(
         lookup=lookup,
         names=Names(settings.sandbox_host, settings.presigned_domain),
         hosts=settings.router_hosts,
         port=settings.router_port,
         ssl_context=ssl_context,
         presigned=presigned,
+        is_live=lookup.is_live,
     )
+    repo.subscribe(lookup.forget)
+    repo.subscribe(router.sandbox_changed)
+    return router

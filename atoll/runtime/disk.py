@@ -59,13 +59,13 @@ async def attach(disk: DiskSpec) -> None:
         partial = disk.image.with_suffix(".partial")
         await asyncio.to_thread(_copy_sparse, blank, partial)
         partial.rename(disk.image)
-    await run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(disk.image), str(disk.mount_point)], timeout=30)
+    argv = ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(disk.image), str(disk.mount_point)]
+    await run(argv, timeout=30)
 
 
 def detach(disk: DiskSpec) -> None:
     """Unmount ``disk/`` (the loop device goes with it); the image stays. Idempotent."""
-    if disk.size_mib is not None or is_mounted(disk.mount_point):
-        overlay.unmount(disk.mount_point)
+    overlay.unmount(disk.mount_point)
 
 
 async def _blank(blank_dir: Path, size_mib: int) -> Path:
@@ -101,7 +101,10 @@ def _copy_sparse(source: Path, target: Path) -> None:
                     break
                 end = os.lseek(src, start, os.SEEK_HOLE)
                 while start < end:
-                    start += os.copy_file_range(src, dst, end - start, start, start)
+                    copied = os.copy_file_range(src, dst, end - start, start, start)
+                    if copied <= 0:
+                        raise OSError(f"short copy of {source} at {start}")
+                    start += copied
                 offset = end
         finally:
             os.close(dst)

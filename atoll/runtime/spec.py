@@ -13,11 +13,23 @@ class BindMount:
     read_only: bool = True
 
 
+def upper_dir(sandbox_dir: Path) -> Path:
+    """The overlay's upper dir: everything the sandbox changed in its root filesystem."""
+    return sandbox_dir / "disk" / "upper"
+
+
+def etc_dir(sandbox_dir: Path) -> Path:
+    """The generated ``/etc`` files bind-mounted into the sandbox (hosts, hostname, resolv.conf)."""
+    return sandbox_dir / "disk" / "etc"
+
+
 @dataclass(frozen=True, kw_only=True)
 class SandboxSpec:
     sandbox_id: str
     lower_dirs: tuple[Path, ...]  # read-only template layers, top first
-    sandbox_dir: Path  # holds upper/, work/, rootfs/ (the overlay), config and generated files
+    # holds disk/ (upper/, work/ and etc/ on the sandbox's own filesystem, see disk.py),
+    # rootfs/ (the overlay), the runtime config and the checkpoint image
+    sandbox_dir: Path
     vcpu: int
     memory_mib: int
     pids_limit: int
@@ -31,11 +43,11 @@ class SandboxSpec:
 
     @property
     def upper_dir(self) -> Path:
-        return self.sandbox_dir / "upper"
+        return upper_dir(self.sandbox_dir)
 
     @property
     def work_dir(self) -> Path:
-        return self.sandbox_dir / "work"
+        return self.sandbox_dir / "disk" / "work"
 
     @property
     def rootfs(self) -> Path:

@@ -24,12 +24,19 @@ import termios
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from atoll.runtime import reaping
+from atoll.runtime import oci_config, reaping
 from atoll.runtime._proc import run
 
 START_TIMEOUT_S = 15.0
 KILL_WAIT_S = 5.0
 READ_SIZE = 65536
+# The runtime creates the terminal at 0x0 and we size it right after; a shell already running by
+# then would get a SIGWINCH mid-start-up (and readline can drop what was typed meanwhile). So the
+# shell starts only once the terminal has its size (or after 5 s at worst).
+SIZE_WAIT = (
+    'i=0; while [ "$({bb} stty size 2>/dev/null)" = "0 0" ] && [ $i -lt 500 ]; do '
+    '{bb} usleep 10000; i=$((i+1)); done; exec "$@"'
+)
 _reapers: set[asyncio.Task[None]] = set()
 
 
@@ -187,7 +194,8 @@ async def open_terminal(
         command += ["--no-new-privs", "--cwd", cwd]
         for key, value in env.items():
             command += ["--env", f"{key}={value}"]
-        command += [sandbox_id, *argv]
+        busybox = oci_config.BUSYBOX_PATH
+        command += [sandbox_id, busybox, "sh", "-c", SIZE_WAIT.format(bb=busybox), "atoll-pty", *argv]
         # the runtime connects and sends the terminal before it exits: the connection waits in
         # the listen backlog, so its exit comes first and tells whether it all worked
         rc, _, err = await run(command, timeout=START_TIMEOUT_S, check=False, error_log=log_file)

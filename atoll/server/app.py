@@ -26,6 +26,7 @@ from atoll.runtime.base import resolve as resolve_runtime
 from atoll.server import errors
 from atoll.server.manager import SandboxManager
 from atoll.server.pty import PtyManager
+from atoll.server.ratelimit import RateLimitMiddleware
 from atoll.server.reconcile import reconcile
 from atoll.server.routes import (
     filesystem,
@@ -54,7 +55,7 @@ def load_backend(settings: Settings) -> RuntimeBackend:
     name = resolve_runtime(settings.runtime)
     module_name, _, attr = BACKENDS[name].partition(":")
     cls: Any = getattr(importlib.import_module(module_name), attr)
-    binary = shutil.which(name)
+    binary = str(settings.runtime_binary) if settings.runtime_binary else shutil.which(name)
     if binary is None:
         raise RuntimeError(f"{name} is not installed (apt-get install {name})")
     backend: RuntimeBackend = cls(
@@ -176,6 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
     for module in (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, health):
         app.include_router(module.router)
     return app

@@ -20,6 +20,7 @@ from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, nex
 from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressService
 from atoll.network.pool import NetworkPool
+from atoll.runtime import disk
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import (
     BindMount,
@@ -28,6 +29,7 @@ from atoll.runtime.spec import (
     ExecResult,
     ExecSetupFailed,
     SandboxSpec,
+    etc_dir,
 )
 from atoll.server.capacity import Budget, Capacity
 from atoll.server.settings import Settings
@@ -117,7 +119,7 @@ class SandboxManager:
 
     def spec_for(self, row: SandboxRow, template: Template, slot: Slot | None) -> SandboxSpec:
         base = self.sandbox_dir(row.id)
-        etc = base / "etc"
+        etc = etc_dir(base)
         return SandboxSpec(
             sandbox_id=row.id,
             lower_dirs=(
@@ -149,8 +151,17 @@ class SandboxManager:
             snapshot_id = parent or None
         return tuple(layers)
 
+    def disk_of(self, row: SandboxRow) -> disk.DiskSpec:
+        """The sandbox's own filesystem for its upper layer and /etc files (``atoll.runtime.disk``)."""
+        return disk.DiskSpec(
+            sandbox_dir=self.sandbox_dir(row.id),
+            size_mib=row.disk if self.settings.disk_quota else None,
+            blank_dir=self.settings.blank_disks_dir,
+        )
+
     def write_etc(self, row: SandboxRow, slot: Slot) -> None:
-        etc = self.sandbox_dir(row.id) / "etc"
+        """After ``disk.attach``: the files live on the sandbox's disk, within its quota."""
+        etc = etc_dir(self.sandbox_dir(row.id))
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "hostname").write_text("sandbox\n")
         (etc / "hosts").write_text(
@@ -173,6 +184,7 @@ class SandboxManager:
         given); on failure nothing is left running."""
         slot = await self.pool.acquire()
         try:
+            await disk.attach(self.disk_of(row))
             row = await self._attach_network(row, slot)
             spec = self.spec_for(row, template, slot)
             if image is None:
@@ -221,6 +233,7 @@ class SandboxManager:
         slot = self.slot_of(row)
         if template is not None:
             await self.backend.halt(self.spec_for(row, template, slot))
+        disk.detach(self.disk_of(row))
         if slot is not None:
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
@@ -353,6 +366,7 @@ class SandboxManager:
     async def _unpause(self, row: SandboxRow) -> None:
         if row.pause_kind == "checkpoint":
             spec = self.spec_for(row, self.template_for(row), self.slot_of(row))
+            await disk.attach(self.disk_of(row))  # stays mounted while paused, unless the host rebooted
             await self.backend.restore(spec, self.checkpoint_dir(row.id))
             shutil.rmtree(self.checkpoint_dir(row.id), ignore_errors=True)
         else:

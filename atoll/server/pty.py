@@ -32,6 +32,9 @@ log = logging.getLogger("atoll.pty")
 MAX_SESSIONS_PER_SANDBOX = 16
 PENDING_MAX = 1024 * 1024
 SEND_TIMEOUT_S = 30.0
+# a session nobody is connected to, whose terminal has been silent this long, is ended (a client
+# that died without deleting its session must not hold a shell forever)
+ABANDONED_AFTER_S = 3600.0
 SHELLS = ("/bin/bash", "/bin/sh")
 
 
@@ -88,6 +91,7 @@ class PtyManager:
         self._sessions: dict[str, dict[str, PtySession]] = {}
         manager.teardown_hooks.append(self.end_sandbox)
         manager.checkpoint_vetoes.append(self.has_live_sessions)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     def has_live_sessions(self, sandbox_id: str) -> bool:
         """Terminals live on the host side: a sandbox with a running one can only freeze."""
@@ -274,7 +278,26 @@ class PtyManager:
         """Teardown hook: every session of the sandbox ends with it."""
         await self._end_all(self._sessions.pop(sandbox_id, {}).values())
 
+    def abandoned(self, now: float) -> list[PtySession]:
+        return [
+            s
+            for by_id in self._sessions.values()
+            for s in by_id.values()
+            if not s.sockets and now - s.activity > ABANDONED_AFTER_S
+        ]
+
+    async def _sweep_forever(self, interval: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for session in self.abandoned(time.monotonic()):
+                self._sessions.get(session.sandbox_id, {}).pop(session.id, None)
+                log.info("ending abandoned PTY session %s/%s", session.sandbox_id, session.id)
+                await self._end(session)
+
     async def close(self) -> None:
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
         sessions = [s for by_id in self._sessions.values() for s in by_id.values()]
         self._sessions.clear()
         await self._end_all(sessions)

@@ -95,6 +95,8 @@ async def reconcile(manager: SandboxManager) -> Report:
     mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):
         sandbox_id = mount_point.relative_to(sandboxes_dir).parts[0]
+        if sandbox_id in keep and mount_point == manager.sandbox_dir(sandbox_id) / "disk":
+            continue  # its own filesystem (a sandbox paused by checkpoint keeps it mounted)
         if sandbox_id not in mounted:
             overlay.unmount(mount_point)
             report.removed.append(f"mount {mount_point}")

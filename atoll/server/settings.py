@@ -46,6 +46,8 @@ class Settings(BaseModel):
     api_key: str | None = None  # registered for the default org at start-up when given
 
     runtime: Literal["auto", "crun", "runc"] = "auto"
+    # the runtime's executable (named like the runtime it stands for); default: found on PATH
+    runtime_binary: Path | None = None
     subnet: str = "10.200.0.0/16"
     iface_prefix: str = Field(default="atl", pattern=r"^[a-z]{2,6}$")
     deny_cidrs: tuple[str, ...] = ()
@@ -57,7 +59,14 @@ class Settings(BaseModel):
     warm_templates: tuple[str, ...] = ("system/debian:bookworm",)
 
     pids_limit: int = Field(default=1024, ge=16)
-    disk_mib: int = 10240
+    disk_mib: int = Field(default=10240, ge=16)
+    # each sandbox's upper layer and /etc files on an ext4 image of disk_mib (atoll.runtime.disk);
+    # False: on the host's filesystem, unlimited
+    disk_quota: bool = True
+    snapshots_root: Path | None = None  # where snapshots are written; default data_dir/snapshots
+    # per API key, on /v1 (atoll.server.ratelimit); 0 disables
+    rate_limit: int = Field(default=1000, ge=0)
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
     max_sandboxes_per_org: int | None = None  # None: limited only by the host
     # the host's CPUs and memory times these are the budgets sandboxes draw on (limits are
     # ceilings, not reservations: idle sandboxes use a few MiB, so memory is over-committed too)
@@ -115,7 +124,7 @@ class Settings(BaseModel):
 
     @property
     def snapshots_dir(self) -> Path:
-        return self.data_dir / "snapshots"
+        return self.snapshots_root or self.data_dir / "snapshots"
 
     @property
     def run_dir(self) -> Path:
@@ -135,6 +144,10 @@ class Settings(BaseModel):
         if self.template_import_dirs is None:
             return (self.data_dir / "imports",)
         return self.template_import_dirs
+
+    @property
+    def blank_disks_dir(self) -> Path:
+        return self.data_dir / "blank-disks"
 
     @property
     def helpers_dir(self) -> Path:

@@ -10,6 +10,7 @@ such a sandbox lives or a newer snapshot builds on it."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -18,9 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from atoll._exceptions import ConflictError, NotFoundError, RateLimitError
+from atoll._exceptions import ConflictError, NotFoundError, RateLimitError, ServerError
 from atoll._states import Event, State
-from atoll.runtime._proc import run
+from atoll.runtime._proc import CommandFailed, CommandTimeout, run
+from atoll.runtime.spec import CheckpointFailed, upper_dir
 from atoll.server.manager import SandboxManager, new_sandbox_id
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
 from atoll.store.repo import SnapshotRepository
@@ -70,9 +72,11 @@ class SnapshotService:
             row = await manager.move(await manager.get(org_id, sandbox_id), Event.SNAPSHOT)
             try:
                 await self._capture(row, directory, kill_after=kill_after)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(directory, ignore_errors=True)
                 await manager.move(row, Event.FAILED)
+                if isinstance(exc, (CommandFailed, CommandTimeout, CheckpointFailed, OSError)):
+                    raise capture_error(exc, self.root) from exc
                 raise
             snapshot = SnapshotRow(
                 id=snapshot_id,
@@ -106,7 +110,7 @@ class SnapshotService:
         (directory / "parent").write_text(row.base_snapshot_id or "")
         await backend.pause(row.id)
         try:
-            upper = self.manager.sandbox_dir(row.id) / "upper"
+            upper = upper_dir(self.manager.sandbox_dir(row.id))
             await run(["cp", "-a", "--reflink=auto", str(upper), str(directory / "upper")], timeout=600)
             await backend.checkpoint(row.id, directory / "image", leave_running=not kill_after)
         finally:
@@ -176,6 +180,18 @@ class SnapshotService:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
                 removed.append(f"snapshot dir {directory.name}")
         return removed
+
+
+def capture_error(exc: BaseException, root: Path) -> ServerError:
+    """What a failed capture tells the caller: 507 when the snapshot store is full."""
+    reason = str(exc).strip() or type(exc).__name__
+    if "No space left" in reason or getattr(exc, "errno", None) == errno.ENOSPC:
+        error = ServerError(
+            f"snapshot failed: no space left on the snapshot store ({root}); nothing was kept"
+        )
+        error.status_code = 507
+        return error
+    return ServerError(f"snapshot failed: {reason[-500:]}")
 
 
 def snapshot_manifest(snapshot: SnapshotRow) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from atoll._states import State
 from atoll.network.addressing import Slot
+from atoll.runtime import disk
 from atoll.store.models import SandboxRow
 from atoll.templates.registry import Template
 
@@ -100,6 +101,7 @@ class WarmPool:
         row = self._transient_row(new_sandbox_id(), template)
         slot = await manager.pool.acquire()
         try:
+            await disk.attach(manager.disk_of(row))
             manager.write_etc(row, slot)
             await manager.backend.boot(manager.spec_for(row, template, slot))
         except BaseException:
@@ -111,6 +113,7 @@ class WarmPool:
         manager = self.manager
         row = self._transient_row(warm.sandbox_id, warm.template)
         await manager.backend.halt(manager.spec_for(row, warm.template, warm.slot))
+        disk.detach(manager.disk_of(row))
         await manager.pool.release(warm.slot)
         await asyncio.to_thread(shutil.rmtree, manager.sandbox_dir(warm.sandbox_id), True)
 

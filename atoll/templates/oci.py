@@ -100,9 +100,10 @@ def source_ref(uri: str, import_dirs: Sequence[Path]) -> tuple[str, bool]:
     uri = uri.strip()
     for transport in LOCAL_TRANSPORTS:
         if uri.startswith(transport):
-            rest = uri[len(transport) :]
-            path, _, tag = rest.partition(":") if transport in ("oci-archive:", "oci:") else (rest, "", "")
-            return transport + str(_allowed_path(path, import_dirs)) + (f":{tag}" if tag else ""), False
+            path, reference = _split_local(uri[len(transport) :])
+            return transport + str(_allowed_path(path, import_dirs)) + (
+                f":{reference}" if reference else ""
+            ), False
     if uri.startswith("docker://"):
         reference = uri[len("docker://") :]
     elif "://" in uri or uri.split(":", 1)[0] in ("containers-storage", "docker-daemon", "ostree", "sif"):
@@ -117,6 +118,15 @@ def source_ref(uri: str, import_dirs: Sequence[Path]) -> tuple[str, bool]:
             "invalid image reference", errors=[{"field": "uri", "error": f"{reference!r} is not a reference"}]
         )
     return "docker://" + reference, True
+
+
+def _split_local(rest: str) -> tuple[str, str]:
+    """``PATH[:REFERENCE]`` (a tag, or ``name:tag`` in a docker archive); the path is the
+    shortest prefix that exists, so a path holding a ':' still works."""
+    for index, char in enumerate(rest):
+        if char == ":" and Path(rest[:index]).exists():
+            return rest[:index], rest[index + 1 :]
+    return rest, ""
 
 
 def _allowed_path(raw: str, import_dirs: Sequence[Path]) -> Path:
@@ -265,7 +275,10 @@ async def import_image(
             timeout=max(deadline - time.monotonic(), 1.0),
             on_line=lambda line: report("unpack", line),
         )
-        await asyncio.to_thread(_prepare_rootfs, staging / "rootfs")
+        try:
+            await asyncio.to_thread(_prepare_rootfs, staging / "rootfs")
+        except OSError as exc:
+            raise BadRequestError(f"the image's root filesystem is unusable here: {exc.strerror}") from None
         await asyncio.to_thread(shutil.rmtree, staging / "layout")
         template = Template(
             id=template_id,

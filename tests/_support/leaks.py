@@ -1,12 +1,15 @@
-"""The leak checker: everything the test instance holds on the host must belong to a sandbox
-the API still reports (or to the network pool). Mounts, containers, cgroups, processes, netns,
-veths and state directories are all compared."""
+"""The leak checker: everything a test server's instance holds on the host must belong to a
+sandbox the API still reports (or to the network pool). Compared: containers, cgroups, mounts,
+loop devices of sandbox disks, network namespaces, veths, per-sandbox nftables objects, state
+directories, snapshot directories, exec pid files, helper processes and unreaped children."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,12 +28,28 @@ class HostView:
     dirs: set[str]
     netns: set[str]
     veths: set[str]
+    loops: set[str] = field(default_factory=set)  # sandboxes whose disk image is on a loop device
+    egress_slots: set[int] = field(default_factory=set)  # slots with per-sandbox nft objects
+    exec_pid_files: list[str] = field(default_factory=list)
+    helpers: list[str] = field(default_factory=list)  # processes working on this instance's state
+    snapshot_dirs: set[str] = field(default_factory=set)
 
 
-def host_view(data_dir: Path) -> HostView:
+def option(server: ServerProcess, flag: str, default: str) -> str:
+    """A server's ``--flag`` value as it was started (subclasses may rewrite argv)."""
+    argv = server.argv()
+    return argv[argv.index(flag) + 1] if flag in argv else default
+
+
+def host_view(data_dir: Path, *, instance: str | None = None, iface_prefix: str | None = None) -> HostView:
+    instance = instance or INSTANCE
+    iface_prefix = iface_prefix or IFACE_PREFIX
     containers: set[str] = set()
+    exec_pid_files: list[str] = []
     for runtime in ("crun", "runc"):
-        root = Path(f"/run/atoll/{INSTANCE}/{runtime}")
+        root = Path(f"/run/atoll/{instance}/{runtime}")
+        if root.is_dir():
+            exec_pid_files += [p.name for p in root.glob("*.exec.*.pid")]
         if root.is_dir():
             argv = [runtime, "--root", str(root), "list", "--quiet"]
             out = subprocess.run(argv, capture_output=True, text=True)
@@ -38,7 +57,7 @@ def host_view(data_dir: Path) -> HostView:
     cgroups: set[str] = set()
     procs = 0
     for controller in CGROUP_ROOT.iterdir():
-        parent = controller / f"atoll_{INSTANCE}"
+        parent = controller / f"atoll_{instance}"
         if parent.is_dir():
             for child in parent.iterdir():
                 if child.is_dir():
@@ -56,7 +75,7 @@ def host_view(data_dir: Path) -> HostView:
     )
     netns_dir = Path("/run/netns")
     netns = (
-        {p.name for p in netns_dir.iterdir() if p.name.startswith(f"atoll-{INSTANCE}-")}
+        {p.name for p in netns_dir.iterdir() if p.name.startswith(f"atoll-{instance}-")}
         if netns_dir.exists()
         else set()
     )
@@ -64,9 +83,86 @@ def host_view(data_dir: Path) -> HostView:
     veths = {
         line.split(":")[1].strip().split("@")[0]
         for line in links.splitlines()
-        if line.split(":")[1].strip().startswith(IFACE_PREFIX)
+        if line.split(":")[1].strip().startswith(iface_prefix)
     }
-    return HostView(containers, cgroups, procs, mounts, dirs, netns, veths)
+    snapshots_dir = data_dir / "snapshots"
+    return HostView(
+        containers,
+        cgroups,
+        procs,
+        mounts,
+        dirs,
+        netns,
+        veths,
+        loops=_loop_disks(sandboxes_dir),
+        egress_slots=_egress_slots(instance),
+        exec_pid_files=exec_pid_files,
+        helpers=_helpers(instance, data_dir),
+        snapshot_dirs={p.name for p in snapshots_dir.iterdir()} if snapshots_dir.is_dir() else set(),
+    )
+
+
+def _loop_disks(sandboxes_dir: str) -> set[str]:
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            path = backing.read_text().strip()
+        except OSError:
+            continue
+        if path.startswith(sandboxes_dir):
+            found.add(path[len(sandboxes_dir) :].split("/")[0])
+    return found
+
+
+def _egress_slots(instance: str) -> set[int]:
+    out = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", f"atoll_{instance}"], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        return set()
+    slots = set()
+    for item in json.loads(out.stdout).get("nftables", []):
+        for kind in ("chain", "set", "counter"):
+            match = re.match(r"^s(\d+)_", item.get(kind, {}).get("name", ""))
+            if match:
+                slots.add(int(match.group(1)))
+    return slots
+
+
+def _helpers(instance: str, data_dir: Path) -> list[str]:
+    """Processes (other than a server) whose command line names this instance's runtime state
+    or data dir: runtime execs, CRIU, copies. None should outlive the request that started them."""
+    marks = (f"/run/atoll/{instance}/", f"{data_dir}/")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (
+            any(m in cmdline for m in marks)
+            and "atoll.cli.main serve" not in cmdline
+            and "pytest" not in cmdline
+        ):
+            found.append(f"{entry.name}: {cmdline[:120]}")
+    return found
+
+
+def zombies_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def api_sandboxes(server: ServerProcess) -> dict[str, str]:
@@ -88,13 +184,35 @@ def api_sandboxes(server: ServerProcess) -> dict[str, str]:
         page += 1
 
 
+def api_snapshots(server: ServerProcess) -> set[str]:
+    found: set[str] = set()
+    page = 1
+    while True:
+        r = httpx.get(
+            f"{server.base_url}/v1/snapshots",
+            params={"page": page, "page-size": 100},
+            headers=server.headers,
+            timeout=30,
+        )
+        r.raise_for_status()
+        body = r.json()
+        found |= {item["id"] for item in body["items"]}
+        if len(found) >= body["total_items"] or not body["items"]:
+            return found
+        page += 1
+
+
 def leaks(server: ServerProcess) -> list[str]:
     sandboxes = api_sandboxes(server)
     live = {i for i, s in sandboxes.items() if s in ("running", "paused")}
     running = {i for i, s in sandboxes.items() if s == "running"}
     kept = set(sandboxes)  # stopped sandboxes keep their directory (the upper layer)
     pool_ready = httpx.get(f"{server.base_url}/v1/health", timeout=10).json()["network_pool_ready"]
-    view = host_view(server.data_dir)
+    view = host_view(
+        server.data_dir,
+        instance=option(server, "--instance", INSTANCE),
+        iface_prefix=option(server, "--iface-prefix", IFACE_PREFIX),
+    )
     problems = []
     # a sandbox paused by checkpoint has no processes and no root mount; frozen ones have both
     if not running <= view.containers <= live:
@@ -110,6 +228,20 @@ def leaks(server: ServerProcess) -> list[str]:
         problems.append(f"{len(view.netns)} netns for {len(live)} live sandboxes + {pool_ready} pooled")
     if len(view.veths) != len(view.netns):
         problems.append(f"{len(view.veths)} veths for {len(view.netns)} netns")
+    if view.loops - live:
+        problems.append(f"disk images still on loop devices: {sorted(view.loops - live)}")
+    if len(view.egress_slots) > len(live):
+        problems.append(f"per-sandbox nft objects for {len(view.egress_slots)} slots, {len(live)} live")
+    if view.exec_pid_files:
+        problems.append(f"exec pid files left: {view.exec_pid_files[:5]}")
+    if view.helpers:
+        problems.append(f"helper processes left: {view.helpers[:5]}")
+    if view.snapshot_dirs - api_snapshots(server):
+        problems.append(
+            f"snapshot dirs without a snapshot: {sorted(view.snapshot_dirs - api_snapshots(server))}"
+        )
+    if server.proc is not None and (zombies := zombies_of(server.proc.pid)):
+        problems.append(f"unreaped children of the server: {zombies[:10]}")
     return problems
 
 

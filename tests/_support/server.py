@@ -4,6 +4,7 @@ and the shared template cache."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ SUBNET = os.environ.get("ATOLL_TEST_SUBNET", "10.210.0.0/16")
 RUNTIME = os.environ.get("ATOLL_TEST_RUNTIME", "")  # empty: the server's default
 API_KEY = "atl_test_" + os.urandom(12).hex()
 PIDS_LIMIT = 256
+DISK_MIB = 1024
 SANDBOX_DOMAIN = "sbx.localhost"
 
 
@@ -77,6 +79,9 @@ class ServerProcess:
             "--iface-prefix", self.iface_prefix, "--subnet", self.subnet,
             "--dns-server", "none", "--pids-limit", str(PIDS_LIMIT),
             "--netns-pool-size", "2", "--log-level", "warning", "--warm-pool-size", "0",
+            # tests send far more than 1000 requests a minute with one key (the limit has its
+            # own tests); a small disk keeps the escape suite's disk-fill attempt quick
+            "--rate-limit", "0", "--disk-mib", str(DISK_MIB),
             *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
             *self.extra_args,
@@ -118,3 +123,47 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+    def mint_key(self, org: str) -> str:
+        """A new API key for ``org`` (created if new), straight in this server's store."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "atoll.cli.main",
+                "keys",
+                "create",
+                "--org",
+                org,
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    def delete_everything(self) -> None:
+        """Delete every sandbox the default key's org still has (a fixture's last clean-up)."""
+        try:
+            with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=60) as http:
+                for item in http.get("/v1/sandboxes", params={"page-size": 100}).json().get("items", []):
+                    http.delete(f"/v1/sandbox/{item['id']}/")
+        except httpx.HTTPError:
+            pass
+
+
+def spare_server(data_dir: Path, *extra_args: str, tag: str = "x") -> ServerProcess:
+    """A second server for tests that need one of their own (crashes, failure injection, rate
+    limits): its own instance, interface prefix and the second quarter of the test subnet, so it
+    can run beside the session server. ``tag`` (letters) tells spares in one run apart."""
+    quarter = list(ipaddress.IPv4Network(SUBNET).subnets(prefixlen_diff=2))[1]
+    return ServerProcess(
+        data_dir=data_dir,
+        instance=(INSTANCE[:9] + tag)[:12],
+        iface_prefix=(tag + IFACE_PREFIX)[:6],
+        subnet=str(quarter),
+        extra_args=extra_args,
+    )

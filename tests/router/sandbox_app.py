@@ -25,12 +25,14 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LOG_LOCK = threading.Lock()
 LOG_PATH = ""
+PORT = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -58,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
         if not head_only:
             self.wfile.write(body)
 
-    def _read_body(self):  # yields the request body in pieces
+    def _read_body(self) -> Iterator[bytes]:  # the request body, in pieces
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
@@ -88,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/hello":
             tag = os.environ.get("APP_TAG", "")
-            text = f"hello from {self.server.server_address[1]}" + (f" {tag}" if tag else "")
+            text = f"hello from {PORT}" + (f" {tag}" if tag else "")
             self._send(200, text.encode(), "text/plain")
         elif path in ("/echo", "/upload"):
             digest, length = hashlib.sha256(), 0
@@ -230,8 +232,8 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
-    global LOG_PATH
-    port = int(sys.argv[1])
+    global LOG_PATH, PORT
+    PORT = port = int(sys.argv[1])
     LOG_PATH = sys.argv[2] if len(sys.argv) > 2 else ""
     host = sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0"
     socketserver.TCPServer.allow_reuse_address = True

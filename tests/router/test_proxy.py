@@ -136,6 +136,8 @@ def test_auth_headers_are_stripped_and_forwarded_headers_added(
         assert seen["x-forwarded-for"] == "127.0.0.1" and seen["x-forwarded-proto"] == "http"
     r = client.get("/echo", headers={"host": "any", "atoll-sandbox-id": "sbxa", **AUTH})
     assert "atoll-sandbox-id" not in r.json()["headers"]
+    r = client.get("/echo", headers={"host": router.host("sbxa"), "x-forwarded-for": "203.0.113.9", **AUTH})
+    assert r.json()["headers"]["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
 
 def test_missing_or_wrong_key_is_401_and_never_reaches_the_app(
@@ -292,7 +294,7 @@ def test_tls(tmp_path: Path, lookup: FakeLookup, apps: tuple[App, App]) -> None:
         raw = socket.create_connection(("127.0.0.1", thread.port))
         with client_ctx.wrap_socket(raw, server_hostname=host) as sock:
             sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {host}\r\nAuthorization: {KEY}\r\n\r\n".encode())
-            status, _, body = read_response(sock, bytearray())  # type: ignore[arg-type]
+            status, _, body = read_response(sock, bytearray())
         assert status == 200 and json.loads(body)["headers"]["x-forwarded-proto"] == "https"
         raw = socket.create_connection(("127.0.0.1", thread.port))
         with ws_connect(

@@ -259,3 +259,26 @@ def test_stopped_deleted_and_silent_ports_answer_clearly(
     # not a sandbox host at all
     r = router.get("/", headers={"host": "example.com", **auth})
     assert r.status_code == 404 and "message" in r.json()
+
+
+def test_deleting_a_sandbox_cuts_its_open_connections(
+    http: httpx.Client, server: ServerProcess, no_leaks: None
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    sandbox = api.create(http, memory=512)["id"]
+    try:
+        start_app(http, sandbox)
+        sock = socket.create_connection(("127.0.0.1", server.router_port))
+        with ws_connect(
+            websocket_url(server, sandbox, "/ws"), sock=sock, additional_headers=server.headers, proxy=None
+        ) as ws:
+            ws.send("still there?")
+            assert ws.recv(timeout=10) == "still there?"
+            api.delete(http, sandbox)
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert time.monotonic() - started < 5
+    finally:
+        http.delete(f"/v1/sandbox/{sandbox}/")

@@ -201,8 +201,9 @@ def test_cli_shell_raw_mode_and_resize(server: ServerProcess, sandbox: str) -> N
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: `atoll sandbox shell` on a terminal of its own
-        os.environ.update(ATOLL_API_KEY=server.api_key, ATOLL_BASE_URL=server.base_url)
-        os.execv(sys.executable, [sys.executable, "-m", "atoll.cli.main", "sandbox", "shell", sandbox])
+        env = {**os.environ, "ATOLL_API_KEY": server.api_key, "ATOLL_BASE_URL": server.base_url}
+        argv = [sys.executable, "-m", "atoll.cli.main", "sandbox", "shell", sandbox]
+        os.execve(sys.executable, argv, env)
     out = b""
 
     def pump_until(needle: bytes, timeout: float = 15) -> None:
@@ -228,7 +229,13 @@ def test_cli_shell_raw_mode_and_resize(server: ServerProcess, sandbox: str) -> N
         os.write(fd, b"stty size; exit\r")
         pump_until(b"50 132")
     finally:
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 15
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            done = os.waitpid(pid, 0)
+        status = done[1]
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     with httpx.Client(base_url=server.base_url, headers=server.headers) as http:
