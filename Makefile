@@ -7,7 +7,7 @@ LEAP0_VENV := .venv-leap0
 STAMPS := .stamps
 ATOLL := $(VENV)/bin/atoll
 
-.PHONY: serve test setup host template lint fmt unasync bench clean
+.PHONY: serve test setup host template lint fmt unasync bench fuzz clean
 .DEFAULT_GOAL := help
 
 help:
@@ -15,6 +15,7 @@ help:
 	@echo "make test    install what is missing and run the whole test suite"
 	@echo "make lint    ruff, mypy and the generated-sync-SDK check"
 	@echo "make bench   run every benchmark in bench/ and write BENCHMARKS.md"
+	@echo "make fuzz    fuzz the API from its OpenAPI document (ATOLL_FUZZ_EXAMPLES per operation)"
 
 serve: setup template
 	$(ATOLL) serve
@@ -55,6 +56,10 @@ fmt: $(STAMPS)/venv
 
 unasync: $(STAMPS)/venv
 	$(VENV)/bin/python scripts/unasync.py
+
+# the API fuzzer with many more cases per operation than `make test` runs (a few hundred in all)
+fuzz: setup template
+	ATOLL_FUZZ_EXAMPLES=$${ATOLL_FUZZ_EXAMPLES:-200} $(VENV)/bin/pytest -q tests/reliability/test_api_fuzz.py
 
 bench: setup template
 	$(VENV)/bin/python bench/report.py

@@ -69,12 +69,15 @@ class OCIBackend:
         argv += ["--tcp-established", "--file-locks"]
         if leave_running:
             argv.append("--leave-running")
+        members = [] if leave_running else cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
         try:
             await run([*argv, sandbox_id], timeout=600)
         except CommandFailed as exc:
             raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        # CRIU ended the processes: the init, orphaned to us by `run --detach`, is ours to reap
+        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
 
     async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
         """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""

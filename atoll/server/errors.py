@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,3 +54,57 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+    _document(app)
+
+
+# the error model in the OpenAPI document: what clients (and the API fuzzer) are promised
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {
+        "message": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "error"],
+                "properties": {"field": {"type": "string"}, "error": {"type": "string"}},
+            },
+        },
+    },
+}
+_ERROR_REF = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_DESCRIPTIONS = {
+    "400": "Invalid request (``errors`` lists the fields)",
+    "401": "Missing or invalid API key",
+    "404": "No such resource in the caller's organisation",
+    "409": "Wrong state, duplicate name or organisation limit",
+    "429": "Rate or organisation limit reached; see Retry-After",
+    "default": "Any other error, in the same shape (403, 413, 5xx ...)",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _document(app: FastAPI) -> None:
+    """Replace FastAPI's unused 422 with the error responses every operation can give."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        for unused in ("HTTPValidationError", "ValidationError"):  # 400 replaces FastAPI's 422
+            schema["components"]["schemas"].pop(unused, None)
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                codes = ["400", "default"] if path == "/v1/health" else list(_DESCRIPTIONS)
+                for code in codes:
+                    responses.setdefault(code, {"description": _DESCRIPTIONS[code], **_ERROR_REF})
+                if "429" in responses:
+                    responses["429"]["headers"] = _RETRY_AFTER
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

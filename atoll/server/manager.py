@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
+from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, RateLimitError, ServerError
 from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, next_state
 from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressService
 from atoll.network.pool import NetworkPool
-from atoll.runtime import disk
+from atoll.runtime import disk, overlay
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import (
     BindMount,
@@ -233,6 +233,9 @@ class SandboxManager:
         slot = self.slot_of(row)
         if template is not None:
             await self.backend.halt(self.spec_for(row, template, slot))
+        else:  # its template vanished from disk: no spec to halt with, but nothing may stay
+            await self.backend.halt_by_id(row.id)
+            overlay.unmount(self.sandbox_dir(row.id) / "rootfs")
         disk.detach(self.disk_of(row))
         if slot is not None:
             if self.egress is not None:
@@ -413,6 +416,10 @@ class SandboxManager:
             row = await self.get(org_id, sandbox_id)
             async with self.capacity.admit(row.vcpu, row.memory):
                 row = await self.move(row, Event.START)
+            limit = self.settings.max_sandboxes_per_org
+            if limit is not None and await self.repo.count_active(org_id) > limit:  # this one counts now
+                await self.move(row, Event.FAILED)
+                raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
             try:
                 return await self._boot(row, self.template_for(row))
             except Exception as exc:

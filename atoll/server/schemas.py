@@ -16,6 +16,7 @@ _DOMAIN = re.compile(
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I
 )
 StrictInt = Annotated[int, Field(strict=True)]
+MAX_PAGE = 1_000_000  # list pages: the offset must fit the database's integers
 EnvVars = dict[
     Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")],
     Annotated[str, Field(max_length=65536)],

@@ -76,7 +76,7 @@ class SnapshotService:
                 shutil.rmtree(directory, ignore_errors=True)
                 await manager.move(row, Event.FAILED)
                 if isinstance(exc, (CommandFailed, CommandTimeout, CheckpointFailed, OSError)):
-                    raise capture_error(exc, self.root) from exc
+                    raise capture_error(exc) from exc
                 raise
             snapshot = SnapshotRow(
                 id=snapshot_id,
@@ -182,13 +182,11 @@ class SnapshotService:
         return removed
 
 
-def capture_error(exc: BaseException, root: Path) -> ServerError:
+def capture_error(exc: BaseException) -> ServerError:
     """What a failed capture tells the caller: 507 when the snapshot store is full."""
     reason = str(exc).strip() or type(exc).__name__
     if "No space left" in reason or getattr(exc, "errno", None) == errno.ENOSPC:
-        error = ServerError(
-            f"snapshot failed: no space left on the snapshot store ({root}); nothing was kept"
-        )
+        error = ServerError("snapshot failed: no space left on the server's snapshot store; nothing was kept")
         error.status_code = 507
         return error
     return ServerError(f"snapshot failed: {reason[-500:]}")

@@ -7,6 +7,7 @@ import copy
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -70,7 +71,7 @@ class _EgressCollector(Collector):
         yield from (connections, traffic, dns, learned)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
 async def metrics(org: Org, request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_EgressCollector(_egress(request).reports(org)))

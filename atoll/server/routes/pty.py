@@ -124,9 +124,11 @@ async def connect(websocket: WebSocket, sandbox_id: str, session_id: str) -> Non
         await _deny(websocket, exc)
         return
     await websocket.accept()
-    await manager.attach(session, websocket)
     try:
+        await manager.attach(session, websocket)
         await _relay_input(manager, session, websocket)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left while output was replayed to it
     finally:
         manager.detach(session, websocket)
 

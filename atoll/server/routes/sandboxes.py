@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from atoll._states import State
 from atoll.server.auth import require_org
 from atoll.server.manager import CreateParams, SandboxManager
-from atoll.server.schemas import CreateSandboxBody, list_item, sandbox_body
+from atoll.server.schemas import MAX_PAGE, CreateSandboxBody, list_item, sandbox_body
 
 router = APIRouter(prefix="/v1", tags=["sandboxes"])
 Org = Annotated[str, Depends(require_org)]
@@ -47,7 +47,7 @@ async def list_sandboxes(
     state: State | None = None,
     sort: Literal["created_at", "state"] = "created_at",
     order_by: Annotated[Literal["asc", "desc"], Query(alias="order-by")] = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     page_size: Annotated[int, Query(alias="page-size", ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     rows, total = await manager(request).repo.list_sandboxes(

@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from atoll.server.auth import require_org
-from atoll.server.schemas import CreateSnapshotBody, RestoreSnapshotBody, sandbox_body, snapshot_body
+from atoll.server.schemas import (
+    MAX_PAGE,
+    CreateSnapshotBody,
+    RestoreSnapshotBody,
+    sandbox_body,
+    snapshot_body,
+)
 from atoll.server.snapshots import SnapshotService
 
 router = APIRouter(prefix="/v1", tags=["snapshots"])
@@ -52,7 +58,7 @@ async def list_snapshots(
     query: Annotated[str, Query(max_length=64)] = "",
     sort: Literal["created_at", "template_id"] = "created_at",
     order_by: Annotated[Literal["asc", "desc"], Query(alias="order-by")] = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     page_size: Annotated[int, Query(alias="page-size", ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     rows, total = await service(request).repo.list(
