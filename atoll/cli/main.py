@@ -65,7 +65,11 @@ def serve(
     database_url: Annotated[str | None, typer.Option(envvar="ATOLL_DATABASE_URL")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="ATOLL_API_KEY", help="Register this key.")] = None,
     runtime: Annotated[
-        str, typer.Option(envvar="ATOLL_RUNTIME", help="auto (runc if CRIU works, else crun), crun, runc.")
+        str,
+        typer.Option(
+            envvar="ATOLL_RUNTIME",
+            help="Default backend: auto (runc if CRIU works, else crun), crun, runc, runsc (gVisor).",
+        ),
     ] = "auto",
     runtime_binary: Annotated[
         Path | None,

@@ -13,12 +13,13 @@ from typing import Literal, Protocol
 
 from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
-BackendName = Literal["auto", "crun", "runc"]
+BackendName = Literal["auto", "crun", "runc", "runsc"]
 
 # name -> "module:attr", resolved once at start-up (an optional backend is imported only when chosen)
 BACKENDS: dict[str, str] = {
     "crun": "atoll.runtime.oci:OCIBackend",
     "runc": "atoll.runtime.oci:OCIBackend",
+    "runsc": "atoll.runtime.gvisor:GVisorBackend",  # gVisor: a user-space kernel per sandbox
 }
 
 

@@ -23,6 +23,7 @@ import struct
 import termios
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from atoll.runtime import oci_config, reaping
 from atoll.runtime._proc import run
@@ -38,6 +39,12 @@ SIZE_WAIT = (
     '{bb} usleep 10000; i=$((i+1)); done; exec "$@"'
 )
 _reapers: set[asyncio.Task[None]] = set()
+
+
+class ExecCommand(Protocol):
+    """A runtime's ``exec`` argv (up to the environment options) for a detached terminal."""
+
+    def __call__(self, *, console_socket: Path, pid_file: Path, log_file: Path, cwd: str) -> list[str]: ...
 
 
 class TerminalStartFailed(RuntimeError):
@@ -176,9 +183,11 @@ async def open_terminal(
     cols: int,
     rows: int,
     socket_dir: Path,
+    exec_command: ExecCommand | None = None,
 ) -> Terminal:
     """Start ``argv`` on a new terminal in the sandbox. ``runtime_argv`` is the runtime binary
-    with its global options (``crun --root …``)."""
+    with its global options (``crun --root …``); a runtime whose ``exec`` takes other options
+    (runsc) gives ``exec_command`` instead."""
     token = os.urandom(6).hex()
     base = socket_dir / f"{sandbox_id}.pty.{token}"
     sock_path, pid_file, log_file = (base.with_suffix(s) for s in (".sock", ".pid", ".log"))
@@ -189,9 +198,12 @@ async def open_terminal(
         os.chmod(sock_path, 0o600)
         server.listen(1)
         server.setblocking(False)
-        command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
-        command += ["--console-socket", str(sock_path), "--pid-file", str(pid_file)]
-        command += ["--no-new-privs", "--cwd", cwd]
+        if exec_command is not None:
+            command = exec_command(console_socket=sock_path, pid_file=pid_file, log_file=log_file, cwd=cwd)
+        else:
+            command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
+            command += ["--console-socket", str(sock_path), "--pid-file", str(pid_file)]
+            command += ["--no-new-privs", "--cwd", cwd]
         for key, value in env.items():
             command += ["--env", f"{key}={value}"]
         busybox = oci_config.BUSYBOX_PATH

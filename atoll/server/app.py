@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from atoll._exceptions import ServerError
 from atoll.network import firewall
 from atoll.network.addressing import AddressPlan
 from atoll.network.egress import EgressConfig, EgressService
@@ -51,13 +53,18 @@ log = logging.getLogger("atoll.server")
 DEFAULT_ORG = "org_default"
 
 
-def load_backend(settings: Settings) -> RuntimeBackend:
-    name = resolve_runtime(settings.runtime)
+def load_backend(settings: Settings, name: str | None = None) -> RuntimeBackend:
+    """The server's default backend, or the one called ``name`` (a template may ask for one)."""
+    default = name is None
+    name = resolve_runtime(settings.runtime) if name is None else name
+    if name not in BACKENDS:
+        raise RuntimeError(f"unknown runtime {name!r} (known: {', '.join(BACKENDS)})")
     module_name, _, attr = BACKENDS[name].partition(":")
     cls: Any = getattr(importlib.import_module(module_name), attr)
-    binary = str(settings.runtime_binary) if settings.runtime_binary else shutil.which(name)
+    binary = str(settings.runtime_binary) if default and settings.runtime_binary else shutil.which(name)
     if binary is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install {name})")
+        how = "bash scripts/setup-gvisor.sh" if name == "runsc" else f"apt-get install {name}"
+        raise RuntimeError(f"{name} is not installed ({how})")
     backend: RuntimeBackend = cls(
         binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
     )
@@ -130,7 +137,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend=load_backend(settings),
         pool=pool,
         templates=TemplateRegistry(settings.templates_dir, user_root=settings.user_templates_dir),
+        load_backend=functools.partial(load_backend, settings),
     )
+    for name in BACKENDS:  # a runtime with state on this host may hold leftovers to reconcile
+        if (settings.run_dir / name).is_dir() and name not in manager.backends:
+            with contextlib.suppress(ServerError):
+                manager.backend_named(name)
     manager.egress = egress
     app.state.egress = egress
     snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
@@ -156,15 +168,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await router.stop()
-        await ptys.close()
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
-        await warm.close()
-        await pool.close()
-        await egress.close()
-        await engine.dispose()
+        # in order, and each step even when an earlier one failed: a half shutdown leaks
+        for step in (router.stop, ptys.close, warm.close, pool.close, egress.close, engine.dispose):
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step %s failed", getattr(step, "__qualname__", step))
 
 
 def create_app(settings: Settings) -> FastAPI:

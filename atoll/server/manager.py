@@ -68,10 +68,13 @@ class SandboxManager:
         backend: RuntimeBackend,
         pool: NetworkPool,
         templates: TemplateRegistry,
+        load_backend: Callable[[str], RuntimeBackend] | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
-        self.backend = backend
+        self.backend = backend  # the server's default; a template may name another (backend_for)
+        self.backends: dict[str, RuntimeBackend] = {backend.name: backend}
+        self._load_backend = load_backend
         self.pool = pool
         self.templates = templates
         self.capacity = Capacity(
@@ -107,6 +110,24 @@ class SandboxManager:
         except InvalidTransition as exc:
             raise ConflictError(str(exc)) from None
         return await self.repo.update_sandbox(row.id, state=state, **values)
+
+    def backend_named(self, name: str) -> RuntimeBackend:
+        """The backend called ``name`` ("" means the server's default), loaded on first use."""
+        if not name:
+            return self.backend
+        found = self.backends.get(name)
+        if found is None:
+            if self._load_backend is None:
+                raise ServerError(f"runtime {name!r} is not available on this server")
+            try:
+                found = self.backends[name] = self._load_backend(name)
+            except (KeyError, RuntimeError) as exc:
+                raise ServerError(f"runtime {name!r} is not available on this server: {exc}") from None
+        return found
+
+    def backend_for(self, row: SandboxRow) -> RuntimeBackend:
+        """The backend a sandbox runs on (recorded when it was created)."""
+        return self.backend_named(row.runtime)
 
     def template_for(self, row: SandboxRow) -> Template:
         template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
@@ -188,9 +209,9 @@ class SandboxManager:
             row = await self._attach_network(row, slot)
             spec = self.spec_for(row, template, slot)
             if image is None:
-                await self.backend.boot(spec)
+                await self.backend_for(row).boot(spec)
             else:
-                await self.backend.restore(spec, image)
+                await self.backend_for(row).restore(spec, image)
         except BaseException:
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
@@ -232,9 +253,9 @@ class SandboxManager:
         template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
         slot = self.slot_of(row)
         if template is not None:
-            await self.backend.halt(self.spec_for(row, template, slot))
+            await self.backend_for(row).halt(self.spec_for(row, template, slot))
         else:  # its template vanished from disk: no spec to halt with, but nothing may stay
-            await self.backend.halt_by_id(row.id)
+            await self.backend_for(row).halt_by_id(row.id)
             overlay.unmount(self.sandbox_dir(row.id) / "rootfs")
         disk.detach(self.disk_of(row))
         if slot is not None:
@@ -260,7 +281,7 @@ class SandboxManager:
             org_id=org_id,
             template_id=template.id,
             template_name=template.name,
-            runtime=self.backend.name,
+            runtime=self.backend_named(template.runtime).name,
             vcpu=params.vcpu,
             memory=params.memory,
             disk=self.settings.disk_mib,
@@ -286,7 +307,7 @@ class SandboxManager:
             raise
         async with self._lock(row.id):
             try:
-                await self.backend.set_limits(row.id, vcpu=row.vcpu, memory_mib=row.memory)
+                await self.backend_for(row).set_limits(row.id, vcpu=row.vcpu, memory_mib=row.memory)
                 row = await self._attach_network(row, warm.slot)
             except Exception as exc:
                 log.exception("claiming warm sandbox %s failed", row.id)
@@ -347,19 +368,20 @@ class SandboxManager:
         if State(row.state) != State.RUNNING:
             raise ConflictError(f"cannot pause a sandbox that is {row.state}")
         kind = "freeze"
-        if self.backend.can_checkpoint and not any(veto(row.id) for veto in self.checkpoint_vetoes):
+        backend = self.backend_for(row)
+        if backend.can_checkpoint and not any(veto(row.id) for veto in self.checkpoint_vetoes):
             image = self.checkpoint_dir(row.id)
             shutil.rmtree(image, ignore_errors=True)
             try:
-                await self.backend.checkpoint(row.id, image, leave_running=False)
+                await backend.checkpoint(row.id, image, leave_running=False)
                 kind = "checkpoint"
             except CheckpointFailed as exc:
                 log.warning("checkpoint of %s failed, pausing by freezing instead: %s", row.id, exc)
                 shutil.rmtree(image, ignore_errors=True)
         if kind == "checkpoint":
-            await self.backend.halt(self.spec_for(row, self.template_for(row), self.slot_of(row)))
+            await backend.halt(self.spec_for(row, self.template_for(row), self.slot_of(row)))
         else:
-            await self.backend.pause(row.id)
+            await backend.pause(row.id)
         timeout_at = None if row.auto_pause else row.timeout_at
         return await self.move(row, Event.PAUSE, pause_kind=kind, timeout_at=timeout_at)
 
@@ -370,10 +392,10 @@ class SandboxManager:
         if row.pause_kind == "checkpoint":
             spec = self.spec_for(row, self.template_for(row), self.slot_of(row))
             await disk.attach(self.disk_of(row))  # stays mounted while paused, unless the host rebooted
-            await self.backend.restore(spec, self.checkpoint_dir(row.id))
+            await self.backend_for(row).restore(spec, self.checkpoint_dir(row.id))
             shutil.rmtree(self.checkpoint_dir(row.id), ignore_errors=True)
         else:
-            await self.backend.resume(row.id)
+            await self.backend_for(row).resume(row.id)
 
     async def ensure_running(self, row: SandboxRow) -> SandboxRow:
         """A paused sandbox resumes on any request that reaches it."""
@@ -447,7 +469,7 @@ class SandboxManager:
             max_output_bytes=self.settings.exec_max_output_bytes,
         )
         try:
-            return await self.backend.exec(row.id, request)
+            return await self.backend_for(row).exec(row.id, request)
         except ExecSetupFailed as exc:
             if "chdir" in str(exc):
                 raise BadRequestError(

@@ -183,12 +183,13 @@ class PtyManager:
                 return
             template = self.manager.template_for(row)
             env = {**template.sandbox_env(), "TERM": "xterm-256color", **row.env_vars, **session.envs}
-            backend: Any = self.manager.backend
+            backend: Any = self.manager.backend_for(row)
             shell = await asyncio.to_thread(self._shell, row)
             try:
                 session.terminal = await terminal.open_terminal(
                     [backend.binary, "--root", str(backend.state_root)],
                     row.id,
+                    exec_command=getattr(backend, "terminal_argv", None),
                     argv=shell,
                     env=env,
                     cwd=session.cwd,

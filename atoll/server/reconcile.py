@@ -11,6 +11,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 
+from atoll._exceptions import ServerError
 from atoll._states import LIVE_STATES, State
 from atoll.network.egress import Attachment
 from atoll.runtime import overlay
@@ -28,8 +29,15 @@ class Report:
 
 async def reconcile(manager: SandboxManager) -> Report:
     report = Report()
-    backend = manager.backend
-    alive = await backend.running_ids()
+    # every backend a record names, or that has state on this host, is swept
+    for row in await manager.repo.not_deleted():
+        try:
+            manager.backend_for(row)
+        except ServerError as exc:
+            log.error("sandbox %s: %s", row.id, exc)
+    backends = list(manager.backends.values())
+    alive_on = {backend.name: await backend.running_ids() for backend in backends}
+    alive = set().union(*alive_on.values())
     keep: set[str] = set()
     held_slots: set[int] = set()
 
@@ -47,7 +55,7 @@ async def reconcile(manager: SandboxManager) -> Report:
                 held_slots.add(row.net_slot)
             if state in (State.UNPAUSING, State.SNAPSHOTTING):
                 # the transition was cut short; the container is whatever the runtime says it is
-                await backend.resume(row.id)
+                await manager.backend_for(row).resume(row.id)
                 await manager.repo.update_sandbox(row.id, state=State.RUNNING, pause_kind=None)
             report.adopted.append(row.id)
             continue
@@ -87,10 +95,11 @@ async def reconcile(manager: SandboxManager) -> Report:
         report.finished.append(row.id)
 
     known = {row.id for row in await manager.repo.not_deleted()}
-    for orphan in sorted(alive - keep):
-        await backend.halt_by_id(orphan)
-        report.removed.append(f"container {orphan}")
-    report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
+    for backend in backends:
+        for orphan in sorted(alive_on[backend.name] - keep):
+            await backend.halt_by_id(orphan)
+            report.removed.append(f"container {orphan}")
+        report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
     sandboxes_dir = manager.settings.sandboxes_dir
     mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):

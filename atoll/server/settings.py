@@ -45,7 +45,7 @@ class Settings(BaseModel):
     port: int = 7700
     api_key: str | None = None  # registered for the default org at start-up when given
 
-    runtime: Literal["auto", "crun", "runc"] = "auto"
+    runtime: Literal["auto", "crun", "runc", "runsc"] = "auto"
     # the runtime's executable (named like the runtime it stands for); default: found on PATH
     runtime_binary: Path | None = None
     subnet: str = "10.200.0.0/16"

@@ -22,6 +22,7 @@ from typing import Any
 from atoll._exceptions import ConflictError, NotFoundError, RateLimitError, ServerError
 from atoll._states import Event, State
 from atoll.runtime._proc import CommandFailed, CommandTimeout, run
+from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import CheckpointFailed, upper_dir
 from atoll.server.manager import SandboxManager, new_sandbox_id
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
@@ -50,18 +51,19 @@ class SnapshotService:
     def root(self) -> Path:
         return self.manager.settings.snapshots_dir
 
-    def _require_checkpointing(self) -> None:
-        if not self.manager.backend.can_checkpoint:
+    @staticmethod
+    def _require_checkpointing(backend: RuntimeBackend) -> None:
+        if not backend.can_checkpoint:
             raise ConflictError(
-                f"snapshots need a checkpointing runtime; this server runs {self.manager.backend.name} "
-                "(start it with --runtime runc and a working CRIU: scripts/setup-criu.sh)"
+                f"snapshots need a checkpointing runtime; this sandbox runs on {backend.name} "
+                "(use runsc, or runc with a working CRIU: scripts/setup-criu.sh)"
             )
 
     async def create(
         self, org_id: str, sandbox_id: str, *, name: str | None, kill_after: bool
     ) -> SnapshotRow:
-        self._require_checkpointing()
         manager = self.manager
+        self._require_checkpointing(manager.backend_for(await manager.get(org_id, sandbox_id)))
         row = await manager.ensure_running(await manager.get(org_id, sandbox_id))
         name = name or f"{sandbox_id}-{utcnow():%Y%m%d%H%M%S%f}"
         if await self.repo.by_name(org_id, name) is not None:
@@ -105,7 +107,7 @@ class SnapshotService:
 
     async def _capture(self, row: SandboxRow, directory: Path, *, kill_after: bool) -> None:
         """Freeze, copy the disk layer, checkpoint memory: both describe the same instant."""
-        backend = self.manager.backend
+        backend = self.manager.backend_for(row)
         directory.mkdir(parents=True)
         (directory / "parent").write_text(row.base_snapshot_id or "")
         await backend.pause(row.id)
@@ -126,11 +128,12 @@ class SnapshotService:
         timeout: int,
         network_policy: dict[str, Any] | None,
     ) -> SandboxRow:
-        self._require_checkpointing()
         snapshot = await self.repo.by_name(org_id, snapshot_name)
         if snapshot is None:
             raise NotFoundError(f"snapshot {snapshot_name!r} not found")
         manager = self.manager
+        # an image is restorable only by the runtime that wrote it
+        self._require_checkpointing(manager.backend_named(snapshot.runtime))
         templates = manager.templates
         template = templates.by_id(snapshot.template_id) or templates.get(snapshot.template_name)
         if template is None:
@@ -143,7 +146,7 @@ class SnapshotService:
             org_id=org_id,
             template_id=snapshot.template_id,
             template_name=snapshot.template_name,
-            runtime=manager.backend.name,
+            runtime=manager.backend_named(snapshot.runtime).name,
             vcpu=snapshot.vcpu,
             memory=snapshot.memory,
             disk=snapshot.disk,

@@ -82,7 +82,7 @@ class WarmPool:
             org_id="",
             template_id=template.id,
             template_name=template.name,
-            runtime=self.manager.backend.name,
+            runtime=self.manager.backend_named(template.runtime).name,
             vcpu=WARM_VCPU,
             memory=WARM_MEMORY_MIB,
             disk=self.manager.settings.disk_mib,
@@ -103,7 +103,7 @@ class WarmPool:
         try:
             await disk.attach(manager.disk_of(row))
             manager.write_etc(row, slot)
-            await manager.backend.boot(manager.spec_for(row, template, slot))
+            await manager.backend_for(row).boot(manager.spec_for(row, template, slot))
         except BaseException:
             await self.discard(WarmSandbox(row.id, template, slot))
             raise
@@ -112,7 +112,7 @@ class WarmPool:
     async def discard(self, warm: WarmSandbox) -> None:
         manager = self.manager
         row = self._transient_row(warm.sandbox_id, warm.template)
-        await manager.backend.halt(manager.spec_for(row, warm.template, warm.slot))
+        await manager.backend_for(row).halt(manager.spec_for(row, warm.template, warm.slot))
         disk.detach(manager.disk_of(row))
         await manager.pool.release(warm.slot)
         await asyncio.to_thread(shutil.rmtree, manager.sandbox_dir(warm.sandbox_id), True)

@@ -46,7 +46,7 @@ def host_view(data_dir: Path, *, instance: str | None = None, iface_prefix: str 
     iface_prefix = iface_prefix or IFACE_PREFIX
     containers: set[str] = set()
     exec_pid_files: list[str] = []
-    for runtime in ("crun", "runc"):
+    for runtime in ("crun", "runc", "runsc"):
         root = Path(f"/run/atoll/{instance}/{runtime}")
         if root.is_dir():
             exec_pid_files += [p.name for p in root.glob("*.exec.*.pid")]
@@ -129,6 +129,9 @@ def _egress_slots(instance: str) -> set[int]:
     return slots
 
 
+RUNSC_SANDBOX_PROCESSES = ("runsc-sandbox ", "runsc-gofer ")
+
+
 def _helpers(instance: str, data_dir: Path) -> list[str]:
     """Processes (other than a server) whose command line names this instance's runtime state
     or data dir: runtime execs, CRIU, copies. None should outlive the request that started them."""
@@ -143,6 +146,7 @@ def _helpers(instance: str, data_dir: Path) -> list[str]:
             continue
         if (
             any(m in cmdline for m in marks)
+            and not cmdline.startswith(RUNSC_SANDBOX_PROCESSES)  # a gVisor sandbox (counted as one)
             and "atoll.cli.main serve" not in cmdline
             and "pytest" not in cmdline
         ):
@@ -207,13 +211,20 @@ def leaks(server: ServerProcess) -> list[str]:
     live = {i for i, s in sandboxes.items() if s in ("running", "paused")}
     running = {i for i, s in sandboxes.items() if s == "running"}
     kept = set(sandboxes)  # stopped sandboxes keep their directory (the upper layer)
-    pool_ready = httpx.get(f"{server.base_url}/v1/health", timeout=10).json()["network_pool_ready"]
+    health = httpx.get(f"{server.base_url}/v1/health", timeout=10).json()
+    pool_ready = health["network_pool_ready"]
     view = host_view(
         server.data_dir,
         instance=option(server, "--instance", INSTANCE),
         iface_prefix=option(server, "--iface-prefix", IFACE_PREFIX),
     )
     problems = []
+    # warm sandboxes (atoll.server.warm) run without a record until a create claims one
+    warm = view.containers - set(sandboxes)
+    if len(warm) > health.get("warm_pool_ready", 0):
+        problems.append(f"containers without a record: {sorted(warm)}")
+    kept |= warm
+    live = live | warm
     # a sandbox paused by checkpoint has no processes and no root mount; frozen ones have both
     if not running <= view.containers <= live:
         found = sorted(view.containers)
@@ -225,7 +236,9 @@ def leaks(server: ServerProcess) -> list[str]:
     if view.dirs - kept:
         problems.append(f"state dirs without a sandbox: {sorted(view.dirs - kept)}")
     if len(view.netns) != len(live) + pool_ready:
-        problems.append(f"{len(view.netns)} netns for {len(live)} live sandboxes + {pool_ready} pooled")
+        problems.append(
+            f"{len(view.netns)} netns for {len(live)} live or warm sandboxes + {pool_ready} pooled"
+        )
     if len(view.veths) != len(view.netns):
         problems.append(f"{len(view.veths)} veths for {len(view.netns)} netns")
     if view.loops - live:

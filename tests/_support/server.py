@@ -167,3 +167,20 @@ def spare_server(data_dir: Path, *extra_args: str, tag: str = "x") -> ServerProc
         subnet=str(quarter),
         extra_args=extra_args,
     )
+
+
+def side_server(data_dir: Path, tag: str, index: int, **options: object) -> ServerProcess:
+    """A second server beside the session's, with host resources of its own that derive from
+    this run's (so concurrent runs with different ATOLL_TEST_* settings never collide): instance
+    ``<instance><tag>``, interfaces ``q<tag><prefix>N`` (outside the session's ``<prefix>*``
+    rules), and a /24 carved from the far end of the session's subnet."""
+    network = ipaddress.IPv4Network(SUBNET)
+    base = network.network_address + network.num_addresses - 256 * (index + 1)
+    return ServerProcess(
+        data_dir=data_dir,
+        instance=f"{INSTANCE[:8]}{tag}"[:12],
+        iface_prefix=f"q{tag[0]}{IFACE_PREFIX}"[:6],
+        subnet=f"{base}/24",
+        host="127.0.0.1",
+        **options,  # type: ignore[arg-type]
+    )

@@ -167,7 +167,7 @@ def snapshots(client: Leap0Client, _: str) -> dict[str, Any]:
     """Items 13 and 14."""
     source = client.sandboxes.create()
     source.process.execute(
-        command="echo disk > /root/f; nohup python3 -c 'import time; x=42; time.sleep(9999)' &"
+        command="echo disk > /root/f; nohup sleep 9999 >/dev/null 2>&1 & echo $! > /root/pid"
     )
     snap = source.create_snapshot(name="n1")
     seen: dict[str, Any] = {
@@ -181,7 +181,7 @@ def snapshots(client: Leap0Client, _: str) -> dict[str, Any]:
         "new_id": restored.id != source.id,
         "state": state(restored),
         "file": restored.process.execute(command="cat /root/f").stdout,
-        "process": restored.process.execute(command="pgrep -fc 'x=42'").stdout.strip(),
+        "process": restored.process.execute(command="kill -0 $(cat /root/pid) && echo alive").stdout.strip(),
     }
     listed = client.snapshots.list()
     seen["listed"] = [s.name for s in listed.items if s.id == snap.id] + [listed.total_items >= 1]

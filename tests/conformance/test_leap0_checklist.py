@@ -214,7 +214,7 @@ def test_snapshots(server: ServerProcess) -> None:
     seen = leap0(server.base_url, server.api_key, "snapshots")
     assert (seen["name"], seen["id"], seen["source"]) == ("n1", True, "running")
     assert (seen["duplicate"]["type"], seen["duplicate"]["status"]) == ("Leap0ConflictError", 409)
-    assert seen["restored"] == {"new_id": True, "state": "running", "file": "disk\n", "process": "1"}
+    assert seen["restored"] == {"new_id": True, "state": "running", "file": "disk\n", "process": "alive"}
     assert seen["listed"] == ["n1", True]
     assert seen["killed_source"] in ("not found", "deleted")
     assert seen["deleted"] == [None, None]

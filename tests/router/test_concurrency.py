@@ -4,6 +4,7 @@ right sandbox (host routing for half of them, header routing on one shared host 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -40,7 +41,11 @@ def test_200_concurrent_requests_over_20_sandboxes(
                 path, headers = via_router(invoke_url(server, sandbox_id, f"/hello?i={i}"))
             else:
                 path, headers = f"/hello?i={i}", {"atoll-sandbox-id": sandbox_id}
-            r = await client.get(path, headers={**headers, **server.headers})
+            started = time.monotonic()
+            try:
+                r = await client.get(path, headers={**headers, **server.headers})
+            except httpx.HTTPError as exc:
+                return sandbox_id, 0, f"{exc!r} after {time.monotonic() - started:.1f}s"
             return sandbox_id, r.status_code, r.text
 
         async def burst() -> list[tuple[str, int, str]]:

@@ -124,8 +124,9 @@ def victim(http: httpx.Client) -> Iterator[str]:
     http.delete(f"/v1/sandbox/{sid}/")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trap() -> Iterator[Trap]:
+    """The metadata trap and its policy routing, only while a module's attempts need it."""
     trap = Trap(INSTANCE, SUBNET, Path(tempfile.mkdtemp(prefix="atoll-trap-", dir="/var/tmp")))
     trap.start()
     try:

@@ -263,3 +263,25 @@ def test_layer_helpers_never_follow_links_out(tmp_path: Path) -> None:
     assert not (tmp_path / "x.crt").exists()
     assert (layer / "etc" / "bundle").read_bytes() == b"new"
     assert not (layer / "etc" / "bundle").is_symlink()
+
+
+@pytest.mark.attempt("make the filesystem API read or write host files through planted links")
+def test_filesystem_api_follows_links_inside_only(
+    http: httpx.Client, pair: tuple[str, str], marker: Path, tmp_path: Path, blocked: Blocked
+) -> None:
+    plant = f"ln -sf {marker} /tmp/to-host; ln -sfn {tmp_path} /tmp/host-dir"
+    plant += f"; ln -sf /proc/1/root{marker} /tmp/magic"
+    assert api.run(http, pair[0], plant)["exit_code"] == 0
+    base = f"/v1/sandbox/{pair[0]}/filesystem"
+    answers = []
+    for path in ("/tmp/to-host", "/tmp/magic", f"/tmp/host-dir/../../..{marker}"):
+        r = http.post(f"{base}/read-file", params={"path": path})
+        answers.append(r.status_code)
+        assert SECRET not in r.text, path
+    r = http.post(f"{base}/write-file", params={"path": "/tmp/host-dir/planted"}, content=b"x")
+    answers.append(r.status_code)
+    r = http.post(f"{base}/write-file", params={"path": "/tmp/to-host"}, content=b"overwritten")
+    answers.append(r.status_code)
+    assert marker.read_text() == SECRET
+    assert list(tmp_path.iterdir()) == []
+    blocked(f"answers {answers}: links resolve inside the sandbox root (openat2 RESOLVE_IN_ROOT)")

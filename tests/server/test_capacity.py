@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests._support import api
-from tests._support.server import INSTANCE, ServerProcess
+from tests._support.server import ServerProcess, side_server
 
 pytestmark = [pytest.mark.privileged]
 
@@ -41,12 +41,10 @@ def test_creates_beyond_the_budget_get_503_with_retry_after() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-cap-", dir="/var/tmp"))
     # a budget of roughly 1.1 GiB of memory: two 512 MiB sandboxes fit, a third does not
     host_mib = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 - 1024
-    small = ServerProcess(
-        data_dir=data_dir,
-        instance=f"{INSTANCE[:8]}cap",
-        iface_prefix="atq",
-        subnet="10.211.0.0/24",
-        host="127.0.0.1",
+    small = side_server(
+        data_dir,
+        "cap",
+        1,
         extra_args=("--memory-overcommit", f"{1100 / host_mib:.6f}", "--netns-pool-size", "0"),
     )
     small.start()

@@ -13,24 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from atoll.runtime.spec import upper_dir
 from tests._support import api
-from tests._support.server import INSTANCE, ServerProcess
+from tests._support.server import ServerProcess, side_server
 
 pytestmark = [pytest.mark.privileged]
-WARM_INSTANCE = f"{INSTANCE[:8]}warm"
 
 
 @pytest.fixture(scope="module")
 def warm_server() -> Iterator[ServerProcess]:
     data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-warm-", dir="/var/tmp"))
-    server = ServerProcess(
-        data_dir=data_dir,
-        instance=WARM_INSTANCE,
-        iface_prefix="atw",
-        subnet="10.212.0.0/24",
-        host="127.0.0.1",
-        extra_args=("--warm-pool-size", "2"),
-    )
+    server = side_server(data_dir, "warm", 0, extra_args=("--warm-pool-size", "2"))
     server.start()
     try:
         yield server
@@ -38,7 +31,7 @@ def warm_server() -> Iterator[ServerProcess]:
         server.stop()
         leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         shutil.rmtree(data_dir, ignore_errors=True)
-        assert " atw" not in leftovers, "a warm sandbox's veth outlived the server's shutdown"
+        assert f" {server.iface_prefix}" not in leftovers, "a warm sandbox's veth outlived the server"
 
 
 def containers(server: ServerProcess) -> set[str]:
@@ -73,13 +66,14 @@ def test_claimed_warm_sandbox_is_indistinguishable_from_a_fresh_one(warm_server:
         assert sid not in listed_before  # ... under an id never handed out before
         assert (sandbox["vcpu"], sandbox["memory"], sandbox["network_policy"]) == (2, 768, policy)
         # the sandbox's own disk is untouched: nothing ran in it before the claim
-        upper = warm_server.data_dir / "sandboxes" / sid / "upper"
+        upper = upper_dir(warm_server.data_dir / "sandboxes" / sid)
         assert list(upper.iterdir()) == []
         out = api.run(http, sid, "echo $WHO; hostname; nproc >/dev/null && echo ok")["stdout"]
         assert out == "pooled\nsandbox\nok\n"
-        memory = api.cgroup_file(WARM_INSTANCE, sid, v1=("memory", "memory.limit_in_bytes"), v2="memory.max")
+        instance = warm_server.instance
+        memory = api.cgroup_file(instance, sid, v1=("memory", "memory.limit_in_bytes"), v2="memory.max")
         assert int(memory.read_text()) == 768 * 1024 * 1024
-        cpu = api.cgroup_file(WARM_INSTANCE, sid, v1=("cpu", "cpu.cfs_quota_us"), v2="cpu.max")
+        cpu = api.cgroup_file(instance, sid, v1=("cpu", "cpu.cfs_quota_us"), v2="cpu.max")
         assert cpu.read_text().split()[0] == "200000"
         network = http.get(f"/v1/sandbox/{sid}/network").json()
         assert network["network_policy"] == {"mode": "deny-all"} and network["attached"] is True

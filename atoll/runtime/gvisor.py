@@ -1,0 +1,342 @@
+"""The gVisor backend: ``runsc`` puts a user-space kernel (the *sentry*) between the sandbox's
+code and the host's. The bundle is the OCI one (``oci_config``: overlay root, mounts, limits),
+adapted where gVisor differs:
+
+- **Platform**: ``systrap`` (Debian trixie's static runsc, ``scripts/setup-gvisor.sh``); the
+  ``kvm`` platform hangs on this host kind.
+- **Network**: gVisor's own network stack (``--network=sandbox``), which runsc builds from the
+  sandbox's network namespace (Atoll's netns and veth: the host-side egress rules apply as for
+  any backend), and which, unlike ``--network=host``, can be checkpointed. runsc refuses to do
+  so when it believes it is in the host's namespace, which it decides by whether
+  ``/proc/sys/net/core/rmem_default`` exists; since Linux 6.x that file exists in every network
+  namespace. So runsc is started (``_launch``) inside the sandbox's netns and a private mount
+  namespace whose ``/proc/sys/net/core`` is hidden under an empty tmpfs. runsc moves the
+  netns's addresses into its own stack and removes them from the netns, so they are recorded at
+  the first start and put back before a restore in the same netns (``_prepare_network``).
+- **Processes**: the pids cgroup counts the sentry's and gofer's threads and systrap's stub
+  threads (about one per process inside) too, so it gets at least ``HOST_PIDS_FLOOR``; the
+  processes inside are limited to ``spec.pids_limit`` by ``RLIMIT_NPROC``, which gVisor enforces.
+- **Seccomp**: the sentry runs the OCI filter itself (``--oci-seccomp``) but answers every
+  ``SCMP_ACT_ERRNO`` rule with EPERM; glibc falls back from ``clone3`` to ``clone`` only on
+  ENOSYS, so ``clone3`` gets ``SCMP_ACT_TRACE`` instead (ENOSYS when no tracer is attached).
+  ``syslog`` is allowed: it reads the sentry's own log, not the host's.
+- **Files**: writes land in the overlay's upper dir (``--overlay2=none``), and the root mount
+  is revalidated against the host (``--file-access=shared``), so the filesystem API, which works
+  on the host side of the overlay, and the sandbox see the same files.
+- **Commands** run through an agent in the sandbox (``gvisor_exec``), so that what they leave
+  behind survives checkpoint and restore.
+- **Memory**: gVisor has no OOM killer of its own; past the memory limit the host's OOM killer
+  ends the sentry, i.e. the whole sandbox (google/gvisor#2533).
+
+Checkpoint and restore are runsc's own (no CRIU). gVisor's network stack cannot save a TCP
+connection, open or in TIME_WAIT (60 s after it closed); a checkpoint then fails and pausing
+falls back to freezing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, reaping
+from atoll.runtime._proc import CommandFailed, run
+from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
+
+PLATFORM = "systrap"
+HOST_PIDS_FLOOR = 1024
+# bit numbers of oci_config.CAPABILITIES (linux/capability.h), for the control socket's exec call
+CAPABILITY_BITS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
+    "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_SYS_CHROOT": 18,
+    "CAP_AUDIT_WRITE": 29,
+}  # fmt: skip
+# run a command in the sandbox's netns and a private mount namespace where /proc/sys/net/core
+# is hidden (see the module docstring)
+_HIDE_NET_CORE = 'mount -t tmpfs -o size=4k,mode=555 atoll-hide /proc/sys/net/core && exec "$@"'
+
+
+def host_pids_limit(pids_limit: int) -> int:
+    return max(HOST_PIDS_FLOOR, 2 * pids_limit)
+
+
+def capability_mask() -> int:
+    mask = 0
+    for name in oci_config.CAPABILITIES:
+        mask |= 1 << CAPABILITY_BITS[name]
+    return mask
+
+
+def adapt_config(config: dict[str, Any], spec: SandboxSpec) -> dict[str, Any]:
+    """The OCI ``config.json`` of ``spec`` as runsc needs it (see the module docstring)."""
+    linux = config["linux"]
+    linux["resources"]["pids"] = {"limit": host_pids_limit(spec.pids_limit)}
+    config["process"]["rlimits"].append(
+        {"type": "RLIMIT_NPROC", "hard": spec.pids_limit, "soft": spec.pids_limit}
+    )
+    for rule in linux["seccomp"]["syscalls"]:
+        if rule["names"] == ["clone3"]:
+            rule["action"] = "SCMP_ACT_TRACE"
+            rule.pop("errnoRet", None)
+        # the sentry's kernel log is gVisor's own (`dmesg` shows it), not the host's
+        rule["names"] = [name for name in rule["names"] if name != "syslog"]
+    if spec.netns_path is None:
+        linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    return config
+
+
+class GVisorBackend:
+    def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
+        self.name = "runsc"
+        self.binary = binary
+        self.state_root = state_root
+        self.cgroup_parent = cgroup_parent.strip("/")
+        state_root.mkdir(parents=True, exist_ok=True)
+        self.can_checkpoint = True
+        self.executor = gvisor_exec.Executor(state_root, capability_mask())
+        self._paused: set[str] = set()  # paused by this process (checkpoint must not pause twice)
+
+    def _argv(self, *args: str) -> list[str]:
+        return [
+            self.binary, "--root", str(self.state_root), f"--platform={PLATFORM}",
+            "--overlay2=none", "--file-access=shared", "--oci-seccomp", *args,
+        ]  # fmt: skip
+
+    def _launch(self, spec: SandboxSpec, *args: str) -> list[str]:
+        """``runsc run`` or ``restore``, started where gVisor's network stack can be built."""
+        if spec.netns_path is None:
+            return self._argv("--network=none", *args)
+        runsc = self._argv("--network=sandbox", *args)
+        return ["nsenter", f"--net={spec.netns_path}", "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", _HIDE_NET_CORE, "atoll-runsc", *runsc]  # fmt: skip
+
+    # bundle -----------------------------------------------------------------------------
+    async def _prepare_bundle(self, spec: SandboxSpec) -> None:
+        overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        config = oci_config.build(
+            spec,
+            cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
+            init_args=gvisor_exec.agent_args(spec.main_command),
+        )
+        (spec.sandbox_dir / "config.json").write_text(json.dumps(adapt_config(config, spec)))
+        if spec.netns_path is not None:
+            await _prepare_network(spec.netns_path, spec.sandbox_dir / "network.json")
+
+    # lifecycle --------------------------------------------------------------------------
+    async def boot(self, spec: SandboxSpec) -> None:
+        try:
+            await self._prepare_bundle(spec)
+            log = spec.sandbox_dir / "runtime.log"
+            argv = self._launch(spec, "--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
+            await run([*argv, spec.sandbox_id], timeout=60, error_log=log)
+        except BaseException:
+            await self.halt(spec)
+            raise
+
+    async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
+        return await self.executor.exec(sandbox_id, request)
+
+    async def pause(self, sandbox_id: str) -> None:
+        await run(self._argv("pause", sandbox_id), timeout=30)
+        self._paused.add(sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await run(self._argv("resume", sandbox_id), timeout=30)
+        self._paused.discard(sandbox_id)
+
+    async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
+        """Save the sandbox's kernel (its processes, memory, open files, sockets) to ``image_dir``.
+        Without ``leave_running`` the sandbox has exited afterwards.
+
+        runsc always checkpoints with ``--leave-running``, on a paused sandbox (which it leaves
+        paused): a failed checkpoint without it ends the sandbox, and one that fails is common
+        (a TCP connection), while pausing by freezing should then still be possible."""
+        if self.executor.in_flight.get(sandbox_id):
+            # their callers hold host pipes, which a checkpoint cannot carry
+            raise CheckpointFailed("commands are running in the sandbox")
+        paused_here = sandbox_id not in self._paused
+        if paused_here:
+            await self.pause(sandbox_id)
+        try:
+            image_dir.mkdir(parents=True, exist_ok=True)
+            argv = self._argv("checkpoint", "--leave-running", "--image-path", str(image_dir), sandbox_id)
+            rc, _, err = await run(argv, timeout=600, check=False)
+            if rc != 0:
+                raise CheckpointFailed(_first_line(err.decode(errors="replace")))
+        except BaseException:
+            if paused_here:
+                await self.resume(sandbox_id)
+            raise
+        if not leave_running:
+            await self.halt_by_id(sandbox_id)
+        elif paused_here:
+            await self.resume(sandbox_id)
+
+    async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
+        """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
+        try:
+            await self._prepare_bundle(spec)
+            log = spec.sandbox_dir / "runtime.log"
+            argv = self._launch(
+                spec, "--log", str(log), "restore", "--detach", "--image-path", str(image_dir),
+                "--bundle", str(spec.sandbox_dir),
+            )  # fmt: skip
+            try:
+                await run([*argv, spec.sandbox_id], timeout=600, error_log=log)
+            except CommandFailed as exc:
+                raise CheckpointFailed(_first_line(exc.stderr)) from None
+        except BaseException:
+            await self.halt(spec)
+            raise
+
+    async def halt(self, spec: SandboxSpec) -> None:
+        await self.halt_by_id(spec.sandbox_id)
+        overlay.unmount(spec.rootfs)
+        with contextlib.suppress(FileNotFoundError):
+            (spec.sandbox_dir / "config.json").unlink()
+
+    async def halt_by_id(self, sandbox_id: str) -> None:
+        # the sentry, the gofer and the stubs are all in the cgroup; the first two were
+        # orphaned by `run --detach` and are ours to reap (see reaping.py)
+        self._paused.discard(sandbox_id)
+        members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
+        cgroups.kill_group(self.cgroup_parent, sandbox_id)
+        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+        # a sentry that died before (the host's OOM killer) left the cgroup as a zombie, and so
+        # did the stubs it had forked: runsc would wait for them
+        reap_dead_sandbox_processes()
+        await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
+        cgroups.remove_group(self.cgroup_parent, sandbox_id)
+        for leftover in (
+            f"{sandbox_id}_sandbox:{sandbox_id}.state",
+            f"{sandbox_id}_sandbox:{sandbox_id}.lock",
+            f"runsc-{sandbox_id}.sock",
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_root / leftover).unlink()
+
+    async def running_ids(self) -> set[str]:
+        """Sandboxes whose sentry is alive (runsc's own list goes on saying ``running`` for a
+        sandbox the host's OOM killer ended)."""
+        rc, out, _ = await run(self._argv("list", "--format=json"), timeout=30, check=False)
+        if rc != 0:
+            return set()
+        alive = set()
+        for state in json.loads(out or b"[]") or []:
+            if state.get("status") in ("running", "paused", "created") and _pid_alive(state.get("pid", 0)):
+                alive.add(str(state["id"]))
+        return alive
+
+    async def orphan_cgroups(self, known: set[str]) -> list[str]:
+        removed = []
+        for name in cgroups.children(self.cgroup_parent) - known:
+            cgroups.remove_group(self.cgroup_parent, name)
+            removed.append(name)
+        return removed
+
+    # terminals --------------------------------------------------------------------------
+    def terminal_argv(self, *, console_socket: Path, pid_file: Path, log_file: Path, cwd: str) -> list[str]:
+        """``runsc exec`` options for a detached process on a new terminal (no ``--tty``: a
+        console socket implies one)."""
+        return self._argv(
+            "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
+            "--pid-file", str(pid_file), "--cwd", cwd,
+        )  # fmt: skip
+
+
+def _first_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[0][:500] if lines else "runsc failed"
+
+
+def reap_dead_sandbox_processes() -> list[int]:
+    """Reap our zombie children that were gVisor sandbox processes (the sentry, the gofer and
+    systrap's stubs all run as ``exe``; the server never starts a program of that name, so
+    none of these is a child the event loop waits for). They became ours as orphans."""
+    me = str(os.getpid())
+    reaped = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")]
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if comm == b"exe" and fields[0] == b"Z" and fields[1].decode() == me:
+            if reaping.try_reap(int(entry.name)):
+                reaped.append(int(entry.name))
+    return reaped
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# network ------------------------------------------------------------------------------
+async def _prepare_network(netns: Path, record: Path) -> None:
+    """Record the netns's IPv4 addresses and routes while it has them; put them back when runsc
+    has moved them into a sandbox that is now gone (a restore in the same netns)."""
+    rc, out, _ = await run(
+        ["nsenter", f"--net={netns}", "ip", "-json", "-4", "-batch", "-"],
+        input=b"addr show\nroute show\n",
+        timeout=30,
+        check=False,
+    )
+    if rc != 0:
+        return
+    addrs, routes = _decode_all(out.decode())[:2] if out else ([], [])
+    found = [
+        {"dev": link["ifname"], "local": a["local"], "prefixlen": a["prefixlen"]}
+        for link in addrs
+        if link.get("ifname") != "lo"
+        for a in link.get("addr_info", [])
+        if a.get("family") == "inet"
+    ]
+    if found:
+        wanted = {"addrs": found, "routes": [r for r in routes if r.get("dev") != "lo"]}
+        record.write_text(json.dumps(wanted))
+        return
+    try:
+        wanted = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    commands = [f"addr add {a['local']}/{a['prefixlen']} dev {a['dev']}" for a in wanted["addrs"]]
+    for route in sorted(wanted["routes"], key=lambda r: "gateway" in r):  # on-link routes first
+        via = f" via {route['gateway']}" if "gateway" in route else ""
+        commands.append(f"route replace {route['dst']}{via} dev {route['dev']}")
+    await run(
+        ["nsenter", f"--net={netns}", "ip", "-force", "-batch", "-"],
+        input="".join(f"{c}\n" for c in commands).encode(),
+        timeout=30,
+        check=False,
+    )
+
+
+def _decode_all(text: str) -> list[Any]:
+    """``ip -json -batch`` prints one JSON document per command, back to back."""
+    decoder = json.JSONDecoder()
+    documents, index = [], 0
+    while index < len(text):
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index >= len(text):
+            break
+        document, index = decoder.raw_decode(text, index)
+        documents.append(document)
+    while len(documents) < 2:
+        documents.append([])
+    return documents
