@@ -139,6 +139,16 @@ class GVisorBackend:
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         return await self.executor.exec(sandbox_id, request)
 
+    async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
+        """The host cgroup's limits (the sentry keeps reporting the memory it was started with)."""
+        cgroups.set_limits(
+            self.cgroup_parent,
+            sandbox_id,
+            cpu_quota_us=vcpu * oci_config.CPU_PERIOD_US,
+            cpu_period_us=oci_config.CPU_PERIOD_US,
+            memory_bytes=memory_mib * 1024 * 1024,
+        )
+
     async def pause(self, sandbox_id: str) -> None:
         await run(self._argv("pause", sandbox_id), timeout=30)
         self._paused.add(sandbox_id)
@@ -154,9 +164,9 @@ class GVisorBackend:
         runsc always checkpoints with ``--leave-running``, on a paused sandbox (which it leaves
         paused): a failed checkpoint without it ends the sandbox, and one that fails is common
         (a TCP connection), while pausing by freezing should then still be possible."""
-        if self.executor.in_flight.get(sandbox_id):
-            # their callers hold host pipes, which a checkpoint cannot carry
+        if self.executor.busy(sandbox_id):
             raise CheckpointFailed("commands are running in the sandbox")
+        await self.executor.settle(sandbox_id)
         paused_here = sandbox_id not in self._paused
         if paused_here:
             await self.pause(sandbox_id)

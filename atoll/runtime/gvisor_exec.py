@@ -38,7 +38,9 @@ RUN_DIR = f"{oci_config.HELPER_DIR}/run"
 KILL_GRACE_S = 2.0  # after a timeout kill, how long the client gets to hand over partial output
 
 # PID 1's child (``init -- busybox sh -c AGENT atoll-agent [main command...]``). ``3<>`` opens
-# the FIFO read-write, so it never reads EOF while no client is connected.
+# the FIFO read-write, so it never reads EOF while no client is connected. Per request it forks
+# once; the fork starts the command (a second fork, which `setsid` makes a session leader),
+# waits for it, writes its status and wakes the client with SIGUSR1.
 AGENT = r"""
 R=/.atoll/run
 [ $# -gt 0 ] && "$@" </dev/null &
@@ -52,27 +54,37 @@ while read -r id <&3; do
     setsid "$@" </dev/null >$R/$id.out 2>$R/$id.err &
     echo $! >$R/$id.pid
     wait $!
-    echo $? 1<>$R/$id.done
+    echo $? >$R/$id.st
+    kill -USR1 $id
   ) &
 done
 """
 
 # ``atoll-exec ARGV...`` with the request's environment and working directory; fd 0 is the
-# status socket. The id is the client's own pid (what ExecuteAsync returned to Atoll).
+# status socket (Atoll never writes to it: reading it is how the client sleeps). It forks
+# nothing: it writes the request (its environment, directory and argv, quoted for the shell),
+# wakes the agent, sleeps until the status file appears (SIGUSR1 cuts the sleep short), reports
+# "STATUS STDERR_NONEMPTY" on fd 0 and becomes ``cat`` of the spooled stdout. The id is its pid
+# (what ExecuteAsync returned to Atoll).
 CLIENT = r"""
-R=/.atoll/run; id=$$; q="'"
-while [ ! -p $R/agent.fifo ]; do sleep 0.01; done
-rm -f $R/$id.done; mkfifo -m 600 $R/$id.done || exit 125
+R=/.atoll/run; id=$$; q="'"; s=
+while [ ! -p $R/agent.fifo ]; do read -t 0.01 x <&0; done
+: >$R/$id.st
 {
   export -p
-  printf "cd -- '%s' || { echo chdir 1<>$R/$id.done; exit; }\n" "${PWD//$q/$q\\$q$q}"
+  printf "cd -- '%s' || { echo chdir >$R/$id.st; kill -USR1 $id; exit; }\n" "${PWD//$q/$q\\$q$q}"
   printf 'set --'; for a; do printf " '%s'" "${a//$q/$q\\$q$q}"; done; echo
 } >$R/$id.req
+trap : USR1
 echo $id 1<>$R/agent.fifo
-read -r s <$R/$id.done
-cat $R/$id.out; cat $R/$id.err >&2
-rm -f $R/$id.req $R/$id.done $R/$id.out $R/$id.err $R/$id.pid
-echo "$s" >&0
+for t in 0.002 0.005 0.01 0.02 0.05 0.1 0.2 0.5; do
+  { read -r s <$R/$id.st; } 2>/dev/null && break
+  read -t $t x <&0
+done
+until { read -r s <$R/$id.st; } 2>/dev/null; do read -t 1 x <&0; done
+[ -s $R/$id.err ] && e=1 || e=0
+echo "$s $e" >&0
+[ "$s" = chdir ] || exec cat $R/$id.out
 """
 
 # ``atoll-kill ID [all]``: SIGKILL every process in the command's session until none is left
@@ -171,9 +183,20 @@ class Executor:
         self.state_root = state_root
         self.capabilities = capabilities
         self.in_flight: dict[str, int] = {}  # sandbox id -> running commands (no checkpoint then)
+        self._cleanups: dict[str, set[asyncio.Task[None]]] = {}
 
     def control_socket(self, sandbox_id: str) -> Path:
         return self.state_root / f"runsc-{sandbox_id}.sock"
+
+    def busy(self, sandbox_id: str) -> bool:
+        """Commands are running: their callers hold host pipes, which a checkpoint cannot carry."""
+        return bool(self.in_flight.get(sandbox_id))
+
+    async def settle(self, sandbox_id: str) -> None:
+        """Wait for the spool clean-ups still running in the sandbox."""
+        pending = self._cleanups.get(sandbox_id)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _spawn(
         self, sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, fds: Sequence[int]
@@ -190,20 +213,44 @@ class Executor:
             raise ExecSetupFailed(f"the sandbox is not running ({exc.strerror})") from None
         return int(pid)
 
-    async def kill(self, sandbox_id: str, client_pid: int, *, client_too: bool = False) -> None:
+    async def _run_helper(self, sandbox_id: str, argv: Sequence[str], stdout: int | None = None) -> None:
+        """Run a busybox helper in the sandbox to completion (stdout to ``stdout`` if given)."""
         null = os.open(os.devnull, os.O_RDWR)
         try:
-            argv = [oci_config.BUSYBOX_PATH, "sh", "-c", KILL, "atoll-kill", str(client_pid)]
-            if client_too:
-                argv.append("all")
-            pid = await self._spawn(sandbox_id, argv, {}, "/", [null, null, null])
+            pid = await self._spawn(
+                sandbox_id, argv, {}, "/", [null, null if stdout is None else stdout, null]
+            )
+            if stdout is not None:
+                os.close(stdout)
+                stdout = None
             await call(
                 self.control_socket(sandbox_id), "containerManager.WaitPID", {"PID": pid, "CID": sandbox_id}
             )
         except (ExecSetupFailed, ControlError, OSError):
-            pass  # the sandbox is gone: so is the command
+            pass  # the sandbox is gone, and so is what the helper was for
         finally:
             os.close(null)
+            if stdout is not None:
+                os.close(stdout)
+
+    async def kill(self, sandbox_id: str, client_pid: int, *, client_too: bool = False) -> None:
+        argv = [oci_config.BUSYBOX_PATH, "sh", "-c", KILL, "atoll-kill", str(client_pid)]
+        await self._run_helper(sandbox_id, [*argv, "all"] if client_too else argv)
+
+    def _clean_up(self, sandbox_id: str, request_id: int) -> None:
+        spool = [f"{RUN_DIR}/{request_id}.{kind}" for kind in ("req", "out", "err", "pid", "st")]
+        task = asyncio.create_task(
+            self._run_helper(sandbox_id, [oci_config.BUSYBOX_PATH, "rm", "-f", *spool])
+        )
+        pending = self._cleanups.setdefault(sandbox_id, set())
+        pending.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            pending.discard(finished)
+            if not pending:
+                self._cleanups.pop(sandbox_id, None)
+
+        task.add_done_callback(done)
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         self.in_flight[sandbox_id] = self.in_flight.get(sandbox_id, 0) + 1
@@ -218,26 +265,22 @@ class Executor:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
         try:
             argv = [oci_config.BUSYBOX_PATH, "sh", "-c", CLIENT, "atoll-exec", *request.argv]
             client = await self._spawn(
-                sandbox_id, argv, request.env, request.cwd, [theirs.fileno(), out_w, err_w]
+                sandbox_id, argv, request.env, request.cwd, [theirs.fileno(), out_w, null]
             )
         except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
+            os.close(out_r)
             ours.close()
             raise
         finally:
             theirs.close()
             os.close(out_w)
-            os.close(err_w)
+            os.close(null)
         out, err = bytearray(), bytearray()
-        readers = [
-            asyncio.create_task(_read_capped(loop, out_r, out, request.max_output_bytes)),
-            asyncio.create_task(_read_capped(loop, err_r, err, request.max_output_bytes)),
-        ]
+        reader = asyncio.create_task(_read_capped(loop, out_r, out, request.max_output_bytes))
         status_reader, status_writer = await asyncio.open_connection(sock=ours)
         timed_out = False
         status = b""
@@ -251,24 +294,43 @@ class Executor:
                     status = await asyncio.wait_for(status_reader.readline(), KILL_GRACE_S)
                 except TimeoutError:
                     await self.kill(sandbox_id, client, client_too=True)
-            # only the client holds our pipes: they end when it does
-            await asyncio.wait(readers, timeout=KILL_GRACE_S)
+            # the client turned into `cat` of the stdout spool: the pipe ends when it does
+            await asyncio.wait([reader], timeout=KILL_GRACE_S)
+            code, has_stderr = _parse_status(status)
+            if has_stderr:
+                err_r, err_w = os.pipe()
+                err_reader = asyncio.create_task(_read_capped(loop, err_r, err, request.max_output_bytes))
+                await self._run_helper(
+                    sandbox_id, [oci_config.BUSYBOX_PATH, "cat", f"{RUN_DIR}/{client}.err"], err_w
+                )
+                await asyncio.wait([err_reader], timeout=KILL_GRACE_S)
+                err_reader.cancel()
         finally:
             status_writer.close()
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._clean_up(sandbox_id, client)
         if timed_out:
             err += f"\nprocess timed out after {request.timeout:g}s and was killed\n".encode()
             return ExecResult(exit_code=124, stdout=bytes(out), stderr=bytes(err), timed_out=True)
-        text = status.strip()
-        if text == b"chdir":
+        if code is None:
             raise ExecSetupFailed(f"chdir to {request.cwd}: no such directory")
-        try:
-            code = int(text)
-        except ValueError:
-            code = 137  # the client was killed (the sandbox's deletion, or its memory limit)
         return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err))
+
+
+def _parse_status(line: bytes) -> tuple[int | None, bool]:
+    """The client's "STATUS STDERR_NONEMPTY" line: (exit code, or None for a missing working
+    directory; whether stderr has output). No line: the client was killed (137)."""
+    fields = line.split()
+    if not fields:
+        return 137, False
+    has_stderr = len(fields) > 1 and fields[1] == b"1"
+    if fields[0] == b"chdir":
+        return None, False
+    try:
+        return int(fields[0]), has_stderr
+    except ValueError:
+        return 137, has_stderr
 
 
 async def _read_capped(loop: asyncio.AbstractEventLoop, fd: int, into: bytearray, cap: int) -> None:
