@@ -20,9 +20,10 @@ adapted where gVisor differs:
   ``SCMP_ACT_ERRNO`` rule with EPERM; glibc falls back from ``clone3`` to ``clone`` only on
   ENOSYS, so ``clone3`` gets ``SCMP_ACT_TRACE`` instead (ENOSYS when no tracer is attached).
   ``syslog`` is allowed: it reads the sentry's own log, not the host's.
-- **Files**: writes land in the overlay's upper dir (``--overlay2=none``), and the root mount
-  is revalidated against the host (``--file-access=shared``), so the filesystem API, which works
-  on the host side of the overlay, and the sandbox see the same files.
+- **Files**: writes land in the overlay's upper dir (``--overlay2=none``), the root mount is
+  revalidated against the host (``--file-access=shared``) and ``/tmp`` is the root's own (runsc
+  would otherwise put a tmpfs there), so the filesystem API, which works on the host side of the
+  overlay, and the sandbox see the same files.
 - **Commands** run through an agent in the sandbox (``gvisor_exec``), so that what they leave
   behind survives checkpoint and restore.
 - **Memory**: gVisor has no OOM killer of its own; past the memory limit the host's OOM killer
@@ -85,6 +86,16 @@ def adapt_config(config: dict[str, Any], spec: SandboxSpec) -> dict[str, Any]:
         rule["names"] = [name for name in rule["names"] if name != "syslog"]
     if spec.netns_path is None:
         linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    # runsc hides an empty /tmp under a tmpfs of its own unless the spec mounts one: the
+    # filesystem API (which works on the root's host side) would then miss what is written there
+    config["mounts"].append(
+        {
+            "destination": "/tmp",
+            "type": "bind",
+            "source": str(spec.rootfs / "tmp"),
+            "options": ["rbind", "rw"],
+        }
+    )
     return config
 
 
@@ -116,6 +127,10 @@ class GVisorBackend:
     # bundle -----------------------------------------------------------------------------
     async def _prepare_bundle(self, spec: SandboxSpec) -> None:
         overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        tmp = spec.rootfs / "tmp"
+        if not tmp.is_dir() and not tmp.is_symlink():
+            tmp.mkdir()
+            tmp.chmod(0o1777)
         config = oci_config.build(
             spec,
             cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
