@@ -198,7 +198,7 @@ class PtyManager:
                     socket_dir=backend.state_root,
                 )
             except terminal.TerminalStartFailed as exc:
-                if "chdir" in str(exc) or "cwd" in str(exc):
+                if any(word in str(exc) for word in ("chdir", "cwd", "working directory")):
                     raise BadRequestError(
                         "invalid PTY parameters",
                         errors=[{"field": "cwd", "error": "directory does not exist"}],

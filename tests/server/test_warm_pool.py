@@ -36,10 +36,10 @@ def warm_server() -> Iterator[ServerProcess]:
 
 def containers(server: ServerProcess) -> set[str]:
     found: set[str] = set()
-    for runtime in ("crun", "runc"):
+    for runtime in ("crun", "runc", "runsc"):
         root = Path(f"/run/atoll/{server.instance}/{runtime}")
         if root.is_dir():
-            out = subprocess.run([runtime, "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            out = subprocess.run([runtime, "--root", str(root), "list", "--quiet"], capture_output=True, text=True)
             found |= set(out.stdout.split())
     return found
 
