@@ -36,16 +36,22 @@ from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
 
 RUN_DIR = f"{oci_config.HELPER_DIR}/run"
 KILL_GRACE_S = 2.0  # after a timeout kill, how long the client gets to hand over partial output
+# a helper that cannot start (the sandbox's process limit is used up, e.g. by a fork bomb whose
+# members keep exiting and forking) is tried again this many times, this long apart
+HELPER_ATTEMPTS = 50
+HELPER_RETRY_S = 0.05
 
-# PID 1's child (``init -- busybox sh -c AGENT atoll-agent [main command...]``). ``3<>`` opens
-# the FIFO read-write, so it never reads EOF while no client is connected. Per request it forks
-# once; the fork starts the command (a second fork, which `setsid` makes a session leader),
-# waits for it, writes its status and wakes the client with SIGUSR1.
+# PID 1's child (``init -- busybox sh -c AGENT AGENT [main command...]``: its own text is its
+# $0). ``3<>`` opens the FIFO read-write, so it never reads EOF while no client is connected.
+# Per request it forks once; the fork starts the command (a second fork, which `setsid` makes a
+# session leader), waits for it, writes its status and wakes the client with SIGUSR1. A shell
+# exits when it cannot fork (a fork bomb has used up the process limit), and PID 1 with it:
+# the agent then replaces itself with a fresh copy instead, which keeps the FIFO.
 AGENT = r"""
 R=/.atoll/run
+trap 'exec /.atoll/busybox sh -c "$0" "$0"' EXIT
 [ $# -gt 0 ] && "$@" </dev/null &
-rm -f $R/agent.fifo
-mkfifo -m 600 $R/agent.fifo
+[ -p $R/agent.fifo ] || { rm -f $R/agent.fifo; mkfifo -m 600 $R/agent.fifo; }
 exec 3<>$R/agent.fifo
 while read -r id <&3; do
   (
@@ -87,11 +93,13 @@ echo "$s $e" >&0
 [ "$s" = chdir ] || exec cat $R/$id.out
 """
 
-# ``atoll-kill ID [all]``: SIGKILL every process in the command's session until none is left
-# (a fork bomb keeps forking while it is being killed); with ``all``, the client too.
+# ``atoll-kill ID [all]``: SIGKILL every process in the command's session until none is left;
+# with ``all``, the client too. Its process group first, in one call (its members keep the
+# group unless they leave it; a fork bomb keeps forking while it is being killed one by one).
 KILL = r"""
 R=/.atoll/run; id=$1; mode=$2; s=
 read -r s <$R/$id.pid
+[ -n "$s" ] && kill -9 -- -$s && kill -9 -- -$s
 i=0
 while [ -n "$s" ] && [ $i -lt 50 ]; do
   i=$((i + 1)); found=
@@ -111,16 +119,8 @@ exit 0
 def agent_args(main_command: Sequence[str] | None) -> list[str]:
     """The sandbox's PID 1: the reaping init, supervising the agent (and the template's main
     process, which the agent starts first)."""
-    return [
-        oci_config.INIT_PATH,
-        "--",
-        oci_config.BUSYBOX_PATH,
-        "sh",
-        "-c",
-        AGENT,
-        "atoll-agent",
-        *(main_command or ()),
-    ]
+    busybox = oci_config.BUSYBOX_PATH
+    return [oci_config.INIT_PATH, "--", busybox, "sh", "-c", AGENT, AGENT, *(main_command or ())]
 
 
 class ControlError(RuntimeError):
@@ -217,9 +217,17 @@ class Executor:
         """Run a busybox helper in the sandbox to completion (stdout to ``stdout`` if given)."""
         null = os.open(os.devnull, os.O_RDWR)
         try:
-            pid = await self._spawn(
-                sandbox_id, argv, {}, "/", [null, null if stdout is None else stdout, null]
-            )
+            fds = [null, null if stdout is None else stdout, null]
+            for _ in range(HELPER_ATTEMPTS):
+                try:
+                    pid = await self._spawn(sandbox_id, argv, {}, "/", fds)
+                    break
+                except ExecSetupFailed as exc:
+                    if "try again" not in str(exc):
+                        raise
+                    await asyncio.sleep(HELPER_RETRY_S)
+            else:
+                return
             if stdout is not None:
                 os.close(stdout)
                 stdout = None

@@ -39,7 +39,8 @@ def containers(server: ServerProcess) -> set[str]:
     for runtime in ("crun", "runc", "runsc"):
         root = Path(f"/run/atoll/{server.instance}/{runtime}")
         if root.is_dir():
-            out = subprocess.run([runtime, "--root", str(root), "list", "--quiet"], capture_output=True, text=True)
+            argv = [runtime, "--root", str(root), "list", "--quiet"]
+            out = subprocess.run(argv, capture_output=True, text=True)
             found |= set(out.stdout.split())
     return found
 
