@@ -94,12 +94,15 @@ echo "$s $e" >&0
 """
 
 # ``atoll-kill ID [all]``: SIGKILL every process in the command's session until none is left;
-# with ``all``, the client too. Its process group first, in one call (its members keep the
-# group unless they leave it; a fork bomb keeps forking while it is being killed one by one).
+# with ``all``, the client too. A fork bomb keeps forking while it is being killed, so its
+# process group (which its members keep unless they leave it) is stopped first, a whole group
+# per call, until no member is left running, and then killed; the session's scan gets the rest.
 KILL = r"""
 R=/.atoll/run; id=$1; mode=$2; s=
 read -r s <$R/$id.pid
-[ -n "$s" ] && kill -9 -- -$s && kill -9 -- -$s
+i=0
+while [ -n "$s" ] && [ $i -lt 100 ] && kill -STOP -$s 2>/dev/null; do i=$((i + 1)); done
+[ -n "$s" ] && kill -9 -$s 2>/dev/null
 i=0
 while [ -n "$s" ] && [ $i -lt 50 ]; do
   i=$((i + 1)); found=
