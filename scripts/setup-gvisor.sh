@@ -11,7 +11,8 @@ SUITE=${RUNSC_SOURCE_SUITE:-trixie}
 VERSION=${RUNSC_VERSION:-0.0~20240729.0-4+b7}
 WANT=${VERSION%%-*}  # what the binary reports: "runsc version 0.0~20240729.0"
 
-if [[ -x $TARGET ]] && "$TARGET" --version 2>/dev/null | grep -qF "runsc version $WANT"; then
+# no pipes into grep -q / head here: with pipefail, runsc's SIGPIPE would fail the script
+if [[ -x $TARGET ]] && [[ $("$TARGET" --version 2>/dev/null || true) == *"runsc version $WANT"* ]]; then
   exit 0
 fi
 
@@ -28,4 +29,5 @@ rm -rf "$WORK/deb" && mkdir -p "$WORK/deb"
 dpkg-deb -x "$WORK"/deb/runsc_*.deb "$WORK/deb/x"
 install -m755 "$WORK/deb/x/usr/bin/runsc" "$TARGET"
 rm -rf "$WORK/deb"
-"$TARGET" --version | head -n 1
+version=$("$TARGET" --version)
+echo "${version%%$'\n'*}"
