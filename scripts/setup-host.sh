@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   crun runc               # OCI runtimes (crun: fast starts; runc: checkpointable)
   catatonit busybox-static  # static init and tools for Atoll's helper layer
+  gcc libc6-dev           # builds the in-sandbox exec agent (atoll/runtime/agent.c), statically
   mmdebstrap              # builds the default Debian template
   skopeo umoci            # templates from container images: pull (registry or archive), unpack
   nftables iproute2 iptables  # host-side sandbox network rules, netns and veths

@@ -38,6 +38,7 @@ _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table unification)
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_IN_ROOT = 0x10
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 RENAME_NOREPLACE = 0x1
@@ -51,7 +52,12 @@ class _OpenHow(ctypes.Structure):
 
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, RESOLVE)
+    return open_beneath(dirfd, path, flags, mode, resolve=RESOLVE)
+
+
+def open_beneath(dirfd: int, path: str, flags: int, mode: int = 0, *, resolve: int) -> int:
+    """``openat2(dirfd, path)`` with the ``RESOLVE_*`` flags ``resolve``."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
     raw = path.encode("utf-8", "surrogateescape")
     for _ in range(16):  # EAGAIN: a concurrent rename raced a ".." walk; the kernel asks to retry
         fd = _libc.syscall(SYS_OPENAT2, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))

@@ -1,11 +1,15 @@
 """Atoll's helper layer: a tiny read-only overlay layer on top of every template that carries
 static binaries the runtime relies on, so no template needs them and no sandbox's upper layer
-is touched by them: ``/.atoll/init`` (catatonit, a reaping PID 1) and ``/.atoll/busybox``."""
+is touched by them: ``/.atoll/agent`` (PID 1 of OCI sandboxes and their exec fast path, built
+from ``agent.c``), ``/.atoll/init`` (catatonit, a reaping PID 1 for gVisor sandboxes) and
+``/.atoll/busybox``."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from atoll.runtime import agent
 
 SOURCES = {
     "init": (Path("/usr/bin/catatonit"), "catatonit"),
@@ -25,4 +29,5 @@ def prepare(layer_dir: Path) -> Path:
             shutil.copy2(source, tmp)
             tmp.chmod(0o755)
             tmp.rename(dest)
+    agent.build(target / "agent")
     return layer_dir

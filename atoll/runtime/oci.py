@@ -1,7 +1,8 @@
 """The OCI backend: crun (fast) or runc (checkpointable) over one bundle format.
 
-Each sandbox is a bundle dir with an overlay root and a config.json; PID 1 is a static reaping
-init from Atoll's helper layer. Commands run through ``<runtime> exec`` (see ``oci_exec``).
+Each sandbox is a bundle dir with an overlay root and a config.json; PID 1 is Atoll's static
+agent from the helper layer (``agent.c``): it reaps orphans and runs commands on request (see
+``agent.py``); when it cannot, commands run through ``<runtime> exec`` (see ``oci_exec``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from atoll.runtime import cgroups, criu, oci_config, overlay, reaping
+from atoll.runtime import agent, cgroups, criu, oci_config, overlay, reaping
 from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
@@ -30,6 +31,7 @@ class OCIBackend:
             cgroups.ensure_crun_compatible()
         # Debian's crun is built without libcriu; runc drives CRIU itself
         self.can_checkpoint = self.name == "runc" and criu.works()
+        self._init_pids: dict[str, int] = {}  # sandbox id -> host pid of its PID 1 (the agent)
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
@@ -48,17 +50,50 @@ class OCIBackend:
             self._prepare_bundle(spec)
             log = spec.sandbox_dir / "runtime.log"
             argv = self._argv("--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
+            argv += ["--pid-file", str(self._init_pid_file(spec.sandbox_id))]
             await run([*argv, spec.sandbox_id], timeout=30, error_log=log)
+            await self._agent_ready(spec.sandbox_id)
         except BaseException:
             await self.halt(spec)
             raise
 
     @staticmethod
     def _init_args(spec: SandboxSpec) -> list[str]:
-        if spec.main_command:
-            # the init reaps orphans and forwards signals to the template's own main process
-            return [oci_config.INIT_PATH, "--", *spec.main_command]
-        return [oci_config.INIT_PATH, "-P"]
+        # the agent reaps orphans and forwards signals to the template's own main process
+        return agent.init_args(spec.main_command)
+
+    def _init_pid_file(self, sandbox_id: str) -> Path:
+        return self.state_root / f"{sandbox_id}.init.pid"
+
+    async def _init_pid(self, sandbox_id: str) -> int | None:
+        """The host pid of the sandbox's PID 1, checked to still be that sandbox's."""
+        pid = self._init_pids.get(sandbox_id)
+        if pid is None:
+            try:
+                pid = int(self._init_pid_file(sandbox_id).read_text())
+            except (FileNotFoundError, ValueError):
+                return None
+        try:  # a recycled pid would sit in another cgroup
+            with open(f"/proc/{pid}/cgroup") as f:
+                if sandbox_id not in f.read():
+                    raise ProcessLookupError
+        except (OSError, ProcessLookupError):
+            self._init_pids.pop(sandbox_id, None)
+            return None
+        self._init_pids[sandbox_id] = pid
+        return pid
+
+    async def _agent_ready(self, sandbox_id: str, timeout: float = 2.0) -> None:
+        """Wait until the agent listens, so that the first command takes the fast path. An
+        agent that never does (e.g. an old sandbox) only costs the fallback, never a failure."""
+        pid = await self._init_pid(sandbox_id)
+        if pid is None:
+            return
+        socket_path = Path(f"/proc/{pid}/root{agent.SOCKET_IN_SANDBOX}")
+        for _ in range(int(timeout / 0.001)):
+            if socket_path.exists():
+                return
+            await asyncio.sleep(0.001)
 
     async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
         """Write the sandbox's processes, memory and open files to ``image_dir``. Without
@@ -82,12 +117,14 @@ class OCIBackend:
     async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
         """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
         work = spec.sandbox_dir / "restore.work"
+        self._init_pids.pop(spec.sandbox_id, None)
         try:
             self._prepare_bundle(spec)
             log = spec.sandbox_dir / "runtime.log"
             argv = self._argv("--log", str(log), "restore", "--detach", "--image-path", str(image_dir))
             argv += ["--work-path", str(work), "--tcp-established", "--file-locks"]
             argv += ["--bundle", str(spec.sandbox_dir)]
+            argv += ["--pid-file", str(self._init_pid_file(spec.sandbox_id))]
             try:
                 await run([*argv, spec.sandbox_id], timeout=600, error_log=log)
             except CommandFailed as exc:
@@ -99,6 +136,9 @@ class OCIBackend:
             shutil.rmtree(work, ignore_errors=True)
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
+        init_pid = await self._init_pid(sandbox_id)
+        if init_pid is not None and (result := await agent.run(init_pid, request)) is not None:
+            return result
         pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"
         argv = self._argv(
             "exec", "--detach", "--no-new-privs", "--pid-file", str(pid_file), "--cwd", request.cwd
@@ -129,6 +169,9 @@ class OCIBackend:
             (spec.sandbox_dir / "config.json").unlink()
 
     async def halt_by_id(self, sandbox_id: str) -> None:
+        self._init_pids.pop(sandbox_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            self._init_pid_file(sandbox_id).unlink()
         # Kill through the cgroup first: it works on frozen sandboxes too, and `runc delete
         # --force` on a live container spends seconds freezing and polling.
         members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)

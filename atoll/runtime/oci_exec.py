@@ -1,4 +1,6 @@
-"""Running one command in an OCI sandbox and collecting its result.
+"""Running one command in an OCI sandbox through the runtime's ``exec``, and collecting its
+result: the fallback for when the sandbox's agent cannot take the command (``agent.py``: no
+socket, or its fork failed), and the same contract as the agent's.
 
 The runtime's ``exec --detach`` returns once the process has started (a foreground ``runc exec``
 copies output through its own pipes and waits until every holder of them is gone). The command

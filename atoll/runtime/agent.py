@@ -1,0 +1,163 @@
+"""The host side of the in-sandbox exec agent (``agent.c``, PID 1 of every OCI sandbox).
+
+A command runs by connecting to the agent's socket on the sandbox's private tmpfs and sending
+one request; the agent forks it inside the sandbox, where it inherits the namespaces, cgroup,
+capabilities and seccomp filter the agent already holds. That skips the runtime process per call
+(``runc exec`` re-creates all of those each time), which is most of an exec's cost.
+
+The socket is reached through ``/proc/<init>/root`` with ``openat2(RESOLVE_IN_ROOT |
+RESOLVE_NO_SYMLINKS)``: a sandbox that replaces it with a link cannot point Atoll at any other
+socket, and whatever answers is parsed as untrusted input. When the agent cannot take the request
+(no socket: a sandbox started before the agent existed, or the agent's fork failed because a
+fork bomb used up the process limit), ``run`` returns ``None`` and the caller falls back to the
+runtime's own exec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+from atoll.runtime import confined, oci_config
+from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
+
+SOURCE = Path(__file__).with_name("agent.c")
+AGENT_PATH = f"{oci_config.HELPER_DIR}/agent"
+SOCKET_IN_SANDBOX = f"{oci_config.HELPER_DIR}/run/agent.sock"
+KILL_GRACE_S = 2.0  # after a timeout kill, how long the agent gets to hand over partial output
+START_TIMEOUT_S = 30.0
+# an exec request is small; a reply line never legitimately exceeds this
+MAX_LINE = 4096
+
+
+def build(dest: Path) -> None:
+    """Compile ``agent.c`` statically to ``dest`` unless the binary there is from this source."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()
+    stamp = dest.with_name(dest.name + ".sha256")
+    if dest.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    try:
+        subprocess.run(
+            ["cc", "-static", "-Os", "-s", "-o", str(tmp), str(SOURCE)],
+            check=True,
+            capture_output=True,
+        )
+    except FileNotFoundError:
+        raise RuntimeError("cc is missing: install the Debian packages gcc and libc6-dev") from None
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"building {SOURCE.name} failed: {exc.stderr.decode()[-2000:]}") from None
+    tmp.chmod(0o755)
+    tmp.rename(dest)
+    stamp.write_text(digest + "\n")
+
+
+def init_args(main_command: tuple[str, ...] | list[str] | None) -> list[str]:
+    """PID 1's argv: the agent alone, or the agent supervising the template's main process."""
+    return [AGENT_PATH, "--", *main_command] if main_command else [AGENT_PATH]
+
+
+def encode(request: ExecRequest) -> bytes:
+    fields = [request.cwd, str(request.max_output_bytes), str(len(request.argv)), *request.argv]
+    fields += [f"{key}={value}" for key, value in request.env.items()]
+    payload = b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
+    return b"ATL1" + struct.pack("<I", len(payload)) + payload
+
+
+def _connect_fd(init_pid: int) -> socket.socket | None:
+    """A socket connected to the agent of the sandbox whose PID 1 is ``init_pid``, or None."""
+    try:
+        root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        target = confined.open_beneath(
+            root,
+            SOCKET_IN_SANDBOX.lstrip("/"),
+            os.O_PATH,
+            resolve=confined.RESOLVE_IN_ROOT | confined.RESOLVE_NO_SYMLINKS,
+        )
+    except OSError:
+        os.close(root)
+        return None
+    os.close(root)
+    try:
+        if not stat.S_ISSOCK(os.fstat(target).st_mode):
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            # connecting through the O_PATH descriptor's magic link reaches exactly that inode
+            sock.connect(f"/proc/self/fd/{target}")
+        except OSError:
+            sock.close()
+            return None
+        return sock
+    finally:
+        os.close(target)
+
+
+async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
+    """Run ``request`` through the agent; None when the agent did not take it (nothing ran)."""
+    sock = _connect_fd(init_pid)
+    if sock is None:
+        return None
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+    try:
+        writer.write(encode(request))
+        try:
+            started = await asyncio.wait_for(reader.readline(), START_TIMEOUT_S)
+        except (TimeoutError, ValueError, ConnectionError):
+            return None
+        if started.startswith(b"E "):
+            raise ExecSetupFailed(started[2:].decode(errors="replace").strip())
+        if not started.startswith(b"R "):
+            return None  # the agent could not fork (process limit) or is not ours to trust
+        timed_out = False
+        try:
+            done = await asyncio.wait_for(reader.readline(), request.timeout)
+        except TimeoutError:
+            timed_out = True
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"K")
+                await writer.drain()
+            try:
+                done = await asyncio.wait_for(reader.readline(), KILL_GRACE_S)
+            except (TimeoutError, ValueError, ConnectionError):
+                done = b""
+        except (ValueError, ConnectionError):
+            done = b""
+        code, out, err = await _result(reader, done, request.max_output_bytes)
+    finally:
+        writer.close()
+    if timed_out:
+        err += f"\nprocess timed out after {request.timeout:g}s and was killed\n".encode()
+        return ExecResult(exit_code=124, stdout=out, stderr=err, timed_out=True)
+    return ExecResult(exit_code=code, stdout=out, stderr=err)
+
+
+async def _result(reader: asyncio.StreamReader, line: bytes, cap: int) -> tuple[int, bytes, bytes]:
+    """Parse ``X status outlen errlen`` and read the output (never more than ``cap`` each)."""
+    parts = line.split()
+    if len(parts) != 4 or parts[0] != b"X":
+        return 137, b"", b""  # the agent's handler died (the sandbox's OOM killer, its deletion)
+    try:
+        code, out_len, err_len = (int(p) for p in parts[1:])
+    except ValueError:
+        return 137, b"", b""
+    if not (0 <= out_len <= cap and 0 <= err_len <= cap and 0 <= code <= 255):
+        return 137, b"", b""
+    try:
+        out = await asyncio.wait_for(reader.readexactly(out_len), KILL_GRACE_S + 30)
+        err = await asyncio.wait_for(reader.readexactly(err_len), KILL_GRACE_S + 30)
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        return code, b"", b""
+    return code, out, err
