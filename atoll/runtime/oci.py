@@ -19,6 +19,8 @@ from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
 
+_background: set[asyncio.Task[None]] = set()
+
 
 class OCIBackend:
     def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
@@ -52,6 +54,7 @@ class OCIBackend:
             argv = self._argv("--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
             argv += ["--pid-file", str(self._init_pid_file(spec.sandbox_id))]
             await run([*argv, spec.sandbox_id], timeout=30, error_log=log)
+            self.reap_runtime_orphans()
             await self._agent_ready(spec.sandbox_id)
         except BaseException:
             await self.halt(spec)
@@ -61,6 +64,14 @@ class OCIBackend:
     def _init_args(spec: SandboxSpec) -> list[str]:
         # the agent reaps orphans and forwards signals to the template's own main process
         return agent.init_args(spec.main_command)
+
+    def reap_runtime_orphans(self) -> None:
+        """After every runtime call that detaches (run, restore, exec): see reaping.py."""
+        if self.name != "crun":  # runc leaves only the sandbox's init, reaped when it halts
+            return
+        task = asyncio.create_task(reaping.reap_orphaned_zombies(frozenset({"crun"})))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     def _init_pid_file(self, sandbox_id: str) -> Path:
         return self.state_root / f"{sandbox_id}.init.pid"
@@ -129,6 +140,7 @@ class OCIBackend:
                 await run([*argv, spec.sandbox_id], timeout=600, error_log=log)
             except CommandFailed as exc:
                 raise CheckpointFailed(criu.log_errors(work / "restore.log") or str(exc)) from None
+            self.reap_runtime_orphans()
         except BaseException:
             await self.halt(spec)
             raise
@@ -145,7 +157,10 @@ class OCIBackend:
         )
         for key, value in request.env.items():
             argv += ["--env", f"{key}={value}"]
-        return await run_exec([*argv, sandbox_id], pid_file, request)
+        try:
+            return await run_exec([*argv, sandbox_id], pid_file, request)
+        finally:
+            self.reap_runtime_orphans()
 
     async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
         cgroups.set_limits(

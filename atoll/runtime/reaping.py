@@ -54,3 +54,38 @@ async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     try_reap(pid)
+
+
+def _zombie_children(names: frozenset[str]) -> set[tuple[int, str]]:
+    """(pid, start time) of our zombie children whose command name is in ``names``."""
+    found = set()
+    for task in os.scandir("/proc/self/task"):
+        try:
+            with open(f"{task.path}/children") as f:
+                pids = f.read().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if fields[0] == b"Z" and comm in names:
+                found.add((int(pid), fields[19].decode()))
+    return found
+
+
+async def reap_orphaned_zombies(names: frozenset[str], settle: float = 1.0) -> None:
+    """Reap zombies a runtime's own helper processes left to us: ``crun run --detach`` forks a
+    child that starts the container and exits after its parent did, so it is orphaned to us
+    with nobody to know its pid. A zombie seen twice, ``settle`` seconds apart, is not one the
+    event loop's child watcher is about to reap (those are reaped within milliseconds)."""
+    first = _zombie_children(names)
+    if not first:
+        return
+    await asyncio.sleep(settle)
+    for pid, _ in first & _zombie_children(names):
+        try_reap(pid)

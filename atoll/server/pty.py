@@ -204,6 +204,9 @@ class PtyManager:
                         errors=[{"field": "cwd", "error": "directory does not exist"}],
                     ) from None
                 raise ServerError(f"could not start the terminal: {exc}") from None
+            finally:
+                if reap := getattr(backend, "reap_runtime_orphans", None):
+                    reap()
             session.pump = asyncio.create_task(self._pump(session))
 
     async def _pump(self, session: PtySession) -> None:
