@@ -82,10 +82,11 @@ static void default_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static int write_all(int fd, const void *data, size_t len) {
-    const char *p = data;
+/* the whole of `len` bytes through read(2) or write(2), retrying short transfers */
+static int transfer_all(ssize_t (*op)(int, void *, size_t), int fd, void *data, size_t len) {
+    char *p = data;
     while (len > 0) {
-        ssize_t n = write(fd, p, len);
+        ssize_t n = op(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -96,19 +97,9 @@ static int write_all(int fd, const void *data, size_t len) {
     return 0;
 }
 
-static int read_all(int fd, void *data, size_t len) {
-    char *p = data;
-    while (len > 0) {
-        ssize_t n = read(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
+static ssize_t write_op(int fd, void *data, size_t len) { return write(fd, data, len); }
+static int write_all(int fd, const void *data, size_t len) { return transfer_all(write_op, fd, (void *)data, len); }
+static int read_all(int fd, void *data, size_t len) { return transfer_all(read, fd, data, len); }
 
 static void reply(int conn, const char *fmt, ...) {
     char line[512];
