@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import stat
@@ -28,6 +29,7 @@ from pathlib import Path
 from atoll.runtime import confined, oci_config
 from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
 
+log = logging.getLogger("atoll.agent")
 SOURCE = Path(__file__).with_name("agent.c")
 AGENT_PATH = f"{oci_config.HELPER_DIR}/agent"
 SOCKET_IN_SANDBOX = f"{oci_config.HELPER_DIR}/run/agent.sock"
@@ -108,6 +110,7 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
     """Run ``request`` through the agent; None when the agent did not take it (nothing ran)."""
     sock = _connect_fd(init_pid)
     if sock is None:
+        log.info("no agent socket in the sandbox of pid %d", init_pid)
         return None
     sock.setblocking(False)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
@@ -115,11 +118,13 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
         writer.write(encode(request))
         try:
             started = await asyncio.wait_for(reader.readline(), START_TIMEOUT_S)
-        except (TimeoutError, ValueError, ConnectionError):
+        except (TimeoutError, ValueError, ConnectionError) as exc:
+            log.info("agent of pid %d did not take a command: %r", init_pid, exc)
             return None
         if started.startswith(b"E "):
             raise ExecSetupFailed(started[2:].decode(errors="replace").strip())
         if not started.startswith(b"R "):
+            log.info("agent of pid %d did not take a command: %r", init_pid, started[:100])
             return None  # the agent could not fork (process limit) or is not ours to trust
         timed_out = False
         try:
