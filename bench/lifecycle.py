@@ -1,18 +1,19 @@
 """Lifecycle latency through the real API, next to the bare OCI runtime on the same rootfs.
 
-Starts its own `atoll serve` once per runtime (crun, and runc with CRIU), and for N runs
+Starts its own `atoll serve` once per runtime (crun, runc with CRIU, and gVisor's runsc when it
+is installed), and for N runs
 measures: create -> running, create -> first exec result, exec round trip (`true`), pause,
 resume (the first exec after a pause, which resumes the sandbox) and delete. Baselines from the
 same run: `crun run` of the same template rootfs on an overlay (bundle prepared beforehand) and
-`crun exec ... true` on a running container. With runc, pause is a checkpoint to disk.
+`crun exec ... true` on a running container. With runc and runsc, pause is a checkpoint to disk
+(the row says which kind the pauses were).
 
-    python bench/lifecycle.py [--runs 50] [--runtimes crun,runc]
+    python bench/lifecycle.py [--runs 50] [--runtimes crun,runc,runsc]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,13 +29,10 @@ os.environ.setdefault("ATOLL_TEST_IFACE_PREFIX", "atb")
 os.environ.setdefault("ATOLL_TEST_SUBNET", "10.241.0.0/16")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atoll.runtime import oci_config, overlay
-from atoll.runtime.spec import SandboxSpec
-from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, TemplateRegistry
+from atoll.runtime import overlay
+from bench._bare import BareBundles
 from bench._stats import row
 from tests._support.server import ServerProcess
-
-TEMPLATES = Path("/var/lib/atoll/templates")
 
 
 def ms(start: float) -> float:
@@ -43,31 +41,12 @@ def ms(start: float) -> float:
 
 def bare_runtime(runs: int, scratch: Path) -> tuple[list[float], list[float]]:
     """`crun run` of `echo hi` on a prepared overlay bundle, and `crun exec true`."""
-    template = TemplateRegistry(TEMPLATES).get(DEFAULT_TEMPLATE_NAME)
-    assert template is not None, "build the template first: atoll template build"
-    helpers = scratch / "helpers"
-    from atoll.runtime import helpers as helper_layer
-
-    helper_layer.prepare(helpers)
+    bundles = BareBundles(scratch)
     root = scratch / "crun-root"
     run_times, exec_times = [], []
     for i in range(runs + 1):
-        spec = SandboxSpec(
-            sandbox_id=f"benchbare{i}",
-            lower_dirs=(helpers, template.rootfs),
-            sandbox_dir=scratch / f"b{i}",
-            vcpu=1,
-            memory_mib=1024,
-            pids_limit=1024,
-            netns_path=None,
-            env=template.sandbox_env(),
-        )
-        overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        spec = bundles.make(f"benchbare{i}", "atoll_bench", init_args=["/bin/echo", "hi"])
         try:
-            config = oci_config.build(
-                spec, cgroups_path=f"/atoll_bench/{spec.sandbox_id}", init_args=["/bin/echo", "hi"]
-            )
-            (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
             argv = ["crun", "--root", str(root), "run", "--bundle", str(spec.sandbox_dir), spec.sandbox_id]
             start = time.perf_counter()
             out = subprocess.run(argv, capture_output=True, check=True).stdout
@@ -78,20 +57,8 @@ def bare_runtime(runs: int, scratch: Path) -> tuple[list[float], list[float]]:
             overlay.unmount(spec.rootfs)
             shutil.rmtree(spec.sandbox_dir, ignore_errors=True)
     # exec baseline on one long-lived bare container
-    spec = SandboxSpec(
-        sandbox_id="benchbareexec",
-        lower_dirs=(helpers, template.rootfs),
-        sandbox_dir=scratch / "exec",
-        vcpu=1,
-        memory_mib=1024,
-        pids_limit=1024,
-        netns_path=None,
-        env=template.sandbox_env(),
-    )
-    overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+    spec = bundles.make("benchbareexec", "atoll_bench")
     try:
-        config = oci_config.build(spec, cgroups_path="/atoll_bench/exec")
-        (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
         bundle = str(spec.sandbox_dir)
         argv = ["crun", "--root", str(root), "run", "--detach", "--bundle", bundle, spec.sandbox_id]
         quiet = subprocess.DEVNULL
@@ -127,6 +94,7 @@ def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {
         k: [] for k in ("create", "create_to_exec", "exec", "pause", "resume_exec", "delete")
     }
+    pause_kinds: set[str] = set()
     with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
         warm = http.post("/v1/sandbox", json={}).json()["id"]
         for _ in range(runs):
@@ -147,13 +115,24 @@ def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
             results["exec"].append(ms(start))
         for _ in range(runs):
             start = time.perf_counter()
-            http.post(f"/v1/sandbox/{warm}/pause").raise_for_status()
+            paused = http.post(f"/v1/sandbox/{warm}/pause")
+            paused.raise_for_status()
             results["pause"].append(ms(start))
+            pause_kinds.add(str(paused.json().get("pause_kind")))
             start = time.perf_counter()
             http.post(f"/v1/sandbox/{warm}/process/execute", json={"command": "true"}).raise_for_status()
             results["resume_exec"].append(ms(start))
         http.delete(f"/v1/sandbox/{warm}/")
+    PAUSE_KINDS[server.runtime] = "/".join(sorted(pause_kinds))
     return results
+
+
+PAUSE_KINDS: dict[str, str] = {}  # runtime -> how its pauses went (checkpoint, freeze)
+
+
+def default_runtimes() -> str:
+    """crun and runc, and runsc (gVisor) when it is installed (scripts/setup-gvisor.sh)."""
+    return "crun,runc,runsc" if shutil.which("runsc") else "crun,runc"
 
 
 def main() -> None:
@@ -161,7 +140,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--runtimes", default="crun,runc")
+    parser.add_argument("--runtimes", default=default_runtimes())
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
     results = {}
@@ -191,7 +170,7 @@ def main() -> None:
     print(row("baseline: crun run (echo hi)", bare_run))
     print(row("baseline: crun exec true", bare_exec))
     for runtime, api in results.items():
-        pause = "checkpoint" if runtime == "runc" else "freeze"
+        pause = PAUSE_KINDS.get(runtime, "freeze")
         print(row(f"[{runtime}] create -> running", api["create"], bare_run))
         print(row(f"[{runtime}] create -> first exec", api["create_to_exec"], bare_run))
         print(row(f"[{runtime}] warm pool: create -> first exec", api["warm"], bare_run))

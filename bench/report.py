@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("lifecycle", "snapshots", "density", "router", "egress")
+ORDER = ("lifecycle", "burst", "snapshots", "density", "router", "egress")
 TIMEOUT_S = 1800
 
 

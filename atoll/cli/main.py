@@ -106,6 +106,9 @@ def serve(
     warm_pool_size: Annotated[
         int, typer.Option(envvar="ATOLL_WARM_POOL", help="Sandboxes booted ahead of demand (0: off).")
     ] = 2,
+    disk_pool_size: Annotated[
+        int, typer.Option(envvar="ATOLL_DISK_POOL", help="Sandbox disks mounted ahead of demand (0: off).")
+    ] = 4,
     max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
     cpu_overcommit: Annotated[
         float, typer.Option(envvar="ATOLL_CPU_OVERCOMMIT", help="vCPU budget per host CPU.")
@@ -166,6 +169,7 @@ def serve(
         rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
+        disk_pool_size=disk_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
         cpu_overcommit=cpu_overcommit,
         memory_overcommit=memory_overcommit,
@@ -190,6 +194,10 @@ def serve(
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
+        # longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
+        # client reusing one just as the server closed it gets a broken connection instead of
+        # an answer, which under a burst of creates happened to requests it had queued
+        timeout_keep_alive=75,
     )
 
 

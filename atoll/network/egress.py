@@ -1,6 +1,7 @@
 """Egress policy enforcement for one Atoll instance: the per-sandbox nftables objects, the DNS
 resolver, the egress proxy and the counters, behind the hooks the sandbox manager calls.
 
+    preinstall(slot, p)  for a warm sandbox (nothing runs in it): policy p's rules, no state yet
     attach(Attachment)   at boot, before the sandbox's first process: rules + resolver/proxy state
     detach(id, slot)     at stop/delete/failed boot: everything per-sandbox is removed
     reconcile(adopted)   at start-up: re-attach surviving sandboxes, remove any other s<N>_ object
@@ -172,6 +173,7 @@ class EgressService:
         self._nft: Nft | None = None
         self._by_ip: dict[str, SandboxEgress] = {}
         self._by_id: dict[str, SandboxEgress] = {}
+        self._installed: dict[int, EgressPolicy] = {}  # slot -> rules in place, no sandbox attached
         self._base_guard = AddressGuard(subnet=config.subnet, deny_cidrs=config.deny_cidrs)
         self._guard = self._base_guard
         self._refresher: asyncio.Task[None] | None = None
@@ -279,17 +281,39 @@ class EgressService:
                     "sandbox %s: could not install its egress CA at /%s: %s", sandbox_dir.name, path, exc
                 )
 
+    def _rules(self, slot: Slot, policy: EgressPolicy) -> str:
+        return egress_rules.attach(
+            self.table, index=slot.index, ifname=slot.host_ifname, policy=policy, proxy_port=self.proxy_port
+        )
+
+    async def preinstall(self, slot: Slot, policy: Mapping[str, Any] | None) -> None:
+        """Put a policy's rules in place for a slot no sandbox is attached to yet (a warm
+        sandbox's: nothing runs in it to use them). An ``attach`` of the same policy to that slot
+        then only registers the sandbox; another policy replaces them; ``detach`` removes them."""
+        parsed = EgressPolicy.from_wire(policy)
+        await self._install(slot, self._rules(slot, parsed))
+        self._installed[slot.index] = parsed
+
+    async def _install(self, slot: Slot, batch: str) -> None:
+        # libnftables blocks for milliseconds (the kernel validates the ruleset's jumps and commits
+        # the transaction): in a thread, so that the event loop serves other requests meanwhile
+        try:
+            await asyncio.to_thread(self.nft.run, batch)
+        except NftError:
+            # a leftover of a failed attach
+            await asyncio.to_thread(self._remove_slot_objects, slot.index, slot.host_ifname)
+            await asyncio.to_thread(self.nft.run, batch)
+
     async def attach(self, attachment: Attachment) -> None:
         policy = EgressPolicy.from_wire(attachment.policy)
         slot = attachment.slot
-        batch = egress_rules.attach(
-            self.table, index=slot.index, ifname=slot.host_ifname, policy=policy, proxy_port=self.proxy_port
-        )
-        try:
-            self.nft.run(batch)
-        except NftError:
-            self._remove_slot_objects(slot.index, slot.host_ifname)  # a leftover of a failed attach
-            self.nft.run(batch)
+        installed = self._installed.pop(slot.index, None)
+        batch = self._rules(slot, policy)
+        if installed is None:
+            await self._install(slot, batch)
+        elif self._rules(slot, installed) != batch:  # another policy's rules: replaced
+            await self._remove_installed(slot, installed)
+            await self._install(slot, batch)
         state = SandboxEgress(self, attachment, policy)
         self._by_ip[slot.sandbox_ip] = state
         self._by_id[attachment.sandbox_id] = state
@@ -298,20 +322,23 @@ class EgressService:
         state = self._by_id.pop(sandbox_id, None)
         if state is not None and self._by_ip.get(state.slot.sandbox_ip) is state:
             del self._by_ip[state.slot.sandbox_ip]
-        if state is None or state.slot.index != slot.index:
-            self._remove_slot_objects(slot.index, slot.host_ifname)
-            return
+        installed = self._installed.pop(slot.index, None)
+        if state is not None and state.slot.index == slot.index:
+            await self._remove_installed(slot, state.policy)
+        elif installed is not None:
+            await self._remove_installed(slot, installed)
+        else:
+            await asyncio.to_thread(self._remove_slot_objects, slot.index, slot.host_ifname)
+
+    async def _remove_installed(self, slot: Slot, policy: EgressPolicy) -> None:
+        """Remove the objects ``policy``'s rules made for ``slot`` (all of them, whatever fails)."""
+        batch = egress_rules.detach(
+            self.table, index=slot.index, ifname=slot.host_ifname, **egress_rules.objects(policy)
+        )
         try:
-            self.nft.run(
-                egress_rules.detach(
-                    self.table,
-                    index=slot.index,
-                    ifname=slot.host_ifname,
-                    **egress_rules.objects(state.policy),
-                )
-            )
+            await asyncio.to_thread(self.nft.run, batch)
         except NftError:
-            self._remove_slot_objects(slot.index, slot.host_ifname)
+            await asyncio.to_thread(self._remove_slot_objects, slot.index, slot.host_ifname)
 
     async def reconcile(self, adopted: Sequence[Attachment]) -> list[str]:
         """Start-up: remove every per-sandbox object whose slot no adopted sandbox holds, and

@@ -1,15 +1,32 @@
 """Creates and removes one sandbox's network: a named netns and a veth pair to the host.
-Blocking netlink calls (pyroute2); the pool runs them off the event loop."""
+
+Done with batches of iproute2's ``ip`` (three short processes, ~7 ms): pyroute2 took ~60 ms of
+mostly Python per slot, holding the interpreter lock against the event loop, which under a
+burst of creates made the whole server crawl. Blocking calls; the pool runs them off the
+event loop."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from pathlib import Path
 
-from pyroute2 import IPRoute, NetNS, netns
-from pyroute2.netlink.exceptions import NetlinkError
+from atoll.network.addressing import NETNS_DIR, Slot
 
-from atoll.network.addressing import Slot
+SYS_CLASS_NET = Path("/sys/class/net")
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def _ip(*args: str, batch: str, check: bool = True) -> None:
+    done = subprocess.run(
+        ["ip", *args, "-batch", "-"], input=batch.encode(), capture_output=True, timeout=30, check=False
+    )
+    if check and done.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)} -batch failed: {done.stderr.decode(errors='replace').strip()}")
 
 
 def _write_sysctl(path: str, value: str) -> None:
@@ -18,46 +35,44 @@ def _write_sysctl(path: str, value: str) -> None:
 
 
 def create(slot: Slot) -> None:
-    remove(slot)  # a leftover from a crash must not make the slot unusable
-    netns.create(slot.netns_name)
+    if slot.netns_path.exists() or (SYS_CLASS_NET / slot.host_ifname).exists():
+        remove(slot)  # a leftover from a crash must not make the slot unusable
+    host, name = slot.host_ifname, slot.netns_name
     try:
-        with IPRoute() as ipr:
-            ipr.link(
-                "add",
-                ifname=slot.host_ifname,
-                kind="veth",
-                peer={"ifname": "eth0", "net_ns_fd": slot.netns_name},
-            )
-            host = ipr.link_lookup(ifname=slot.host_ifname)[0]
-            # no IPv6 on the host end: link-local addresses would be a second way to the host
-            _write_sysctl(f"/proc/sys/net/ipv6/conf/{slot.host_ifname}/disable_ipv6", "1")
-            ipr.addr("add", index=host, address=slot.host_ip, prefixlen=slot.prefixlen)
-            ipr.link("set", index=host, state="up")
-        with NetNS(slot.netns_name) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-            inner = ns.link_lookup(ifname="eth0")[0]
-            ns.addr("add", index=inner, address=slot.sandbox_ip, prefixlen=slot.prefixlen)
-            ns.link("set", index=inner, state="up")
-            ns.route("add", dst="default", gateway=slot.host_ip)
+        _ip(batch=f"netns add {name}\nlink add {host} type veth peer name eth0 netns {name}\n")
+        # no IPv6 on the host end (set while it is down, before it has a link-local address):
+        # link-local addresses would be a second way to the host
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
+        _ip(batch=f"addr add {slot.host_ip}/{slot.prefixlen} dev {host}\nlink set {host} up\n")
+        _ip(
+            "-n",
+            name,
+            batch=(
+                "link set lo up\n"
+                f"addr add {slot.sandbox_ip}/{slot.prefixlen} dev eth0\n"
+                "link set eth0 up\n"
+                f"route add default via {slot.host_ip}\n"
+            ),
+        )
     except BaseException:
         remove(slot)
         raise
 
 
 def remove(slot: Slot) -> None:
-    with IPRoute() as ipr:
-        for index in ipr.link_lookup(ifname=slot.host_ifname):
-            with contextlib.suppress(NetlinkError):
-                ipr.link("del", index=index)
-    if Path(slot.netns_path).exists():
-        with contextlib.suppress(OSError):
-            netns.remove(slot.netns_name)
+    """Remove the veth pair and the netns, whichever exist (idempotent)."""
+    lines = []
+    if (SYS_CLASS_NET / slot.host_ifname).exists():
+        lines.append(f"link del {slot.host_ifname}")
+    if slot.netns_path.exists():
+        lines.append(f"netns del {slot.netns_name}")
+    if lines:
+        _ip("-force", batch="\n".join(lines) + "\n", check=False)
 
 
 def existing_netns() -> list[str]:
-    return list(netns.listnetns())
+    return sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else []
 
 
 def existing_ifnames() -> list[str]:
-    with IPRoute() as ipr:
-        return [str(link.get("ifname")) for link in ipr.link("dump")]
+    return sorted(os.listdir(SYS_CLASS_NET))

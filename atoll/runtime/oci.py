@@ -19,8 +19,6 @@ from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
 
-_background: set[asyncio.Task[None]] = set()
-
 
 class OCIBackend:
     def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
@@ -34,6 +32,8 @@ class OCIBackend:
         # Debian's crun is built without libcriu; runc drives CRIU itself
         self.can_checkpoint = self.name == "runc" and criu.works()
         self._init_pids: dict[str, int] = {}  # sandbox id -> host pid of its PID 1 (the agent)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_wanted = False
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
@@ -66,12 +66,18 @@ class OCIBackend:
         return agent.init_args(spec.main_command)
 
     def reap_runtime_orphans(self) -> None:
-        """After every runtime call that detaches (run, restore, exec): see reaping.py."""
+        """After every runtime call that detaches (run, restore, exec): see reaping.py. One
+        sweep at a time: calls during a sweep ask for one more round after it."""
         if self.name != "crun":  # runc leaves only the sandbox's init, reaped when it halts
             return
-        task = asyncio.create_task(reaping.reap_orphaned_zombies(frozenset({"crun"})))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self._sweep_wanted = True
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while self._sweep_wanted:
+            self._sweep_wanted = False
+            await reaping.reap_orphaned_zombies(frozenset({"crun"}))
 
     def _init_pid_file(self, sandbox_id: str) -> Path:
         return self.state_root / f"{sandbox_id}.init.pid"

@@ -32,27 +32,32 @@ def try_reap(pid: int) -> bool:
     return done == pid
 
 
-async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
-    """Wait (without blocking the loop) until ``pid`` exits, and reap it if it is ours."""
+async def exited(pid: int, timeout: float | None = None) -> None:
+    """Wait (without blocking the loop) until ``pid`` has exited, without reaping it; returns at
+    ``timeout`` regardless."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        try_reap(pid)
         return
     loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
 
     def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
+        if not done.done():
+            done.set_result(None)
 
     loop.add_reader(pidfd, on_exit)
     try:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(exited, timeout)
+            await asyncio.wait_for(done, timeout)
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
+    """Wait (without blocking the loop) until ``pid`` exits, and reap it if it is ours."""
+    await exited(pid, timeout)
     try_reap(pid)
 
 

@@ -25,7 +25,9 @@ from atoll.router import ObservedRepository, build_router
 from atoll.runtime import helpers, hostlimits, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
+from atoll.runtime.disk import DiskPool
 from atoll.server import errors
+from atoll.server.activity import Activity, ActivityMiddleware
 from atoll.server.manager import SandboxManager
 from atoll.server.pty import PtyManager
 from atoll.server.ratelimit import RateLimitMiddleware
@@ -148,6 +150,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
     report = await reconcile(manager)
     report.removed += await snapshots_service.sweep()
+    activity: Activity = app.state.activity
+    disks = None
+    if settings.disk_quota:  # started even when off: it removes a crashed server's pooled disks
+        disks = DiskPool(
+            settings.disk_pool_dir,
+            size_mib=settings.disk_mib,
+            blank_dir=settings.blank_disks_dir,
+            target_size=settings.disk_pool_size,
+        )
+        report.removed += await disks.start()
+        manager.disks = disks if settings.disk_pool_size > 0 else None
     app.state.repo = repo
     app.state.manager = manager
     app.state.ptys = ptys = PtyManager(manager)
@@ -162,7 +175,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.presigned = router.presigned
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
     manager.warm = warm = WarmPool(
-        manager, size=settings.warm_pool_size, template_names=settings.warm_templates
+        manager, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
     )
     warm.start()
     try:
@@ -172,7 +185,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
         # in order, and each step even when an earlier one failed: a half shutdown leaks
-        for step in (router.stop, ptys.close, warm.close, pool.close, egress.close, engine.dispose):
+        steps = [router.stop, ptys.close, warm.close, *([disks.close] if disks else []), pool.close]
+        for step in (*steps, egress.close, engine.dispose):
             try:
                 await step()
             except Exception:
@@ -188,8 +202,10 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
+    app.state.activity = activity = Activity()
     errors.install(app)
     app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
+    app.add_middleware(ActivityMiddleware, activity=activity)
     for module in (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, health):
         app.include_router(module.router)
     return app

@@ -85,6 +85,7 @@ class SandboxManager:
         )
         self._locks: dict[str, asyncio.Lock] = {}
         self.warm: WarmPool | None = None  # set by the app when warm pools are enabled
+        self.disks: disk.DiskPool | None = None  # set by the app: disks mounted ahead of demand
         # called with a sandbox id before its processes go away (PTY sessions end with it)
         self.teardown_hooks: list[Callable[[str], Awaitable[None]]] = []
         # a sandbox any of these hold (say True for) is paused by freezing, never checkpointed:
@@ -200,48 +201,76 @@ class SandboxManager:
     def slot_of(self, row: SandboxRow) -> Slot | None:
         return self.pool.plan.slot(row.net_slot) if row.net_slot else None
 
-    async def _boot(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
-        """Network + root + PID 1 for a row in ``starting`` (from a checkpoint ``image`` when
-        given); on failure nothing is left running."""
+    async def attach_disk(self, row: SandboxRow) -> None:
+        """The sandbox's disk: a pooled one moved into place when one is ready, else made now."""
+        spec = self.disk_of(row)
+        if self.disks is None or not self.disks.take(spec):
+            await disk.attach(spec)
+
+    async def _boot(self, row: SandboxRow, template: Template, image: Path | None = None) -> dict[str, Any]:
+        """Network + root + PID 1 for a sandbox about to be ``running`` (from a checkpoint
+        ``image`` when given); on failure nothing is left running and ``row.net_slot`` is None.
+        Returns the values to record with the move to ``running`` (its slot among them: a crash
+        before that write leaves a slot no record names, which the start-up sweep frees).
+
+        The egress rules go in while the runtime starts PID 1, when that is Atoll's idle init
+        (a template without a main process): nothing can use the network before the create
+        returns, and until they are in, the sandbox has no egress at all (fail closed)."""
         slot = await self.pool.acquire()
+        attaching: asyncio.Future[None] | None = None
         try:
-            await disk.attach(self.disk_of(row))
-            row = await self._attach_network(row, slot)
+            await self.attach_disk(row)
+            row, recorded = self._network_files(row, slot)
+            if self.egress is not None:
+                attaching = asyncio.ensure_future(self.egress.attach(self._attachment(row, slot)))
+                if template.cmd or image is not None:  # its own processes run at once
+                    await attaching
             spec = self.spec_for(row, template, slot)
             if image is None:
                 await self.backend_for(row).boot(spec)
             else:
                 await self.backend_for(row).restore(spec, image)
+            if attaching is not None:
+                await attaching
         except BaseException:
+            if attaching is not None:
+                with contextlib.suppress(BaseException):  # done (or failed) before its rules go
+                    await asyncio.shield(attaching)
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
             await self.pool.release(slot)
-            await self.repo.update_sandbox(row.id, net_slot=None)
+            row.net_slot = None
             raise
         now = utcnow()
-        return await self.move(
-            row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
-        )
+        return {**recorded, "launch_time": now, "timeout_at": now + dt.timedelta(seconds=row.timeout)}
 
-    async def _attach_network(self, row: SandboxRow, slot: Slot) -> SandboxRow:
-        """Give the row its slot, its /etc files and its egress policy (before any of its
-        processes runs: a sandbox has no egress until attached)."""
-        row = await self.repo.update_sandbox(row.id, net_slot=slot.index)
+    def _network_files(self, row: SandboxRow, slot: Slot) -> tuple[SandboxRow, dict[str, Any]]:
+        """Give the row its slot and its /etc files. The row changes in memory; returns it and
+        the values the caller records with its next write."""
+        row.net_slot = slot.index
+        recorded: dict[str, Any] = {"net_slot": slot.index}
         if self.egress is not None and (ca_env := self.egress.sandbox_env(row.network_policy)):
             if any(k not in row.env_vars for k in ca_env):  # the caller's own values win
-                row = await self.repo.update_sandbox(row.id, env_vars={**ca_env, **row.env_vars})
+                row.env_vars = recorded["env_vars"] = {**ca_env, **row.env_vars}
         self.write_etc(row, slot)
+        return row, recorded
+
+    def _attachment(self, row: SandboxRow, slot: Slot) -> Attachment:
+        return Attachment(
+            sandbox_id=row.id,
+            org_id=row.org_id,
+            policy=row.network_policy,
+            slot=slot,
+            sandbox_dir=self.sandbox_dir(row.id),
+        )
+
+    async def _attach_network(self, row: SandboxRow, slot: Slot) -> tuple[SandboxRow, dict[str, Any]]:
+        """Slot, /etc files and egress policy, before any of the sandbox's processes runs (a
+        sandbox has no egress until attached); see ``_network_files`` for what it returns."""
+        row, recorded = self._network_files(row, slot)
         if self.egress is not None:
-            await self.egress.attach(
-                Attachment(
-                    sandbox_id=row.id,
-                    org_id=row.org_id,
-                    policy=row.network_policy,
-                    slot=slot,
-                    sandbox_dir=self.sandbox_dir(row.id),
-                )
-            )
-        return row
+            await self.egress.attach(self._attachment(row, slot))
+        return row, recorded
 
     async def _teardown(self, row: SandboxRow, *, keep_disk: bool) -> None:
         """Release everything the sandbox holds on the host (idempotent)."""
@@ -274,7 +303,8 @@ class SandboxManager:
                 errors=[{"field": "template_name", "error": f"template {params.template_name!r} not found"}],
             )
         limit = self.settings.max_sandboxes_per_org
-        if limit is not None and await self.repo.count_active(org_id) >= limit:
+        active = await self.repo.count_active(org_id) if limit is not None else 0
+        if limit is not None and active + self.capacity.booting(org_id) >= limit:
             raise ConflictError(f"organisation limit reached: at most {limit} sandboxes")
         row = SandboxRow(
             id=new_sandbox_id(),
@@ -296,46 +326,52 @@ class SandboxManager:
         return await self.boot_new(row, template)
 
     async def _claim(self, row: SandboxRow, warm: WarmSandbox) -> SandboxRow:
-        """Turn a warm sandbox into this request's sandbox (see ``atoll.server.warm``)."""
+        """Turn a warm sandbox into this request's sandbox (see ``atoll.server.warm``): its
+        limits, /etc files and egress policy first (nothing runs in it yet, and no record
+        names it), then one write records it as running. Whatever fails, the warm sandbox is
+        removed and nothing of the request stays."""
         row.id = warm.sandbox_id
+        assert self.warm is not None
+        try:
+            await self.backend_for(row).set_limits(row.id, vcpu=row.vcpu, memory_mib=row.memory)
+            row, _ = await self._attach_network(row, warm.slot)  # recorded by the insert below
+        except Exception as exc:
+            log.exception("claiming warm sandbox %s failed", row.id)
+            await self._discard_claimed(warm)
+            raise ServerError(f"sandbox failed to start: {exc}") from exc
+        now = utcnow()
+        row.state = State.RUNNING
+        row.launch_time = row.state_change_time = now
+        row.timeout_at = now + dt.timedelta(seconds=row.timeout)
         try:
             async with self.capacity.admit(row.vcpu, row.memory):
                 await self.repo.add_sandbox(row)
         except BaseException:
-            assert self.warm is not None
-            await self.warm.discard(warm)
+            await self._discard_claimed(warm)
             raise
-        async with self._lock(row.id):
-            try:
-                await self.backend_for(row).set_limits(row.id, vcpu=row.vcpu, memory_mib=row.memory)
-                row = await self._attach_network(row, warm.slot)
-            except Exception as exc:
-                log.exception("claiming warm sandbox %s failed", row.id)
-                await self._fail_new(row)
-                raise ServerError(f"sandbox failed to start: {exc}") from exc
-            now = utcnow()
-            return await self.move(
-                row, Event.BOOTED, launch_time=now, timeout_at=now + dt.timedelta(seconds=row.timeout)
-            )
+        return row
+
+    async def _discard_claimed(self, warm: WarmSandbox) -> None:
+        assert self.warm is not None
+        await self.warm.discard(warm)  # its egress rules and state go too
 
     async def boot_new(self, row: SandboxRow, template: Template, image: Path | None = None) -> SandboxRow:
-        """Record and boot a brand-new sandbox; one that fails to start is deleted at once."""
-        async with self.capacity.admit(row.vcpu, row.memory):
-            await self.repo.add_sandbox(row)
-        async with self._lock(row.id):
+        """Boot a brand-new sandbox, then record it, running, in one write (its room on the host
+        is reserved meanwhile, and nobody knows its id yet). One that fails to start is removed
+        at once, and leaves nothing, not even a record. A crash mid-boot leaves host resources
+        no record names: the start-up reconciliation removes them."""
+        async with self.capacity.reserve(row.id, row.org_id, row.vcpu, row.memory), self._lock(row.id):
             try:
-                return await self._boot(row, template, image)
+                for name, value in (await self._boot(row, template, image)).items():
+                    setattr(row, name, value)
+                row.state = State.RUNNING
+                row.state_change_time = utcnow()
+                await self.repo.add_sandbox(row)
             except Exception as exc:
                 log.exception("sandbox %s failed to start", row.id)
-                await self._fail_new(row)
+                await self._teardown(row, keep_disk=False)
                 raise ServerError(f"sandbox failed to start: {exc}") from exc
-
-    async def _fail_new(self, row: SandboxRow) -> None:
-        """A brand-new sandbox that did not come up is deleted at once, leaving nothing."""
-        row = await self.move(row, Event.FAILED)
-        row = await self.move(row, Event.DELETE)
-        await self._teardown(row, keep_disk=False)
-        await self.move(row, Event.DELETED)
+        return row
 
     async def get(self, org_id: str, sandbox_id: str) -> SandboxRow:
         row = await self.repo.get_sandbox(sandbox_id, org_id)
@@ -443,11 +479,12 @@ class SandboxManager:
                 await self.move(row, Event.FAILED)
                 raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
             try:
-                return await self._boot(row, self.template_for(row))
+                booted = await self._boot(row, self.template_for(row))
             except Exception as exc:
                 await self._teardown(row, keep_disk=True)
                 await self.move(row, Event.FAILED, net_slot=None)
                 raise ServerError(f"sandbox failed to start: {exc}") from exc
+            return await self.move(row, Event.BOOTED, **booted)
 
     async def execute(
         self,

@@ -57,6 +57,8 @@ class Settings(BaseModel):
     # sandboxes of these templates booted ahead of demand (0 disables; see atoll.server.warm)
     warm_pool_size: int = Field(default=2, ge=0, le=256)
     warm_templates: tuple[str, ...] = ("system/debian:bookworm",)
+    # sandbox disks copied and mounted ahead of demand (atoll.runtime.disk.DiskPool; 0 disables)
+    disk_pool_size: int = Field(default=4, ge=0, le=1024)
 
     pids_limit: int = Field(default=1024, ge=16)
     disk_mib: int = Field(default=10240, ge=16)
@@ -148,6 +150,11 @@ class Settings(BaseModel):
     @property
     def blank_disks_dir(self) -> Path:
         return self.data_dir / "blank-disks"
+
+    @property
+    def disk_pool_dir(self) -> Path:
+        """Pooled disks; on the sandboxes' filesystem, so that one moves into place by rename."""
+        return self.data_dir / "disk-pool"
 
     @property
     def helpers_dir(self) -> Path:

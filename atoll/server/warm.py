@@ -2,15 +2,18 @@
 
 A warm sandbox is booted to the last step that does not depend on the request: network slot,
 root filesystem, cgroups and an idle PID 1 (the reaping init, which runs nothing). It has no
-record in the store and no egress. A claim then applies everything the request decides before
-its first command can run: the record (a new id, never used before), the CPU and memory limits
-(lowered from the maximum it was booted with), the /etc files and the egress policy. The
-sandbox's own upper layer is untouched until then, so a claimed sandbox is indistinguishable
-from a freshly booted one. What a claim cannot change, a warm sandbox is never used for: a
-template with its own main process (it would already have run), a policy with transforms (its
-CA goes into the root before boot), or a snapshot restore.
+record in the store, and of egress only the default policy's rules in the kernel (nothing runs in
+it to use them; a claim with that policy then writes no rules). A claim applies everything the
+request decides before its first command can run: the CPU and memory limits (lowered from the
+maximum it was booted with), the /etc files, the egress policy, and then the record (a new id,
+never used before), in one write. The sandbox's own upper layer is untouched until then, so a
+claimed sandbox is indistinguishable from a freshly booted one. What a claim cannot change, a
+warm sandbox is never used for: a template with its own main process (it would already have
+run), a policy with transforms (its CA goes into the root before boot), or a snapshot restore.
 
-Refill runs in the background, one sandbox at a time, after every claim; a create never waits
+Refill runs in the background, one sandbox at a time, after every claim, and only in a lull
+between API requests (``quiet``): booting a sandbox costs as much CPU as a create, and on a
+small host it would slow the very requests the pool is there to speed up. A create never waits
 for it, and with the pool empty it simply boots as usual. After a crash the warm sandboxes have
 no records, so the start-up reconciliation removes them like any other leftover."""
 
@@ -21,6 +24,7 @@ import contextlib
 import logging
 import shutil
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +54,22 @@ def claimable(template: Template, network_policy: dict[str, Any] | None) -> bool
 
 
 class WarmPool:
-    def __init__(self, manager: SandboxManager, *, size: int, template_names: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        manager: SandboxManager,
+        *,
+        size: int,
+        template_names: tuple[str, ...],
+        quiet: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.manager = manager
         self.size = size
         self.template_names = template_names
+        self.quiet = quiet  # awaited before each refill boot
         self._ready: dict[str, deque[WarmSandbox]] = {name: deque() for name in template_names}
         self._wake = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
+        self._discarding: set[asyncio.Task[None]] = set()
 
     @property
     def ready_count(self) -> int:
@@ -73,7 +86,12 @@ class WarmPool:
             return None
         self._wake.set()
         warm = queue.popleft()
-        return warm if warm.template.id == template.id else None
+        if warm.template.id != template.id:  # the template was rebuilt since: this one is stale
+            task = asyncio.create_task(self.discard(warm))
+            self._discarding.add(task)
+            task.add_done_callback(self._discarding.discard)
+            return None
+        return warm
 
     def _transient_row(self, sandbox_id: str, template: Template) -> SandboxRow:
         """What the manager needs to lay out a sandbox; never stored (a claim stores its own)."""
@@ -101,8 +119,10 @@ class WarmPool:
         row = self._transient_row(new_sandbox_id(), template)
         slot = await manager.pool.acquire()
         try:
-            await disk.attach(manager.disk_of(row))
+            await manager.attach_disk(row)
             manager.write_etc(row, slot)
+            if manager.egress is not None:  # the default policy's rules: a claim that wants
+                await manager.egress.preinstall(slot, None)  # them has no rules left to write
             await manager.backend_for(row).boot(manager.spec_for(row, template, slot))
         except BaseException:
             await self.discard(WarmSandbox(row.id, template, slot))
@@ -113,6 +133,8 @@ class WarmPool:
         manager = self.manager
         row = self._transient_row(warm.sandbox_id, warm.template)
         await manager.backend_for(row).halt(manager.spec_for(row, warm.template, warm.slot))
+        if manager.egress is not None:
+            await manager.egress.detach(warm.sandbox_id, warm.slot)
         disk.detach(manager.disk_of(row))
         await manager.pool.release(warm.slot)
         await asyncio.to_thread(shutil.rmtree, manager.sandbox_dir(warm.sandbox_id), True)
@@ -123,6 +145,8 @@ class WarmPool:
             self._wake.clear()
             for name in self.template_names:
                 while len(self._ready[name]) < self.size:
+                    if self.quiet is not None:
+                        await self.quiet()
                     template = self.manager.templates.get(name)
                     if template is None or not claimable(template, None):
                         break
@@ -138,6 +162,8 @@ class WarmPool:
             self._filler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._filler
+        if self._discarding:
+            await asyncio.gather(*self._discarding, return_exceptions=True)
         for queue in self._ready.values():
             while queue:
                 await self.discard(queue.popleft())

@@ -3,10 +3,12 @@ so one org can never see or touch another's rows."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -28,21 +30,66 @@ def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+# states in which a sandbox's processes exist, so it draws on the host's budget (``_usage``)
+HOLDING_STATES = frozenset(
+    {State.STARTING, State.RUNNING, State.UNPAUSING, State.SNAPSHOTTING, State.STOPPING, State.DELETING}
+)
+
+
+def holds_resources(state: str, pause_kind: str | None) -> bool:
+    """Whether a sandbox counts against the host's budget (the same rule as ``_usage``'s SQL)."""
+    if state == State.PAUSED:
+        return pause_kind is not None and pause_kind != "checkpoint"
+    return state in HOLDING_STATES
+
+
+def _is_sqlite(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    bind = sessions.kw.get("bind")
+    return bind is not None and bind.dialect.name == "sqlite"
+
+
 class Repository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
         self._key_cache: dict[str, tuple[str, float]] = {}  # key hash -> (org id, valid until)
+        # SQLite has one writer at a time, and a connection that finds the database locked
+        # sleeps in its busy handler, backing off up to 100 ms a try: under a burst of creates
+        # those sleeps were most of the latency. Sandbox writes of this process take turns here
+        # instead (FIFO), so none waits on SQLite's lock. SQLite also means this process is the
+        # only writer, so the sandboxes' resource usage is kept in memory too (``_holding``,
+        # loaded on first use, updated by every sandbox write): admission needs no query.
+        self._single_writer = _is_sqlite(sessions)
+        self._write_turn = asyncio.Lock()
+        self._holding: dict[str, tuple[int, int]] | None = None  # sandbox id -> (vCPUs, MiB)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction (serialised with this process's other sandbox writes on SQLite)."""
+        if not self._single_writer:
+            async with self.sessions.begin() as s:
+                yield s
+            return
+        async with self._write_turn, self.sessions.begin() as s:
+            yield s
+
+    def _track(self, row: SandboxRow) -> None:
+        if self._holding is None:
+            return
+        if holds_resources(row.state, row.pause_kind):
+            self._holding[row.id] = (row.vcpu, row.memory)
+        else:
+            self._holding.pop(row.id, None)
 
     # organisations and keys -------------------------------------------------------------
     async def ensure_org(self, org_id: str, name: str) -> None:
-        async with self.sessions.begin() as s:
+        async with self._writing() as s:
             if await s.get(Org, org_id) is None:
                 s.add(Org(id=org_id, name=name))
 
     async def add_key(self, org_id: str, raw_key: str) -> bool:
         """Register ``raw_key`` for the org; False when it already exists."""
         digest = hash_key(raw_key)
-        async with self.sessions.begin() as s:
+        async with self._writing() as s:
             if await s.scalar(select(ApiKey).where(ApiKey.key_hash == digest)) is not None:
                 return False
             s.add(
@@ -73,8 +120,9 @@ class Repository:
 
     # sandboxes --------------------------------------------------------------------------
     async def add_sandbox(self, row: SandboxRow) -> None:
-        async with self.sessions.begin() as s:
+        async with self._writing() as s:
             s.add(row)
+        self._track(row)
 
     async def get_sandbox(self, sandbox_id: str, org_id: str | None = None) -> SandboxRow | None:
         async with self.sessions() as s:
@@ -86,11 +134,11 @@ class Repository:
     async def update_sandbox(self, sandbox_id: str, **values: Any) -> SandboxRow:
         if "state" in values:
             values["state_change_time"] = utcnow()
-        async with self.sessions.begin() as s:
-            await s.execute(update(SandboxRow).where(SandboxRow.id == sandbox_id).values(**values))
-            row = await s.get(SandboxRow, sandbox_id)
-            assert row is not None
-            return row
+        statement = update(SandboxRow).where(SandboxRow.id == sandbox_id).values(**values)
+        async with self._writing() as s:
+            row = (await s.scalars(statement.returning(SandboxRow))).one()  # one round trip
+        self._track(row)
+        return row
 
     async def list_sandboxes(
         self,
@@ -114,8 +162,20 @@ class Repository:
 
     async def resource_usage(self) -> tuple[int, int]:
         """(vCPUs, MiB) claimed by sandboxes whose processes exist (see ``atoll.server.capacity``)."""
-        async with self.sessions() as s:
-            return await _usage(s)
+        if not self._single_writer:
+            async with self.sessions() as s:
+                return await _usage(s)
+        if self._holding is None:
+            async with self._write_turn:  # no write lands between the load and the ledger
+                if self._holding is None:
+                    async with self.sessions() as s:
+                        query = select(SandboxRow).where(SandboxRow.state != State.DELETED)
+                        rows = (await s.scalars(query)).all()
+                    self._holding = {
+                        r.id: (r.vcpu, r.memory) for r in rows if holds_resources(r.state, r.pause_kind)
+                    }
+        held = self._holding.values()
+        return sum(v for v, _ in held), sum(m for _, m in held)
 
     async def count_active(self, org_id: str) -> int:
         async with self.sessions() as s:

@@ -29,6 +29,9 @@ class HostView:
     netns: set[str]
     veths: set[str]
     loops: set[str] = field(default_factory=set)  # sandboxes whose disk image is on a loop device
+    # the disk pool's ready disks (atoll.runtime.disk.DiskPool): entries on a loop device, mounted
+    pooled_loops: set[str] = field(default_factory=set)
+    pooled_mounts: set[str] = field(default_factory=set)
     egress_slots: set[int] = field(default_factory=set)  # slots with per-sandbox nft objects
     exec_pid_files: list[str] = field(default_factory=list)
     helpers: list[str] = field(default_factory=list)  # processes working on this instance's state
@@ -86,6 +89,12 @@ def host_view(data_dir: Path, *, instance: str | None = None, iface_prefix: str 
         if line.split(":")[1].strip().startswith(iface_prefix)
     }
     snapshots_dir = data_dir / "snapshots"
+    pool_dir = str(data_dir / "disk-pool") + "/"
+    pooled_mounts = {
+        line.split()[4][len(pool_dir) :].split("/")[0]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(pool_dir)
+    }
     return HostView(
         containers,
         cgroups,
@@ -95,6 +104,8 @@ def host_view(data_dir: Path, *, instance: str | None = None, iface_prefix: str 
         netns,
         veths,
         loops=_loop_disks(sandboxes_dir),
+        pooled_loops=_loop_disks(pool_dir),
+        pooled_mounts=pooled_mounts,
         egress_slots=_egress_slots(instance),
         exec_pid_files=exec_pid_files,
         helpers=_helpers(instance, data_dir),
@@ -243,6 +254,13 @@ def leaks(server: ServerProcess) -> list[str]:
         problems.append(f"{len(view.veths)} veths for {len(view.netns)} netns")
     if view.loops - live:
         problems.append(f"disk images still on loop devices: {sorted(view.loops - live)}")
+    # pooled disks belong to no sandbox; there are never more than the pool says it holds
+    pooled = health.get("disk_pool_ready", 0)
+    if len(view.pooled_loops) > pooled or view.pooled_mounts != view.pooled_loops:
+        problems.append(
+            f"pooled disks: {len(view.pooled_loops)} on loop devices, {len(view.pooled_mounts)} mounted,"
+            f" {pooled} in the pool"
+        )
     if len(view.egress_slots) > len(live):
         problems.append(f"per-sandbox nft objects for {len(view.egress_slots)} slots, {len(live)} live")
     if view.exec_pid_files:

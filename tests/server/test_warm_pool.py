@@ -3,6 +3,7 @@ pool's refill never holds up a create."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ import pytest
 
 from atoll.runtime.spec import upper_dir
 from tests._support import api
+from tests._support.leaks import _egress_slots
 from tests._support.server import ServerProcess, side_server
 
 pytestmark = [pytest.mark.privileged]
@@ -32,6 +34,7 @@ def warm_server() -> Iterator[ServerProcess]:
         leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         shutil.rmtree(data_dir, ignore_errors=True)
         assert f" {server.iface_prefix}" not in leftovers, "a warm sandbox's veth outlived the server"
+        assert not _egress_slots(server.instance), "a warm sandbox's egress rules outlived the server"
 
 
 def containers(server: ServerProcess) -> set[str]:
@@ -43,6 +46,21 @@ def containers(server: ServerProcess) -> set[str]:
             out = subprocess.run(argv, capture_output=True, text=True)
             found |= set(out.stdout.split())
     return found
+
+
+def slot_of(server: ServerProcess, sid: str) -> int:
+    config = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
+    netns = next(n["path"] for n in config["linux"]["namespaces"] if n["type"] == "network")
+    return int(netns.rsplit("-", 1)[1])
+
+
+def egress_rules(server: ServerProcess, sid: str) -> str:
+    """The verdicts of the sandbox's egress policy chain (``s<slot>_out``), as nft prints them."""
+    chain = f"s{slot_of(server, sid)}_out"
+    argv = ["nft", "list", "chain", "inet", f"atoll_{server.instance}", chain]
+    listing = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rules = [line.strip() for line in listing.splitlines() if line.strip().startswith(("goto", "ct", "ip"))]
+    return "; ".join(rules)
 
 
 def wait_for_warm(http: httpx.Client, count: int, timeout: float = 60) -> None:
@@ -78,6 +96,8 @@ def test_claimed_warm_sandbox_is_indistinguishable_from_a_fresh_one(warm_server:
         assert cpu.read_text().split()[0] == "200000"
         network = http.get(f"/v1/sandbox/{sid}/network").json()
         assert network["network_policy"] == {"mode": "deny-all"} and network["attached"] is True
+        # in the kernel too: the default policy's rules it was booted with are replaced
+        assert egress_rules(warm_server, sid) == "goto deny"
         # a memory hog is held to the claimed limit, not the warm maximum
         hog = api.run(http, sid, "python3 -c 'b = bytearray(1200 * 1024 * 1024)'", timeout=60)
         assert hog["exit_code"] == 137

@@ -18,5 +18,6 @@ async def health(request: Request) -> dict[str, Any]:
         "checkpoint": manager.backend.can_checkpoint,
         "network_pool_ready": manager.pool.ready_count,
         "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
+        "disk_pool_ready": manager.disks.ready_count if manager.disks else 0,
         "capacity": await manager.capacity.report(),
     }
