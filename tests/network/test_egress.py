@@ -129,10 +129,10 @@ def test_deny_all_sandbox_still_works(http: httpx.Client, sandboxes: dict[str, s
         sid,
         # netcheck exits 0 either way (its verdict is the JSON "ok"): retry until it says ok
         "for i in $(seq 150); do r=$(python3 /tmp/netcheck.py http 127.0.0.1 8123 x); "
-        'case "$r" in *\'"ok": true\'*) break;; esac; sleep 0.1; done; echo "$r"',
+        'case "$r" in *\'"ok": true\'*) break;; esac; sleep 0.1; done; printf "%s\\n" "$r"',
         timeout=90,  # generous: on a loaded host the in-sandbox server can take seconds to start
     )
-    assert json.loads(out["stdout"].strip().splitlines()[-1])["ok"]
+    assert json.loads(out["stdout"].strip().splitlines()[-1])["ok"], out
 
 
 # allow-all -------------------------------------------------------------------------------------
