@@ -210,6 +210,11 @@ def urls(client: Leap0Client, _: str) -> dict[str, Any]:
     sandbox.process.execute(
         command="cd /tmp && echo served > index.html && nohup python3 -m http.server 8080 >/dev/null 2>&1 &"
     )
+    sandbox.process.execute(  # the server takes a moment to listen; the test then requests it
+        command="for i in $(seq 300); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', "
+        '8080), 1)" 2>/dev/null && break; sleep 0.1; done',
+        timeout=60,
+    )
     presigned = sandbox.create_presigned_url(port=8080)
     return {
         "id": sandbox.id,

@@ -99,7 +99,7 @@ print(json.dumps({{"results": results, "init": init}}))
 """,
     )
     assert set(seen["results"].values()) == {"ESRCH"}, seen
-    assert seen["init"] == "/.atoll/init"
+    assert seen["init"] in ("/.atoll/agent", "/.atoll/init")  # the OCI agent, gVisor's init
     blocked("ESRCH: host processes do not exist in the sandbox's pid namespace")
 
 
