@@ -1,12 +1,13 @@
 """Durable pause, resume, snapshot and restore latency by touched memory, against the freezer.
 
-Starts its own `atoll serve` (runc + CRIU), and for sandboxes holding 10 MB, 100 MB and 1 GiB of
-touched memory measures through the API: pause (checkpoint to disk, processes freed), resume
-(the first exec after it), snapshot (source keeps running) and restore (a new sandbox from the
-snapshot, to its first exec). Baseline in the same run on the same sandbox: the cgroup freezer
-(`runc pause` / `runc resume`), which keeps the memory resident.
+Starts its own `atoll serve` per checkpointing backend (runc + CRIU, and gVisor's runsc when it
+is installed), and for sandboxes holding 10 MB, 100 MB and 1 GiB of touched memory measures
+through the API: pause (checkpoint to disk, processes freed), resume (the first exec after it),
+snapshot (source keeps running) and restore (a new sandbox from the snapshot, to its first
+exec). Baseline in the same run on the same sandbox: the runtime's own pause / resume (the
+cgroup freezer for runc, the sentry's pause for runsc), which keeps the memory resident.
 
-    python bench/snapshots.py [--sizes 10,100,1024] [--runs 5]
+    python bench/snapshots.py [--sizes 10,100,1024] [--runs 5] [--runtimes runc,runsc]
 """
 
 from __future__ import annotations
@@ -43,19 +44,19 @@ def ms(start: float) -> float:
 
 def row(name: str, samples: list[float], baseline: list[float] | None, size_mib: int) -> str:
     p50, p95 = percentile(samples, 50), percentile(samples, 95)
-    text = f"{name:<22} {size_mib:>5} MiB  n={len(samples):<3} p50={p50:9.1f} ms  p95={p95:9.1f} ms"
+    text = f"{name:<32} {size_mib:>5} MiB  n={len(samples):<3} p50={p50:9.1f} ms  p95={p95:9.1f} ms"
     text += f"  ({p50 / 1000 / (size_mib / 1024):6.2f} s/GiB)" if size_mib >= 100 else " " * 16
     if baseline:
-        text += f"  freezer p50={percentile(baseline, 50):6.1f} ms"
+        text += f"  in memory p50={percentile(baseline, 50):6.1f} ms"
     return text
 
 
-def measure(http: httpx.Client, size_mib: int, runs: int) -> dict[str, list[float]]:
+def measure(http: httpx.Client, runtime: str, size_mib: int, runs: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {
         k: [] for k in ("pause", "resume", "freeze", "thaw", "snapshot", "restore")
     }
     memory = max(512, ((size_mib + 400) // 2) * 2)
-    runc = ["runc", "--root", f"/run/atoll/{INSTANCE}/runc"]
+    runc = [runtime, "--root", f"/run/atoll/{INSTANCE}/{runtime}"]
     for run in range(runs):
         created = http.post("/v1/sandbox", json={"memory": min(memory, 8192), "timeout": 3600})
         created.raise_for_status()
@@ -103,27 +104,35 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10,100,1024", help="MiB of touched memory, comma-separated")
     parser.add_argument("--runs", type=int, default=5)
+    default = "runc,runsc" if shutil.which("runsc") else "runc"
+    parser.add_argument("--runtimes", default=default, help="checkpointing backends, comma-separated")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
-    server = ServerProcess(data_dir=scratch / "server", host="127.0.0.1", runtime="runc")
-    results = {}
+    results: dict[str, dict[int, dict[str, list[float]]]] = {}
     try:
-        server.start()
-        with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as http:
-            for size in (int(s) for s in args.sizes.split(",")):
-                results[size] = measure(http, size, args.runs if size < 1024 else max(2, args.runs // 2))
-    except Exception:
-        print(server.log_tail(40), file=sys.stderr)
-        raise
+        for runtime in args.runtimes.split(","):
+            server = ServerProcess(data_dir=scratch / runtime, host="127.0.0.1", runtime=runtime)
+            results[runtime] = {}
+            try:
+                server.start()
+                with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as http:
+                    for size in (int(s) for s in args.sizes.split(",")):
+                        runs = args.runs if size < 1024 else max(2, args.runs // 2)
+                        results[runtime][size] = measure(http, runtime, size, runs)
+            except Exception:
+                print(server.log_tail(40), file=sys.stderr)
+                raise
+            finally:
+                server.stop()
     finally:
-        server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    print("# snapshot benchmark (runc + CRIU), baseline: the cgroup freezer on the same sandbox")
-    for size, r in results.items():
-        print(row("pause (checkpoint)", r["pause"], r["freeze"], size))
-        print(row("resume (restore+exec)", r["resume"], r["thaw"], size))
-        print(row("snapshot (keeps running)", r["snapshot"], None, size))
-        print(row("restore -> first exec", r["restore"], None, size))
+    print("# snapshot benchmark (runc: CRIU; runsc: gVisor's own), baseline: pause/resume in memory")
+    for runtime, by_size in results.items():
+        for size, r in by_size.items():
+            print(row(f"[{runtime}] pause (checkpoint)", r["pause"], r["freeze"], size))
+            print(row(f"[{runtime}] resume (restore+exec)", r["resume"], r["thaw"], size))
+            print(row(f"[{runtime}] snapshot (keeps running)", r["snapshot"], None, size))
+            print(row(f"[{runtime}] restore -> first exec", r["restore"], None, size))
 
 
 if __name__ == "__main__":

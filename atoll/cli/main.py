@@ -184,7 +184,9 @@ def serve(
     if build_template:
         _build_default_template(settings.templates_dir)
     console.print(f"Atoll API on [bold]http://{host}:{port}[/] (OpenAPI at /docs)")
-    example = f"{settings.sandbox_scheme}://{{id}}[-{{port}}].{settings.sandbox_host}:{settings.sandbox_url_port}/"
+    example = (
+        f"{settings.sandbox_scheme}://{{id}}[-{{port}}].{settings.sandbox_host}:{settings.sandbox_url_port}/"
+    )
     console.print(f"Sandbox URLs on [bold]{example}[/] ({', '.join(settings.router_hosts)})")
     uvicorn.run(
         create_app(settings),

@@ -30,8 +30,12 @@ adapted where gVisor differs:
   ends the sentry, i.e. the whole sandbox (google/gvisor#2533).
 
 Checkpoint and restore are runsc's own (no CRIU). gVisor's network stack cannot save a TCP
-connection, open or in TIME_WAIT (60 s after it closed); a checkpoint then fails and pausing
-falls back to freezing.
+connection. Without ``--net-disconnect-ok`` a save fails on one (even in TIME_WAIT, up to 60 s
+after it closed) and leaves the connection it failed on wedged; with it, connections are
+disconnected upon save instead (runsc's own description). So a running sandbox whose processes
+hold connections (``open_connections``) is not checkpointed at all: pausing falls back to
+freezing, which keeps them. A snapshot is taken of a paused sandbox, which cannot be looked
+into: there the save goes ahead.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 
 from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, reaping
 from atoll.runtime._proc import CommandFailed, run
-from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
+from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
 
 PLATFORM = "systrap"
 HOST_PIDS_FLOOR = 1024
@@ -71,8 +75,9 @@ def capability_mask() -> int:
     return mask
 
 
-def adapt_config(config: dict[str, Any], spec: SandboxSpec) -> dict[str, Any]:
-    """The OCI ``config.json`` of ``spec`` as runsc needs it (see the module docstring)."""
+def adapt_config(config: dict[str, Any], spec: SandboxSpec, *, own_tmp: bool) -> dict[str, Any]:
+    """The OCI ``config.json`` of ``spec`` as runsc needs it (see the module docstring).
+    ``own_tmp``: the root's ``/tmp`` is a real directory, to be mounted over runsc's tmpfs."""
     linux = config["linux"]
     linux["resources"]["pids"] = {"limit": host_pids_limit(spec.pids_limit)}
     config["process"]["rlimits"].append(
@@ -88,14 +93,15 @@ def adapt_config(config: dict[str, Any], spec: SandboxSpec) -> dict[str, Any]:
         linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
     # runsc hides an empty /tmp under a tmpfs of its own unless the spec mounts one: the
     # filesystem API (which works on the root's host side) would then miss what is written there
-    config["mounts"].append(
-        {
-            "destination": "/tmp",
-            "type": "bind",
-            "source": str(spec.rootfs / "tmp"),
-            "options": ["rbind", "rw"],
-        }
-    )
+    if own_tmp:
+        config["mounts"].append(
+            {
+                "destination": "/tmp",
+                "type": "bind",
+                "source": str(spec.rootfs / "tmp"),
+                "options": ["rbind", "rw"],
+            }
+        )
     return config
 
 
@@ -113,7 +119,7 @@ class GVisorBackend:
     def _argv(self, *args: str) -> list[str]:
         return [
             self.binary, "--root", str(self.state_root), f"--platform={PLATFORM}",
-            "--overlay2=none", "--file-access=shared", "--oci-seccomp", *args,
+            "--overlay2=none", "--file-access=shared", "--oci-seccomp", "--net-disconnect-ok", *args,
         ]  # fmt: skip
 
     def _launch(self, spec: SandboxSpec, *args: str) -> list[str]:
@@ -128,15 +134,18 @@ class GVisorBackend:
     async def _prepare_bundle(self, spec: SandboxSpec) -> None:
         overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
         tmp = spec.rootfs / "tmp"
-        if not tmp.is_dir() and not tmp.is_symlink():
+        if not tmp.exists() and not tmp.is_symlink():
             tmp.mkdir()
             tmp.chmod(0o1777)
+        # never a symlink: a bind mount's source is resolved on the host
+        own_tmp = tmp.is_dir() and not tmp.is_symlink()
         config = oci_config.build(
             spec,
             cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
             init_args=gvisor_exec.agent_args(spec.main_command),
         )
-        (spec.sandbox_dir / "config.json").write_text(json.dumps(adapt_config(config, spec)))
+        config = adapt_config(config, spec, own_tmp=own_tmp)
+        (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
         if spec.netns_path is not None:
             await _prepare_network(spec.netns_path, spec.sandbox_dir / "network.json")
 
@@ -183,6 +192,11 @@ class GVisorBackend:
             raise CheckpointFailed("commands are running in the sandbox")
         await self.executor.settle(sandbox_id)
         paused_here = sandbox_id not in self._paused
+        # a save drops open connections (--net-disconnect-ok); a running sandbox that has some
+        # is not saved, so that pausing falls back to freezing, which keeps them. A paused one
+        # (a snapshot: its disk was copied while it was paused) cannot run the check.
+        if paused_here and (connections := await self.open_connections(sandbox_id)):
+            raise CheckpointFailed(f"open TCP connections (gVisor cannot save them): {connections}")
         if paused_here:
             await self.pause(sandbox_id)
         try:
@@ -199,6 +213,18 @@ class GVisorBackend:
             await self.halt_by_id(sandbox_id)
         elif paused_here:
             await self.resume(sandbox_id)
+
+    async def open_connections(self, sandbox_id: str) -> int:
+        """TCP sockets in the sandbox that are neither listening nor closed (gVisor's
+        ``/proc/net/tcp`` lists the ones a process holds; those in TIME_WAIT, held by none,
+        are dropped by a save)."""
+        try:
+            table = await self.executor.capture(
+                sandbox_id, [oci_config.BUSYBOX_PATH, "cat", "/proc/net/tcp", "/proc/net/tcp6"]
+            )
+        except ExecSetupFailed as exc:
+            raise CheckpointFailed(f"cannot list the sandbox's connections: {exc}") from None
+        return count_open_connections(table.decode(errors="replace"))
 
     async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
         """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
@@ -270,6 +296,17 @@ class GVisorBackend:
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
             "--pid-file", str(pid_file), "--cwd", cwd,
         )  # fmt: skip
+
+
+def count_open_connections(proc_net_tcp: str) -> int:
+    """Sockets in ``/proc/net/tcp``-format text whose state (``st``) is neither LISTEN (0A) nor
+    CLOSE (07)."""
+    count = 0
+    for line in proc_net_tcp.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[0].endswith(":") and fields[3] not in ("0A", "07"):
+            count += 1
+    return count
 
 
 def _first_line(stderr: str) -> str:

@@ -12,11 +12,12 @@ filter and process limit.
 Per command, Atoll starts a short-lived *client* in the sandbox through the sandbox's control
 socket (``urpc``, below; the same call ``runsc exec`` makes, without the cost of starting the
 runsc binary). The client writes the request (its environment, working directory and argv,
-quoted for the shell), wakes the agent, waits for the command's status, copies the spooled
-output to its own stdout and stderr (pipes to Atoll) and reports the status on its stdin, a
-socket only Atoll and the client hold. A timeout kills the command's whole session with a
-third script (``KILL``) that uses shell builtins only, so it works even when a fork bomb has
-used up the sandbox's process limit.
+quoted for the shell), wakes the agent, waits for the command's status, reports it on its
+stdin (a socket only Atoll and the client hold), removes the spool and copies the spooled output
+to Atoll's stdout and stderr pipes. On a timeout Atoll asks the client (on that socket) to kill
+the command's whole session, which it does with shell builtins only, so it works even when a
+fork bomb has used up the sandbox's process limit; a client that does not answer is killed
+through the control socket, which needs no process either.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ from atoll.runtime import oci_config
 from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
 
 RUN_DIR = f"{oci_config.HELPER_DIR}/run"
-KILL_GRACE_S = 2.0  # after a timeout kill, how long the client gets to hand over partial output
+KILL_WAIT_S = 20.0  # after a timeout, how long the client gets to kill the command's session
+KILL_GRACE_S = 2.0  # then how long it gets to hand over the output the command wrote
 # a helper that cannot start (the sandbox's process limit is used up, e.g. by a fork bomb whose
 # members keep exiting and forking) is tried again this many times, this long apart
 HELPER_ATTEMPTS = 50
 HELPER_RETRY_S = 0.05
+HELPER_WAIT_S = 30.0  # how long a clean-up helper is waited for (never forever: a pause stops it)
 
 # PID 1's child (``init -- busybox sh -c AGENT AGENT [main command...]``: its own text is its
 # $0). ``3<>`` opens the FIFO read-write, so it never reads EOF while no client is connected.
@@ -66,56 +69,67 @@ while read -r id <&3; do
 done
 """
 
-# ``atoll-exec ARGV...`` with the request's environment and working directory; fd 0 is the
-# status socket (Atoll never writes to it: reading it is how the client sleeps). It forks
-# nothing: it writes the request (its environment, directory and argv, quoted for the shell),
-# wakes the agent, sleeps until the status file appears (SIGUSR1 cuts the sleep short), reports
-# "STATUS STDERR_NONEMPTY" on fd 0 and becomes ``cat`` of the spooled stdout. The id is its pid
-# (what ExecuteAsync returned to Atoll).
+# ``atoll-exec ARGV...`` with the request's environment and working directory. fd 0 is the
+# status socket, fd 1 and fd 3 are Atoll's stdout and stderr pipes, fd 2 is /dev/null (so the
+# client's own complaints never reach the command's output). It writes the request (the
+# environment first, before its own variables can change it; then the working directory and
+# argv, quoted for the shell), wakes the agent and sleeps until the status file appears
+# (SIGUSR1 cuts the sleep short). Then it removes the spool (the output files stay open on fds
+# 5 and 6), reports the status on fd 0, copies stderr (a fork, only when there is some) and
+# becomes ``cat`` of stdout (only when there is some). The id is its pid (what ExecuteAsync
+# returned to Atoll).
+#
+# A line "kill" from Atoll on fd 0 (a timeout) makes it SIGKILL the command's session itself,
+# with shell builtins only (``z``): it needs no new process, which a fork bomb would not leave
+# room for. The command's process group (which a bomb's members keep unless they leave it) is
+# stopped first, a whole group per call, until no member is left running, and then killed; a
+# scan of the session gets the rest. It repeats on every wake-up until the command is gone.
 CLIENT = r"""
-R=/.atoll/run; id=$$; q="'"; s=
+export -p >/.atoll/run/$$.req
+R=/.atoll/run; id=$$; q="'"; s=; k=; t=
+z() {
+  local IFS=' ' p= i=0 f line found
+  { read -r p <$R/$id.pid; } 2>/dev/null || return
+  while [ $i -lt 100 ] && kill -STOP -$p 2>/dev/null; do i=$((i + 1)); done
+  kill -9 -$p 2>/dev/null
+  i=0
+  while [ $i -lt 50 ]; do
+    i=$((i + 1)); found=
+    for f in /proc/[0-9]*/stat; do
+      { read -r line <"$f"; } 2>/dev/null || continue
+      set -- ${line##*) }
+      [ "$4" = "$p" ] && [ "$1" != Z ] || continue
+      f=${f#/proc/}; kill -9 ${f%/stat} 2>/dev/null && found=1
+    done
+    [ -n "$found" ] || break
+  done
+}
+w() {
+  read -t $1 x <&0 && [ "$x" = kill ] && k=1
+  [ -z "$k" ] || z
+}
 while [ ! -p $R/agent.fifo ]; do read -t 0.01 x <&0; done
 : >$R/$id.st
 {
-  export -p
   printf "cd -- '%s' || { echo chdir >$R/$id.st; kill -USR1 $id; exit; }\n" "${PWD//$q/$q\\$q$q}"
   printf 'set --'; for a; do printf " '%s'" "${a//$q/$q\\$q$q}"; done; echo
-} >$R/$id.req
+} >>$R/$id.req
 trap : USR1
 echo $id 1<>$R/agent.fifo
 for t in 0.002 0.005 0.01 0.02 0.05 0.1 0.2 0.5; do
   { read -r s <$R/$id.st; } 2>/dev/null && break
-  read -t $t x <&0
+  w $t
 done
-until { read -r s <$R/$id.st; } 2>/dev/null; do read -t 1 x <&0; done
-[ -s $R/$id.err ] && e=1 || e=0
-echo "$s $e" >&0
-[ "$s" = chdir ] || exec cat $R/$id.out
-"""
-
-# ``atoll-kill ID [all]``: SIGKILL every process in the command's session until none is left;
-# with ``all``, the client too. A fork bomb keeps forking while it is being killed, so its
-# process group (which its members keep unless they leave it) is stopped first, a whole group
-# per call, until no member is left running, and then killed; the session's scan gets the rest.
-KILL = r"""
-R=/.atoll/run; id=$1; mode=$2; s=
-read -r s <$R/$id.pid
-i=0
-while [ -n "$s" ] && [ $i -lt 100 ] && kill -STOP -$s 2>/dev/null; do i=$((i + 1)); done
-[ -n "$s" ] && kill -9 -$s 2>/dev/null
-i=0
-while [ -n "$s" ] && [ $i -lt 50 ]; do
-  i=$((i + 1)); found=
-  for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" || continue
-    set -- ${line##*) }
-    [ "$4" = "$s" ] && [ "$1" != Z ] || continue
-    p=${f#/proc/}; kill -9 ${p%/stat} && found=1
-  done
-  [ -n "$found" ] || break
-done
-[ "$mode" = all ] && kill -9 $id
-exit 0
+until { read -r s <$R/$id.st; } 2>/dev/null; do [ -n "$k" ] && w 0.1 || w 1; done
+o=; e=
+[ -s $R/$id.out ] && o=1
+[ -s $R/$id.err ] && e=1
+exec 5<>$R/$id.out 6<>$R/$id.err
+rm -f $R/$id.req $R/$id.pid $R/$id.st $R/$id.out $R/$id.err
+echo "$s" >&0
+[ -n "$e" ] && cat <&6 >&3
+exec 3>&- 6<&-
+[ -n "$o" ] && exec cat <&5
 """
 
 
@@ -160,8 +174,9 @@ async def call(socket_path: Path, method: str, arg: Any, fds: Sequence[int] = ()
 
 
 def execute_args(
-    sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, caps: int
+    sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, caps: int, nfds: int = 3
 ) -> dict[str, Any]:
+    """ExecuteAsync's argument: the passed files become fds 0 .. ``nfds - 1`` of the process."""
     capabilities = {"PermittedCaps": caps, "EffectiveCaps": caps, "BoundingCaps": caps}
     capabilities |= {"InheritableCaps": 0, "AmbientCaps": 0}
     return {
@@ -174,7 +189,7 @@ def execute_args(
         "ExtraKGIDs": [],
         "Capabilities": capabilities,
         "StdioIsPty": False,
-        "GuestFDs": [0, 1, 2],
+        "GuestFDs": list(range(nfds)),
         "ContainerID": sandbox_id,
     }
 
@@ -204,7 +219,7 @@ class Executor:
     async def _spawn(
         self, sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, fds: Sequence[int]
     ) -> int:
-        args = execute_args(sandbox_id, argv, env, cwd, self.capabilities)
+        args = execute_args(sandbox_id, argv, env, cwd, self.capabilities, len(fds))
         try:
             pid = await call(self.control_socket(sandbox_id), "containerManager.ExecuteAsync", args, fds)
         except ControlError as exc:
@@ -216,14 +231,13 @@ class Executor:
             raise ExecSetupFailed(f"the sandbox is not running ({exc.strerror})") from None
         return int(pid)
 
-    async def _run_helper(self, sandbox_id: str, argv: Sequence[str], stdout: int | None = None) -> None:
-        """Run a busybox helper in the sandbox to completion (stdout to ``stdout`` if given)."""
+    async def _run_helper(self, sandbox_id: str, argv: Sequence[str]) -> None:
+        """Run a busybox helper in the sandbox to completion (stdio on /dev/null)."""
         null = os.open(os.devnull, os.O_RDWR)
         try:
-            fds = [null, null if stdout is None else stdout, null]
             for _ in range(HELPER_ATTEMPTS):
                 try:
-                    pid = await self._spawn(sandbox_id, argv, {}, "/", fds)
+                    pid = await self._spawn(sandbox_id, argv, {}, "/", [null, null, null])
                     break
                 except ExecSetupFailed as exc:
                     if "try again" not in str(exc):
@@ -231,24 +245,60 @@ class Executor:
                     await asyncio.sleep(HELPER_RETRY_S)
             else:
                 return
-            if stdout is not None:
-                os.close(stdout)
-                stdout = None
-            await call(
+            wait = call(
                 self.control_socket(sandbox_id), "containerManager.WaitPID", {"PID": pid, "CID": sandbox_id}
             )
+            await asyncio.wait_for(wait, HELPER_WAIT_S)
+        except TimeoutError:  # e.g. the sandbox was paused meanwhile: the helper can wait
+            pass
         except (ExecSetupFailed, ControlError, OSError):
             pass  # the sandbox is gone, and so is what the helper was for
         finally:
             os.close(null)
-            if stdout is not None:
-                os.close(stdout)
 
-    async def kill(self, sandbox_id: str, client_pid: int, *, client_too: bool = False) -> None:
-        argv = [oci_config.BUSYBOX_PATH, "sh", "-c", KILL, "atoll-kill", str(client_pid)]
-        await self._run_helper(sandbox_id, [*argv, "all"] if client_too else argv)
+    async def capture(
+        self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 10.0, cap: int = 1 << 20
+    ) -> bytes:
+        """Run a helper in the sandbox to completion and return its stdout (ExecSetupFailed if
+        it cannot start or does not end within ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            pid = await self._spawn(sandbox_id, argv, {}, "/", [null, out_w, null])
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(null)
+        out = bytearray()
+        reader = asyncio.create_task(_read_capped(loop, out_r, out, cap))
+        try:
+            wait = call(
+                self.control_socket(sandbox_id), "containerManager.WaitPID", {"PID": pid, "CID": sandbox_id}
+            )
+            try:
+                await asyncio.wait_for(wait, timeout)
+            except TimeoutError:  # e.g. the sandbox is paused
+                await self.signal(sandbox_id, pid)
+                raise ExecSetupFailed(f"{argv[-1]}: no answer in {timeout:g}s") from None
+            except ControlError as exc:
+                raise ExecSetupFailed(str(exc)) from None
+            await asyncio.wait([reader], timeout=KILL_GRACE_S)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        return bytes(out)
+
+    async def signal(self, sandbox_id: str, pid: int, signo: int = 9) -> None:
+        """Signal one process in the sandbox through the control socket (no process is started)."""
+        args = {"CID": sandbox_id, "Signo": signo, "PID": pid, "Mode": 0}  # 0: that process only
+        with contextlib.suppress(ControlError, OSError):
+            await call(self.control_socket(sandbox_id), "containerManager.Signal", args)
 
     def _clean_up(self, sandbox_id: str, request_id: int) -> None:
+        """Remove the spool of a request whose client did not get to do it (it was killed)."""
         spool = [f"{RUN_DIR}/{request_id}.{kind}" for kind in ("req", "out", "err", "pid", "st")]
         task = asyncio.create_task(
             self._run_helper(sandbox_id, [oci_config.BUSYBOX_PATH, "rm", "-f", *spool])
@@ -276,22 +326,27 @@ class Executor:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
         try:
             argv = [oci_config.BUSYBOX_PATH, "sh", "-c", CLIENT, "atoll-exec", *request.argv]
-            client = await self._spawn(
-                sandbox_id, argv, request.env, request.cwd, [theirs.fileno(), out_w, null]
-            )
+            fds = [theirs.fileno(), out_w, null, err_w]
+            client = await self._spawn(sandbox_id, argv, request.env, request.cwd, fds)
         except BaseException:
             os.close(out_r)
+            os.close(err_r)
             ours.close()
             raise
         finally:
             theirs.close()
             os.close(out_w)
+            os.close(err_w)
             os.close(null)
         out, err = bytearray(), bytearray()
-        reader = asyncio.create_task(_read_capped(loop, out_r, out, request.max_output_bytes))
+        readers = [
+            asyncio.create_task(_read_capped(loop, out_r, out, request.max_output_bytes)),
+            asyncio.create_task(_read_capped(loop, err_r, err, request.max_output_bytes)),
+        ]
         status_reader, status_writer = await asyncio.open_connection(sock=ours)
         timed_out = False
         status = b""
@@ -300,48 +355,45 @@ class Executor:
                 status = await asyncio.wait_for(status_reader.readline(), request.timeout)
             except TimeoutError:
                 timed_out = True
-                await self.kill(sandbox_id, client)
-                try:  # the client still hands over what the command wrote before it died
-                    status = await asyncio.wait_for(status_reader.readline(), KILL_GRACE_S)
+                status_writer.write(b"kill\n")  # the client kills the command's session
+                try:  # and still hands over what the command wrote before it died
+                    status = await asyncio.wait_for(status_reader.readline(), KILL_WAIT_S)
                 except TimeoutError:
-                    await self.kill(sandbox_id, client, client_too=True)
-            # the client turned into `cat` of the stdout spool: the pipe ends when it does
-            await asyncio.wait([reader], timeout=KILL_GRACE_S)
-            code, has_stderr = _parse_status(status)
-            if has_stderr:
-                err_r, err_w = os.pipe()
-                err_reader = asyncio.create_task(_read_capped(loop, err_r, err, request.max_output_bytes))
-                await self._run_helper(
-                    sandbox_id, [oci_config.BUSYBOX_PATH, "cat", f"{RUN_DIR}/{client}.err"], err_w
-                )
-                await asyncio.wait([err_reader], timeout=KILL_GRACE_S)
-                err_reader.cancel()
+                    await self.signal(sandbox_id, client)
+            # the client turned into `cat` of the stdout spool: the pipes end when it does
+            await asyncio.wait(readers, timeout=KILL_GRACE_S)
         finally:
+            if not status:
+                # cancelled (or the client is stuck): end the command and the client
+                with contextlib.suppress(Exception):
+                    status_writer.write(b"kill\n")
             status_writer.close()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            self._clean_up(sandbox_id, client)
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            if not status:
+                self._clean_up(sandbox_id, client)
         if timed_out:
             err += f"\nprocess timed out after {request.timeout:g}s and was killed\n".encode()
             return ExecResult(exit_code=124, stdout=bytes(out), stderr=bytes(err), timed_out=True)
+        code = _parse_status(status)
         if code is None:
             raise ExecSetupFailed(f"chdir to {request.cwd}: no such directory")
         return ExecResult(exit_code=code, stdout=bytes(out), stderr=bytes(err))
 
 
-def _parse_status(line: bytes) -> tuple[int | None, bool]:
-    """The client's "STATUS STDERR_NONEMPTY" line: (exit code, or None for a missing working
-    directory; whether stderr has output). No line: the client was killed (137)."""
+def _parse_status(line: bytes) -> int | None:
+    """The client's status line: the exit code, or None for a missing working directory. No
+    line: the client was killed (137)."""
     fields = line.split()
     if not fields:
-        return 137, False
-    has_stderr = len(fields) > 1 and fields[1] == b"1"
+        return 137
     if fields[0] == b"chdir":
-        return None, False
+        return None
     try:
-        return int(fields[0]), has_stderr
+        return int(fields[0])
     except ValueError:
-        return 137, has_stderr
+        return 137
 
 
 async def _read_capped(loop: asyncio.AbstractEventLoop, fd: int, into: bytearray, cap: int) -> None:

@@ -26,10 +26,6 @@ pytestmark = [
     pytest.mark.skipif(
         shutil.which("runsc") is None, reason="runsc is missing: bash scripts/setup-gvisor.sh"
     ),
-    # Issue 6 is not done: in the last clean-clone run, `runsc exec` failed with EAGAIN
-    # ("could not start the process: try again") and left an unreaped child behind. The suite
-    # stays here, explicitly skipped with this reason, until the backend passes it.
-    pytest.mark.skip(reason="issue 6 (gVisor backend) in progress: runsc exec fails with EAGAIN"),
 ]
 
 GVISOR_TEMPLATE = "system/debian:gvisor"

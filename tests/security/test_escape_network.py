@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests._support import api
+from tests._support.runtimes import GVISOR
 from tests._support.server import IFACE_PREFIX, ServerProcess
 from tests.security._inside import py_json
 from tests.security._trap import METADATA, Trap
@@ -50,6 +51,26 @@ def host_addresses() -> list[str]:
         for line in out.splitlines()
         if not line.split()[1].startswith(IFACE_PREFIX) and not line.split()[3].startswith("127.")
     ]
+
+
+# RTM_NEWROUTE for {dst}/32 via {gateway} on rtnetlink; prints {{"route": "OK" or the errno}}
+NETLINK_ROUTE_ADD = """
+import errno, json, socket, struct
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.bind((0, 0))
+def attr(kind, data):
+    n = 4 + len(data)
+    return struct.pack("HH", n, kind) + data + bytes(-n % 4)
+# rtmsg: family, dst_len, src_len, tos, table main, proto boot, scope universe, type unicast, flags
+body = struct.pack("BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 3, 0, 1, 0)
+body += attr(1, socket.inet_aton("{dst}")) + attr(5, socket.inet_aton("{gateway}"))  # RTA_DST, RTA_GATEWAY
+flags = 0x1 | 0x4 | 0x400 | 0x200  # REQUEST, ACK, CREATE, EXCL
+s.send(struct.pack("IHHII", 16 + len(body), 24, flags, 1, 0) + body)  # RTM_NEWROUTE
+reply = s.recv(4096)
+kind = struct.unpack("IHHII", reply[:16])[1]
+err = struct.unpack("i", reply[16:20])[0] if kind == 2 else 0  # NLMSG_ERROR carries the errno
+print(json.dumps({{"route": "OK" if err == 0 else errno.errorcode.get(-err, str(err))}}))
+"""
 
 
 @pytest.fixture
@@ -98,6 +119,17 @@ def test_host_loopback_service(
     )["stdout"]
     assert set(seen.values()) == {"closed"}, seen
     assert peers == []
+    if GVISOR:
+        # the sentry's network stack has no route_localnet to turn on; a route (RTM_NEWROUTE on
+        # rtnetlink, as `ip route add` would send it) needs CAP_NET_ADMIN there too
+        assert "route_localnet" in routes and "No such file" in routes, routes
+        added = py_json(http, pair[0], NETLINK_ROUTE_ADD.format(dst="127.0.0.2", gateway=gw))
+        assert added["route"] in ("EPERM", "EACCES"), added
+        blocked(
+            f"the sandbox's 127.0.0.1 is its own; the host drops sandbox input; RTM_NEWROUTE "
+            f"{added['route']} (no CAP_NET_ADMIN); no route_localnet in the sentry"
+        )
+        return
     assert "Operation not permitted" in routes or "Read-only" in routes, routes
     blocked("the sandbox's 127.0.0.1 is its own; the host drops sandbox input; no CAP_NET_ADMIN for routes")
 

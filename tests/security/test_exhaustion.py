@@ -16,6 +16,7 @@ import pytest
 
 from atoll.runtime import oci_config
 from tests._support import api
+from tests._support.runtimes import GVISOR
 from tests._support.server import DISK_MIB, PIDS_LIMIT, ServerProcess
 from tests.security._inside import py_json
 from tests.security.conftest import Blocked
@@ -29,9 +30,22 @@ def cgroup(server: ServerProcess, sid: str, *, v1: tuple[str, str], v2: str) -> 
 
 
 @pytest.mark.attempt("fork bomb")
-def test_fork_bomb(http: httpx.Client, server: ServerProcess, victim: str, blocked: Blocked) -> None:
+def test_fork_bomb(
+    http: httpx.Client, server: ServerProcess, pair: tuple[str, str], victim: str, blocked: Blocked
+) -> None:
     bomb = api.run(http, victim, "f() { f | f & }; f; sleep 300", timeout=6)
     assert bomb["exit_code"] == 124  # the timeout ends the bomb's whole session
+    if GVISOR:
+        # the sentry refuses forks past RLIMIT_NPROC (the pids cgroup leaves room for the
+        # sentry's own threads): the bomb never gets to the host's limit
+        assert "Cannot fork" in bomb["stderr"], bomb
+        events = cgroup(server, victim, v1=("pids", "pids.events"), v2="pids.events")
+        assert int(events.split()[1]) == 0, events
+        limit = api.run(http, victim, "grep 'Max processes' /proc/self/limits", timeout=30)
+        assert limit["stdout"].split()[2:4] == [str(PIDS_LIMIT)] * 2, limit  # and it still runs commands
+        assert api.run(http, pair[0], "echo alive", timeout=30)["stdout"] == "alive\n"  # the neighbour
+        blocked(f"RLIMIT_NPROC ({PIDS_LIMIT}) in the sentry; the exec timeout kills the whole session")
+        return
     events = cgroup(server, victim, v1=("pids", "pids.events"), v2="pids.events")
     assert int(events.split()[1]) > 0  # the limit was hit
     assert int(cgroup(server, victim, v1=("pids", "pids.current"), v2="pids.current")) <= PIDS_LIMIT
@@ -40,7 +54,9 @@ def test_fork_bomb(http: httpx.Client, server: ServerProcess, victim: str, block
 
 
 @pytest.mark.attempt("memory balloon")
-def test_memory_balloon(http: httpx.Client, server: ServerProcess, blocked: Blocked) -> None:
+def test_memory_balloon(
+    http: httpx.Client, server: ServerProcess, pair: tuple[str, str], blocked: Blocked
+) -> None:
     sid = api.create(http, memory=512)["id"]
     try:
         hog = api.run(http, sid, "python3 -c 'b = bytearray(900 * 1024 * 1024); print(len(b))'", timeout=60)
@@ -48,9 +64,20 @@ def test_memory_balloon(http: httpx.Client, server: ServerProcess, blocked: Bloc
         assert hog["stdout"] == ""
         limit = cgroup(server, sid, v1=("memory", "memory.limit_in_bytes"), v2="memory.max")
         assert int(limit) == 512 * MIB
-        assert api.run(http, sid, "echo still here")["stdout"] == "still here\n"
+        if GVISOR:
+            # the sentry has no OOM killer of its own (google/gvisor#2533): the cgroup's ends the
+            # sentry, i.e. the whole sandbox, and nothing beyond it
+            after = http.post(f"/v1/sandbox/{sid}/process/execute", json={"command": "echo still here"})
+            assert after.status_code != 200 or after.json()["exit_code"] != 0, after.text
+            assert api.run(http, pair[0], "echo alive")["stdout"] == "alive\n"  # the neighbour
+            assert http.get("/v1/health").status_code == 200  # and the host's control plane
+        else:
+            assert api.run(http, sid, "echo still here")["stdout"] == "still here\n"
     finally:
         api.delete(http, sid)
+    if GVISOR:
+        blocked("the sandbox's memory cgroup: the host's OOM killer ends that sandbox's sentry only")
+        return
     blocked("the sandbox's memory cgroup: its own OOM killer ends the hog (exit 137)")
 
 
@@ -209,6 +236,7 @@ print(json.dumps({"held": len(fds), "errno": ctypes.get_errno()}))
 
 @pytest.mark.attempt("exhaust the host's pseudo-terminals")
 def test_pty_exhaustion(http: httpx.Client, pair: tuple[str, str], victim: str, blocked: Blocked) -> None:
+    host_ptys = int(open("/proc/sys/kernel/pty/nr").read())
     seen = py_json(
         http,
         victim,
@@ -227,11 +255,18 @@ print(json.dumps({"held": len(fds), "error": error}))
 """,
         timeout=120,
     )
+    # the sandbox's child still holds them for a few seconds
+    host_ptys_held = int(open("/proc/sys/kernel/pty/nr").read()) - host_ptys
     master, slave = os.openpty()  # the host still gets one ...
     os.close(master)
     os.close(slave)
     other = api.run(http, pair[0], "python3 -c 'import os; os.openpty(); print(1)'")["stdout"]
     assert other == "1\n"  # ... and so does another sandbox
+    if GVISOR:
+        # the sentry's terminals are its own (its devpts ignores max=): none is the host's
+        assert seen["held"] > 0 and host_ptys_held < seen["held"], (seen, host_ptys_held)
+        blocked(f"{seen['held']} terminals held, all the sentry's own (host count moved {host_ptys_held})")
+        return
     assert seen["held"] <= oci_config.MAX_PTYS and seen["error"], seen
     blocked(f"the sandbox's own devpts stops it at {seen['held']} ({seen['error']})")
 

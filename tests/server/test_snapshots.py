@@ -14,7 +14,7 @@ import pytest
 
 import atoll
 from tests._support import api
-from tests._support.server import INSTANCE, RUNTIME, ServerProcess
+from tests._support.server import INSTANCE, ServerProcess
 
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
@@ -71,12 +71,6 @@ def test_pause_checkpoints_to_disk_frees_the_host_and_resumes_in_place(http: htt
     api.delete(http, sid)
 
 
-@pytest.mark.xfail(
-    RUNTIME == "runsc",
-    reason="gVisor's network stack cannot save a TCP connection, open or in TIME_WAIT (60 s after "
-    "it closed), and this test's own request leaves one: the pause falls back to freezing",
-    strict=True,
-)
 def test_listening_server_survives_pause_and_resume(http: httpx.Client) -> None:
     sid = api.create(http, memory=512)["id"]
     api.run(http, sid, "nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 0.5")
