@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -184,3 +185,16 @@ def side_server(data_dir: Path, tag: str, index: int, **options: object) -> Serv
         host="127.0.0.1",
         **options,  # type: ignore[arg-type]
     )
+
+
+def runtime_double(root: Path, script: str) -> Path:
+    """``root/bin/runc``: a bash test double of the real runc from ``script``, a template with
+    ``{real}`` (the real binary) and ``{flag}`` (``root/fail-run``: the double misbehaves while
+    it exists). Named like the runtime it stands for, so the server treats it as runc."""
+    real = shutil.which("runc")
+    assert real is not None
+    (root / "bin").mkdir(exist_ok=True)
+    double = root / "bin" / "runc"
+    double.write_text(script.format(flag=root / "fail-run", real=real))
+    double.chmod(0o755)
+    return double

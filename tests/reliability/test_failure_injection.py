@@ -21,7 +21,7 @@ import pytest
 
 from tests._support import api
 from tests._support.leaks import assert_no_leaks
-from tests._support.server import ServerProcess
+from tests._support.server import ServerProcess, runtime_double
 from tests.reliability.conftest import _spare
 
 pytestmark = [pytest.mark.privileged]
@@ -55,12 +55,7 @@ exec "$real" "$@"
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("injection")
-    (root / "bin").mkdir()
-    wrapper = root / "bin" / "runc"  # named like the runtime it stands for
-    real = shutil.which("runc")
-    assert real is not None
-    wrapper.write_text(WRAPPER.format(flag=root / "fail-run", real=real))
-    wrapper.chmod(0o755)
+    runtime_double(root, WRAPPER)
     templates = root / "templates"
     templates.mkdir()
     (templates / DEFAULT).symlink_to(SHARED_TEMPLATES / DEFAULT)

@@ -15,7 +15,7 @@ import pytest
 
 from tests._support import api
 from tests._support.leaks import assert_no_leaks
-from tests._support.server import ServerProcess, side_server
+from tests._support.server import ServerProcess, runtime_double, side_server
 
 pytestmark = [pytest.mark.privileged]
 
@@ -33,12 +33,7 @@ exec {real} "$@"
 @pytest.fixture(scope="module")
 def layout() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="atoll-test-diskpool-", dir="/var/tmp"))
-    (root / "bin").mkdir()
-    wrapper = root / "bin" / "runc"  # named like the runtime it stands for
-    real = shutil.which("runc")
-    assert real is not None
-    wrapper.write_text(WRAPPER.format(flag=root / "fail-run", real=real))
-    wrapper.chmod(0o755)
+    runtime_double(root, WRAPPER)
     try:
         yield root
     finally:
