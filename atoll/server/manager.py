@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, RateLimitError, ServerError
+from atoll._exceptions import (
+    BadRequestError,
+    CapacityError,
+    ConflictError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+)
 from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, next_state
 from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressService
@@ -512,6 +519,13 @@ class SandboxManager:
                 raise BadRequestError(
                     "invalid process parameters",
                     errors=[{"field": "cwd", "error": "directory does not exist"}],
+                ) from None
+            if any(word in str(exc).lower() for word in ("try again", "temporarily unavailable")):
+                # EAGAIN: the sandbox's own process limit is used up (e.g. by a fork bomb that is
+                # still being reaped); transient, and the sandbox's doing, not the server's
+                raise CapacityError(
+                    "the sandbox has no room for a new process (its process limit is reached); retry",
+                    retry_after=1,
                 ) from None
             raise ServerError(f"could not start the process: {exc}") from None
 
