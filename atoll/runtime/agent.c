@@ -48,7 +48,7 @@
 #define RUN_DIR "/.atoll/run"
 #define SOCKET_PATH RUN_DIR "/agent.sock"
 #define MAX_REQUEST (8u << 20)
-#define KILL_ROUNDS 200
+#define KILL_ROUNDS 3000 /* scans; with 1 ms pauses once only zombies are left */
 
 extern char **environ;
 
@@ -112,11 +112,12 @@ static void reply(int conn, const char *fmt, ...) {
 }
 
 /* SIGKILL every process of session `sid`, again and again until a scan finds none: a fork bomb
- * keeps forking while it is being killed. Uses no fork itself, so it works when the sandbox's
- * process limit is used up. */
+ * keeps forking while it is being killed. Killed members stay in the pids cgroup as zombies until
+ * PID 1 reaps them, so the scan also waits (briefly) for those: the next command then finds room.
+ * Uses no fork itself, so it works when the sandbox's process limit is used up. */
 static void kill_session(pid_t sid) {
     for (int round = 0; round < KILL_ROUNDS; round++) {
-        int found = 0;
+        int live = 0, zombies = 0;
         DIR *proc = opendir("/proc");
         if (proc == NULL)
             return;
@@ -139,14 +140,20 @@ static void kill_session(pid_t sid) {
             char state;
             if (end == NULL || sscanf(end + 2, "%c %d %d %d", &state, &ppid, &pgrp, &session) != 4)
                 continue;
-            if (session == sid) {
+            if (session != sid)
+                continue;
+            if (state == 'Z') {
+                zombies |= atoi(entry->d_name) != sid; /* the leader is ours to reap, after this */
+            } else {
                 kill(atoi(entry->d_name), SIGKILL);
-                found = 1;
+                live = 1;
             }
         }
         closedir(proc);
-        if (!found)
+        if (!live && !zombies)
             return;
+        if (!live) /* only zombies left: give PID 1 a moment to reap them */
+            usleep(1000);
     }
 }
 
