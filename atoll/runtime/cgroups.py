@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+from atoll.runtime import oci_config
 from atoll.runtime._proc import run_sync
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -105,11 +106,15 @@ def _rmdir_when_empty(group: Path, attempts: int = 100) -> None:
             time.sleep(0.01)
 
 
-def set_limits(parent: str, name: str, *, cpu_quota_us: int, cpu_period_us: int, memory_bytes: int) -> None:
-    """Change a running group's CPU quota and memory limit (a warm sandbox being claimed).
+def set_limits(parent: str, name: str, *, vcpu: int, memory_mib: int) -> None:
+    """Change a running group's CPU quota (``vcpu`` CPUs) and memory limit (a warm sandbox being
+    claimed), in the units of the sandbox's OCI config.
 
     Memory is only ever lowered here (a warm sandbox starts at the maximum), so the limit goes
     first and the memory+swap limit second, the order the kernel accepts when lowering."""
+    cpu_period_us = oci_config.CPU_PERIOD_US
+    cpu_quota_us = vcpu * cpu_period_us
+    memory_bytes = memory_mib * 1024 * 1024
     if is_v2():
         group = CGROUP_ROOT / parent / name
         (group / "memory.max").write_text(str(memory_bytes))

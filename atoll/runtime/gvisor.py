@@ -165,13 +165,7 @@ class GVisorBackend:
 
     async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
         """The host cgroup's limits (the sentry keeps reporting the memory it was started with)."""
-        cgroups.set_limits(
-            self.cgroup_parent,
-            sandbox_id,
-            cpu_quota_us=vcpu * oci_config.CPU_PERIOD_US,
-            cpu_period_us=oci_config.CPU_PERIOD_US,
-            memory_bytes=memory_mib * 1024 * 1024,
-        )
+        cgroups.set_limits(self.cgroup_parent, sandbox_id, vcpu=vcpu, memory_mib=memory_mib)
 
     async def pause(self, sandbox_id: str) -> None:
         await run(self._argv("pause", sandbox_id), timeout=30)

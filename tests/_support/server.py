@@ -4,6 +4,7 @@ and the shared template cache."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,3 +200,14 @@ def runtime_double(root: Path, script: str) -> Path:
     double.write_text(script.format(flag=root / "fail-run", real=real))
     double.chmod(0o755)
     return double
+
+
+@contextlib.contextmanager
+def serving(server: ServerProcess) -> Iterator[ServerProcess]:
+    """``server`` started, and on the way out its sandboxes deleted and the server stopped."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.delete_everything()
+        server.stop()

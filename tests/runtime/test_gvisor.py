@@ -19,7 +19,7 @@ from atoll.server.settings import DEFAULT_DATA_DIR
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, slug
 from tests._support import api
 from tests._support.leaks import assert_no_leaks
-from tests._support.server import PIDS_LIMIT, ServerProcess, side_server
+from tests._support.server import PIDS_LIMIT, ServerProcess, serving, side_server
 
 pytestmark = [
     pytest.mark.privileged,
@@ -59,12 +59,10 @@ def mixed() -> Iterator[ServerProcess]:
         runtime="runc",
         extra_args=("--templates-dir", str(templates), "--no-build-template"),
     )
-    server.start()
     try:
-        yield server
+        with serving(server):
+            yield server
     finally:
-        server.delete_everything()
-        server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

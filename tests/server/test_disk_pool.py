@@ -15,7 +15,7 @@ import pytest
 
 from tests._support import api
 from tests._support.leaks import assert_no_leaks
-from tests._support.server import ServerProcess, runtime_double, side_server
+from tests._support.server import ServerProcess, runtime_double, serving, side_server
 
 pytestmark = [pytest.mark.privileged]
 
@@ -52,15 +52,10 @@ def make_server(layout: Path) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def pool_server(layout: Path) -> Iterator[ServerProcess]:
-    server = make_server(layout)
-    server.start()
-    try:
+    with serving(make_server(layout)) as server:
         yield server
-    finally:
-        server.delete_everything()
-        server.stop()
-        leftover = (pooled_loops(server), pooled_mounts(server))
-        assert leftover == ({}, set()), f"pooled disks outlived the server: {leftover}"
+    leftover = (pooled_loops(server), pooled_mounts(server))
+    assert leftover == ({}, set()), f"pooled disks outlived the server: {leftover}"
 
 
 def loops_by_backing() -> dict[str, str]:
