@@ -1,16 +1,21 @@
 /*
- * atoll-agent: PID 1 of an OCI sandbox, and the fast path for running commands in it.
+ * atoll-agent: PID 1 of every sandbox, and the fast path for running commands in it.
  *
  *   agent                  idle init: reaps orphans, ignores stray termination signals
  *   agent -- CMD ARGS...   runs CMD (the template's main process), forwards signals to it and
  *                          exits with its status, like catatonit
+ *   agent --tcp PORT ...   the same, listening on 127.0.0.1:PORT instead of the socket file
  *
- * Either way it listens on /.atoll/run/agent.sock (the sandbox's private tmpfs). Atoll connects
- * from the host (atoll/runtime/agent.py) and sends one request per connection; a handler process
- * forked per connection starts the command and reports on it. Starting a command this way costs
- * two forks and an exec inside the sandbox, instead of a runtime process (runc/crun exec) that
- * has to re-create the sandbox's namespaces, cgroup, capabilities and seccomp filter each time:
- * the agent already holds all of them, and its children inherit them.
+ * It listens on /.atoll/run/agent.sock (the sandbox's private tmpfs), or, in a gVisor sandbox,
+ * whose user-space kernel the host cannot reach a socket file in, on the sandbox's own loopback,
+ * which only runsc's port forwarding (through the sandbox's control socket) reaches from outside.
+ * Atoll connects from the host (atoll/runtime/agent.py) and sends one request per connection; a
+ * handler thread per connection starts the command (posix_spawn: a vfork and an exec) and
+ * reports on it. That is all a command costs inside the sandbox, instead of a runtime process
+ * (runc/crun/runsc exec) that has to re-create the sandbox's namespaces, cgroup, capabilities
+ * and seccomp filter each time: the agent already holds all of them, and its children inherit
+ * them. Commands are children of PID 1, so what they leave behind is too, which gVisor needs to
+ * restore it from a checkpoint.
  *
  * Wire (all integers in decimal text, lines end with \n):
  *   request:  "ATL1" u32le(length) then length bytes of NUL-terminated strings:
@@ -31,8 +36,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -118,6 +126,10 @@ static void reply(int conn, const char *fmt, ...) {
 static void kill_session(pid_t sid) {
     for (int round = 0; round < KILL_ROUNDS; round++) {
         int live = 0, zombies = 0;
+        /* the command's process group first, which a bomb's members keep unless they leave it:
+         * one call reaches all of them at once, where the scan below takes a syscall per process
+         * (slow enough under gVisor for a bomb to refill the limit while it runs) */
+        kill(-sid, SIGKILL);
         DIR *proc = opendir("/proc");
         if (proc == NULL)
             return;
@@ -158,7 +170,15 @@ static void kill_session(pid_t sid) {
 }
 
 static int anonymous_file(void) {
-    return open(RUN_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    int fd = open(RUN_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    /* gVisor's tmpfs has no O_TMPFILE: a named file, unlinked at once */
+    char name[] = RUN_DIR "/spool.XXXXXX";
+    fd = mkostemp(name, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(name);
+    return fd;
 }
 
 /* the spooled output, at most `cap` bytes of it */
@@ -169,43 +189,138 @@ static size_t spooled(int fd, size_t cap) {
     return (size_t)st.st_size < cap ? (size_t)st.st_size : cap;
 }
 
+/* In a gVisor sandbox output goes out in chunks of `pace` bytes, each acknowledged by one byte
+ * from Atoll before the next: runsc's port forwarding (20240729) reads the sandbox's side into a
+ * 16 KiB buffer and panics, ending the whole sandbox, when more than that is waiting. 0: unpaced. */
+static size_t pace;
+
 static void send_file(int conn, int fd, size_t len) {
     char buf[65536];
+    size_t chunk = pace ? pace : sizeof(buf);
     off_t off = 0;
     while (len > 0) {
-        ssize_t n = pread(fd, buf, len < sizeof(buf) ? len : sizeof(buf), off);
+        ssize_t n = pread(fd, buf, len < chunk ? len : chunk, off);
         if (n <= 0) { /* shrank meanwhile (truncated by a background process): pad */
             memset(buf, 0, sizeof(buf));
-            n = (ssize_t)(len < sizeof(buf) ? len : sizeof(buf));
+            n = (ssize_t)(len < chunk ? len : chunk);
         }
         if (write_all(conn, buf, (size_t)n) < 0)
             return;
+        char ack = 0;
+        while (pace && ack != 'A') /* (a late "K" is not one) */
+            if (read(conn, &ack, 1) != 1)
+                return;
         off += n;
         len -= (size_t)n;
     }
 }
 
-/* the child: becomes the command */
-static void start_command(const char *cwd, char **argv, char **env, int out, int err, int status_pipe) {
-    default_signals();
-    setsid();
-    if (chdir(cwd) < 0) {
-        int e = errno;
-        write_all(status_pipe, &e, sizeof(e));
-        _exit(127);
+/* Commands are children of this process (started by handler threads); the main loop reaps every
+ * child and hands a command's status to the thread waiting for it through that thread's pipe. The
+ * table lock is held from spawning a command to recording it, so its status cannot be reaped
+ * before anyone waits for it. */
+#define MAX_RUNNING 4096
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    pid_t pid;
+    int notify;
+} running[MAX_RUNNING];
+
+/* the main loop: a child ended; 1 when it was a command (its status went to its handler) */
+static int hand_over(pid_t pid, int status) {
+    for (int i = 0; i < MAX_RUNNING; i++) {
+        if (running[i].pid == pid) {
+            write_all(running[i].notify, &status, sizeof(status));
+            running[i].pid = 0;
+            return 1;
+        }
     }
-    int null = open("/dev/null", O_RDONLY);
-    if (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
-        _exit(127);
-    if (null > 2)
-        close(null);
+    return 0;
+}
+
+/* `argv0` as execvp would find it, along PATH from the command's own environment */
+static int resolve(const char *argv0, char **env, char *path, size_t size) {
+    if (strchr(argv0, '/') != NULL) {
+        snprintf(path, size, "%s", argv0);
+        return 0;
+    }
+    const char *search = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     for (char **kv = env; *kv != NULL; kv++)
-        putenv(*kv);
-    umask(022);
-    execvp(argv[0], argv);
-    int e = errno;
-    dprintf(2, "%s: %s\n", argv[0], strerror(e));
-    _exit(e == ENOENT ? 127 : 126);
+        if (strncmp(*kv, "PATH=", 5) == 0)
+            search = *kv + 5;
+    int found_errno = ENOENT;
+    for (const char *dir = search;; dir = strchr(dir, ':') + 1) {
+        size_t len = strcspn(dir, ":");
+        snprintf(path, size, "%.*s%s%s", (int)len, dir, len ? "/" : "", argv0);
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(path, X_OK) == 0)
+                return 0;
+            found_errno = EACCES;
+        }
+        if (dir[len] == '\0')
+            return found_errno;
+    }
+}
+
+/* the agent's environment with the request's KEY=VALUE overrides applied */
+static char **merged_environment(char **overrides) {
+    size_t n = 0, extra = 0;
+    while (environ[n] != NULL)
+        n++;
+    while (overrides[extra] != NULL)
+        extra++;
+    char **env = calloc(n + extra + 1, sizeof(char *));
+    if (env == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t key = strcspn(environ[i], "=");
+        int replaced = 0;
+        for (size_t j = 0; j < extra && !replaced; j++)
+            replaced = strncmp(overrides[j], environ[i], key + 1) == 0;
+        if (!replaced)
+            env[k++] = environ[i];
+    }
+    for (size_t j = 0; j < extra; j++)
+        env[k++] = overrides[j];
+    return env;
+}
+
+/* Start the command as the leader of a new session, stdin /dev/null, output to the spools, with
+ * default signal handling. posix_spawn shares this process's memory until the exec (vfork), so
+ * a command costs the sandbox one new address space, not two: under gVisor that is most of the
+ * cost of a command. Returns 0 or an errno; `notify` then reports its status. */
+static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, char **env, int out, int err,
+                 int notify) {
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, out, 1);
+    posix_spawn_file_actions_adddup2(&actions, err, 2);
+    posix_spawn_file_actions_addchdir_np(&actions, cwd);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    pthread_mutex_lock(&table_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_RUNNING && slot < 0; i++)
+        if (running[i].pid == 0)
+            slot = i;
+    int rc = slot < 0 ? EAGAIN : posix_spawn(pid, path, &actions, &attr, argv, env);
+    if (rc == 0) {
+        running[slot].pid = *pid;
+        running[slot].notify = notify;
+    }
+    pthread_mutex_unlock(&table_lock);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    return rc;
 }
 
 /* one connection: parse the request, run the command, report */
@@ -218,16 +333,20 @@ static void handle(int conn) {
     if (len == 0 || len > MAX_REQUEST)
         return;
     char *payload = malloc(len + 1);
-    if (payload == NULL || read_all(conn, payload, len) < 0)
+    if (payload == NULL || read_all(conn, payload, len) < 0) {
+        free(payload);
         return;
+    }
     payload[len] = '\0';
     /* split into strings */
     size_t count = 0;
     for (uint32_t i = 0; i < len; i++)
         count += payload[i] == '\0';
     char **fields = calloc(count + 2, sizeof(char *));
+    char **argv = NULL, **env = NULL;
+    int out = -1, err = -1, notify[2] = {-1, -1};
     if (fields == NULL || count < 3)
-        return;
+        goto done;
     size_t n = 0;
     for (char *p = payload; p < payload + len && n < count; p += strlen(p) + 1)
         fields[n++] = p;
@@ -235,68 +354,99 @@ static void handle(int conn) {
     size_t cap = strtoull(fields[1], NULL, 10);
     size_t argc = strtoull(fields[2], NULL, 10);
     if (argc == 0 || 3 + argc > n)
-        return;
-    char **argv = calloc(argc + 1, sizeof(char *));
+        goto done;
+    argv = calloc(argc + 1, sizeof(char *));
     if (argv == NULL)
-        return;
+        goto done;
     memcpy(argv, fields + 3, argc * sizeof(char *));
-    char **env = fields + 3 + argc; /* NULL-terminated by calloc */
+    env = merged_environment(fields + 3 + argc); /* NULL-terminated by calloc */
+    if (env == NULL)
+        goto done;
 
-    int out = anonymous_file(), err = anonymous_file(), status_pipe[2];
-    if (out < 0 || err < 0 || pipe2(status_pipe, O_CLOEXEC) < 0) {
+    struct stat st;
+    if (stat(cwd, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        reply(conn, "E chdir %s: %s\n", cwd, strerror(S_ISDIR(st.st_mode) ? errno : ENOTDIR));
+        goto done;
+    }
+    out = anonymous_file();
+    err = anonymous_file();
+    if (out < 0 || err < 0 || pipe2(notify, O_CLOEXEC) < 0) {
         reply(conn, "E spool: %s\n", strerror(errno));
-        return;
+        goto done;
     }
-    pid_t child = fork();
-    if (child < 0) {
-        reply(conn, "E fork: %s\n", strerror(errno));
-        return;
+    char path[4096];
+    int rc = resolve(argv[0], env, path, sizeof(path));
+    pid_t child = 0;
+    if (rc == 0)
+        rc = spawn(&child, cwd, path, argv, env, out, err, notify[1]);
+    int code, status = 0;
+    if (rc == EAGAIN || rc == ENOMEM) {
+        reply(conn, "E fork: %s\n", strerror(rc));
+        goto done;
     }
-    if (child == 0)
-        start_command(cwd, argv, env, out, err, status_pipe[1]);
-    close(status_pipe[1]);
-    int start_errno = 0;
-    if (read_all(status_pipe[0], &start_errno, sizeof(start_errno)) == 0) {
-        waitpid(child, NULL, 0);
-        reply(conn, "E chdir %s: %s\n", cwd, strerror(start_errno));
-        return;
-    }
-    close(status_pipe[0]);
-    reply(conn, "R %d\n", (int)child);
-
-    /* wait for the command, or for Atoll to ask for (or, by leaving, imply) a kill */
-    sigset_t during_poll;
-    sigprocmask(SIG_SETMASK, NULL, &during_poll);
-    sigdelset(&during_poll, SIGCHLD);
-    int status = 0, killed = 0;
-    for (;;) {
-        pid_t done = waitpid(child, &status, WNOHANG);
-        if (done == child)
-            break;
-        struct pollfd p = {.fd = conn, .events = POLLIN};
-        child_changed = 0;
-        int ready = ppoll(&p, 1, NULL, &during_poll);
-        if (ready > 0 && !killed) {
-            char byte;
-            ssize_t got = read(conn, &byte, 1);
-            if (got <= 0) { /* Atoll is gone: nobody will collect the result */
-                kill_session(child);
-                waitpid(child, &status, 0);
-                return;
+    if (rc != 0) { /* as a shell reports a command it cannot run */
+        reply(conn, "R 0\n");
+        dprintf(err, "%s: %s\n", argv[0], strerror(rc));
+        code = rc == ENOENT ? 127 : 126;
+    } else {
+        reply(conn, "R %d\n", (int)child);
+        /* wait for the command, or for Atoll to ask for (or, by leaving, imply) a kill */
+        int killed = 0;
+        for (;;) {
+            struct pollfd p[2] = {{.fd = notify[0], .events = POLLIN}, {.fd = conn, .events = POLLIN}};
+            if (poll(p, killed ? 1 : 2, -1) < 0)
+                continue;
+            if (p[0].revents) {
+                read_all(notify[0], &status, sizeof(status));
+                break;
             }
-            kill_session(child);
-            killed = 1;
-        } else if (ready > 0) {
-            /* after a kill only the command's exit matters; avoid spinning on an EOF */
-            waitpid(child, &status, 0);
-            break;
+            if (p[1].revents) {
+                char byte;
+                ssize_t got = read(conn, &byte, 1);
+                kill_session(child);
+                killed = 1;
+                if (got <= 0) { /* Atoll is gone: nobody will collect the result */
+                    read_all(notify[0], &status, sizeof(status));
+                    goto done;
+                }
+            }
         }
+        code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     size_t out_len = spooled(out, cap), err_len = spooled(err, cap);
     reply(conn, "X %d %zu %zu\n", code, out_len, err_len);
     send_file(conn, out, out_len);
     send_file(conn, err, err_len);
+done:
+    for (int *fd = (int[]){out, err, notify[0], notify[1]}, i = 0; i < 4; i++)
+        if (fd[i] >= 0)
+            close(fd[i]);
+    free(env);
+    free(argv);
+    free(fields);
+    free(payload);
+}
+
+static void *handler_thread(void *arg) {
+    int conn = (int)(intptr_t)arg;
+    handle(conn);
+    close(conn);
+    return NULL;
+}
+
+static int listen_loopback(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 256) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static int listen_socket(void) {
@@ -316,6 +466,13 @@ static int listen_socket(void) {
 
 int main(int argc, char **argv) {
     char **main_command = NULL;
+    int tcp_port = 0;
+    if (argc > 2 && strcmp(argv[1], "--tcp") == 0) {
+        tcp_port = atoi(argv[2]);
+        pace = 8192;
+        argv += 2;
+        argc -= 2;
+    }
     if (argc > 2 && strcmp(argv[1], "--") == 0)
         main_command = argv + 2;
 
@@ -330,6 +487,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_FORWARDED; i++)
         catch(forwarded[i]);
     signal(SIGPIPE, SIG_IGN);
+    umask(022);
 
     pid_t main_pid = -1;
     if (main_command != NULL) {
@@ -346,17 +504,24 @@ int main(int argc, char **argv) {
         }
     }
 
-    int listener = listen_socket();
+    pthread_attr_t handler_attr;
+    pthread_attr_init(&handler_attr);
+    pthread_attr_setdetachstate(&handler_attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&handler_attr, 256 << 10);
+    int listener = tcp_port > 0 ? listen_loopback(tcp_port) : listen_socket();
     if (listener < 0)
-        dprintf(2, "atoll-agent: %s: %s (commands fall back to the runtime's exec)\n", SOCKET_PATH,
+        dprintf(2, "atoll-agent: cannot listen: %s (commands fall back to the runtime's exec)\n",
                 strerror(errno));
     for (;;) {
         int status;
         pid_t gone;
+        pthread_mutex_lock(&table_lock);
         while ((gone = waitpid(-1, &status, WNOHANG)) > 0) {
             if (gone == main_pid)
                 return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            hand_over(gone, status); /* or an orphan, reaped and done with */
         }
+        pthread_mutex_unlock(&table_lock);
         for (size_t i = 0; i < N_FORWARDED; i++) {
             int sig = forwarded[i];
             if (!pending[sig])
@@ -372,21 +537,15 @@ int main(int argc, char **argv) {
         int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
         if (conn < 0)
             continue;
-        pid_t handler = fork();
-        if (handler == 0) {
-            close(listener);
-            /* SIGCHLD stays blocked outside ppoll, as in the init */
-            for (size_t i = 0; i < N_FORWARDED; i++)
-                signal(forwarded[i], SIG_DFL);
-            sigset_t only_chld;
-            sigemptyset(&only_chld);
-            sigaddset(&only_chld, SIGCHLD);
-            sigprocmask(SIG_SETMASK, &only_chld, NULL);
-            handle(conn);
-            _exit(0);
+        /* a thread per connection (it shares the signal mask above: every signal stays with
+         * this loop); it waits for its command, so commands run concurrently */
+        pthread_t handler;
+        int rc = pthread_create(&handler, &handler_attr, handler_thread, (void *)(intptr_t)conn);
+        if (rc != 0) {
+            /* the process limit is used up (e.g. by a fork bomb): reported like any command
+             * that could not start, which Atoll answers with "try again later" */
+            reply(conn, "E fork: %s\n", strerror(rc));
+            close(conn);
         }
-        /* a fork that fails (the process limit is used up) closes the connection unanswered,
-         * and Atoll falls back to the runtime's exec */
-        close(conn);
     }
 }

@@ -1,16 +1,19 @@
-"""The host side of the in-sandbox exec agent (``agent.c``, PID 1 of every OCI sandbox).
+"""The host side of Atoll's agent (``agent.c``, PID 1 of every sandbox).
 
-A command runs by connecting to the agent's socket on the sandbox's private tmpfs and sending
-one request; the agent forks it inside the sandbox, where it inherits the namespaces, cgroup,
-capabilities and seccomp filter the agent already holds. That skips the runtime process per call
-(``runc exec`` re-creates all of those each time), which is most of an exec's cost.
+A command runs by connecting to the agent and sending one request; the agent starts it inside
+the sandbox, where it inherits the namespaces, cgroup, capabilities and seccomp filter the agent
+already holds. That skips the runtime process per call (``runc exec`` re-creates all of those
+each time), which is most of an exec's cost. ``converse`` speaks the protocol on a connected
+socket; how the socket is reached depends on the backend (OCI: ``run`` below; gVisor: through
+runsc's port forwarding, ``gvisor_exec``).
 
-The socket is reached through ``/proc/<init>/root`` with ``openat2(RESOLVE_IN_ROOT |
-RESOLVE_NO_SYMLINKS)``: a sandbox that replaces it with a link cannot point Atoll at any other
-socket, and whatever answers is parsed as untrusted input. When the agent cannot take the request
-(no socket: a sandbox started before the agent existed, or the agent's fork failed because a
-fork bomb used up the process limit), ``run`` returns ``None`` and the caller falls back to the
-runtime's own exec.
+In an OCI sandbox the socket is a file on the sandbox's private tmpfs, reached through
+``/proc/<init>/root`` with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)``: a sandbox that
+replaces it with a link cannot point Atoll at any other socket, and whatever answers is parsed as
+untrusted input. When there is no socket (a sandbox started before the agent existed), ``run``
+returns ``None`` and the caller falls back to the runtime's own exec. An agent that cannot start
+a thread or a process (a fork bomb has used up the process limit) says so ("E fork: ..."), which
+the server answers with 503 and Retry-After.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import socket
 import stat
 import struct
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from atoll.runtime import confined, oci_config
@@ -33,7 +37,9 @@ log = logging.getLogger("atoll.agent")
 SOURCE = Path(__file__).with_name("agent.c")
 AGENT_PATH = f"{oci_config.HELPER_DIR}/agent"
 SOCKET_IN_SANDBOX = f"{oci_config.HELPER_DIR}/run/agent.sock"
-KILL_GRACE_S = 2.0  # after a timeout kill, how long the agent gets to hand over partial output
+# after a timeout kill, how long the agent gets to hand over partial output (killing a fork
+# bomb takes a while under gVisor on a loaded host)
+KILL_GRACE_S = 10.0
 START_TIMEOUT_S = 30.0
 # an exec request is small; a reply line never legitimately exceeds this
 MAX_LINE = 4096
@@ -62,9 +68,11 @@ def build(dest: Path) -> None:
     stamp.write_text(digest + "\n")
 
 
-def init_args(main_command: tuple[str, ...] | list[str] | None) -> list[str]:
-    """PID 1's argv: the agent alone, or the agent supervising the template's main process."""
-    return [AGENT_PATH, "--", *main_command] if main_command else [AGENT_PATH]
+def init_args(main_command: Sequence[str] | None, *, tcp_port: int | None = None) -> list[str]:
+    """PID 1's argv: the agent alone, or the agent supervising the template's main process;
+    listening on the sandbox's loopback at ``tcp_port`` instead of its socket file."""
+    argv = [AGENT_PATH] if tcp_port is None else [AGENT_PATH, "--tcp", str(tcp_port)]
+    return [*argv, "--", *main_command] if main_command else argv
 
 
 def encode(request: ExecRequest) -> bytes:
@@ -112,6 +120,15 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
     if sock is None:
         log.info("no agent socket in the sandbox of pid %d", init_pid)
         return None
+    return await converse(sock, request, f"pid {init_pid}")
+
+
+async def converse(
+    sock: socket.socket, request: ExecRequest, who: str, *, pace: int = 0
+) -> ExecResult | None:
+    """Run ``request`` through the agent at the other end of ``sock`` (which this closes); None
+    when the agent did not take it (nothing ran). ``pace``: the agent sends its output in chunks
+    of that many bytes, each to be acknowledged (``agent.c``, gVisor sandboxes)."""
     sock.setblocking(False)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
     try:
@@ -119,12 +136,12 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
         try:
             started = await asyncio.wait_for(reader.readline(), START_TIMEOUT_S)
         except (TimeoutError, ValueError, ConnectionError) as exc:
-            log.info("agent of pid %d did not take a command: %r", init_pid, exc)
+            log.info("agent of %s did not take a command: %r", who, exc)
             return None
         if started.startswith(b"E "):
             raise ExecSetupFailed(started[2:].decode(errors="replace").strip())
         if not started.startswith(b"R "):
-            log.info("agent of pid %d did not take a command: %r", init_pid, started[:100])
+            log.info("agent of %s did not take a command: %r", who, started[:100])
             return None  # the agent could not fork (process limit) or is not ours to trust
         timed_out = False
         try:
@@ -140,7 +157,9 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
                 done = b""
         except (ValueError, ConnectionError):
             done = b""
-        code, out, err = await _result(reader, done, request.max_output_bytes)
+        code, out, err = await _result(
+            reader, done, request.max_output_bytes, pace=pace, ack=lambda: writer.write(b"A")
+        )
     finally:
         writer.close()
     if timed_out:
@@ -149,11 +168,19 @@ async def run(init_pid: int, request: ExecRequest) -> ExecResult | None:
     return ExecResult(exit_code=code, stdout=out, stderr=err)
 
 
-async def _result(reader: asyncio.StreamReader, line: bytes, cap: int) -> tuple[int, bytes, bytes]:
-    """Parse ``X status outlen errlen`` and read the output (never more than ``cap`` each)."""
+async def _result(
+    reader: asyncio.StreamReader,
+    line: bytes,
+    cap: int,
+    *,
+    pace: int = 0,
+    ack: Callable[[], None] = lambda: None,
+) -> tuple[int, bytes, bytes]:
+    """Parse ``X status outlen errlen`` and read the output (never more than ``cap`` each); with
+    ``pace``, in chunks of that size, calling ``ack`` after each."""
     parts = line.split()
     if len(parts) != 4 or parts[0] != b"X":
-        return 137, b"", b""  # the agent's handler died (the sandbox's OOM killer, its deletion)
+        return 137, b"", b""  # the agent died (the sandbox's OOM killer, its deletion)
     try:
         code, out_len, err_len = (int(p) for p in parts[1:])
     except ValueError:
@@ -161,8 +188,19 @@ async def _result(reader: asyncio.StreamReader, line: bytes, cap: int) -> tuple[
     if not (0 <= out_len <= cap and 0 <= err_len <= cap and 0 <= code <= 255):
         return 137, b"", b""
     try:
-        out = await asyncio.wait_for(reader.readexactly(out_len), KILL_GRACE_S + 30)
-        err = await asyncio.wait_for(reader.readexactly(err_len), KILL_GRACE_S + 30)
+        out = await _read_output(reader, out_len, pace, ack)
+        err = await _read_output(reader, err_len, pace, ack)
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         return code, b"", b""
     return code, out, err
+
+
+async def _read_output(reader: asyncio.StreamReader, size: int, pace: int, ack: Callable[[], None]) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = await asyncio.wait_for(reader.readexactly(min(pace or size, size)), KILL_GRACE_S + 30)
+        if pace:
+            ack()
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)

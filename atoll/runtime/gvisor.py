@@ -24,8 +24,9 @@ adapted where gVisor differs:
   revalidated against the host (``--file-access=shared``) and ``/tmp`` is the root's own (runsc
   would otherwise put a tmpfs there), so the filesystem API, which works on the host side of the
   overlay, and the sandbox see the same files.
-- **Commands** run through an agent in the sandbox (``gvisor_exec``), so that what they leave
-  behind survives checkpoint and restore.
+- **Commands** run through Atoll's agent, PID 1 of the sandbox, reached on the sandbox's
+  loopback through runsc's port forwarding (``gvisor_exec``), so that what they leave behind
+  survives checkpoint and restore.
 - **Memory**: gVisor has no OOM killer of its own; past the memory limit the host's OOM killer
   ends the sentry, i.e. the whole sandbox (google/gvisor#2533).
 
@@ -156,6 +157,7 @@ class GVisorBackend:
             log = spec.sandbox_dir / "runtime.log"
             argv = self._launch(spec, "--log", str(log), "run", "--detach", "--bundle", str(spec.sandbox_dir))
             await run([*argv, spec.sandbox_id], timeout=60, error_log=log)
+            await self.executor.wait_for_agent(spec.sandbox_id)
         except BaseException:
             await self.halt(spec)
             raise
@@ -184,7 +186,6 @@ class GVisorBackend:
         (a TCP connection), while pausing by freezing should then still be possible."""
         if self.executor.busy(sandbox_id):
             raise CheckpointFailed("commands are running in the sandbox")
-        await self.executor.settle(sandbox_id)
         paused_here = sandbox_id not in self._paused
         # a save drops open connections (--net-disconnect-ok); a running sandbox that has some
         # is not saved, so that pausing falls back to freezing, which keeps them. A paused one
@@ -233,6 +234,7 @@ class GVisorBackend:
                 await run([*argv, spec.sandbox_id], timeout=600, error_log=log)
             except CommandFailed as exc:
                 raise CheckpointFailed(_first_line(exc.stderr)) from None
+            await self.executor.wait_for_agent(spec.sandbox_id)
         except BaseException:
             await self.halt(spec)
             raise

@@ -1,8 +1,8 @@
 """Atoll's helper layer: a tiny read-only overlay layer on top of every template that carries
 static binaries the runtime relies on, so no template needs them and no sandbox's upper layer
-is touched by them: ``/.atoll/agent`` (PID 1 of OCI sandboxes and their exec fast path, built
-from ``agent.c``), ``/.atoll/init`` (catatonit, a reaping PID 1 for gVisor sandboxes) and
-``/.atoll/busybox``."""
+is touched by them: ``/.atoll/agent`` (PID 1 of every sandbox and the way commands reach it, built
+from ``agent.c``), ``/.atoll/init`` (catatonit, a plain reaping PID 1, which the benchmarks' bare
+runtime baseline uses) and ``/.atoll/busybox``."""
 
 from __future__ import annotations
 

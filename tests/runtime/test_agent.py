@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -32,12 +33,14 @@ def test_the_main_process_runs_under_the_agent() -> None:
     ]
 
 
-async def parse(reply: bytes, cap: int = 100) -> tuple[int, bytes, bytes]:
+async def parse(
+    reply: bytes, cap: int = 100, pace: int = 0, ack: Callable[[], None] = lambda: None
+) -> tuple[int, bytes, bytes]:
     reader = asyncio.StreamReader()
     line, _, rest = reply.partition(b"\n")
     reader.feed_data(rest)
     reader.feed_eof()
-    return await agent._result(reader, line + b"\n", cap)
+    return await agent._result(reader, line + b"\n", cap, pace=pace, ack=ack)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +57,11 @@ async def parse(reply: bytes, cap: int = 100) -> tuple[int, bytes, bytes]:
 )
 def test_replies_are_untrusted(reply: bytes, expected: tuple[int, bytes, bytes]) -> None:
     assert asyncio.run(parse(reply)) == expected
+
+
+def test_paced_output_is_acknowledged_chunk_by_chunk() -> None:
+    """gVisor: every chunk of at most ``pace`` bytes, of stdout and then of stderr, gets one ack."""
+    acks: list[int] = []
+    result = asyncio.run(parse(b"X 0 20 3\n" + b"o" * 20 + b"eee", pace=8, ack=lambda: acks.append(1)))
+    assert result == (0, b"o" * 20, b"eee")
+    assert len(acks) == 3 + 1

@@ -112,13 +112,6 @@ def test_what_a_command_leaves_running_survives_a_checkpoint(http: httpx.Client)
         api.delete(http, sid)
 
 
-# Issue 6 stays open on this: in full clean-clone runs (2 of 2, and 2 of 7 in a colleague's
-# runs) the gVisor sandbox stays wedged after the bomb's timeout kill, and every later command
-# times out; run alone it passes (4 of 4). Not strict, so a pass is not an error.
-@pytest.mark.xfail(
-    reason="issue 6: a gVisor sandbox can stay wedged after a fork bomb (later commands time out)",
-    strict=False,
-)
 def test_processes_inside_are_limited_and_the_host_cgroup_has_room_for_the_sentry(
     http: httpx.Client, mixed: ServerProcess
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from atoll.runtime import gvisor, gvisor_exec, oci_config
+from atoll.runtime import agent, gvisor, gvisor_exec, oci_config
 from atoll.runtime.spec import SandboxSpec
 
 
@@ -52,28 +52,22 @@ def test_network_namespace_and_tmp() -> None:
     assert not any(m["destination"] == "/tmp" for m in config(spec(), own_tmp=False)["mounts"])
 
 
-def test_pid_1_supervises_the_agent_and_the_main_process() -> None:
+def test_pid_1_is_the_agent_on_the_loopback_supervising_the_main_process() -> None:
     argv = gvisor_exec.agent_args(("python3", "app.py"))
-    assert argv[:5] == [oci_config.INIT_PATH, "--", oci_config.BUSYBOX_PATH, "sh", "-c"]
-    assert argv[5] == argv[6] == gvisor_exec.AGENT  # its own text is its $0, to restart itself
-    assert argv[7:] == ["python3", "app.py"]
+    assert argv == [agent.AGENT_PATH, "--tcp", str(gvisor_exec.AGENT_PORT), "--", "python3", "app.py"]
+    assert gvisor_exec.agent_args(None) == [agent.AGENT_PATH, "--tcp", str(gvisor_exec.AGENT_PORT)]
 
 
 def test_capability_mask_matches_the_oci_set() -> None:
     assert gvisor.capability_mask() == 0x200404FB
 
 
-def test_exec_arguments_and_status_lines() -> None:
+def test_exec_arguments() -> None:
     args = gvisor_exec.execute_args("sbx1", ["/bin/true"], {"A": "b"}, "/root", 0x200404FB)
     assert args["argv"] == ["/bin/true"] and args["envv"] == ["A=b"] and args["wd"] == "/root"
     assert args["GuestFDs"] == [0, 1, 2] and args["ContainerID"] == "sbx1"
     assert args["Capabilities"]["EffectiveCaps"] == 0x200404FB
-    # the client gets Atoll's stderr pipe as fd 3 (its own fd 2 is /dev/null)
     assert gvisor_exec.execute_args("sbx1", ["x"], {}, "/", 0, 4)["GuestFDs"] == [0, 1, 2, 3]
-    assert gvisor_exec._parse_status(b"3\n") == 3
-    assert gvisor_exec._parse_status(b"0\n") == 0
-    assert gvisor_exec._parse_status(b"chdir\n") is None
-    assert gvisor_exec._parse_status(b"") == 137
 
 
 def test_ip_batch_output_is_split_into_documents() -> None:

@@ -1,5 +1,7 @@
-"""Escape attempts on the exec channel: Atoll connects from the host to the agent's socket inside
-the sandbox (atoll/runtime/agent.py), so the sandbox controls the path and whoever answers."""
+"""Escape attempts on the exec channel: Atoll connects from the host to the agent inside the
+sandbox (atoll/runtime/agent.py): in an OCI sandbox through a socket file the sandbox controls,
+in a gVisor one through runsc's port forwarding to the sandbox's loopback. Either way the sandbox
+controls whoever answers."""
 
 from __future__ import annotations
 
@@ -13,15 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from atoll.runtime.gvisor_exec import AGENT_PORT
 from tests._support import api
-from tests._support.server import RUNTIME
+from tests._support.runtimes import GVISOR
+from tests._support.server import ServerProcess
+from tests.security._inside import py_json
 from tests.security.conftest import Blocked
 
-pytestmark = [
-    pytest.mark.privileged,
-    pytest.mark.usefixtures("no_leaks"),
-    pytest.mark.skipif(RUNTIME == "runsc", reason="gVisor sandboxes run commands without the agent"),
-]
+pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
 
 class HostSocket:
@@ -67,6 +68,7 @@ def host_socket() -> Iterator[HostSocket]:
     trap.close()
 
 
+@pytest.mark.skipif(GVISOR, reason="a gVisor sandbox's agent has no socket file (see the port tests)")
 @pytest.mark.attempt("point Atoll's exec connection at a host socket (a link in place of the agent's)")
 def test_planted_link_to_a_host_socket(
     http: httpx.Client, victim: str, host_socket: HostSocket, blocked: Blocked
@@ -86,9 +88,17 @@ def test_planted_link_to_a_host_socket(
 
 FAKE_AGENT = r"""
 import os, socket
-path = "/.atoll/run/agent.sock"
-os.unlink(path)
-s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen(8)
+if os.path.exists("/.atoll/run/agent.sock"):  # OCI: the socket file, which the sandbox owns
+    os.unlink("/.atoll/run/agent.sock")
+    s = socket.socket(socket.AF_UNIX); s.bind("/.atoll/run/agent.sock")
+else:  # gVisor: the agent port on the loopback of the sandbox, held by PID 1
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", AGENT_PORT))
+    except OSError as e:
+        print("bind:", e.strerror); raise SystemExit
+s.listen(8)
+print("listening", flush=True)
 if os.fork():
     os._exit(0)
 os.setsid()
@@ -98,14 +108,50 @@ for _ in range(3):
     # forged sizes far beyond the output cap, then a trickle
     c.sendall(b"R 1\nX 0 99999999999999 99999999999999\n" + b"A" * 1000)
     c.close()
-"""
+""".replace("AGENT_PORT", str(AGENT_PORT))
 
 
 @pytest.mark.attempt("answer Atoll's exec requests with a fake agent (forged sizes, endless output)")
 def test_fake_agent_cannot_hurt_the_server(http: httpx.Client, victim: str, blocked: Blocked) -> None:
-    api.run(http, victim, f"python3 -c '{FAKE_AGENT}'")
+    planted = api.run(http, victim, f"python3 -c '{FAKE_AGENT}'")
+    if GVISOR:
+        # the agent (PID 1, which the sandbox cannot kill) holds the port: no one can take it over
+        assert planted["stdout"] == "bind: Address already in use\n", planted
+        assert api.run(http, victim, "echo still-the-agent")["stdout"] == "still-the-agent\n"
+        blocked("PID 1 holds the agent's port; the sandbox cannot bind it or kill PID 1")
+        return
+    assert planted["stdout"] == "listening\n", planted
     forged = api.run(http, victim, "echo never-runs")
     # the reply is refused as a whole: nothing of it is taken as the command's output
     assert forged["stdout"] == "" and forged["exit_code"] == 137, forged
     assert http.get("/v1/health").status_code == 200
     blocked("replies are parsed as untrusted: sizes beyond the output cap are refused, nothing is read")
+
+
+def connect(host: str, port: int) -> str:
+    """Code for inside a sandbox: prints "open" or "closed" for a TCP connect to (host, port)."""
+    return (
+        "import json, socket\n"
+        "s = socket.socket(); s.settimeout(3)\n"
+        f"print(json.dumps('open' if s.connect_ex(({host!r}, {port})) == 0 else 'closed'))\n"
+    )
+
+
+@pytest.mark.skipif(not GVISOR, reason="an OCI sandbox's agent listens on a socket file, not a port")
+@pytest.mark.attempt("reach a gVisor sandbox's agent port from outside (a neighbour, the host, the router)")
+def test_gvisor_agent_port_is_not_reachable_from_outside(
+    http: httpx.Client, server: ServerProcess, pair: tuple[str, str], blocked: Blocked
+) -> None:
+    neighbour, target = pair
+    address = api.sandbox_ip(http, target)
+    # it listens: the target's own processes reach it on their loopback
+    assert py_json(http, target, connect("127.0.0.1", AGENT_PORT)) == "open"
+    assert py_json(http, neighbour, connect(address, AGENT_PORT)) == "closed"
+    with socket.socket() as from_host:
+        from_host.settimeout(3)
+        assert from_host.connect_ex((address, AGENT_PORT)) != 0
+    with httpx.Client(base_url=server.router_url, timeout=30, trust_env=False) as router:
+        routed = router.get("/", headers={**server.headers, "host": server.sandbox_host(target, AGENT_PORT)})
+    assert routed.status_code >= 500 or routed.status_code == 404, routed.text
+    assert "never-runs" not in routed.text
+    blocked("the agent is bound to the sandbox's loopback; only runsc's port forwarding reaches it")
