@@ -527,6 +527,13 @@ class SandboxManager:
                     "the sandbox has no room for a new process (its process limit is reached); retry",
                     retry_after=1,
                 ) from None
+            if "not running" in str(exc):
+                # its runtime ended under it (e.g. the host's OOM killer ended a gVisor sentry
+                # that went past its memory limit): the sandbox's state, not a server failure
+                raise ConflictError(
+                    "the sandbox's runtime is no longer running (it may have run out of memory); "
+                    "delete the sandbox"
+                ) from None
             raise ServerError(f"could not start the process: {exc}") from None
 
     # timeouts ---------------------------------------------------------------------------
