@@ -12,7 +12,6 @@ sandbox had learned from DNS is lost then (it resolves again). See docs/egress.m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -26,6 +25,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from atoll._exceptions import APIError
+from atoll._tasks import cancel_and_wait
 from atoll.network import egress_rules
 from atoll.network.addressing import Slot
 from atoll.network.ca import CertificateAuthority
@@ -207,10 +207,7 @@ class EgressService:
         await self.proxy.start()
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        await cancel_and_wait(self._refresher)
         await self.proxy.close()
         await self.resolver.close()
         if self._nft is not None:

@@ -7,11 +7,11 @@ is empty, ``acquire`` builds a slot itself."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
 from atoll._exceptions import CapacityError
+from atoll._tasks import cancel_and_wait
 from atoll.network import netns
 from atoll.network.addressing import AddressPlan, Slot
 
@@ -109,9 +109,6 @@ class NetworkPool:
                 self._ready.append(slot)
 
     async def close(self) -> None:
-        if self._refiller is not None:
-            self._refiller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refiller
+        await cancel_and_wait(self._refiller)
         while self._ready:
             await self.release(self._ready.popleft())

@@ -417,10 +417,11 @@ static void handle(int conn) {
     reply(conn, "X %d %zu %zu\n", code, out_len, err_len);
     send_file(conn, out, out_len);
     send_file(conn, err, err_len);
-done:
-    for (int *fd = (int[]){out, err, notify[0], notify[1]}, i = 0; i < 4; i++)
-        if (fd[i] >= 0)
-            close(fd[i]);
+done:;
+    int opened[] = {out, err, notify[0], notify[1]};
+    for (size_t i = 0; i < sizeof(opened) / sizeof(opened[0]); i++)
+        if (opened[i] >= 0)
+            close(opened[i]);
     free(env);
     free(argv);
     free(fields);
@@ -510,8 +511,7 @@ int main(int argc, char **argv) {
     pthread_attr_setstacksize(&handler_attr, 256 << 10);
     int listener = tcp_port > 0 ? listen_loopback(tcp_port) : listen_socket();
     if (listener < 0)
-        dprintf(2, "atoll-agent: cannot listen: %s (commands fall back to the runtime's exec)\n",
-                strerror(errno));
+        dprintf(2, "atoll-agent: cannot listen: %s (no commands through the agent)\n", strerror(errno));
     for (;;) {
         int status;
         pid_t gone;

@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll._tasks import cancel_and_wait
 from atoll.runtime import overlay
 from atoll.runtime._proc import run
 
@@ -282,10 +283,7 @@ class DiskPool:
                 self._ready.append(entry)
 
     async def close(self) -> None:
-        if self._refiller is not None:
-            self._refiller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refiller
+        await cancel_and_wait(self._refiller)
         while self._ready:
             entry = self._ready.popleft()
             await asyncio.to_thread(self._discard, entry)

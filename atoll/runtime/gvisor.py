@@ -53,13 +53,9 @@ from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
 
 PLATFORM = "systrap"
+# the agent's end of the exec channel in /proc/net/tcp: 127.0.0.1 (little-endian hex) and its port
+AGENT_ADDRESS = f"0100007F:{gvisor_exec.AGENT_PORT:04X}"
 HOST_PIDS_FLOOR = 1024
-# bit numbers of oci_config.CAPABILITIES (linux/capability.h), for the control socket's exec call
-CAPABILITY_BITS = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
-    "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_SYS_CHROOT": 18,
-    "CAP_AUDIT_WRITE": 29,
-}  # fmt: skip
 # run a command in the sandbox's netns and a private mount namespace where /proc/sys/net/core
 # is hidden (see the module docstring)
 _HIDE_NET_CORE = 'mount -t tmpfs -o size=4k,mode=555 atoll-hide /proc/sys/net/core && exec "$@"'
@@ -67,13 +63,6 @@ _HIDE_NET_CORE = 'mount -t tmpfs -o size=4k,mode=555 atoll-hide /proc/sys/net/co
 
 def host_pids_limit(pids_limit: int) -> int:
     return max(HOST_PIDS_FLOOR, 2 * pids_limit)
-
-
-def capability_mask() -> int:
-    mask = 0
-    for name in oci_config.CAPABILITIES:
-        mask |= 1 << CAPABILITY_BITS[name]
-    return mask
 
 
 def adapt_config(config: dict[str, Any], spec: SandboxSpec, *, own_tmp: bool) -> dict[str, Any]:
@@ -114,7 +103,7 @@ class GVisorBackend:
         self.cgroup_parent = cgroup_parent.strip("/")
         state_root.mkdir(parents=True, exist_ok=True)
         self.can_checkpoint = True
-        self.executor = gvisor_exec.Executor(state_root, capability_mask())
+        self.executor = gvisor_exec.Executor(state_root)
         self._paused: set[str] = set()  # paused by this process (checkpoint must not pause twice)
 
     def _argv(self, *args: str) -> list[str]:
@@ -213,13 +202,17 @@ class GVisorBackend:
         """TCP sockets in the sandbox that are neither listening nor closed (gVisor's
         ``/proc/net/tcp`` lists the ones a process holds; those in TIME_WAIT, held by none,
         are dropped by a save)."""
+        listing = ExecRequest(
+            argv=(oci_config.BUSYBOX_PATH, "cat", "/proc/net/tcp", "/proc/net/tcp6"), env={}, timeout=10
+        )
         try:
-            table = await self.executor.capture(
-                sandbox_id, [oci_config.BUSYBOX_PATH, "cat", "/proc/net/tcp", "/proc/net/tcp6"]
-            )
+            table = await self.executor.exec(sandbox_id, listing)
         except ExecSetupFailed as exc:
             raise CheckpointFailed(f"cannot list the sandbox's connections: {exc}") from None
-        return count_open_connections(table.decode(errors="replace"))
+        if table.timed_out:
+            raise CheckpointFailed("cannot list the sandbox's connections: no answer in 10s")
+        # the listing's own connection to the agent is one of them (it closes before the save)
+        return count_open_connections(table.stdout.decode(errors="replace"), ignore_local=AGENT_ADDRESS)
 
     async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
         """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
@@ -294,14 +287,14 @@ class GVisorBackend:
         )  # fmt: skip
 
 
-def count_open_connections(proc_net_tcp: str) -> int:
+def count_open_connections(proc_net_tcp: str, *, ignore_local: str = "") -> int:
     """Sockets in ``/proc/net/tcp``-format text whose state (``st``) is neither LISTEN (0A) nor
-    CLOSE (07)."""
+    CLOSE (07), leaving out those whose local address is ``ignore_local`` (that format's hex)."""
     count = 0
     for line in proc_net_tcp.splitlines():
         fields = line.split()
         if len(fields) > 3 and fields[0].endswith(":") and fields[3] not in ("0A", "07"):
-            count += 1
+            count += fields[1] != ignore_local
     return count
 
 

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
 import json
-import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atoll.runtime import agent, oci_config
+from atoll.runtime import agent
 from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
 
 # the agent's port on the sandbox's loopback (which a sandbox's own servers cannot use)
@@ -42,7 +40,6 @@ AGENT_PORT = 49983
 # forwarding panics, ending the sandbox, when more than 16 KiB waits to be read from the sandbox
 OUTPUT_PACE = 8192
 AGENT_READY_S = 10.0  # how long a booted or restored sandbox's agent gets to start listening
-KILL_GRACE_S = 2.0  # how long a captured helper's output is waited for once it ended
 
 
 def agent_args(main_command: Sequence[str] | None) -> list[str]:
@@ -83,33 +80,11 @@ async def call(socket_path: Path, method: str, arg: Any, fds: Sequence[int] = ()
     return result.get("result")
 
 
-def execute_args(
-    sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, caps: int, nfds: int = 3
-) -> dict[str, Any]:
-    """ExecuteAsync's argument: the passed files become fds 0 .. ``nfds - 1`` of the process."""
-    capabilities = {"PermittedCaps": caps, "EffectiveCaps": caps, "BoundingCaps": caps}
-    capabilities |= {"InheritableCaps": 0, "AmbientCaps": 0}
-    return {
-        "filename": "",
-        "argv": list(argv),
-        "envv": oci_config.env_list(env),
-        "wd": cwd,
-        "KUID": 0,
-        "KGID": 0,
-        "ExtraKGIDs": [],
-        "Capabilities": capabilities,
-        "StdioIsPty": False,
-        "GuestFDs": list(range(nfds)),
-        "ContainerID": sandbox_id,
-    }
-
-
 class Executor:
     """Runs commands in one runsc root's sandboxes (``control_socket(id)`` names the socket)."""
 
-    def __init__(self, state_root: Path, capabilities: int) -> None:
+    def __init__(self, state_root: Path) -> None:
         self.state_root = state_root
-        self.capabilities = capabilities
         self.in_flight: dict[str, int] = {}  # sandbox id -> running commands (no checkpoint then)
 
     def control_socket(self, sandbox_id: str) -> Path:
@@ -163,80 +138,3 @@ class Executor:
         if result is None:  # it closed the connection unanswered: its handler could not start
             raise ExecSetupFailed("the sandbox's agent could not take the command: try again")
         return result
-
-    async def _spawn(
-        self, sandbox_id: str, argv: Sequence[str], env: dict[str, str], cwd: str, fds: Sequence[int]
-    ) -> int:
-        args = execute_args(sandbox_id, argv, env, cwd, self.capabilities, len(fds))
-        try:
-            pid = await call(self.control_socket(sandbox_id), "containerManager.ExecuteAsync", args, fds)
-        except ControlError as exc:
-            raise ExecSetupFailed(str(exc)) from None
-        except OSError as exc:
-            raise ExecSetupFailed(f"the sandbox is not running ({exc.strerror})") from None
-        return int(pid)
-
-    async def capture(
-        self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 10.0, cap: int = 1 << 20
-    ) -> bytes:
-        """Run a helper in the sandbox to completion and return its stdout (ExecSetupFailed if
-        it cannot start or does not end within ``timeout``)."""
-        loop = asyncio.get_running_loop()
-        out_r, out_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDWR)
-        try:
-            pid = await self._spawn(sandbox_id, argv, {}, "/", [null, out_w, null])
-        except BaseException:
-            os.close(out_r)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(null)
-        out = bytearray()
-        reader = asyncio.create_task(_read_capped(loop, out_r, out, cap))
-        try:
-            wait = call(
-                self.control_socket(sandbox_id), "containerManager.WaitPID", {"PID": pid, "CID": sandbox_id}
-            )
-            try:
-                await asyncio.wait_for(wait, timeout)
-            except TimeoutError:  # e.g. the sandbox is paused
-                await self.signal(sandbox_id, pid)
-                raise ExecSetupFailed(f"{argv[-1]}: no answer in {timeout:g}s") from None
-            except ControlError as exc:
-                raise ExecSetupFailed(str(exc)) from None
-            await asyncio.wait([reader], timeout=KILL_GRACE_S)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        return bytes(out)
-
-    async def signal(self, sandbox_id: str, pid: int, signo: int = 9) -> None:
-        """Signal one process in the sandbox through the control socket (no process is started)."""
-        args = {"CID": sandbox_id, "Signo": signo, "PID": pid, "Mode": 0}  # 0: that process only
-        with contextlib.suppress(ControlError, OSError):
-            await call(self.control_socket(sandbox_id), "containerManager.Signal", args)
-
-
-async def _read_capped(loop: asyncio.AbstractEventLoop, fd: int, into: bytearray, cap: int) -> None:
-    """Read a pipe to EOF without blocking the loop, keeping at most ``cap`` bytes."""
-    os.set_blocking(fd, False)
-    ready = asyncio.Event()
-    loop.add_reader(fd, ready.set)
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                ready.clear()
-                await ready.wait()
-                continue
-            if not chunk:
-                return
-            room = cap - len(into)
-            if room > 0:
-                into += chunk[:room]
-    finally:
-        loop.remove_reader(fd)
-        with contextlib.suppress(OSError):
-            os.close(fd)

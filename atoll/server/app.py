@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from atoll._exceptions import ServerError
+from atoll._tasks import cancel_and_wait
 from atoll.network import firewall
 from atoll.network.addressing import AddressPlan
 from atoll.network.egress import EgressConfig, EgressService
@@ -181,9 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        await cancel_and_wait(reaper)
         # in order, and each step even when an earlier one failed: a half shutdown leaks
         steps = [router.stop, ptys.close, warm.close, *([disks.close] if disks else []), pool.close]
         for step in (*steps, egress.close, engine.dispose):

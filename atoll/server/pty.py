@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
+from atoll._tasks import cancel_and_wait
 from atoll.runtime import confined, terminal
 from atoll.server.manager import SandboxManager
 from atoll.store.models import SandboxRow
@@ -299,9 +300,7 @@ class PtyManager:
                 await self._end(session)
 
     async def close(self) -> None:
-        self._sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sweeper
+        await cancel_and_wait(self._sweeper)
         sessions = [s for by_id in self._sessions.values() for s in by_id.values()]
         self._sessions.clear()
         await self._end_all(sessions)

@@ -20,7 +20,6 @@ no records, so the start-up reconciliation removes them like any other leftover.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 from collections import deque
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atoll._states import State
+from atoll._tasks import cancel_and_wait
 from atoll.network.addressing import Slot
 from atoll.runtime import disk
 from atoll.store.models import SandboxRow
@@ -158,10 +158,7 @@ class WarmPool:
                         break
 
     async def close(self) -> None:
-        if self._filler is not None:
-            self._filler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filler
+        await cancel_and_wait(self._filler)
         if self._discarding:
             await asyncio.gather(*self._discarding, return_exceptions=True)
         for queue in self._ready.values():

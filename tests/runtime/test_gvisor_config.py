@@ -58,18 +58,6 @@ def test_pid_1_is_the_agent_on_the_loopback_supervising_the_main_process() -> No
     assert gvisor_exec.agent_args(None) == [agent.AGENT_PATH, "--tcp", str(gvisor_exec.AGENT_PORT)]
 
 
-def test_capability_mask_matches_the_oci_set() -> None:
-    assert gvisor.capability_mask() == 0x200404FB
-
-
-def test_exec_arguments() -> None:
-    args = gvisor_exec.execute_args("sbx1", ["/bin/true"], {"A": "b"}, "/root", 0x200404FB)
-    assert args["argv"] == ["/bin/true"] and args["envv"] == ["A=b"] and args["wd"] == "/root"
-    assert args["GuestFDs"] == [0, 1, 2] and args["ContainerID"] == "sbx1"
-    assert args["Capabilities"]["EffectiveCaps"] == 0x200404FB
-    assert gvisor_exec.execute_args("sbx1", ["x"], {}, "/", 0, 4)["GuestFDs"] == [0, 1, 2, 3]
-
-
 def test_ip_batch_output_is_split_into_documents() -> None:
     assert gvisor._decode_all('[{"a":1}]\n[{"b":2}]\n') == [[{"a": 1}], [{"b": 2}]]
     assert gvisor._decode_all("") == [[], []]
@@ -86,3 +74,17 @@ def test_open_connections_are_counted_from_proc_net_tcp() -> None:
     )
     assert gvisor.count_open_connections(table) == 2  # ESTABLISHED and CLOSE_WAIT; not LISTEN, CLOSE
     assert gvisor.count_open_connections("") == 0
+
+
+def test_the_exec_channels_own_connection_is_not_counted() -> None:
+    """The listing runs through the agent: its own connection to 127.0.0.1:AGENT_PORT is left out."""
+    agent_side = (
+        f"   4: {gvisor.AGENT_ADDRESS} 0100007F:D431 01 00000000:00000000 00:00000000 00000000 0 0 7 2\n"
+    )
+    client_side = (
+        f"   5: 0100007F:D431 {gvisor.AGENT_ADDRESS} 01 00000000:00000000 00:00000000 00000000 0 0 8 2\n"
+    )
+    assert gvisor.count_open_connections(agent_side, ignore_local=gvisor.AGENT_ADDRESS) == 0
+    # a process of the sandbox that holds a connection to the agent still counts
+    assert gvisor.count_open_connections(agent_side + client_side, ignore_local=gvisor.AGENT_ADDRESS) == 1
+    assert gvisor.AGENT_ADDRESS == "0100007F:C33F"  # 127.0.0.1:49983

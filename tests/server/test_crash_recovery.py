@@ -44,7 +44,8 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     orphan = "sbxdeadbeefdeadbeef"
     subprocess.run(["ip", "netns", "add", f"atoll-{INSTANCE}-9999"], check=True)
     subprocess.run(
-        ["ip", "link", "add", f"{IFACE_PREFIX}9999", "type", "veth", "peer", "name", "attorphanp"], check=True
+        ["ip", "link", "add", f"{IFACE_PREFIX}9999", "type", "veth", "peer", "name", f"{IFACE_PREFIX}9999p"],
+        check=True,
     )
     Path(f"/sys/fs/cgroup/pids/atoll_{INSTANCE}/{orphan}").mkdir(parents=True, exist_ok=True)
     orphan_dir = server.data_dir / "sandboxes" / orphan / "rootfs"
