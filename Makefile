@@ -7,12 +7,13 @@ LEAP0_VENV := .venv-leap0
 STAMPS := .stamps
 ATOLL := $(VENV)/bin/atoll
 
-.PHONY: serve test setup host template lint fmt unasync bench fuzz clean
+.PHONY: serve test setup host template templates lint fmt unasync bench fuzz clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make serve   install what is missing, build the default template, run Atoll on localhost"
-	@echo "make test    install what is missing and run the whole test suite"
+	@echo "make test    install what is missing, build every system template, run the whole test suite"
+	@echo "make templates  build every system template (the default one and the code interpreter)"
 	@echo "make lint    ruff, mypy and the generated-sync-SDK check"
 	@echo "make bench   run every benchmark in bench/ and write BENCHMARKS.md"
 	@echo "make fuzz    fuzz the API from its OpenAPI document (ATOLL_FUZZ_EXAMPLES per operation)"
@@ -20,12 +21,12 @@ help:
 serve: setup template
 	$(ATOLL) serve
 
-test: setup template $(STAMPS)/leap0 lint
+test: setup templates $(STAMPS)/leap0 lint
 	$(VENV)/bin/pytest -q
 	@# the whole suite again with gVisor as the server's backend, when it is installed (scripts/setup-gvisor.sh)
 	if command -v runsc >/dev/null; then ATOLL_TEST_RUNTIME=runsc $(VENV)/bin/pytest -q; fi
 
-setup: host $(STAMPS)/venv
+setup: host $(STAMPS)/venv $(STAMPS)/dashboard
 
 host:
 	@bash scripts/setup-host.sh
@@ -38,18 +39,31 @@ $(STAMPS)/venv: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[server,dev]"
 	@touch $@
 
+# the dashboard's front-end libraries (htmx, xterm.js, uPlot) from the npm registry, into the
+# git-ignored atoll/dashboard/frontend/node_modules that the server serves; never committed
+$(STAMPS)/dashboard: atoll/dashboard/frontend/package-lock.json
+	@mkdir -p $(STAMPS)
+	cd atoll/dashboard/frontend && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 $(STAMPS)/leap0:
 	@mkdir -p $(STAMPS)
 	[ -x $(LEAP0_VENV)/bin/python ] || "$$(bash scripts/find-python312.sh)" -m venv $(LEAP0_VENV)
 	$(LEAP0_VENV)/bin/pip install -q "leap0==0.8.0"
 	@touch $@
 
+# the default template; `make serve`'s server builds the others (code interpreter) in the background
 template: setup
 	$(ATOLL) template build
+
+# every system template (cached: rebuilt only when its recipe or inputs changed)
+templates: setup
+	$(ATOLL) template build --all
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check atoll tests scripts bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python scripts/unasync.py --check
 
 fmt: $(STAMPS)/venv

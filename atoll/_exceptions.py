@@ -13,7 +13,8 @@
         ├── ConflictError            409  (wrong state, duplicate name, org limit)
         ├── RateLimitError           429  (``retry_after`` seconds)
         └── ServerError              5xx
-            └── CapacityError        503  (the host has no room; ``retry_after``)
+            └── UnavailableError     503  (not ready yet, e.g. a template being built; ``retry_after``)
+                └── CapacityError    503  (the host has no room; ``retry_after``)
 
 The server raises these same classes; ``status_for`` maps a class to its HTTP status by
 walking the MRO, and the SDK maps a status back with ``error_for_status``.
@@ -130,7 +131,13 @@ class ServerError(APIError):
     status_code = 500
 
 
-class CapacityError(ServerError):
+class UnavailableError(ServerError):
+    """Temporarily unable to serve the request; ``retry_after`` says when to ask again."""
+
+    status_code = 503
+
+
+class CapacityError(UnavailableError):
     status_code = 503
 
 

@@ -9,6 +9,8 @@ Nothing else in Atoll compares states to decide what may happen; it asks ``next_
      stopped ◀──stopped── stopping ◀──stop── running;  stopped ──start──▶ starting
                            running ──delete──▶ deleting ──deleted──▶ deleted
     (running, paused and stopped all accept ``delete``; a state in transition answers 409)
+    (at start-up, a sandbox whose processes are gone or that cannot be repaired is ``lost``:
+     stopped, its disk kept)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Event(enum.StrEnum):
     START = "start"
     DELETE = "delete"  # user delete, or timeout without auto_pause
     DELETED = "deleted"
+    LOST = "lost"  # start-up found its processes gone, or could not repair it (quarantine)
 
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -69,6 +72,14 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.STOPPED, Event.DELETE): State.DELETING,
     (State.DELETING, Event.DELETED): State.DELETED,
     (State.DELETING, Event.FAILED): State.DELETED,
+    # start-up reconciliation: memory is gone (or the sandbox could not be repaired and its
+    # processes were removed); the disk is kept, and ``start`` boots it again
+    (State.RUNNING, Event.LOST): State.STOPPED,
+    (State.PAUSED, Event.LOST): State.STOPPED,
+    (State.UNPAUSING, Event.LOST): State.STOPPED,
+    (State.SNAPSHOTTING, Event.LOST): State.STOPPED,
+    (State.STOPPING, Event.LOST): State.STOPPED,
+    (State.STOPPED, Event.LOST): State.STOPPED,
 }
 
 # States in which the sandbox's processes exist on the host (the reconciler adopts these).

@@ -13,13 +13,21 @@ PACKAGES=(
   python3-venv python3-dev  # the project's virtualenv
   libnss-myhostname       # *.localhost names resolve to loopback (sandbox URLs)
   wrk                     # load generator for bench/
+  lxcfs                   # /proc/meminfo, cpuinfo, stat, uptime of a sandbox show its own limits
   ca-certificates
+  chromium                # headless browser the browser tests drive with Playwright (never downloaded)
+  ffmpeg                  # ffprobe reads the desktop's screen recordings (tests/services/test_desktop.py)
+  openssh-client sshpass tmux  # the SSH gateway's tests drive the real OpenSSH client (tests/ssh)
+  git                     # the git tests' server (git http-backend, tests/services/test_git.py)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   [[ $pkg == \#* ]] && continue
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# the code interpreter template's node_modules come from the host's `npm ci`; any Node.js with
+# npm will do (Debian's, or NodeSource's, which ships npm inside its nodejs package)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq

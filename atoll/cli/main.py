@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from atoll.cli import sandbox as sandbox_commands
+from atoll.cli import ssh as ssh_commands
 from atoll.cli import templates as template_commands
 
 app = typer.Typer(help="Atoll: self-hosted sandboxes for AI agents.", no_args_is_help=True)
@@ -22,6 +22,7 @@ keys_app = typer.Typer(help="Manage API keys (run on the server host).", no_args
 app.add_typer(template_app, name="template")
 template_commands.register(template_app)  # create, catalog, rename, delete (through the API)
 app.add_typer(sandbox_commands.app, name="sandbox")
+ssh_commands.register(sandbox_commands.app)  # atoll sandbox ssh ID
 app.add_typer(keys_app, name="keys")
 console = Console()
 
@@ -32,27 +33,19 @@ TemplatesDir = Annotated[
 
 
 def _build_default_template(templates_dir: Path, *, force: bool = False) -> None:
-    from atoll.templates.debian import build_debian
+    from atoll.templates.build import overlay_users
     from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, TemplateRegistry
 
-    registry = TemplateRegistry(templates_dir)
-    if registry.get(DEFAULT_TEMPLATE_NAME) is not None and not force:
-        console.print(f"template [bold]{DEFAULT_TEMPLATE_NAME}[/] is cached in {templates_dir}")
+    existing = TemplateRegistry(templates_dir).get(DEFAULT_TEMPLATE_NAME)
+    if not force and existing is not None and overlay_users(existing.rootfs):
+        # an older build that sandboxes (maybe another server's) run on cannot be replaced now:
+        # start with it rather than fail; `atoll template build` updates it once unused
+        from atoll.templates.system import find
+
+        if not find(DEFAULT_TEMPLATE_NAME).is_current(TemplateRegistry(templates_dir)):
+            console.print(f"[yellow]{DEFAULT_TEMPLATE_NAME} is out of date but in use: starting with it[/]")
         return
-    with Progress(
-        TextColumn("[bold]building " + DEFAULT_TEMPLATE_NAME),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}% {task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("starting", total=1.0)
-        build_debian(
-            registry,
-            force=force,
-            on_progress=lambda fraction, phase: progress.update(task, completed=fraction, description=phase),
-        )
-    console.print(f"[green]built[/] {DEFAULT_TEMPLATE_NAME}")
+    template_commands.build_system([DEFAULT_TEMPLATE_NAME], templates_dir, force=force)
 
 
 @app.command()
@@ -81,6 +74,14 @@ def serve(
     subnet: Annotated[str, typer.Option(envvar="ATOLL_SUBNET")] = "10.200.0.0/16",
     iface_prefix: Annotated[str, typer.Option(envvar="ATOLL_IFACE_PREFIX")] = "atl",
     deny_cidr: Annotated[list[str] | None, typer.Option(help="Extra egress deny range (repeat).")] = None,
+    allow_private_cidr: Annotated[
+        list[str] | None,
+        typer.Option(help="Private range sandboxes may reach when their policy names it (repeat)."),
+    ] = None,
+    template_registry: Annotated[
+        list[str] | None,
+        typer.Option(help="Registry host[:port] template imports may use (repeat; default: any public)."),
+    ] = None,
     dns_server: Annotated[
         list[str] | None,
         typer.Option(help="Upstream of Atoll's sandbox resolver, IP or IP:PORT (repeat; 'none' for no DNS)."),
@@ -96,6 +97,9 @@ def serve(
     disk_quota: Annotated[
         bool, typer.Option(envvar="ATOLL_DISK_QUOTA", help="Enforce --disk-mib with a loop-mounted image.")
     ] = True,
+    lxcfs: Annotated[
+        bool, typer.Option(envvar="ATOLL_LXCFS", help="/proc/meminfo etc. from LXCFS (own limits).")
+    ] = True,
     rate_limit: Annotated[
         int, typer.Option(envvar="ATOLL_RATE_LIMIT", help="API requests per key per window (0: off).")
     ] = 1000,
@@ -110,6 +114,20 @@ def serve(
         int, typer.Option(envvar="ATOLL_DISK_POOL", help="Sandbox disks mounted ahead of demand (0: off).")
     ] = 4,
     max_sandboxes_per_org: Annotated[int | None, typer.Option(envvar="ATOLL_MAX_SANDBOXES")] = None,
+    snapshot_quota_mib: Annotated[
+        int,
+        typer.Option(
+            envvar="ATOLL_SNAPSHOT_QUOTA_MIB",
+            help="What one organisation's snapshots may use (MiB); 0: no limit.",
+        ),
+    ] = 51200,
+    snapshot_quota_inodes: Annotated[
+        int,
+        typer.Option(
+            envvar="ATOLL_SNAPSHOT_QUOTA_INODES",
+            help="How many files (inodes) one organisation's snapshots may hold; 0: no limit.",
+        ),
+    ] = 2_000_000,
     cpu_overcommit: Annotated[
         float, typer.Option(envvar="ATOLL_CPU_OVERCOMMIT", help="vCPU budget per host CPU.")
     ] = 128.0,
@@ -124,6 +142,13 @@ def serve(
         list[str] | None, typer.Option(help="Sandbox router address (repeat; default 127.0.0.1 and ::1).")
     ] = None,
     router_port: Annotated[int, typer.Option(envvar="ATOLL_ROUTER_PORT", help="Sandbox router port.")] = 7701,
+    ssh_port: Annotated[
+        int, typer.Option(envvar="ATOLL_SSH_PORT", help="SSH gateway port (0: no gateway).")
+    ] = 2222,
+    ssh_public_host: Annotated[
+        str | None, typer.Option(help="Host named in ssh_command (default: the API request's host).")
+    ] = None,
+    ssh_access_ttl_s: Annotated[int, typer.Option(help="Lifetime of an SSH access, seconds.")] = 86400,
     sandbox_domain: Annotated[
         str, typer.Option(envvar="ATOLL_SANDBOX_DOMAIN", help="Sandbox URLs: {id}[-{port}].DOMAIN[:PORT].")
     ] = "sbx.localhost",
@@ -132,16 +157,26 @@ def serve(
         typer.Option(envvar="ATOLL_PRESIGNED_DOMAIN", help="Presigned URL domain (default: sandbox domain)."),
     ] = None,
     tls_cert: Annotated[
-        Path | None, typer.Option(envvar="ATOLL_TLS_CERT", help="Router certificate (wildcard for domain).")
+        Path | None,
+        typer.Option(envvar="ATOLL_TLS_CERT", help="Router certificate (wildcard; default: a local CA's)."),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(envvar="ATOLL_TLS_KEY", help="Router private key.")] = None,
     build_template: Annotated[bool, typer.Option(help="Build the default template if missing.")] = True,
+    build_templates: Annotated[
+        bool,
+        typer.Option(
+            envvar="ATOLL_BUILD_TEMPLATES",
+            help="Build missing on-demand system templates (code interpreter) in the background.",
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(envvar="ATOLL_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the control plane on HOST:PORT."""
     import uvicorn
 
     from atoll.server.app import create_app
+    from atoll.server.conn_guard import raise_fd_limit
+    from atoll.server.limits import LimitedHttpToolsProtocol
     from atoll.server.settings import Settings
 
     if os.geteuid() != 0:
@@ -160,41 +195,65 @@ def serve(
         subnet=subnet,
         iface_prefix=iface_prefix,
         deny_cidrs=tuple(deny_cidr or ()),
+        allow_private_cidrs=tuple(allow_private_cidr or ()),
+        template_registries=tuple(template_registry or ()),
         dns_servers=tuple(s for s in dns_server if s != "none") if dns_server else None,
         egress_ca_bundle=egress_ca_bundle,
         pids_limit=pids_limit,
         disk_mib=disk_mib,
         disk_quota=disk_quota,
+        lxcfs=lxcfs,
         rate_limit=rate_limit,
         rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
         disk_pool_size=disk_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
+        snapshot_quota_bytes=snapshot_quota_mib * 1024 * 1024 if snapshot_quota_mib else None,
+        snapshot_quota_inodes=snapshot_quota_inodes or None,
         cpu_overcommit=cpu_overcommit,
         memory_overcommit=memory_overcommit,
         template_import_dirs=tuple(import_dir) if import_dir else None,
         router_hosts=tuple(router_host) if router_host else ("127.0.0.1", "::1"),
         router_port=router_port,
+        ssh_port=ssh_port,
+        ssh_public_host=ssh_public_host,
+        ssh_access_ttl_s=ssh_access_ttl_s,
         sandbox_domain=sandbox_domain,
         presigned_domain=presigned_domain,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        build_templates=build_templates,
     )
     if build_template:
         _build_default_template(settings.templates_dir)
+    if build_templates:
+        from atoll.server.template_builds import log_to_stderr
+
+        log_to_stderr(log_level)
     console.print(f"Atoll API on [bold]http://{host}:{port}[/] (OpenAPI at /docs)")
     example = (
         f"{settings.sandbox_scheme}://{{id}}[-{{port}}].{settings.sandbox_host}:{settings.sandbox_url_port}/"
     )
     console.print(f"Sandbox URLs on [bold]{example}[/] ({', '.join(settings.router_hosts)})")
+    if settings.ssh_port:
+        where = f"{settings.ssh_host}:{settings.ssh_port}"
+        console.print(f"SSH gateway on [bold]{where}[/] (accesses: POST /v1/sandbox/{{id}}/ssh/access)")
+    if settings.tls_cert is None:
+        from atoll.router import ca_path
+
+        console.print(
+            f"Sandbox URLs' TLS CA: [bold]{ca_path(settings.data_dir)}[/] (also GET /v1/ca.pem;"
+            " trust it, e.g. SSL_CERT_FILE=...; plain HTTP works on the same port)"
+        )
+    raise_fd_limit()  # before the guard reads it: per-address caps and the fd reserve
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
         log_level=log_level,
         loop="uvloop",
-        http="httptools",
+        http=LimitedHttpToolsProtocol,  # httptools, with a bound on the header section (431)
         timeout_graceful_shutdown=10,
         # longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
         # client reusing one just as the server closed it gets a broken connection instead of
@@ -205,11 +264,21 @@ def serve(
 
 @template_app.command("build")
 def template_build(
+    name: Annotated[
+        str | None, typer.Argument(help="e.g. system/code-interpreter (default: system/debian:bookworm)")
+    ] = None,
     templates_dir: TemplatesDir = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when cached.")] = False,
+    all_templates: Annotated[bool, typer.Option("--all", help="Build every system template.")] = False,
 ) -> None:
-    """Build the default template (system/debian:bookworm) with mmdebstrap."""
-    _build_default_template(templates_dir or Path("/var/lib/atoll/templates"), force=force)
+    """Build a system template on this host (cached: rebuilt only when its inputs changed)."""
+    from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
+    from atoll.templates.system import SYSTEM_TEMPLATES
+
+    if all_templates and name is not None:
+        raise typer.BadParameter("give a NAME or --all, not both")
+    names = [t.name for t in SYSTEM_TEMPLATES] if all_templates else [name or DEFAULT_TEMPLATE_NAME]
+    template_commands.build_system(names, templates_dir or Path("/var/lib/atoll/templates"), force=force)
 
 
 @template_app.command("list")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,13 +74,93 @@ def exec_(
     command: str,
     cwd: Annotated[str | None, typer.Option()] = None,
     timeout: Annotated[int | None, typer.Option(help="Seconds.")] = None,
+    background: Annotated[bool, typer.Option(help="Start it in the background; print its pid.")] = False,
+    tag: Annotated[str | None, typer.Option(help="A label for a background process.")] = None,
 ) -> None:
-    """Run COMMAND with /bin/sh -c inside the sandbox; exits with its exit code."""
+    """Run COMMAND with /bin/sh -c inside the sandbox, its output shown as it comes; exits with
+    its exit code (with --background: prints the pid and returns at once)."""
+    from atoll.cli import processes
+
     with _client() as client:
-        result = client.sandboxes.get(sandbox_id).process.execute(command=command, cwd=cwd, timeout=timeout)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    raise typer.Exit(result.exit_code)
+        sandbox = client.sandboxes.get(sandbox_id)
+        if background:
+            print(processes.start_background(sandbox, command, cwd=cwd, tag=tag))
+            return
+        code = processes.exec_streamed(sandbox, command, cwd=cwd, timeout=timeout)
+    raise typer.Exit(code)
+
+
+@app.command()
+def ps(sandbox_id: str) -> None:
+    """List the sandbox's background processes (running and recently ended)."""
+    from atoll.cli import processes
+
+    with _client() as client:
+        processes.show_processes(client.sandboxes.get(sandbox_id), console)
+
+
+@app.command()
+def logs(
+    sandbox_id: str,
+    pid: int,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until it ends.")] = False,
+) -> None:
+    """Show a background process's output (what the sandbox kept of it)."""
+    from atoll.cli import processes
+
+    with _client() as client:
+        code = processes.show_logs(client.sandboxes.get(sandbox_id), pid, follow=follow)
+    raise typer.Exit(code if follow else 0)
+
+
+@app.command()
+def kill(
+    sandbox_id: str,
+    pid: int,
+    signal: Annotated[str, typer.Option("--signal", "-s", help="SIGTERM, SIGINT, SIGHUP, ...")] = "SIGKILL",
+) -> None:
+    """Send a signal to a background process's whole session (default SIGKILL)."""
+    with _client() as client:
+        client.sandboxes.get(sandbox_id).process.signal(pid, signal)
+
+
+@app.command("run-code")
+def run_code(
+    sandbox_id: str,
+    code: Annotated[str, typer.Argument(help="The code to run; '-' reads it from stdin.")],
+    language: Annotated[str, typer.Option("--language", "-l", help="python, typescript, javascript, ...")] = (
+        "python"
+    ),
+    context: Annotated[
+        str | None, typer.Option("--context", help="Context id to run in (default: the language's own).")
+    ] = None,
+    timeout_ms: Annotated[int | None, typer.Option(help="The code's time limit (default 30000).")] = None,
+    stream: Annotated[
+        bool, typer.Option(help="Show output as it is printed (no results or images: the stream has none).")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+    save_images: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Write images and PDFs into this directory.")
+    ] = None,
+) -> None:
+    """Run CODE in the sandbox's code interpreter (a sandbox made from the
+    system/code-interpreter:v0.1.0 template). Exits 1 if the code raised, 2 if it could not run."""
+    from atoll.cli.run_code import run_code as run
+
+    source = sys.stdin.read() if code == "-" else code
+    with _client() as client:
+        status = run(
+            client,
+            sandbox_id,
+            source,
+            language=language,
+            context_id=context,
+            timeout_ms=timeout_ms,
+            stream=stream,
+            as_json=json_output,
+            save_dir=save_images,
+        )
+    raise typer.Exit(status)
 
 
 @app.command()
@@ -95,6 +176,28 @@ def delete(sandbox_id: str) -> None:
     with _client() as client:
         client.sandboxes.delete(sandbox_id)
     console.print(f"deleted {sandbox_id}")
+
+
+@app.command()
+def desktop(
+    sandbox_id: str,
+    presign: Annotated[
+        bool, typer.Option(help="A presigned URL a browser opens without the API key (default).")
+    ] = True,
+    expires_in: Annotated[int, typer.Option(min=1, help="Seconds the presigned URL stays valid.")] = 3600,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open it in a browser if any.")] = (
+        True
+    ),
+) -> None:
+    """Print the URL of the sandbox's desktop (noVNC; a sandbox made from system/desktop:v0.1.0)
+    and open it in a browser when one is available."""
+    from atoll.cli.desktop import desktop_url, open_in_browser
+
+    with _client() as client:
+        url = desktop_url(client, sandbox_id, presign=presign, expires_in_s=expires_in)
+    print(url)
+    if open_browser:
+        open_in_browser(url)
 
 
 @app.command()

@@ -1,14 +1,18 @@
 """``atoll template create|catalog|rename|delete``: an organisation's templates through the API
-(ATOLL_API_KEY / ATOLL_BASE_URL configure the client). Imports show pull and unpack progress."""
+(ATOLL_API_KEY / ATOLL_BASE_URL configure the client). Imports show pull and unpack progress.
+``build_system`` builds system templates on this host (``atoll template build``) with a bar."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
@@ -20,6 +24,37 @@ def register(app: typer.Typer) -> None:
     app.command("catalog")(catalog)
     app.command("rename")(rename)
     app.command("delete")(delete)
+
+
+def build_system(names: list[str], templates_dir: Path, *, force: bool = False) -> None:
+    """Build the system templates called ``names`` (with or without tag) unless current."""
+    from atoll.templates.registry import TemplateRegistry
+    from atoll.templates.system import find
+
+    try:
+        wanted = [find(name) for name in names]
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    registry = TemplateRegistry(templates_dir)
+    for template in wanted:
+        if template.is_current(registry) and not force:
+            console.print(f"template [bold]{template.name}[/] is cached in {templates_dir}")
+            continue
+        started = time.monotonic()
+        with Progress(
+            TextColumn("[bold]building " + template.name),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}% {task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("starting", total=1.0)
+
+            def report(fraction: float, phase: str, task: TaskID = task) -> None:
+                progress.update(task, completed=fraction, description=phase)
+
+            template.build(registry, force=force, on_progress=report)
+        console.print(f"[green]built[/] {template.name} in {time.monotonic() - started:.0f} s")
 
 
 def create(

@@ -1,9 +1,13 @@
-"""Certificate authorities for TLS-terminating transforms (``cryptography``, ECDSA P-256).
+"""Certificate authorities for TLS-terminating transforms and for the sandbox router
+(``cryptography``, ECDSA P-256).
 
 Each sandbox with transforms gets its own CA. Its certificate goes into the sandbox's trust
 store; its key never leaves the host (``<sandbox dir>/egress/``, mode 0600). The CA carries a
 name constraint for the transform domains only, so even a client that trusts it trusts it for
-nothing else. Leaf certificates are issued on demand per TLS server name."""
+nothing else. Leaf certificates are issued on demand per TLS server name.
+
+The router's local CA (``atoll.router._certs``) is one of these too, constrained to the sandbox
+domain, issuing one long-lived wildcard certificate."""
 
 from __future__ import annotations
 
@@ -131,10 +135,20 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, *names: str) -> Issued:
+    def permits(self, name: str) -> bool:
+        """Whether this CA's name constraints (if any) allow certificates for DNS ``name``."""
+        try:
+            constraints = self.cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            return True
+        base = _constraint_base(name)
+        permitted = [s.value for s in constraints.permitted_subtrees or () if isinstance(s, x509.DNSName)]
+        return any(base == domain or base.endswith(f".{domain}") for domain in permitted)
+
+    def issue(self, *names: str, validity: dt.timedelta = LEAF_VALIDITY) -> Issued:
         """A server certificate for ``names`` (DNS names or IP addresses)."""
         now = _now()
-        not_after = now + LEAF_VALIDITY
+        not_after = now + validity
         sans: list[x509.GeneralName] = []
         for name in names:
             try:

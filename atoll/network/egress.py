@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -22,16 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from atoll._exceptions import APIError
 from atoll._tasks import cancel_and_wait
-from atoll.network import egress_rules
+from atoll.network import egress_rules, hostnet
 from atoll.network.addressing import Slot
 from atoll.network.ca import CertificateAuthority
-from atoll.network.firewall import table_name
+from atoll.network.firewall import closed_update, service_address, table_name
 from atoll.network.nftables import Nft, NftError
-from atoll.network.policy import AddressGuard, EgressPolicy
+from atoll.network.policy import PRIVATE_V4, AddressGuard, EgressPolicy
 from atoll.network.proxy import EgressProxy
 from atoll.network.resolver import Resolver, parse_upstream
 from atoll.runtime import confined
@@ -59,6 +56,7 @@ class EgressConfig:
     instance: str
     subnet: str
     deny_cidrs: tuple[str, ...] = ()
+    allow_private_cidrs: tuple[str, ...] = ()  # private ranges a policy may name (firewall.PRIVATE_V4)
     upstreams: tuple[str, ...] = ()  # "ip" or "ip:port"
     upstream_ca_bundle: Path | None = None  # verifies upstream TLS for transforms; None: system store
 
@@ -174,7 +172,12 @@ class EgressService:
         self._by_ip: dict[str, SandboxEgress] = {}
         self._by_id: dict[str, SandboxEgress] = {}
         self._installed: dict[int, EgressPolicy] = {}  # slot -> rules in place, no sandbox attached
-        self._base_guard = AddressGuard(subnet=config.subnet, deny_cidrs=config.deny_cidrs)
+        self._base_guard = AddressGuard(
+            subnet=config.subnet, deny_cidrs=config.deny_cidrs, opened=config.allow_private_cidrs
+        )
+        self.service_address = service_address(config.subnet)
+        self.host_networks: tuple[str, ...] = ()
+        self._closed_applied: tuple[str, ...] | None = None
         self._guard = self._base_guard
         self._refresher: asyncio.Task[None] | None = None
         context = ssl.create_default_context(
@@ -201,36 +204,54 @@ class EgressService:
         return self.proxy.port
 
     async def start(self) -> None:
+        """Bind the resolver and the proxy to the service address (added to the loopback) and
+        keep the guard current. ``update_closed`` must follow once the firewall table exists."""
+        await asyncio.to_thread(hostnet.loopback_address, self.service_address, present=True)
         await self._refresh_local_addresses()
         self._refresher = asyncio.create_task(self._refresh_forever())
-        await self.resolver.start()
-        await self.proxy.start()
+        await self.resolver.start(self.service_address)
+        await self.proxy.start(self.service_address)
 
     async def close(self) -> None:
         await cancel_and_wait(self._refresher)
         await self.proxy.close()
         await self.resolver.close()
+        try:
+            await asyncio.to_thread(hostnet.loopback_address, self.service_address, present=False)
+        except Exception:
+            log.exception("could not remove the service address %s", self.service_address)
         if self._nft is not None:
             self._nft.close()
+
+    @property
+    def closed_cidrs(self) -> tuple[str, ...]:
+        """What the firewall closes: private ranges and the networks the host is on."""
+        return (*PRIVATE_V4, *self.host_networks)
+
+    def update_closed(self) -> None:
+        """Bring the firewall's ``closed4`` set up to date with the host's networks."""
+        closed = self.closed_cidrs
+        if closed != self._closed_applied:
+            self.nft.run(closed_update(self.config.instance, closed))
+            self._closed_applied = closed
 
     def guard(self) -> AddressGuard:
         return self._guard
 
     async def _refresh_local_addresses(self) -> None:
-        """The host's own addresses join the guard (refreshed in the background)."""
-
-        def dump() -> list[str]:
-            with IPRoute() as ipr:
-                addresses = ipr.get_addr(family=socket.AF_INET)
-                return [str(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")) for a in addresses]
-
-        self._guard = self._base_guard.with_local(a for a in await asyncio.to_thread(dump) if a != "None")
+        """The host's own addresses join the guard, and the networks it is on the closed ranges
+        (refreshed in the background)."""
+        subnet = self.config.subnet
+        local, networks = await asyncio.to_thread(hostnet.addresses_and_networks, subnet, PRIVATE_V4)
+        self.host_networks = tuple(networks)
+        self._guard = self._base_guard.with_local(local, self.host_networks)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(LOCAL_ADDRESSES_TTL)
             try:
                 await self._refresh_local_addresses()
+                await asyncio.to_thread(self.update_closed)
             except Exception:
                 log.exception("could not list the host's addresses")
 
@@ -280,7 +301,12 @@ class EgressService:
 
     def _rules(self, slot: Slot, policy: EgressPolicy) -> str:
         return egress_rules.attach(
-            self.table, index=slot.index, ifname=slot.host_ifname, policy=policy, proxy_port=self.proxy_port
+            self.table,
+            index=slot.index,
+            ifname=slot.host_ifname,
+            policy=policy,
+            proxy_port=self.proxy_port,
+            service=self.service_address,
         )
 
     async def preinstall(self, slot: Slot, policy: Mapping[str, Any] | None) -> None:

@@ -37,7 +37,11 @@ def slot_of_object(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def attach(table: str, *, index: int, ifname: str, policy: EgressPolicy, proxy_port: int) -> str:
+def attach(
+    table: str, *, index: int, ifname: str, policy: EgressPolicy, proxy_port: int, service: str = ""
+) -> str:
+    """``service``: the address the proxy listens on (``firewall.service_address``); empty
+    redirects to the port on the veth's own address instead."""
     p = f"inet {table} {prefix(index)}"
     t = f"inet {table}"
     lines = [f"add counter {p}{name}" for name in COUNTERS]
@@ -54,6 +58,8 @@ def attach(table: str, *, index: int, ifname: str, policy: EgressPolicy, proxy_p
         f"add chain {p}out",
     ]
     if policy.mode == "allow-all":
+        # private ranges, even those the operator opened: only a policy that names one reaches it
+        lines.append(f"add rule {p}out ip daddr @closed4 goto deny")
         lines.append(f"add rule {p}out goto {prefix(index)}ok")
     elif policy.mode == "deny-all":
         lines.append(f"add rule {p}out goto deny")
@@ -66,10 +72,11 @@ def attach(table: str, *, index: int, ifname: str, policy: EgressPolicy, proxy_p
             lines.append(f"add rule {p}out ip daddr @{prefix(index)}cidr goto {prefix(index)}ok")
         lines.append(f"add rule {p}out goto deny")
     if policy.learns_names:
+        to_proxy = f"dnat ip to {service}:{proxy_port}" if service else f"redirect to :{proxy_port}"
         lines += [
             f"add set {p}dns {{ type ipv4_addr; flags timeout; }}",
             f"add chain {p}nat",
-            f"add rule {p}nat meta l4proto tcp ip daddr @{prefix(index)}dns redirect to :{proxy_port}",
+            f"add rule {p}nat meta l4proto tcp ip daddr @{prefix(index)}dns {to_proxy}",
             f'add element {t} egress_nat {{ "{ifname}" : jump {prefix(index)}nat }}',
         ]
     lines += [

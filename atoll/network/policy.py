@@ -24,6 +24,8 @@ IPv4 = ipaddress.IPv4Address
 # Never reachable from a sandbox, whatever its policy (the firewall's always-denied ranges plus
 # what only the host itself may use). The sandbox subnet and the host's own addresses are added
 # per server by ``AddressGuard``.
+# closed in every mode: private ranges (the firewall's PRIVATE_V4)
+PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15")
 ALWAYS_FORBIDDEN_V4 = (
     "0.0.0.0/8",
     "127.0.0.0/8",
@@ -110,6 +112,11 @@ class EgressPolicy:
                 return transform
         return None
 
+    def names(self, address: IPv4) -> bool:
+        """Whether the policy's own ``allow_cidrs`` name the address (what a private range the
+        operator opened needs: ``allow-all`` names nothing)."""
+        return self.mode == "custom" and any(address in net for net in self.cidrs)
+
     def cidr_allows(self, address: IPv4) -> bool:
         if self.mode == "allow-all":
             return True
@@ -121,21 +128,47 @@ class EgressPolicy:
 
 class AddressGuard:
     """Addresses no egress path may ever reach for a sandbox: the always-denied ranges, the
-    operator's deny ranges, the sandbox subnet and the host's own addresses. The resolver never
-    learns them and the proxy never connects to them (the firewall refuses them too)."""
+    operator's deny ranges, the sandbox subnet and the host's own addresses; and the closed ones
+    (private ranges, the networks the host is on) but for those the operator opened, which only a
+    policy naming them reaches (``closed_to``). The resolver never learns forbidden addresses and
+    the proxy never connects to them (the firewall refuses them too)."""
 
-    def __init__(self, *, subnet: str, deny_cidrs: Iterable[str] = (), local: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        subnet: str,
+        deny_cidrs: Iterable[str] = (),
+        local: Iterable[str] = (),
+        closed: Iterable[str] = PRIVATE_V4,
+        opened: Iterable[str] = (),
+    ) -> None:
         nets = [ipaddress.IPv4Network(c) for c in ALWAYS_FORBIDDEN_V4]
         nets.append(ipaddress.IPv4Network(subnet))
         nets += [ipaddress.IPv4Network(c, strict=False) for c in deny_cidrs if ":" not in c]
         self.networks = tuple(nets)
+        self.closed = tuple(ipaddress.IPv4Network(c, strict=False) for c in closed)
+        self.opened = tuple(ipaddress.IPv4Network(c, strict=False) for c in opened)
         self.local: frozenset[IPv4] = frozenset(ipaddress.IPv4Address(a) for a in local)
 
-    def with_local(self, local: Iterable[str]) -> AddressGuard:
+    def with_local(self, local: Iterable[str], host_networks: Iterable[str] = ()) -> AddressGuard:
+        """This guard with the host's current addresses, and the networks it is on closed too."""
         guard = AddressGuard.__new__(AddressGuard)
         guard.networks = self.networks
+        guard.opened = self.opened
+        extra = tuple(ipaddress.IPv4Network(c, strict=False) for c in host_networks)
+        guard.closed = self.closed + tuple(n for n in extra if n not in self.closed)
         guard.local = frozenset(ipaddress.IPv4Address(a) for a in local)
         return guard
 
+    def is_closed(self, address: IPv4) -> bool:
+        """Private (or the host's network), opened by the operator or not."""
+        return any(address in net for net in self.closed)
+
     def forbidden(self, address: IPv4) -> bool:
-        return address in self.local or any(address in net for net in self.networks)
+        if address in self.local or any(address in net for net in self.networks):
+            return True
+        return self.is_closed(address) and not any(address in net for net in self.opened)
+
+    def closed_to(self, policy: EgressPolicy, address: IPv4) -> bool:
+        """Whether a sandbox with ``policy`` must not reach ``address``."""
+        return self.forbidden(address) or (self.is_closed(address) and not policy.names(address))

@@ -91,7 +91,7 @@ class EgressProxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = 0
 
-    async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
+    async def start(self, host: str, port: int = 0) -> int:
         self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE, backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
@@ -129,7 +129,7 @@ class EgressProxy:
         if sandbox is None or target is None:
             return
         address = ipaddress.IPv4Address(target[0])
-        if self._guard().forbidden(address):
+        if self._guard().closed_to(sandbox.policy, address):
             sandbox.connection(allowed=False)
             return
         connect = asyncio.ensure_future(

@@ -11,7 +11,14 @@ this resolver, which knows the sandbox by its source address:
 - AAAA answers are empty (sandboxes have no IPv6 egress: clients go straight to IPv4), and so
   are HTTPS/SVCB answers when names are learned (their address hints would bypass learning).
 
-dnspython parses everything: queries come from untrusted code."""
+dnspython parses everything: queries come from untrusted code.
+
+One sandbox cannot flood it into uselessness for the others (the resolver runs in the control
+plane's event loop): the firewall drops a sandbox's queries past a per-source rate before
+conntrack sees them (``firewall.DNS_*``), and here, per source address, queries past a token
+bucket are dropped before they are parsed, answers in progress are bounded (per source and in
+all), TCP connections are capped and closed when idle, and upstream queries in flight are
+bounded (SERVFAIL past it)."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
 
@@ -41,6 +49,69 @@ log = logging.getLogger("atoll.egress.dns")
 UPSTREAM_TIMEOUT = 3.0
 MAX_ANSWER_TTL = 3600  # learned addresses must not outlive what clients cache
 EMPTY_TYPES_WHEN_LEARNING = frozenset({dns.rdatatype.HTTPS, dns.rdatatype.SVCB})
+QUERY_RATE_PER_S = 200.0  # per source address (one sandbox); the firewall's limit is the same
+QUERY_BURST = 400
+PENDING_PER_SOURCE_MAX = 64  # answers being worked on for one source
+PENDING_MAX = 1024  # ... for all
+UPSTREAM_PENDING_MAX = 256  # queries out to the upstreams at once
+TCP_PER_SOURCE_MAX = 8  # DNS-over-TCP connections one source may hold
+TCP_MAX = 512
+TCP_IDLE_TIMEOUT_S = 10.0
+
+
+class SourceLimits:
+    """Token buckets and counters per source address."""
+
+    def __init__(self, rate_per_s: float = QUERY_RATE_PER_S, burst: float = QUERY_BURST) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # source: (tokens, at)
+        self.pending: dict[str, int] = {}
+        self.pending_total = 0
+        self.tcp: dict[str, int] = {}
+        self.tcp_total = 0
+        self.dropped = 0
+
+    def take(self, source: str, now: float) -> bool:
+        """One query from ``source`` may be answered (a token and room in the pending bounds)."""
+        tokens, at = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+        held = self.pending.get(source, 0)
+        if tokens < 1 or held >= PENDING_PER_SOURCE_MAX or self.pending_total >= PENDING_MAX:
+            self._buckets[source] = (tokens, now)
+            self.dropped += 1
+            return False
+        if len(self._buckets) > 65536:  # sources come and go with sandboxes: forget the full ones
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+        self._buckets[source] = (tokens - 1, now)
+        self.pending[source] = held + 1
+        self.pending_total += 1
+        return True
+
+    def done(self, source: str) -> None:
+        held = self.pending.get(source, 0) - 1
+        if held > 0:
+            self.pending[source] = held
+        else:
+            self.pending.pop(source, None)
+        self.pending_total -= 1
+
+    def open_tcp(self, source: str) -> bool:
+        held = self.tcp.get(source, 0)
+        if held >= TCP_PER_SOURCE_MAX or self.tcp_total >= TCP_MAX:
+            self.dropped += 1
+            return False
+        self.tcp[source] = held + 1
+        self.tcp_total += 1
+        return True
+
+    def close_tcp(self, source: str) -> None:
+        held = self.tcp.get(source, 0) - 1
+        if held > 0:
+            self.tcp[source] = held
+        else:
+            self.tcp.pop(source, None)
+        self.tcp_total -= 1
 
 
 class ResolvingSandbox(Protocol):
@@ -75,9 +146,11 @@ class Resolver:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = SourceLimits()
+        self._upstream_pending = 0
         self.port = 0
 
-    async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
+    async def start(self, host: str, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
         for _ in range(20):  # UDP and TCP on one port: retry if the TCP side of a fresh port is taken
             transport, _proto = await loop.create_datagram_endpoint(
@@ -111,18 +184,31 @@ class Resolver:
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else ""
+        limits = self.limits
+        if not limits.open_tcp(source):
+            writer.transport.abort()
+            return
         try:
             while True:
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10), "big")
-                wire = await asyncio.wait_for(reader.readexactly(size), 10)
-                reply = await self.answer(wire, peer[0], max_size=65535)
+                size = int.from_bytes(
+                    await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S), "big"
+                )
+                wire = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT_S)
+                if not limits.take(source, resolver_time()):
+                    break  # past its rate: the connection goes, the client retries later
+                try:
+                    reply = await self.answer(wire, source, max_size=65535)
+                finally:
+                    limits.done(source)
                 if reply is None:
                     break
                 writer.write(len(reply).to_bytes(2, "big") + reply)
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), TCP_IDLE_TIMEOUT_S)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
             pass
         finally:
+            limits.close_tcp(source)
             writer.close()
 
     async def answer(self, wire: bytes, peer: str, *, max_size: int | None = None) -> bytes | None:
@@ -185,19 +271,25 @@ class Resolver:
     async def _forward(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, rdclass: dns.rdataclass.RdataClass
     ) -> dns.message.Message | None:
-        query = dns.message.make_query(qname, rdtype, rdclass, use_edns=0, payload=1232)
-        for host, port in self.upstreams:
-            try:
-                response, _tcp = await dns.asyncquery.udp_with_fallback(
-                    query, host, timeout=UPSTREAM_TIMEOUT, port=port
-                )
-            except (dns.exception.DNSException, OSError, TimeoutError) as exc:
-                log.debug("upstream %s:%d failed: %s", host, port, exc)
-                continue
-            if response.rcode() in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
-                continue
-            return response
-        return None
+        if self._upstream_pending >= UPSTREAM_PENDING_MAX:
+            return None  # SERVFAIL: a socket per query in flight, so they are bounded
+        self._upstream_pending += 1
+        try:
+            query = dns.message.make_query(qname, rdtype, rdclass, use_edns=0, payload=1232)
+            for host, port in self.upstreams:
+                try:
+                    response, _tcp = await dns.asyncquery.udp_with_fallback(
+                        query, host, timeout=UPSTREAM_TIMEOUT, port=port
+                    )
+                except (dns.exception.DNSException, OSError, TimeoutError) as exc:
+                    log.debug("upstream %s:%d failed: %s", host, port, exc)
+                    continue
+                if response.rcode() in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
+                    continue
+                return response
+            return None
+        finally:
+            self._upstream_pending -= 1
 
 
 def _reply(request: dns.message.Message, rcode: int, max_size: int | None) -> bytes:
@@ -226,10 +318,20 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.resolver._spawn(self._answer(data, addr))
+        source = str(addr[0])
+        resolver = self.resolver
+        if resolver.limits.take(source, resolver_time()):  # else dropped unparsed: the client retries
+            resolver._spawn(self._answer(data, addr, source))
 
-    async def _answer(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        with contextlib.suppress(Exception):
-            reply = await self.resolver.answer(data, str(addr[0]))
-            if reply is not None and self.transport is not None:
-                self.transport.sendto(reply, addr)
+    async def _answer(self, data: bytes, addr: tuple[str | object, int], source: str) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                reply = await self.resolver.answer(data, source)
+                if reply is not None and self.transport is not None:
+                    self.transport.sendto(reply, addr)
+        finally:
+            self.resolver.limits.done(source)
+
+
+def resolver_time() -> float:
+    return time.monotonic()

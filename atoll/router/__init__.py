@@ -11,11 +11,14 @@ One small module per concern, composed in ``_server``:
     _framing    where each response ends in the relayed byte stream
     _upstream   the connection to the sandbox port (fast 502 when nothing listens)
     _responses  the router's own JSON errors
+    _listener   accepting: HTTPS and plain HTTP on one port (the first byte tells them apart)
+    _certs      the router's certificate: the operator's, or a local CA's wildcard one
     _server     listeners, TLS, start/stop
 """
 
 from __future__ import annotations
 
+from atoll.router._certs import RouterCertificate, ca_path, router_certificate
 from atoll.router._lookup import Destination, Lookup, SandboxLookup
 from atoll.router._names import Names, SandboxTarget, Target, TokenTarget, public_url
 from atoll.router._presigned import DEFAULT_EXPIRES_IN, Grant, PresignedStore
@@ -31,11 +34,14 @@ __all__ = [
     "ObservedRepository",
     "PresignedStore",
     "Router",
+    "RouterCertificate",
     "SandboxLookup",
     "SandboxTarget",
     "Target",
     "TokenTarget",
     "build_router",
+    "ca_path",
     "public_url",
+    "router_certificate",
     "tls_context",
 ]

@@ -33,8 +33,12 @@ log = logging.getLogger("atoll.router")
 
 HTTP, UPGRADING, TUNNEL, OPAQUE = range(4)  # client connection modes
 AUTH_HEADERS = (b"authorization", b"leap0-authorization")
-STRIPPED = frozenset((*AUTH_HEADERS, ID_HEADER, PORT_HEADER))
+# credentials for Atoll or for a proxy on the way: never the sandbox's to see
+NEVER_FORWARDED = (b"proxy-authorization", b"x-api-key")
+STRIPPED = frozenset((*AUTH_HEADERS, *NEVER_FORWARDED, ID_HEADER, PORT_HEADER))
 DRAIN_S = 10.0  # how long an answered-early request may keep sending its body
+# a request line and headers not complete this long after their first byte: a slow-loris (408)
+HEAD_TIMEOUT_S = 10.0
 MAX_HEAD = 64 * 1024  # request line + headers
 
 
@@ -47,6 +51,7 @@ class ProxyContext:
     scheme: str = "http"
     connect_timeout: float = 5.0
     idle_timeout: float = 75.0
+    head_timeout: float = HEAD_TIMEOUT_S
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event | None = None  # set by the router while it stops
     proto_header: bytes = field(init=False)
@@ -113,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._held: list[bytes] = []  # client bytes after an upgrade request, until its answer
         self._timer: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self._reset_head()
 
     def _reset_head(self) -> None:
@@ -120,6 +126,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[bytes] = []
         self._trailers: list[bytes] = []
         self._host: bytes | None = None
+        self._hosts = 0
         self._auth: bytes | None = None
         self._auth_alt: bytes | None = None
         self._sid: bytes | None = None
@@ -151,6 +158,8 @@ class ClientConnection(asyncio.Protocol):
         if mode == OPAQUE or self.closed:
             return
         if self.receiving is None:
+            if self._head_bytes == 0 and self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.ctx.head_timeout, self._head_timed_out)
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -187,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
             self.ctx.all_closed.set()
         if self._timer is not None:
             self._timer.cancel()
+        self._cancel_head_timer()
         if self._pump_task is not None:
             self._pump_task.cancel()
         if self.upstream is not None:
@@ -226,11 +236,12 @@ class ClientConnection(asyncio.Protocol):
                 self._auth_alt = value
             elif lname == ID_HEADER:
                 self._sid = value
-            else:
+            elif lname == PORT_HEADER:
                 self._port = value
             return
         if lname == b"host":
             self._host = value
+            self._hosts += 1
         elif lname == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
         elif lname == b"x-forwarded-for":
@@ -243,6 +254,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self._head_bytes = 0
+        self._cancel_head_timer()
         ex = Exchange()
         method = parser.get_method()
         ex.is_head = method == b"HEAD"
@@ -251,14 +263,18 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()
         ex.chunked = self._chunked
         ex.api_key = api_key(self._auth if self._auth is not None else self._auth_alt)
+        url = b"".join(self._url)
         if method == b"CONNECT":
             ex.error = APIError("CONNECT is not supported by the sandbox router", status_code=405)
+        elif self._hosts > 1:
+            ex.error = BadRequestError("more than one Host header")
         else:
             try:
+                url = self._origin_form(url)
                 ex.target = self.ctx.names.target(self._host, self._sid, self._port)
             except APIError as err:
                 ex.error = err
-        head = [method, b" ", b"".join(self._url), b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
+        head = [method, b" ", url, b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
         head += self._headers
         if self._xff is None:
             head.append(b"X-Forwarded-For: " + self.peer + b"\r\n")
@@ -271,6 +287,21 @@ class ClientConnection(asyncio.Protocol):
         self.receiving = ex
         if not self.closing:
             self._dispatch(ex)
+
+    def _origin_form(self, url: bytes) -> bytes:
+        """An absolute-form target (``http://host/path``) must name the host the ``Host`` header
+        names (which routes the request); the sandbox gets the origin form (``/path``)."""
+        if url[:7].lower() != b"http://" and url[:8].lower() != b"https://":
+            return url
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise BadRequestError("invalid request target") from None
+        authority = (parsed.host or b"") + (b":%d" % parsed.port if parsed.port else b"")
+        if self._host is None or authority.lower() != self._host.strip().lower():
+            raise BadRequestError("the request target's host and the Host header differ")
+        path = parsed.path or b"/"
+        return path + (b"?" + parsed.query if parsed.query else b"")
 
     def on_body(self, body: bytes) -> None:
         ex = self.receiving
@@ -543,3 +574,17 @@ class ClientConnection(asyncio.Protocol):
                 return
             wait = idle - elapsed
         self._timer = self.loop.call_later(wait, self._check_idle)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.closed or self.mode != HTTP or self.receiving is not None or self._head_bytes == 0:
+            return
+        if self._paused:  # we stopped reading (a request ahead is waiting): not the client's doing
+            self._head_timer = self.loop.call_later(self.ctx.head_timeout, self._head_timed_out)
+            return
+        self._fail(APIError("request head not complete in time", status_code=408))

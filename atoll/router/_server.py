@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from atoll.router._certs import router_certificate
+from atoll.router._listener import Sniffing
 from atoll.router._lookup import Lookup, SandboxLookup
 from atoll.router._names import Names
 from atoll.router._presigned import PresignedStore
@@ -26,6 +29,9 @@ log = logging.getLogger("atoll.router")
 # an address family or address this host lacks (e.g. ::1 with IPv6 disabled) is skipped
 _UNAVAILABLE = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 SWEEP_DELAY_S = 0.5
+BACKLOG = 1024
+FIRST_BYTE_TIMEOUT_S = 10.0  # a client that connects and says nothing is closed after this
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -37,7 +43,8 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class Router:
-    """Listens on ``hosts``:``port`` and proxies every connection (see ``_proxy``)."""
+    """Listens on ``hosts``:``port`` and proxies every connection (see ``_proxy``): plain HTTP
+    always, and HTTPS on the same port when there is an ``ssl_context`` (see ``_listener``)."""
 
     def __init__(
         self,
@@ -51,19 +58,32 @@ class Router:
         idle_timeout: float = 75.0,
         presigned: PresignedStore | None = None,
         is_live: Callable[[str], Awaitable[bool]] | None = None,
+        first_byte_timeout_s: float = FIRST_BYTE_TIMEOUT_S,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.context = ProxyContext(
             lookup=lookup,
             names=names,
-            scheme="https" if ssl_context else "http",
+            scheme="http",
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
+        )
+        # the same, but X-Forwarded-Proto: https; one set of connections for both
+        self.tls_proxy_context = dataclasses.replace(
+            self.context, scheme="https", connections=self.context.connections
         )
         self.hosts = tuple(hosts)
         self.port = port
         self.ssl_context = ssl_context
         self.presigned = presigned
         self.is_live = is_live
+        self.sniffing = Sniffing(
+            plain=lambda: ClientConnection(self.context),
+            secure=lambda: ClientConnection(self.tls_proxy_context),
+            ssl_context=ssl_context,
+            first_byte_timeout_s=first_byte_timeout_s,
+            handshake_timeout_s=handshake_timeout_s,
+        )
         self._servers: list[asyncio.Server] = []
         self._sweeps: dict[str, asyncio.Task[None]] = {}
 
@@ -101,13 +121,9 @@ class Router:
         loop = asyncio.get_running_loop()
         for host in self.hosts:
             try:
+                # no ssl= here: TLS or not is decided per connection, by its first byte
                 server = await loop.create_server(
-                    lambda: ClientConnection(self.context),
-                    host,
-                    self.port,
-                    ssl=self.ssl_context,
-                    reuse_address=True,
-                    backlog=1024,
+                    self.sniffing.protocol, host, self.port, reuse_address=True, backlog=BACKLOG
                 )
             except OSError as exc:
                 if exc.errno in _UNAVAILABLE:
@@ -124,11 +140,12 @@ class Router:
         for server in self._servers:
             server.close()
         self._servers = []
+        self.sniffing.close()
         for sweep in self._sweeps.values():
             sweep.cancel()
         self._sweeps.clear()
         connections = self.context.connections
-        self.context.all_closed = all_closed = asyncio.Event()
+        self.context.all_closed = self.tls_proxy_context.all_closed = all_closed = asyncio.Event()
         for connection in list(connections):
             connection.shutdown()
         if connections:
@@ -144,9 +161,9 @@ def build_router(settings: Settings, manager: SandboxManager, repo: ObservedRepo
     """The router as ``settings`` describe it, wired to the manager and the store."""
     presigned = PresignedStore(repo.sessions)
     lookup = SandboxLookup(manager, presigned)
-    ssl_context = (
-        tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
-    )
+    hosts = [settings.sandbox_host, settings.presigned_domain or settings.sandbox_host]
+    certificate = router_certificate(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
+    ssl_context = tls_context(certificate.cert, certificate.key)
     router = Router(
         lookup=lookup,
         names=Names(settings.sandbox_host, settings.presigned_domain),

@@ -32,6 +32,10 @@ class ObservedRepository(Repository):
             except Exception:
                 log.exception("sandbox change listener failed")
 
+    async def add_sandbox(self, row: SandboxRow) -> None:
+        await super().add_sandbox(row)
+        self._notify(row.id)  # a new sandbox: the dashboard's live lists show it at once
+
     async def update_sandbox(self, sandbox_id: str, **values: Any) -> SandboxRow:
         # before and after: a reader that filled the cache between the two sees the new state
         self._notify(sandbox_id)

@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -46,11 +47,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RUN_DIR "/.atoll/run"
@@ -72,6 +76,8 @@ static void on_signal(int sig) {
     else if (sig > 0 && sig < 65)
         pending[sig] = 1;
 }
+
+static void ignore_signal(int sig) { (void)sig; }
 
 static void catch(int sig) {
     struct sigaction sa;
@@ -291,15 +297,18 @@ static char **merged_environment(char **overrides) {
  * default signal handling. posix_spawn shares this process's memory until the exec (vfork), so
  * a command costs the sandbox one new address space, not two: under gVisor that is most of the
  * cost of a command. Returns 0 or an errno; `notify` then reports its status. */
-static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, char **env, int out, int err,
-                 int notify) {
+static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, char **env, int in, int out,
+                 int err, int notify) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
     sigset_t all, none;
     sigfillset(&all);
     sigemptyset(&none);
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    if (in >= 0)
+        posix_spawn_file_actions_adddup2(&actions, in, 0);
+    else
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&actions, out, 1);
     posix_spawn_file_actions_adddup2(&actions, err, 2);
     posix_spawn_file_actions_addchdir_np(&actions, cwd);
@@ -323,10 +332,660 @@ static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, cha
     return rc;
 }
 
+/* ---- background processes ("ATL2" requests) --------------------------------------------------
+ * "start" runs a command like an ATL1 request but answers at once: the agent keeps the process in
+ * a bounded table, and a pump thread per process reads its stdout and stderr (pipes) into a ring
+ * of events (seq, type, data) that lives here, inside the sandbox. So the ring survives a
+ * checkpoint with the process, costs Atoll nothing, and a slow reader only holds up its own
+ * connection: the ring drops its oldest events meanwhile (the reader is told, "T"). Requests:
+ * "ATL2" u32le(length) then NUL-terminated fields, the first naming the operation:
+ *   start  cwd ring_bytes flags timeout_s meta argc argv... KEY=VALUE...  -> "R pid"
+ *          flags: 1 its stdin is a pipe (else /dev/null), 2 hold: the ring never drops what a
+ *          reader has not read yet; the process waits instead (a foreground command, whose
+ *          caller wants all of its output, as through a pipe), 4 follow: its events follow on
+ *          this connection, as an "events pid 0" request would send them
+ *   events pid since [follow(1|0)]  -> "R", then "T" (events were dropped), "V seq o|e len" +
+ *                             len bytes, ..., "X seq code" last; follows the process live until
+ *                             it ends (with follow 0: ends once it has sent what is kept)
+ *   stdin  pid eof(0|1) DATA (the rest of the payload, raw)  -> "R"
+ *   signal pid signo       -> "R" (SIGKILL: the whole session, as a timeout kill)
+ *   list                   -> "P pid running code started_ms ended_ms metalen" + meta, ..., "."
+ * Errors: "E unknown" (no such pid), "E nostdin", "E ended", "E busy" (table full), "E ...".
+ * With `pace`, every `pace` bytes of reply wait for one "A" from Atoll, counted over the whole
+ * connection (so a paced reader acknowledges at fixed offsets, whatever the framing). */
+#define MAX_PROCS 128 /* tracked: running and recently ended */
+#define MAX_PROCS_RUNNING 64
+#define MAX_META 16384
+#define MIN_RING (256u << 10)
+#define MAX_RING (64u << 20)
+#define CHUNK 65536
+#define REC_HEADER 16 /* u64 seq, u32 len, u8 type, padding */
+#define DRAIN_READS 16
+#define MAX_HOLDERS 8 /* readers whose cursor a "hold" process waits for */
+
+struct proc {
+    int used, running, exit_code, readers; /* readers: streams holding a cursor into the ring */
+    int hold, ever_read;                   /* flag 2 of start: wait for readers, never drop */
+    int64_t hold_until_ms;                 /* (monotonic) its timeout: a hold ends there */
+    uint64_t *cursors[MAX_HOLDERS];        /* where those readers are (NULL: no reader there) */
+    pid_t pid;                             /* 0 while starting */
+    int stdin_fd;                          /* our end of its stdin, -1 without or after eof */
+    uint64_t serial;                       /* start order: the oldest ended slot is reused first */
+    int64_t started_ms, ended_ms;
+    char *meta;
+    size_t meta_len;
+    char *ring;
+    size_t ring_size;
+    uint64_t head, tail;          /* logical offsets of the oldest record and of the end */
+    uint64_t first_seq, next_seq; /* the seq of the record at head, and of the next one */
+};
+static struct proc procs[MAX_PROCS];
+static pthread_mutex_t proc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t proc_changed = PTHREAD_COND_INITIALIZER;
+static uint64_t proc_serial;
+
+static int64_t now_ms(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void ring_copy(struct proc *p, uint64_t off, void *data, size_t len, int to_ring) {
+    size_t at = (size_t)(off % p->ring_size), first = len < p->ring_size - at ? len : p->ring_size - at;
+    char *d = data;
+    if (to_ring) {
+        memcpy(p->ring + at, d, first);
+        memcpy(p->ring, d + first, len - first);
+    } else {
+        memcpy(d, p->ring + at, first);
+        memcpy(d + first, p->ring, len - first);
+    }
+}
+
+static uint32_t record_len(struct proc *p, uint64_t off) {
+    unsigned char h[REC_HEADER];
+    uint32_t len;
+    ring_copy(p, off, h, REC_HEADER, 0);
+    memcpy(&len, h + 8, 4);
+    return len;
+}
+
+/* with proc_lock held: one event, dropping the oldest ones to make room */
+static int unread_at_head(struct proc *p) {
+    for (int i = 0; i < MAX_HOLDERS; i++)
+        if (p->cursors[i] != NULL && *p->cursors[i] <= p->head)
+            return 1;
+    return 0;
+}
+
+static void append(struct proc *p, char type, const void *data, uint32_t len) {
+    size_t need = REC_HEADER + (size_t)len; /* len <= CHUNK < MIN_RING */
+    while (p->tail - p->head + need > p->ring_size) {
+        /* the reader's turn (it broadcasts as it reads), or the first reader's, still to come */
+        if (p->hold && (unread_at_head(p) || !p->ever_read)) {
+            if (p->hold_until_ms >= 0 && now_ms(CLOCK_MONOTONIC) >= p->hold_until_ms) {
+                p->hold = 0; /* its time is up: the pump kills it once this returns */
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 200 * 1000000L;
+            until.tv_sec += until.tv_nsec / 1000000000L;
+            until.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&proc_changed, &proc_lock, &until);
+            continue;
+        }
+        p->head += REC_HEADER + record_len(p, p->head);
+        p->first_seq++;
+    }
+    unsigned char h[REC_HEADER] = {0};
+    uint64_t seq = p->next_seq++;
+    memcpy(h, &seq, 8);
+    memcpy(h + 8, &len, 4);
+    h[12] = (unsigned char)type;
+    ring_copy(p, p->tail, h, REC_HEADER, 1);
+    ring_copy(p, p->tail + REC_HEADER, (void *)data, len, 1);
+    p->tail += need;
+    pthread_cond_broadcast(&proc_changed);
+}
+
+static void release(struct proc *p) {
+    if (p->ring != NULL)
+        munmap(p->ring, p->ring_size);
+    free(p->meta);
+    memset(p, 0, sizeof(*p));
+    p->stdin_fd = -1;
+}
+
+/* with proc_lock held: the process `pid`, running or ended, else NULL (the latest started, should
+ * the sandbox's kernel have reused the pid of an ended one) */
+static struct proc *find_proc(pid_t pid) {
+    struct proc *found = NULL;
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (procs[i].used && procs[i].pid == pid && pid > 0 && (found == NULL || procs[i].serial > found->serial))
+            found = &procs[i];
+    return found;
+}
+
+/* all of `len` bytes to a process's stdin, unless it stops reading for STDIN_WAIT_MS */
+#define STDIN_WAIT_MS 10000
+static const char *feed_stdin(int fd, const char *data, size_t len) {
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN)
+            return "ended";
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, STDIN_WAIT_MS) == 0)
+            return "full: the process is not reading its stdin";
+    }
+    return NULL;
+}
+
+/* Connection output, paced as the comment above says. */
+struct out {
+    int conn;
+    size_t unacked;
+};
+
+static int out_write(struct out *o, const void *data, size_t len) {
+    const char *p = data;
+    while (len > 0) {
+        size_t n = pace && len > pace - o->unacked ? pace - o->unacked : len;
+        if (write_all(o->conn, p, n) < 0)
+            return -1;
+        p += n;
+        len -= n;
+        o->unacked += n;
+        if (pace && o->unacked == pace) {
+            char ack = 0;
+            while (ack != 'A')
+                if (read(o->conn, &ack, 1) != 1)
+                    return -1;
+            o->unacked = 0;
+        }
+    }
+    return 0;
+}
+
+struct pump_args {
+    struct proc *p;
+    pid_t pid;
+    int out, err, notify[2];
+    int64_t timeout_ms;
+};
+
+/* One event of what the pipe holds now (up to CHUNK: a fast writer's small writes make one
+ * event, not many; nothing waits for more). -1 at EOF or error, after recording what came. The
+ * pipes are non-blocking (the pump polls them); `rounds` events at most. */
+static int drain(struct proc *p, int fd, char type, char *buf, int rounds) {
+    for (int i = 0; i < rounds; i++) {
+        size_t got = 0;
+        int end = 0;
+        while (got < CHUNK) {
+            ssize_t n = read(fd, buf + got, CHUNK - got);
+            if (n > 0) {
+                got += (size_t)n;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            end = n == 0 || errno != EAGAIN;
+            break;
+        }
+        if (got > 0) {
+            pthread_mutex_lock(&proc_lock);
+            append(p, type, buf, (uint32_t)got);
+            pthread_mutex_unlock(&proc_lock);
+        }
+        if (end)
+            return -1;
+        if (got < CHUNK)
+            return 0;
+    }
+    return 0;
+}
+
+/* one background process: its output into the ring until it ends, then its exit event */
+static void *pump(void *arg) {
+    struct pump_args a = *(struct pump_args *)arg;
+    free(arg);
+    char *buf = malloc(CHUNK);
+    int status = 0, timed_out = 0;
+    int64_t deadline = a.timeout_ms > 0 ? now_ms(CLOCK_MONOTONIC) + a.timeout_ms : -1;
+    for (;;) {
+        struct pollfd pf[3] = {{.fd = a.notify[0], .events = POLLIN},
+                               {.fd = buf ? a.out : -1, .events = POLLIN},
+                               {.fd = buf ? a.err : -1, .events = POLLIN}};
+        int64_t left = deadline < 0 ? -1 : deadline - now_ms(CLOCK_MONOTONIC);
+        int ready = poll(pf, 3, left < 0 ? -1 : (int)(left > 60000 ? 60000 : left));
+        if (ready < 0)
+            continue;
+        if (ready == 0 && deadline >= 0 && now_ms(CLOCK_MONOTONIC) >= deadline) {
+            kill_session(a.pid); /* its status follows through notify */
+            deadline = -1;
+            timed_out = 1;
+            continue;
+        }
+        if (pf[1].revents && drain(a.p, a.out, 'o', buf, 1) < 0) {
+            close(a.out);
+            a.out = -1;
+        }
+        if (pf[2].revents && drain(a.p, a.err, 'e', buf, 1) < 0) {
+            close(a.err);
+            a.err = -1;
+        }
+        if (pf[0].revents) {
+            read_all(a.notify[0], &status, sizeof(status));
+            break;
+        }
+    }
+    /* what it wrote before it ended (a child it left may hold the pipes: do not wait for EOF) */
+    if (buf != NULL && a.out >= 0)
+        drain(a.p, a.out, 'o', buf, DRAIN_READS);
+    if (buf != NULL && a.err >= 0)
+        drain(a.p, a.err, 'e', buf, DRAIN_READS);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    char note[96];
+    int note_len = timed_out ? snprintf(note, sizeof(note), "\nprocess timed out after %llds and was killed\n",
+                                        (long long)(a.timeout_ms / 1000)) : 0;
+    pthread_mutex_lock(&proc_lock);
+    if (timed_out) { /* as process/execute reports it */
+        append(a.p, 'e', note, (uint32_t)note_len);
+        code = 124;
+    }
+    append(a.p, 'x', &code, sizeof(code));
+    a.p->running = 0;
+    a.p->exit_code = code;
+    a.p->ended_ms = now_ms(CLOCK_REALTIME);
+    if (a.p->stdin_fd >= 0)
+        close(a.p->stdin_fd);
+    a.p->stdin_fd = -1;
+    pthread_mutex_unlock(&proc_lock);
+    int opened[] = {a.out, a.err, a.notify[0], a.notify[1]};
+    for (size_t i = 0; i < sizeof(opened) / sizeof(opened[0]); i++)
+        if (opened[i] >= 0)
+            close(opened[i]);
+    free(buf);
+    return NULL;
+}
+
+/* with proc_lock held: a slot for a new process (the oldest ended one nobody reads if need be) */
+static struct proc *take_slot(void) {
+    int running = 0;
+    struct proc *free_slot = NULL, *oldest = NULL;
+    for (int i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &procs[i];
+        if (!p->used) {
+            if (free_slot == NULL)
+                free_slot = p;
+        } else if (p->running) {
+            running++;
+        } else if (p->readers == 0 && (oldest == NULL || p->serial < oldest->serial)) {
+            oldest = p;
+        }
+    }
+    if (running >= MAX_PROCS_RUNNING || (free_slot == NULL && oldest == NULL))
+        return NULL;
+    struct proc *p = free_slot != NULL ? free_slot : oldest;
+    release(p);
+    p->used = p->running = 1;
+    p->serial = ++proc_serial;
+    return p;
+}
+
+static void send_events(struct out *o, pid_t pid, uint64_t since, int follow);
+
+static void start_process(int conn, char **fields, size_t n) {
+    /* op cwd ring_bytes stdin timeout_s meta argc argv... env... */
+    if (n < 8)
+        return;
+    const char *cwd = fields[1], *meta = fields[5];
+    size_t ring = strtoull(fields[2], NULL, 10), argc = strtoull(fields[6], NULL, 10);
+    int flags = atoi(fields[3]), want_stdin = flags & 1;
+    int64_t timeout_ms = (int64_t)strtoull(fields[4], NULL, 10) * 1000;
+    if (argc == 0 || argc > n - 7 || strlen(meta) > MAX_META) {
+        reply(conn, "E bad request\n");
+        return;
+    }
+    ring = ring < MIN_RING ? MIN_RING : ring > MAX_RING ? MAX_RING : ring;
+    char **argv = calloc(argc + 1, sizeof(char *));
+    char **env = merged_environment(fields + 7 + argc);
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, notify[2] = {-1, -1};
+    struct proc *p = NULL;
+    struct pump_args *args = malloc(sizeof(*args));
+    char path[4096];
+    struct stat st;
+    if (argv == NULL || env == NULL || args == NULL) {
+        reply(conn, "E fork: %s\n", strerror(ENOMEM));
+        goto fail;
+    }
+    memcpy(argv, fields + 7, argc * sizeof(char *));
+    if (stat(cwd, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        reply(conn, "E chdir %s: %s\n", cwd, strerror(S_ISDIR(st.st_mode) ? errno : ENOTDIR));
+        goto fail;
+    }
+    int rc = resolve(argv[0], env, path, sizeof(path));
+    if (rc != 0) {
+        reply(conn, "E exec %s: %s\n", argv[0], strerror(rc));
+        goto fail;
+    }
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(notify, O_CLOEXEC) < 0 ||
+        (want_stdin && pipe2(in, O_CLOEXEC) < 0)) {
+        reply(conn, "E fork: %s\n", strerror(errno));
+        goto fail;
+    }
+    pthread_mutex_lock(&proc_lock);
+    p = take_slot();
+    pthread_mutex_unlock(&proc_lock);
+    if (p == NULL) {
+        reply(conn, "E busy: at most %d processes run at once\n", MAX_PROCS_RUNNING);
+        goto fail;
+    }
+    p->ring = mmap(NULL, ring, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    p->meta = strdup(meta);
+    if (p->ring == MAP_FAILED || p->meta == NULL) {
+        if (p->ring == MAP_FAILED)
+            p->ring = NULL;
+        reply(conn, "E fork: %s\n", strerror(ENOMEM));
+        goto fail;
+    }
+    p->ring_size = ring;
+    p->hold = (flags & 2) != 0;
+    p->hold_until_ms = timeout_ms > 0 ? now_ms(CLOCK_MONOTONIC) + timeout_ms : -1;
+    p->meta_len = strlen(meta);
+    p->first_seq = p->next_seq = 1;
+    p->started_ms = now_ms(CLOCK_REALTIME);
+    pid_t child = 0;
+    rc = spawn(&child, cwd, path, argv, env, in[0], out[1], err[1], notify[1]);
+    if (rc != 0) {
+        reply(conn, "E fork: %s\n", strerror(rc));
+        goto fail;
+    }
+    close(out[1]);
+    close(err[1]);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    if (in[0] >= 0)
+        close(in[0]);
+    *args = (struct pump_args){.p = p, .pid = child, .out = out[0], .err = err[0], .timeout_ms = timeout_ms};
+    args->notify[0] = notify[0];
+    args->notify[1] = notify[1];
+    pthread_mutex_lock(&proc_lock);
+    p->pid = child;
+    p->stdin_fd = in[1];
+    pthread_mutex_unlock(&proc_lock);
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 128 << 10);
+    if (pthread_create(&thread, &attr, pump, args) != 0) {
+        /* no thread to watch it: it must not run unwatched */
+        kill_session(child);
+        pump(args); /* records its exit (status arrives through notify) */
+        reply(conn, "E fork: %s\n", strerror(EAGAIN));
+    } else if (flags & 4) { /* and its events on this connection (one round trip, not two) */
+        pthread_attr_destroy(&attr);
+        free(env);
+        free(argv);
+        char line[32];
+        struct out o = {.conn = conn};
+        if (out_write(&o, line, (size_t)snprintf(line, sizeof(line), "R %d\n", (int)child)) == 0)
+            send_events(&o, child, 0, 1);
+        return;
+    } else {
+        reply(conn, "R %d\n", (int)child);
+    }
+    pthread_attr_destroy(&attr);
+    free(env);
+    free(argv);
+    return;
+fail:;
+    int opened[] = {in[0], in[1], out[0], out[1], err[0], err[1], notify[0], notify[1]};
+    for (size_t i = 0; i < sizeof(opened) / sizeof(opened[0]); i++)
+        if (opened[i] >= 0)
+            close(opened[i]);
+    if (p != NULL) {
+        pthread_mutex_lock(&proc_lock);
+        release(p);
+        pthread_mutex_unlock(&proc_lock);
+    }
+    free(args);
+    free(env);
+    free(argv);
+}
+
+/* the connection was closed by Atoll (it sends nothing unasked while we are idle) */
+static int peer_gone(int conn) {
+    struct pollfd p = {.fd = conn, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0)
+        return 0;
+    char byte;
+    return recv(conn, &byte, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* the events of `pid` after `since` on `o`'s connection (its pacing count goes on) */
+static void send_events(struct out *o, pid_t pid, uint64_t since, int follow) {
+    int conn = o->conn;
+    char *buf = malloc(2 * CHUNK + 256);
+    if (buf == NULL)
+        return;
+    pthread_mutex_lock(&proc_lock);
+    struct proc *p = find_proc(pid);
+    if (p == NULL) {
+        pthread_mutex_unlock(&proc_lock);
+        reply(conn, "E unknown\n");
+        free(buf);
+        return;
+    }
+    p->readers++;
+    uint64_t off = p->head, seq = p->first_seq;
+    int truncated = since + 1 < p->first_seq;
+    while (seq <= since && off < p->tail) {
+        off += REC_HEADER + record_len(p, off);
+        seq++;
+    }
+    int holder = -1; /* (the cursor is read by the pump, under proc_lock, while we are here) */
+    for (int i = 0; i < MAX_HOLDERS && holder < 0; i++)
+        if (p->cursors[i] == NULL)
+            p->cursors[holder = i] = &off;
+    p->ever_read = 1;
+    pthread_mutex_unlock(&proc_lock);
+    int done = out_write(o, "R\n", 2) < 0;
+    while (!done) {
+        size_t used = 0;
+        if (truncated) {
+            memcpy(buf, "T\n", 2);
+            used = 2;
+            truncated = 0;
+        }
+        pthread_mutex_lock(&proc_lock);
+        while (off == p->tail && p->running && follow && !done) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until); /* wake now and then to see a closed peer */
+            until.tv_nsec += 200 * 1000000L;
+            until.tv_sec += until.tv_nsec / 1000000000L;
+            until.tv_nsec %= 1000000000L;
+            if (pthread_cond_timedwait(&proc_changed, &proc_lock, &until) == ETIMEDOUT) {
+                pthread_mutex_unlock(&proc_lock);
+                done = peer_gone(conn);
+                pthread_mutex_lock(&proc_lock);
+            }
+        }
+        if (off < p->head) { /* the ring went past this reader while it was slow */
+            off = p->head;
+            seq = p->first_seq;
+            memcpy(buf + used, "T\n", 2);
+            used += 2;
+        }
+        if (off == p->tail) /* (ended: its exit event was already sent) */
+            done = 1;
+        /* whole records, up to about CHUNK bytes of them (at least one) */
+        while (!done && off < p->tail && used < CHUNK) {
+            unsigned char h[REC_HEADER];
+            uint32_t len;
+            ring_copy(p, off, h, REC_HEADER, 0);
+            memcpy(&len, h + 8, 4);
+            memcpy(&seq, h, 8);
+            if (h[12] == 'x') {
+                int code = 0;
+                ring_copy(p, off + REC_HEADER, &code, sizeof(code), 0);
+                used += (size_t)snprintf(buf + used, 64, "X %llu %d\n", (unsigned long long)seq, code);
+                done = 1;
+            } else {
+                used += (size_t)snprintf(buf + used, 64, "V %llu %c %u\n", (unsigned long long)seq, h[12], len);
+                ring_copy(p, off + REC_HEADER, buf + used, len, 0);
+                used += len;
+            }
+            off += REC_HEADER + len;
+        }
+        if (p->hold) /* a writer waiting for room may go on */
+            pthread_cond_broadcast(&proc_changed);
+        pthread_mutex_unlock(&proc_lock);
+        if (used > 0 && out_write(o, buf, used) < 0)
+            done = 1;
+    }
+    pthread_mutex_lock(&proc_lock);
+    p->readers--;
+    if (holder >= 0)
+        p->cursors[holder] = NULL;
+    pthread_cond_broadcast(&proc_changed); /* a held writer may go on */
+    pthread_mutex_unlock(&proc_lock);
+    free(buf);
+}
+
+static void stream_events(int conn, char **fields, size_t n) {
+    if (n < 3)
+        return;
+    struct out o = {.conn = conn};
+    send_events(&o, (pid_t)atoi(fields[1]), strtoull(fields[2], NULL, 10), n < 4 || fields[3][0] != '0');
+}
+
+static void send_stdin(int conn, const char *payload, size_t len) {
+    /* op pid eof DATA */
+    const char *pid_s = memchr(payload, '\0', len);
+    const char *eof_s = pid_s ? memchr(pid_s + 1, '\0', len - (size_t)(pid_s + 1 - payload)) : NULL;
+    const char *data = eof_s ? memchr(eof_s + 1, '\0', len - (size_t)(eof_s + 1 - payload)) : NULL;
+    if (data == NULL)
+        return;
+    pid_t pid = (pid_t)atoi(pid_s + 1);
+    int eof = eof_s[1] == '1';
+    data++;
+    size_t data_len = len - (size_t)(data - payload);
+    pthread_mutex_lock(&proc_lock);
+    struct proc *p = find_proc(pid);
+    int fd = p != NULL && p->stdin_fd >= 0 ? dup(p->stdin_fd) : -1;
+    const char *error = p == NULL ? "unknown" : !p->running ? "ended" : fd < 0 ? "nostdin" : NULL;
+    pthread_mutex_unlock(&proc_lock);
+    if (error == NULL && data_len > 0)
+        error = feed_stdin(fd, data, data_len);
+    if (fd >= 0)
+        close(fd);
+    if (error == NULL && eof) {
+        pthread_mutex_lock(&proc_lock);
+        if (p->pid == pid && p->stdin_fd >= 0) {
+            close(p->stdin_fd);
+            p->stdin_fd = -1;
+        }
+        pthread_mutex_unlock(&proc_lock);
+    }
+    if (error != NULL)
+        reply(conn, "E %s\n", error);
+    else
+        reply(conn, "R\n");
+}
+
+static void send_signal(int conn, char **fields, size_t n) {
+    if (n < 3)
+        return;
+    pid_t pid = (pid_t)atoi(fields[1]);
+    int sig = atoi(fields[2]);
+    pthread_mutex_lock(&proc_lock);
+    struct proc *p = find_proc(pid);
+    const char *error = p == NULL ? "unknown" : !p->running ? "ended" : NULL;
+    pthread_mutex_unlock(&proc_lock);
+    if (error != NULL) {
+        reply(conn, "E %s\n", error);
+        return;
+    }
+    if (sig == SIGKILL)
+        kill_session(pid);
+    else if (sig > 0 && sig < 65)
+        kill(-pid, sig);
+    reply(conn, "R\n");
+}
+
+static void list_processes(int conn) {
+    size_t cap = 4096, used = 0;
+    char *buf = malloc(cap);
+    pthread_mutex_lock(&proc_lock);
+    for (int i = 0; i < MAX_PROCS && buf != NULL; i++) {
+        struct proc *p = &procs[i];
+        if (!p->used || p->pid <= 0)
+            continue;
+        if (used + p->meta_len + 128 > cap) {
+            size_t bigger = (used + p->meta_len + 128) * 2;
+            char *grown = realloc(buf, bigger);
+            if (grown == NULL)
+                break;
+            buf = grown;
+            cap = bigger;
+        }
+        used += (size_t)snprintf(buf + used, 128, "P %d %d %d %lld %lld %zu\n", (int)p->pid, p->running,
+                                 p->exit_code, (long long)p->started_ms, (long long)p->ended_ms, p->meta_len);
+        memcpy(buf + used, p->meta, p->meta_len);
+        used += p->meta_len;
+    }
+    pthread_mutex_unlock(&proc_lock);
+    if (buf == NULL)
+        return;
+    struct out o = {.conn = conn};
+    if (out_write(&o, buf, used) == 0)
+        out_write(&o, ".\n", 2);
+    free(buf);
+}
+
+/* one ATL2 request (see above) */
+static void handle_v2(int conn, char *payload, uint32_t len) {
+    if (strcmp(payload, "stdin") == 0) {
+        send_stdin(conn, payload, len);
+        return;
+    }
+    size_t count = 0;
+    for (uint32_t i = 0; i < len; i++)
+        count += payload[i] == '\0';
+    char **fields = calloc(count + 2, sizeof(char *));
+    if (fields == NULL)
+        return;
+    size_t n = 0;
+    for (char *p = payload; p < payload + len && n < count; p += strlen(p) + 1)
+        fields[n++] = p;
+    if (n == 0)
+        ;
+    else if (strcmp(fields[0], "start") == 0)
+        start_process(conn, fields, n);
+    else if (strcmp(fields[0], "events") == 0)
+        stream_events(conn, fields, n);
+    else if (strcmp(fields[0], "signal") == 0)
+        send_signal(conn, fields, n);
+    else if (strcmp(fields[0], "list") == 0)
+        list_processes(conn);
+    free(fields);
+}
+
 /* one connection: parse the request, run the command, report */
 static void handle(int conn) {
     char header[8];
-    if (read_all(conn, header, sizeof(header)) < 0 || memcmp(header, "ATL1", 4) != 0)
+    if (read_all(conn, header, sizeof(header)) < 0 ||
+        (memcmp(header, "ATL1", 4) != 0 && memcmp(header, "ATL2", 4) != 0))
         return;
     uint32_t len = (uint32_t)(unsigned char)header[4] | (uint32_t)(unsigned char)header[5] << 8 |
                    (uint32_t)(unsigned char)header[6] << 16 | (uint32_t)(unsigned char)header[7] << 24;
@@ -338,6 +997,11 @@ static void handle(int conn) {
         return;
     }
     payload[len] = '\0';
+    if (header[3] == '2') {
+        handle_v2(conn, payload, len);
+        free(payload);
+        return;
+    }
     /* split into strings */
     size_t count = 0;
     for (uint32_t i = 0; i < len; i++)
@@ -378,7 +1042,7 @@ static void handle(int conn) {
     int rc = resolve(argv[0], env, path, sizeof(path));
     pid_t child = 0;
     if (rc == 0)
-        rc = spawn(&child, cwd, path, argv, env, out, err, notify[1]);
+        rc = spawn(&child, cwd, path, argv, env, -1, out, err, notify[1]);
     int code, status = 0;
     if (rc == EAGAIN || rc == ENOMEM) {
         reply(conn, "E fork: %s\n", strerror(rc));
@@ -477,6 +1141,12 @@ int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "--") == 0)
         main_command = argv + 2;
 
+    /* Not dumpable: code in the sandbox (same uid, no CAP_SYS_PTRACE) can then neither ptrace
+       PID 1 (a stopped agent would stall every exec) nor read its memory or open its fds
+       through /proc/1. Commands it starts are dumpable again from their execve. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        dprintf(2, "atoll-agent: PR_SET_DUMPABLE: %s\n", strerror(errno));
+
     /* signals reach us only inside ppoll, where the loop below handles them */
     sigset_t blocked, during_poll;
     sigemptyset(&blocked);
@@ -488,6 +1158,16 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_FORWARDED; i++)
         catch(forwarded[i]);
     signal(SIGPIPE, SIG_IGN);
+    /* Job-control stops from inside: Linux ignores them for a pid namespace's init, gVisor's
+       sentry does not (SIGSTOP itself it does deliver: the server's watchdog continues us). A
+       no-op handler, not SIG_IGN, which commands would inherit through execve. */
+    struct sigaction keep_running;
+    memset(&keep_running, 0, sizeof(keep_running));
+    keep_running.sa_handler = ignore_signal;
+    keep_running.sa_flags = SA_RESTART;
+    sigemptyset(&keep_running.sa_mask);
+    for (int sig = SIGTSTP; sig <= SIGTTOU; sig++) /* SIGTSTP, SIGTTIN, SIGTTOU */
+        sigaction(sig, &keep_running, NULL);
     umask(022);
 
     pid_t main_pid = -1;
@@ -537,6 +1217,10 @@ int main(int argc, char **argv) {
         int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
         if (conn < 0)
             continue;
+        if (tcp_port > 0) { /* paced replies are request/answer pairs: Nagle would stall each */
+            int on = 1;
+            setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+        }
         /* a thread per connection (it shares the signal mask above: every signal stays with
          * this loop); it waits for its command, so commands run concurrently */
         pthread_t handler;

@@ -92,6 +92,25 @@ def remove_group(parent: str, name: str) -> None:
             _rmdir_when_empty(sub)
 
 
+def remove_parent(parent: str) -> list[Path]:
+    """rmdir the instance's parent group in every hierarchy where it holds no sandbox group
+    (a clean shutdown with none left); the removed directories."""
+    removed: list[Path] = []
+    # a hybrid host's cgroup2 mount gets the group too (runc joins it there as well)
+    hybrid = [] if is_v2() else [CGROUP_ROOT / "unified" / parent.strip("/")]
+    for d in [*group_dirs(parent), *hybrid]:
+        if not d.is_dir() or any(p.is_dir() for p in d.iterdir()):
+            continue
+        try:
+            d.rmdir()
+        except OSError as exc:  # EBUSY: something joined it meanwhile; it stays
+            if exc.errno not in (errno.EBUSY, errno.ENOENT, errno.ENOTEMPTY):
+                raise
+            continue
+        removed.append(d)
+    return removed
+
+
 def _rmdir_when_empty(group: Path, attempts: int = 100) -> None:
     """A killed task leaves its cgroup a moment after SIGKILL; rmdir says EBUSY until then."""
     for _ in range(attempts):

@@ -31,9 +31,9 @@ from atoll._exceptions import (
     ServerError,
 )
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table unification)
 RESOLVE_NO_XDEV = 0x01
@@ -43,6 +43,7 @@ RESOLVE_IN_ROOT = 0x10
 RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 RENAME_NOREPLACE = 0x1
 PATH_MAX = 4096
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Atoll's helper layer: the API may read it, never change it (exec relies on its binaries)
 PROTECTED = "/.atoll"
 
@@ -60,7 +61,7 @@ def open_beneath(dirfd: int, path: str, flags: int, mode: int = 0, *, resolve: i
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
     raw = path.encode("utf-8", "surrogateescape")
     for _ in range(16):  # EAGAIN: a concurrent rename raced a ".." walk; the kernel asks to retry
-        fd = _libc.syscall(SYS_OPENAT2, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
+        fd = libc.syscall(SYS_OPENAT2, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
@@ -126,7 +127,11 @@ def normalize(path: object, *, base: str = "/") -> str:
         raise BadRequestError("path must be a non-empty string")
     if "\x00" in path:
         raise BadRequestError("path must not contain NUL bytes")
-    if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
+    try:  # \udc80-\udcff stand for the bytes of a non-UTF-8 name; other surrogates are nothing
+        size = len(path.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise BadRequestError("path must be valid Unicode text (no lone surrogates)") from None
+    if size > PATH_MAX:
         raise BadRequestError("path is too long")
     full = path if path.startswith("/") else posixpath.join(base, path)
     parts: list[str] = []
@@ -292,7 +297,7 @@ class Root:
     def rename(self, src: str, dst: str, *, overwrite: bool) -> None:
         with self.parent(src) as (src_fd, src_name), self.parent(dst) as (dst_fd, dst_name):
             flags = 0 if overwrite else RENAME_NOREPLACE
-            rc = _libc.renameat2(
+            rc = libc.renameat2(
                 src_fd,
                 src_name.encode("utf-8", "surrogateescape"),
                 dst_fd,

@@ -11,7 +11,9 @@ instead of running ``mkfs`` per sandbox. The loop device and the mount are set u
 syscalls (``_mount_image``), not a ``mount`` process. A ``DiskPool`` keeps a few disks copied
 and mounted ahead of demand, so a create usually just renames one into place.
 
-With quotas off (``--no-disk-quota``), ``disk/`` is a plain directory: same layout, no limit."""
+With quotas off (``--no-disk-quota``), ``disk/`` is a plain directory bind-mounted on itself
+``nosuid,nodev`` (so a setuid file a sandbox writes there is none for the host's users): same
+layout, no limit."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_it
 # noinit_itable: the image is sparse, its inode tables already read as zeroes
 MOUNT_OPTIONS = "loop,nodev,nosuid,noatime,discard,noinit_itable,errors=remount-ro"
 # the same, as mount(2) takes them
-MOUNT_FLAGS = 0x4 | 0x2 | 0x400  # MS_NODEV | MS_NOSUID | MS_NOATIME
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_NOATIME, MS_BIND = 0x2, 0x4, 0x20, 0x400, 0x1000
+MOUNT_FLAGS = MS_NODEV | MS_NOSUID | MS_NOATIME
 MOUNT_DATA = b"discard,noinit_itable,errors=remount-ro"
 LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
@@ -72,10 +75,34 @@ def is_mounted(path: Path) -> bool:
         return False
 
 
+def _is_mount_point(path: Path) -> bool:
+    """Also true for a bind mount of a directory on its own filesystem (same ``st_dev``)."""
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4].replace("\\040", " ") == target for line in f)
+
+
+def _bind_nosuid(path: Path) -> None:
+    """``path`` bind-mounted on itself, then made ``nosuid,nodev`` (a bind takes no flags)."""
+    rc = _libc.mount(str(path).encode(), str(path).encode(), None, MS_BIND, None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {path}: {os.strerror(err)}")
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+    if _libc.mount(None, str(path).encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        overlay.unmount(path)
+        raise OSError(err, f"remount {path} nosuid: {os.strerror(err)}")
+
+
 async def attach(disk: DiskSpec) -> None:
     """Make ``disk/`` ready (creating the image on first use); idempotent."""
     disk.mount_point.mkdir(parents=True, exist_ok=True)
-    if disk.size_mib is None or is_mounted(disk.mount_point):
+    if disk.size_mib is None:
+        if not await asyncio.to_thread(_is_mount_point, disk.mount_point):
+            await asyncio.to_thread(_bind_nosuid, disk.mount_point)
+        return
+    if is_mounted(disk.mount_point):
         return
     if not disk.image.exists():
         blank = await _blank(disk.blank_dir, disk.size_mib)

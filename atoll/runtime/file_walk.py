@@ -21,6 +21,7 @@ from functools import lru_cache
 from atoll._exceptions import BadRequestError
 from atoll.runtime.confined import Root
 from atoll.runtime.files import Accounts, FileInfo, info_of
+from atoll.runtime.trees import MAX_DEPTH, MAX_DIR_ENTRIES
 
 MAX_ENTRIES = 50_000  # ls / tree / glob answers
 MAX_MATCHES = 10_000  # grep answers
@@ -108,15 +109,21 @@ def walk(
     deadline: float | None = None,
 ) -> Iterator[Entry]:
     """Depth-first, sorted by name; a directory is yielded before its contents. Stops after
-    ``limit`` entries (raising 400, since a silently shortened listing would mislead)."""
+    ``limit`` entries, and refuses to go below ``MAX_DEPTH`` levels (400 either way: a silently
+    shortened listing would mislead). Iterative: the depth of a sandbox's tree never becomes the
+    depth of the server's stack; one fd is held per level being walked."""
     fd = root.open_path(top, os.O_RDONLY | os.O_DIRECTORY)
     count = 0
-
-    def visit(dir_fd: int, prefix: str, depth: int) -> Iterator[Entry]:
-        nonlocal count
-        with os.scandir(dir_fd) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for item in entries:
+    # each level: (its fd, its path prefix, its depth, its entries not yet visited, reversed)
+    stack: list[tuple[int, str, int, list[os.DirEntry[str]]]] = [(fd, "", 1, _sorted_entries(fd))]
+    try:
+        while stack:
+            dir_fd, prefix, depth, pending = stack[-1]
+            if not pending:
+                stack.pop()
+                os.close(dir_fd)
+                continue
+            item = pending.pop()
             rel = f"{prefix}{item.name}"
             if exclude and excluded(rel, item.name, exclude):
                 continue
@@ -126,25 +133,51 @@ def walk(
                 continue  # removed while we looked
             count += 1
             if count > limit:
-                raise BadRequestError(f"more than {limit} entries: narrow the path, depth or exclude")
+                raise BadRequestError(
+                    f"more than {limit} entries under {top} (the limit of one call): "
+                    "narrow the path, depth or exclude"
+                )
             if deadline is not None and time.monotonic() > deadline:
                 return
             entry = Entry(rel=rel, name=item.name, info=info, depth=depth)
             yield entry
-            if entry.is_dir and (max_depth is None or depth < max_depth):
-                try:
-                    child = os.open(item.name, _DIR_FLAGS, dir_fd=dir_fd)
-                except OSError:
-                    continue  # swapped for a link, removed, or unreadable: not entered
-                try:
-                    yield from visit(child, rel + "/", depth + 1)
-                finally:
-                    os.close(child)
-
-    try:
-        yield from visit(fd, "", 1)
+            if not entry.is_dir or (max_depth is not None and depth >= max_depth):
+                continue
+            try:
+                child = os.open(item.name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue  # swapped for a link, removed, or unreadable: not entered
+            try:
+                entries = _sorted_entries(child)
+            except BaseException:
+                os.close(child)
+                raise
+            if entries and depth >= MAX_DEPTH:
+                os.close(child)
+                raise BadRequestError(
+                    f"{top}: the tree is deeper than {MAX_DEPTH} levels (the depth limit of a walk): "
+                    "narrow the path or pass a max_depth"
+                )
+            stack.append((child, rel + "/", depth + 1, entries))
     finally:
-        os.close(fd)
+        for dir_fd, *_ in stack:
+            os.close(dir_fd)
+
+
+def _sorted_entries(dir_fd: int) -> list[os.DirEntry[str]]:
+    """The directory's entries, last name first (the walk pops from the end). A directory too
+    big to hold is refused rather than read whole."""
+    entries: list[os.DirEntry[str]] = []
+    with os.scandir(dir_fd) as scan:
+        for entry in scan:
+            entries.append(entry)
+            if len(entries) > MAX_DIR_ENTRIES:
+                raise BadRequestError(
+                    f"a directory with more than {MAX_DIR_ENTRIES} entries (the limit of a walk): "
+                    "narrow the path"
+                )
+    entries.sort(key=lambda e: e.name, reverse=True)
+    return entries
 
 
 def _join(top: str, rel: str) -> str:

@@ -9,21 +9,22 @@ the sandbox's own ``/etc/passwd`` and ``/etc/group``, never the host's.
 from __future__ import annotations
 
 import difflib
-import errno
 import os
 import re
-import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError
 from atoll.runtime.confined import Root, api_error, check_writable, chmod_fd, split
+from atoll.runtime.replace import NewVersion, new_version, write_all
+from atoll.runtime.trees import remove_tree
 
 MODE_RE = re.compile(r"^[0-7]{1,4}$")
 ACCOUNT_FILE_MAX = 4 * 1024 * 1024
 EDIT_MAX_BYTES = 10 * 1024 * 1024
-COPY_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 8 * 1024 * 1024
+MAX_ID = 2**32 - 2  # uid/gid: 2**32 - 1 means "unchanged" to chown(2)
 
 
 @dataclass(frozen=True)
@@ -96,20 +97,26 @@ class Accounts:
         return next((e[0] for e in self.group if len(e) > 2 and e[2] == str(gid)), str(gid))
 
     def uid(self, name: str) -> int:
-        if name.isdigit():
+        if _numeric(name, "owner"):
             return int(name)
         for entry in self.passwd:
-            if len(entry) > 2 and entry[0] == name and entry[2].isdigit():
+            if len(entry) > 2 and entry[0] == name and _numeric(entry[2], "owner", quiet=True):
                 return int(entry[2])
-        raise BadRequestError(f"unknown user {name!r} in the sandbox's /etc/passwd")
+        raise BadRequestError(
+            f"owner {name!r}: no such user in the sandbox's /etc/passwd",
+            errors=[{"field": "owner", "error": "no such user in the sandbox"}],
+        )
 
     def gid(self, name: str) -> int:
-        if name.isdigit():
+        if _numeric(name, "group"):
             return int(name)
         for entry in self.group:
-            if len(entry) > 2 and entry[0] == name and entry[2].isdigit():
+            if len(entry) > 2 and entry[0] == name and _numeric(entry[2], "group", quiet=True):
                 return int(entry[2])
-        raise BadRequestError(f"unknown group {name!r} in the sandbox's /etc/group")
+        raise BadRequestError(
+            f"group {name!r}: no such group in the sandbox's /etc/group",
+            errors=[{"field": "group", "error": "no such group in the sandbox"}],
+        )
 
     def home(self, user: str) -> str | None:
         """The home directory of ``user`` (name or uid, ``user:group`` allowed)."""
@@ -118,6 +125,20 @@ class Accounts:
             if len(entry) > 5 and (entry[0] == name or entry[2] == name):
                 return entry[5] or None
         return None
+
+
+def _numeric(value: str, field: str, *, quiet: bool = False) -> bool:
+    """A decimal id (ASCII digits only), within what a uid/gid can be."""
+    if not (value.isascii() and value.isdigit()):
+        return False
+    if int(value) > MAX_ID:
+        if quiet:
+            return False
+        raise BadRequestError(
+            f"invalid {field}: {value} is past the largest id ({MAX_ID})",
+            errors=[{"field": field, "error": f"must be at most {MAX_ID}"}],
+        )
+    return True
 
 
 def info_of(root: Root, path: str, accounts: Accounts, lst: os.stat_result | None = None) -> FileInfo:
@@ -166,22 +187,12 @@ def mkdir(root: Root, path: str, *, recursive: bool, permissions: str | None) ->
                 os.close(made)
 
 
-def open_for_write(root: Root, path: str, *, permissions: str | None) -> int:
-    """An fd to write ``path`` from the start (created with missing parents, truncated)."""
+def open_for_write(root: Root, path: str, *, permissions: str | None) -> NewVersion:
+    """A new version of ``path`` to write from the start (missing parents are created)."""
     check_writable(path)
     mode = parse_mode(permissions, "permissions") if permissions is not None else None
     root.makedirs(split(path)[0])
-    fd = root.open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    if mode is not None:
-        os.fchmod(fd, mode)
-    return fd
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    return new_version(root, path, mode=mode)
 
 
 def delete(root: Root, path: str, *, recursive: bool) -> None:
@@ -191,7 +202,7 @@ def delete(root: Root, path: str, *, recursive: bool) -> None:
         if not stat.S_ISDIR(info.st_mode):
             os.unlink(name, dir_fd=fd)
         elif recursive:
-            shutil.rmtree(name, dir_fd=fd)  # the fd-based walk: never follows a swapped-in link
+            remove_tree(fd, name)  # by fds, never following a swapped-in link; any depth
         else:
             os.rmdir(name, dir_fd=fd)
 
@@ -215,146 +226,13 @@ def set_permissions(
         os.close(fd)
 
 
-def _remove_existing(root: Root, path: str) -> None:
-    with root.parent(path) as (fd, name):
-        try:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(name, dir_fd=fd)
-        else:
-            os.unlink(name, dir_fd=fd)
-
-
-def move(root: Root, src: str, dst: str, *, overwrite: bool) -> None:
-    check_writable(src)
-    check_writable(dst)
-    src_info = root.lstat(src)
-    if overwrite and src != dst:
-        try:
-            dst_info = root.lstat(dst)
-        except FileNotFoundError:
-            dst_info = None
-        # rename(2) replaces a file or an empty directory of the same kind; anything else goes first
-        if dst_info is not None and stat.S_ISDIR(dst_info.st_mode):
-            if not stat.S_ISDIR(src_info.st_mode) or any(True for _ in _entries(root, dst)):
-                _remove_existing(root, dst)
-        elif dst_info is not None and stat.S_ISDIR(src_info.st_mode):
-            _remove_existing(root, dst)
-    try:
-        root.rename(src, dst, overwrite=overwrite)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise BadRequestError(f"cannot move {src} into itself ({dst})") from None
-        if exc.errno == errno.EEXIST:
-            raise ConflictError(f"{dst}: already exists (pass overwrite to replace it)") from None
-        raise
-
-
-def _entries(root: Root, path: str) -> list[str]:
-    fd = root.open_path(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return os.listdir(fd)
-    finally:
-        os.close(fd)
-
-
-def copy(root: Root, src: str, dst: str, *, recursive: bool, overwrite: bool) -> None:
-    check_writable(dst)
-    src_fd = root.open_path(src, os.O_PATH)
-    try:
-        src_stat = os.fstat(src_fd)
-        if stat.S_ISDIR(src_stat.st_mode) and not recursive:
-            raise BadRequestError(f"{src}: is a directory (pass recursive to copy it)")
-        src_real = root.host_path_of(src_fd)
-    finally:
-        os.close(src_fd)
-    with root.parent(dst) as (dst_parent, _):
-        dst_real = root.host_path_of(dst_parent).rstrip("/") + "/" + split(dst)[1]
-    if dst_real == src_real or dst_real.startswith(src_real.rstrip("/") + "/"):
-        raise BadRequestError(f"cannot copy {src} into itself ({dst})")
-    if root.exists(dst):
-        if not overwrite:
-            raise ConflictError(f"{dst}: already exists (pass overwrite to replace it)")
-        _remove_existing(root, dst)
-    with root.parent(dst) as (dst_dir, name):
-        if stat.S_ISDIR(src_stat.st_mode):
-            src_dir = root.open_path(src, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _copy_tree(src_dir, dst_dir, name, stat.S_IMODE(src_stat.st_mode))
-            finally:
-                os.close(src_dir)
-        else:
-            fd = root.open_regular(src, os.O_RDONLY)
-            try:
-                _copy_file(fd, dst_dir, name, stat.S_IMODE(src_stat.st_mode))
-            finally:
-                os.close(fd)
-
-
-def _copy_file(src_fd: int, dst_dir: int, name: str, mode: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    out = os.open(name, flags, 0o600, dir_fd=dst_dir)
-    try:
-        while True:
-            try:
-                copied = os.copy_file_range(src_fd, out, COPY_CHUNK)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                chunk = os.read(src_fd, COPY_CHUNK)
-                if chunk:
-                    write_all(out, chunk)
-                copied = len(chunk)
-            if copied == 0:
-                break
-        os.fchmod(out, mode)
-    finally:
-        os.close(out)
-
-
-def _copy_tree(src_dir: int, dst_parent: int, name: str, mode: int) -> None:
-    """Copy the directory open as ``src_dir`` to ``dst_parent/name``, all by fds: symlinks are
-    copied as links, FIFOs, sockets and devices are skipped."""
-    os.mkdir(name, 0o700, dir_fd=dst_parent)
-    dst_dir = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst_parent)
-    try:
-        with os.scandir(src_dir) as entries:
-            for entry in entries:
-                info = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(info.st_mode):
-                    os.symlink(os.readlink(entry.name, dir_fd=src_dir), entry.name, dir_fd=dst_dir)
-                elif stat.S_ISDIR(info.st_mode):
-                    child = os.open(
-                        entry.name,
-                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                        dir_fd=src_dir,
-                    )
-                    try:
-                        _copy_tree(child, dst_dir, entry.name, stat.S_IMODE(info.st_mode))
-                    finally:
-                        os.close(child)
-                elif stat.S_ISREG(info.st_mode):
-                    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                    fd = os.open(entry.name, flags, dir_fd=src_dir)
-                    try:
-                        if stat.S_ISREG(os.fstat(fd).st_mode):  # still a file after the open
-                            _copy_file(fd, dst_dir, entry.name, stat.S_IMODE(info.st_mode))
-                    finally:
-                        os.close(fd)
-        os.fchmod(dst_dir, mode)
-    finally:
-        os.close(dst_dir)
-
-
 # text edits -----------------------------------------------------------------------------------
 def _read_text(fd: int, path: str) -> str:
     size = os.fstat(fd).st_size
     if size > EDIT_MAX_BYTES:
         raise BadRequestError(f"{path}: too large to edit ({size} bytes, at most {EDIT_MAX_BYTES})")
     data = b""
-    while chunk := os.read(fd, COPY_CHUNK):
+    while chunk := os.read(fd, READ_CHUNK):
         data += chunk
         if len(data) > EDIT_MAX_BYTES:
             raise BadRequestError(f"{path}: too large to edit")
@@ -364,18 +242,22 @@ def _read_text(fd: int, path: str) -> str:
         raise BadRequestError(f"{path}: not a UTF-8 text file") from None
 
 
-def _write_text(fd: int, text: str) -> None:
-    data = text.encode("utf-8")
-    os.lseek(fd, 0, os.SEEK_SET)
-    write_all(fd, data)
-    os.ftruncate(fd, len(data))
+def _write_text(root: Root, path: str, text: str) -> None:
+    """Replace the file whole (``NewVersion``), keeping its owner and mode."""
+    version = new_version(root, path)
+    try:
+        write_all(version.fd, text.encode("utf-8"))
+    except BaseException:
+        version.abort()
+        raise
+    version.commit()
 
 
 def edit_file(root: Root, path: str, edits: Sequence[tuple[str, str]]) -> tuple[str, int]:
     """Apply find/replace edits in order, each on the result of the previous one, all or nothing.
     Every occurrence is replaced; an edit that finds nothing fails the whole call (400)."""
     check_writable(path)
-    fd = root.open_regular(path, os.O_RDWR)
+    fd = root.open_regular(path, os.O_RDONLY)
     try:
         before = _read_text(fd, path)
         after = before
@@ -394,7 +276,7 @@ def edit_file(root: Root, path: str, edits: Sequence[tuple[str, str]]) -> tuple[
             after = after.replace(find, replace)
             total += count
         if after != before:
-            _write_text(fd, after)
+            _write_text(root, path, after)
     finally:
         os.close(fd)
     diff = "".join(

@@ -10,14 +10,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
-from atoll.runtime import agent, cgroups, criu, oci_config, overlay, reaping
+from atoll.runtime import agent, cgroups, criu, lxcfs, oci_config, overlay, reaping
 from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
+
+log = logging.getLogger("atoll.oci")
+SWEEP_LOOKS = 6  # further looks for crun's orphans after each detaching call, 0.5 s apart
+
+# written last, atomically, once CRIU has succeeded: after a crash only an image with it is
+# restored (a dump cut short leaves files but never this one)
+CHECKPOINT_COMPLETE = "atoll-complete"
+
+
+def checkpoint_complete(image_dir: Path) -> bool:
+    return (image_dir / CHECKPOINT_COMPLETE).is_file()
+
+
+def mark_checkpoint_complete(image_dir: Path) -> None:
+    """The marker, durable: on ext4 (data=ordered) its fsync commits the image's data first."""
+    temporary = image_dir / f"{CHECKPOINT_COMPLETE}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"complete\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, image_dir / CHECKPOINT_COMPLETE)
+    fd = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class OCIBackend:
@@ -44,6 +74,8 @@ class OCIBackend:
             spec,
             cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
             init_args=self._init_args(spec),
+            # the server's LXCFS (lxcfs.py) lives beside the runtimes' state dirs
+            proc_binds=lxcfs.binds(self.state_root.parent),
         )
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
 
@@ -78,6 +110,11 @@ class OCIBackend:
         while self._sweep_wanted:
             self._sweep_wanted = False
             await reaping.reap_orphaned_zombies(frozenset({"crun"}))
+            # crun's detached child can outlive that first look (it takes longer to set up FUSE
+            # binds, e.g. LXCFS's): look again for a few seconds
+            for _ in range(SWEEP_LOOKS):
+                await asyncio.sleep(0.5)
+                await reaping.reap_orphaned_zombies(frozenset({"crun"}))
 
     def _init_pid_file(self, sandbox_id: str) -> Path:
         return self.state_root / f"{sandbox_id}.init.pid"
@@ -128,6 +165,7 @@ class OCIBackend:
             raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        mark_checkpoint_complete(image_dir)
         # CRIU ended the processes: the init, orphaned to us by `run --detach`, is ours to reap
         await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
 
@@ -155,6 +193,8 @@ class OCIBackend:
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         init_pid = await self._init_pid(sandbox_id)
+        if init_pid is not None:
+            self._wake_agent(sandbox_id, init_pid)
         if init_pid is not None and (result := await agent.run(init_pid, request)) is not None:
             return result
         pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"
@@ -167,6 +207,27 @@ class OCIBackend:
             return await run_exec([*argv, sandbox_id], pid_file, request)
         finally:
             self.reap_runtime_orphans()
+
+    def _wake_agent(self, sandbox_id: str, init_pid: int) -> None:
+        """The watchdog: a stopped agent would stall every command of the sandbox (each one
+        waiting ``agent.START_TIMEOUT_S``), so before each exec (~20 us) a stopped one is
+        continued, and a tracer holding it is killed if it is a process of the same sandbox. Code
+        inside can neither stop (signals to a pid namespace's init from inside it are ignored
+        unless handled) nor trace it (non-dumpable), so this only covers what gets past those."""
+        try:
+            with open(f"/proc/{init_pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            return
+        state, tracer = fields.get("State", "").strip()[:1], int(fields.get("TracerPid", "0") or 0)
+        if tracer and tracer in cgroups.pids_in_group(self.cgroup_parent, sandbox_id):
+            log.warning("sandbox %s: agent traced by its pid %d: killed the tracer", sandbox_id, tracer)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tracer, signal.SIGKILL)
+        if state in ("T", "t"):
+            log.warning("sandbox %s: agent was stopped (%s): continued", sandbox_id, state)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init_pid, signal.SIGCONT)
 
     async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
         cgroups.set_limits(self.cgroup_parent, sandbox_id, vcpu=vcpu, memory_mib=memory_mib)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 from typing import Any
 
 from atoll.runtime import seccomp
@@ -24,6 +25,14 @@ MASKED_PATHS = [
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/proc/interrupts",
     "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/kallsyms", "/proc/sysrq-trigger",
+    # the host's physical memory layout, kernel heap and build: help to aim a kernel exploit
+    "/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup", "/proc/slabinfo", "/proc/vmallocinfo",
+    "/proc/pagetypeinfo", "/proc/zoneinfo", "/proc/buddyinfo", "/proc/iomem", "/proc/ioports",
+    "/proc/modules", "/proc/config.gz", "/proc/mtrr", "/sys/kernel/vmcoreinfo",
+    "/sys/kernel/notes", "/sys/kernel/debug", "/sys/kernel/tracing",
+    # the host's block devices (its loop devices back the sandboxes' disks)
+    "/proc/fs/ext4", "/proc/fs/jbd2", "/sys/fs/ext4", "/sys/block", "/sys/class/block",
+    "/sys/devices/virtual/block", "/sys/dev/block",
 ]  # fmt: skip
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
 
@@ -37,7 +46,7 @@ def env_list(env: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
+def _mounts(spec: SandboxSpec, proc_binds: list[tuple[Path, str]]) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {
@@ -79,6 +88,9 @@ def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
             "options": ["nosuid", "nodev", "noexec", "mode=700", "size=262144k"],
         },
     ]
+    for source, destination in proc_binds:  # e.g. LXCFS's meminfo over /proc/meminfo (lxcfs.py)
+        options = ["bind", "ro", "nosuid", "nodev", "noexec"]
+        mounts.append({"destination": destination, "type": "bind", "source": str(source), "options": options})
     for bind in spec.binds:
         options = ["bind", "nosuid", "nodev"] + (["ro"] if bind.read_only else ["rw"])
         mounts.append(
@@ -87,8 +99,15 @@ def _mounts(spec: SandboxSpec) -> list[dict[str, Any]]:
     return mounts
 
 
-def build(spec: SandboxSpec, *, cgroups_path: str, init_args: list[str] | None = None) -> dict[str, Any]:
-    """``init_args`` is the sandbox's PID 1; it defaults to the reaping init in pause mode."""
+def build(
+    spec: SandboxSpec,
+    *,
+    cgroups_path: str,
+    init_args: list[str] | None = None,
+    proc_binds: list[tuple[Path, str]] | None = None,
+) -> dict[str, Any]:
+    """``init_args`` is the sandbox's PID 1; it defaults to the reaping init in pause mode.
+    ``proc_binds`` are (host file, path inside) read-only binds over /proc files."""
     args = init_args or [INIT_PATH, "-P"]
     # never above the server's own hard limit: raising it needs CAP_SYS_RESOURCE, not always held
     nofile = min(MAX_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -113,7 +132,7 @@ def build(spec: SandboxSpec, *, cgroups_path: str, init_args: list[str] | None =
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _mounts(spec),
+        "mounts": _mounts(spec, proc_binds or []),
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,

@@ -32,7 +32,10 @@ def mount_overlay(lower_dirs: Sequence[Path], upper: Path, work: Path, target: P
     lower = ":".join(str(d) for d in lower_dirs)
     # index=off and xino=off: the sandbox's upper dir must stay portable (stop/start, snapshots)
     options = f"lowerdir={lower},upperdir={upper},workdir={work},index=off,xino=off"
-    rc = _libc.mount(b"overlay", str(target).encode(), b"overlay", MS_NODEV, options.encode())
+    # nosuid: a setuid file a sandbox writes must not be one for the host's users; inside, the
+    # sandbox's no_new_privs already ignores setuid bits, so nothing there changes
+    flags = MS_NODEV | MS_NOSUID
+    rc = _libc.mount(b"overlay", str(target).encode(), b"overlay", flags, options.encode())
     _check(rc, f"mount overlay on {target}")
 
 

@@ -53,7 +53,15 @@ def resolve_sandbox_domain(value: str | None) -> str:
 
 
 def resolve_sandbox_scheme(value: str | None) -> SandboxScheme:
-    scheme = (_from_env(value, ENV_SANDBOX_SCHEME) or DEFAULT_SANDBOX_SCHEME).lower()
+    return given_sandbox_scheme(value) or DEFAULT_SANDBOX_SCHEME
+
+
+def given_sandbox_scheme(value: str | None) -> SandboxScheme | None:
+    """The scheme from the argument or the environment; None when neither gives one."""
+    scheme = _from_env(value, ENV_SANDBOX_SCHEME)
+    if scheme is None:
+        return None
+    scheme = scheme.lower()
     if scheme not in SANDBOX_SCHEMES:
         raise InvalidArgument("sandbox_scheme", f"must be 'https' or 'http', got {scheme!r}")
     return cast(SandboxScheme, scheme)
@@ -62,11 +70,22 @@ def resolve_sandbox_scheme(value: str | None) -> SandboxScheme:
 class ClientConfig:
     """Where the control plane lives, how to authenticate, and how sandbox URLs are built.
 
-    ``sandbox_scheme="http"`` is for a deployment without TLS (a local ``atoll serve``): sandbox
-    URLs then use ``http``/``ws`` instead of ``https``/``wss``.
+    ``sandbox_scheme="http"`` is for a deployment without TLS: sandbox URLs then use
+    ``http``/``ws`` instead of ``https``/``wss``. When neither the argument nor
+    ``ATOLL_SANDBOX_SCHEME`` gives a scheme (``sandbox_scheme_given`` is False), ``sandbox_scheme``
+    is the default and the client uses the scheme the server announces instead (``GET
+    /v1/health``, asked once). A local ``atoll serve`` speaks both on its router port, with a
+    certificate from its own CA (``GET /v1/ca.pem``; trust it, e.g. with ``SSL_CERT_FILE``).
     """
 
-    __slots__ = ("_api_key", "_base_url", "_sandbox_domain", "_sandbox_scheme", "_timeout")
+    __slots__ = (
+        "_api_key",
+        "_base_url",
+        "_sandbox_domain",
+        "_sandbox_scheme",
+        "_sandbox_scheme_given",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -86,7 +105,9 @@ class ClientConfig:
         self._api_key = resolved_key
         self._base_url = resolved_url
         self._sandbox_domain = resolve_sandbox_domain(sandbox_domain)
-        self._sandbox_scheme = resolve_sandbox_scheme(sandbox_scheme)
+        given = given_sandbox_scheme(sandbox_scheme)
+        self._sandbox_scheme: SandboxScheme = given or DEFAULT_SANDBOX_SCHEME
+        self._sandbox_scheme_given = given is not None
         self._timeout = DEFAULT_HTTP_TIMEOUT if timeout is None else check_timeout("timeout", timeout)
 
     @property
@@ -106,11 +127,23 @@ class ClientConfig:
         return self._sandbox_scheme
 
     @property
+    def sandbox_scheme_given(self) -> bool:
+        """Whether the scheme was set (argument or environment) rather than left to the server."""
+        return self._sandbox_scheme_given
+
+    @property
     def timeout(self) -> float:
         return self._timeout
 
-    def _key(self) -> tuple[str, str, str, str, float]:
-        return (self._api_key, self._base_url, self._sandbox_domain, self._sandbox_scheme, self._timeout)
+    def _key(self) -> tuple[str, str, str, str, bool, float]:
+        return (
+            self._api_key,
+            self._base_url,
+            self._sandbox_domain,
+            self._sandbox_scheme,
+            self._sandbox_scheme_given,
+            self._timeout,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClientConfig):

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from atoll import dashboard
 from atoll._exceptions import ServerError
 from atoll._tasks import cancel_and_wait
 from atoll.network import firewall
@@ -23,19 +24,24 @@ from atoll.network.addressing import AddressPlan
 from atoll.network.egress import EgressConfig, EgressService
 from atoll.network.pool import NetworkPool
 from atoll.router import ObservedRepository, build_router
-from atoll.runtime import helpers, hostlimits, reaping
+from atoll.runtime import helpers, hostlimits, lxcfs, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
 from atoll.runtime.disk import DiskPool
 from atoll.server import errors
 from atoll.server.activity import Activity, ActivityMiddleware
+from atoll.server.host_cleanup import clean_host_if_unused
+from atoll.server.limits import BodyLimitMiddleware
+from atoll.server.lsp import LspService
 from atoll.server.manager import SandboxManager
 from atoll.server.pty import PtyManager
 from atoll.server.ratelimit import RateLimitMiddleware
 from atoll.server.reconcile import reconcile
 from atoll.server.routes import (
     filesystem,
+    git,
     health,
+    lsp,
     network,
     presigned,
     process,
@@ -43,10 +49,14 @@ from atoll.server.routes import (
     sandboxes,
     snapshots,
     templates,
+    unavailable,
 )
 from atoll.server.settings import Settings
 from atoll.server.snapshots import SnapshotService
+from atoll.server.template_builds import TemplateBuilds
 from atoll.server.warm import WarmPool
+from atoll.ssh import routes as ssh_routes
+from atoll.ssh.gateway import start_gateway as start_ssh_gateway
 from atoll.store import db
 from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.catalog import TemplateCatalog
@@ -100,11 +110,14 @@ async def _reap_forever(manager: SandboxManager, interval: float) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    for directory in (settings.data_dir, settings.sandboxes_dir, settings.snapshots_dir, settings.run_dir):
+    for directory in settings.private_dirs:
         directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # sandbox content below: no host user may reach it (docs/security.md)
     helpers.prepare(settings.helpers_dir)
     reaping.become_subreaper()
     hostlimits.raise_shared_tables()  # sandboxes share them: let memory cgroups bound each one
+    if settings.lxcfs:  # /proc/meminfo etc. of OCI sandboxes show their limits
+        await lxcfs.start(settings.run_dir)
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url)
     repo = ObservedRepository(db.sessions(engine))  # tells the router's cache about state changes
@@ -119,6 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             instance=settings.instance,
             subnet=settings.subnet,
             deny_cidrs=settings.deny_cidrs,
+            allow_private_cidrs=settings.allow_private_cidrs,
             upstreams=tuple(settings.dns_upstreams()),
             upstream_ca_bundle=settings.egress_ca_bundle,
         )
@@ -131,6 +145,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deny_cidrs=settings.deny_cidrs,
         dns_port=egress.dns_port,
         proxy_port=egress.proxy_port,
+        open_cidrs=settings.allow_private_cidrs,
+        closed_cidrs=egress.closed_cidrs,
     )
     plan = AddressPlan(settings.subnet, instance=settings.instance, iface_prefix=settings.iface_prefix)
     pool = NetworkPool(plan, target_size=settings.netns_pool_size)
@@ -165,6 +181,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.repo = repo
     app.state.manager = manager
     app.state.ptys = ptys = PtyManager(manager)
+    app.state.lsp = lsp_service = LspService(manager)
     app.state.templates = TemplateCatalog(
         repo.sessions, manager.templates, max_per_org=settings.max_templates_per_org
     )
@@ -179,17 +196,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
     )
     warm.start()
+    builds = TemplateBuilds(manager.templates, on_built=warm.wake) if settings.build_templates else None
+    app.state.template_builds = builds
+    if builds is not None:
+        manager.template_gate = builds.check
+        builds.start()  # in a thread, in the background: the server answers meanwhile
+    ssh_gateway = await start_ssh_gateway(app.state, settings)
     try:
         yield
     finally:
         await cancel_and_wait(reaper)
+        if builds is not None:
+            await builds.close()
         # in order, and each step even when an earlier one failed: a half shutdown leaks
-        steps = [router.stop, ptys.close, warm.close, *([disks.close] if disks else []), pool.close]
-        for step in (*steps, egress.close, engine.dispose):
+        steps = [*([ssh_gateway.close] if ssh_gateway else []), router.stop, ptys.close, lsp_service.close]
+        steps += [warm.close]
+        steps += [*([disks.close] if disks else []), pool.close]
+
+        async def cleanup() -> None:  # no sandbox left: no litter on the host
+            await clean_host_if_unused(settings, repo)
+
+        for step in (*steps, egress.close, cleanup, engine.dispose):
             try:
                 await step()
             except Exception:
                 log.exception("shutdown step %s failed", getattr(step, "__qualname__", step))
+        try:
+            await lxcfs.stop_if_unused(settings.run_dir)
+        except Exception:
+            log.exception("shutdown step lxcfs failed")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -202,9 +237,15 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.activity = activity = Activity()
+    app.state.template_builds = None  # the lifespan starts them when settings.build_templates
     errors.install(app)
     app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
     app.add_middleware(ActivityMiddleware, activity=activity)
-    for module in (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, health):
+    app.add_middleware(BodyLimitMiddleware)  # outermost: a refused body reaches nothing else
+    routes = (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, git, lsp, health)
+    for module in routes:
         app.include_router(module.router)
+    dashboard.install(app)  # the web dashboard at / (atoll/dashboard)
+    app.include_router(ssh_routes.router)
+    app.include_router(unavailable.router)  # last: any real route wins over its 501
     return app

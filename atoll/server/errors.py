@@ -17,7 +17,10 @@ log = logging.getLogger("atoll.server")
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # only the first item names where the value was (a body field may itself be called "path")
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    parts = [str(p) for p in loc]
     return ".".join(parts) or "body"
 
 

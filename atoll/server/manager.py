@@ -38,6 +38,8 @@ from atoll.runtime.spec import (
     SandboxSpec,
     etc_dir,
 )
+from atoll.runtime.trees import remove_host_tree
+from atoll.server import readiness
 from atoll.server.capacity import Budget, Capacity
 from atoll.server.settings import Settings
 from atoll.server.warm import WarmPool, WarmSandbox
@@ -98,6 +100,10 @@ class SandboxManager:
         # a sandbox any of these hold (say True for) is paused by freezing, never checkpointed:
         # host-side state such as a PTY's master cannot be saved with it
         self.checkpoint_vetoes: list[Callable[[str], bool]] = []
+        # called with a sandbox id just before it is checkpointed (streams into it end first)
+        self.before_checkpoint: list[Callable[[str], Awaitable[None]]] = []
+        # set by the app: raises 503 for a system template still being built in the background
+        self.template_gate: Callable[[str], None] | None = None
 
     # helpers ----------------------------------------------------------------------------
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -234,7 +240,7 @@ class SandboxManager:
                     await attaching
             spec = self.spec_for(row, template, slot)
             if image is None:
-                await self.backend_for(row).boot(spec)
+                await self.boot_ready(row, template, spec, slot)
             else:
                 await self.backend_for(row).restore(spec, image)
             if attaching is not None:
@@ -250,6 +256,13 @@ class SandboxManager:
             raise
         now = utcnow()
         return {**recorded, "launch_time": now, "timeout_at": now + dt.timedelta(seconds=row.timeout)}
+
+    async def boot_ready(self, row: SandboxRow, template: Template, spec: SandboxSpec, slot: Slot) -> None:
+        """Start PID 1 and, for a template whose main process is a service, wait until it answers."""
+        await self.backend_for(row).boot(spec)
+        if template.ready_path and template.cmd:
+            took_s = await readiness.wait_until_ready(slot.sandbox_ip, template.port, template.ready_path)
+            log.debug("sandbox %s: %s ready after %.3fs", row.id, template.name, took_s)
 
     def _network_files(self, row: SandboxRow, slot: Slot) -> tuple[SandboxRow, dict[str, Any]]:
         """Give the row its slot and its /etc files. The row changes in memory; returns it and
@@ -298,12 +311,17 @@ class SandboxManager:
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
             await self.pool.release(slot)
-        if not keep_disk:
-            await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(row.id), True)
+        if not keep_disk:  # a disk layer without a quota holds sandbox-made trees of any depth
+            try:
+                await asyncio.to_thread(remove_host_tree, self.sandbox_dir(row.id))
+            except OSError:
+                log.exception("removing %s failed", self.sandbox_dir(row.id))
 
     # lifecycle --------------------------------------------------------------------------
     async def create(self, org_id: str, params: CreateParams) -> SandboxRow:
         template = await self.templates.resolve(org_id, params.template_name)
+        if template is None and self.template_gate is not None:
+            self.template_gate(params.template_name)
         if template is None:
             raise BadRequestError(
                 "invalid sandbox parameters",
@@ -328,7 +346,9 @@ class SandboxManager:
             env_vars=dict(params.env_vars),
             network_policy=params.network_policy,
         )
-        if self.warm is not None and (warm := self.warm.take(template, params.network_policy)):
+        if self.warm is not None and (
+            warm := self.warm.take(template, params.network_policy, params.env_vars)
+        ):
             return await self._claim(row, warm)
         return await self.boot_new(row, template)
 
@@ -415,6 +435,8 @@ class SandboxManager:
         if backend.can_checkpoint and not any(veto(row.id) for veto in self.checkpoint_vetoes):
             image = self.checkpoint_dir(row.id)
             shutil.rmtree(image, ignore_errors=True)
+            for hook in self.before_checkpoint:
+                await hook(row.id)
             try:
                 await backend.checkpoint(row.id, image, leave_running=False)
                 kind = "checkpoint"
@@ -431,12 +453,19 @@ class SandboxManager:
     def checkpoint_dir(self, sandbox_id: str) -> Path:
         return self.sandbox_dir(sandbox_id) / "checkpoint"
 
+    def discard_checkpoint(self, sandbox_id: str) -> None:
+        """The image and CRIU's work directory: never kept past their use (they are outside
+        the sandbox's disk quota)."""
+        image = self.checkpoint_dir(sandbox_id)
+        for directory in (image, image.with_name(image.name + ".work")):
+            remove_host_tree(directory)
+
     async def _unpause(self, row: SandboxRow) -> None:
         if row.pause_kind == "checkpoint":
             spec = self.spec_for(row, self.template_for(row), self.slot_of(row))
             await disk.attach(self.disk_of(row))  # stays mounted while paused, unless the host rebooted
             await self.backend_for(row).restore(spec, self.checkpoint_dir(row.id))
-            shutil.rmtree(self.checkpoint_dir(row.id), ignore_errors=True)
+            self.discard_checkpoint(row.id)
         else:
             await self.backend_for(row).resume(row.id)
 
@@ -472,6 +501,7 @@ class SandboxManager:
             row = await self.move(await self.get(org_id, sandbox_id), Event.STOP)
             try:
                 await self._teardown(row, keep_disk=True)
+                self.discard_checkpoint(row.id)  # a stopped sandbox's memory is gone by definition
             finally:
                 row = await self.move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
             return row
@@ -486,6 +516,7 @@ class SandboxManager:
                 await self.move(row, Event.FAILED)
                 raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
             try:
+                self.discard_checkpoint(row.id)  # memory of an earlier life: never restored now
                 booted = await self._boot(row, self.template_for(row))
             except Exception as exc:
                 await self._teardown(row, keep_disk=True)

@@ -1,21 +1,30 @@
 """Start-up reconciliation: make the host match the records after a crash.
 
 Sandboxes whose processes survived are adopted. Half-done transitions are finished (a create
-that never booted is deleted, a delete or stop is completed). Anything of this instance on the
-host that no record owns (containers, cgroups, mounts, network namespaces, veths, sandbox
-directories) is removed. The network pool's own sweep covers netns and veths."""
+that never booted is deleted, a delete or stop is completed; a pause cut short after CRIU wrote
+a complete image, marked so, is paused, and any other checkpoint image is removed). Anything of
+this instance on the host that no record owns (containers, cgroups, mounts, network namespaces,
+veths, sandbox directories) is removed. The network pool's own sweep covers netns and veths.
+
+One sandbox never stops the server from starting: a sandbox whose repair fails is quarantined
+(its processes removed, its disk kept, the record ``stopped``, the reason logged and listed in
+the report) and reconciliation goes on with the next."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import shutil
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from atoll._exceptions import ServerError
-from atoll._states import LIVE_STATES, State
+from atoll._states import LIVE_STATES, Event, State, allows, next_state
 from atoll.network.egress import Attachment
 from atoll.runtime import overlay
+from atoll.runtime.oci import checkpoint_complete
+from atoll.runtime.trees import remove_host_tree
 from atoll.server.manager import SandboxManager
+from atoll.store.models import SandboxRow
 
 log = logging.getLogger("atoll.reconcile")
 
@@ -25,6 +34,21 @@ class Report:
     adopted: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)  # "<id>: <reason>"
+
+
+async def _quarantine(manager: SandboxManager, row: SandboxRow, exc: BaseException, report: Report) -> None:
+    """The sandbox could not be repaired: remove its processes, keep its disk, record it stopped."""
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    log.error("sandbox %s quarantined (stopped, disk kept): %s", row.id, reason)
+    report.quarantined.append(f"{row.id}: {reason}")
+    try:
+        await manager._teardown(row, keep_disk=True)
+    except Exception:
+        log.exception("sandbox %s: teardown during quarantine failed", row.id)
+    state = State(row.state)
+    target = next_state(state, Event.LOST) if allows(state, Event.LOST) else State.STOPPED
+    await manager.repo.update_sandbox(row.id, state=target, net_slot=None, timeout_at=None, pause_kind=None)
 
 
 async def reconcile(manager: SandboxManager) -> Report:
@@ -43,24 +67,46 @@ async def reconcile(manager: SandboxManager) -> Report:
 
     for row in await manager.repo.not_deleted():
         state = State(row.state)
+        if (
+            state == State.RUNNING
+            and row.id not in alive
+            and checkpoint_complete(manager.checkpoint_dir(row.id))
+        ):
+            # killed while pausing, after CRIU had finished: the image is whole, so it is paused
+            row = await manager.repo.update_sandbox(
+                row.id, state=next_state(state, Event.PAUSE), pause_kind="checkpoint"
+            )
+            state = State(row.state)
+            log.warning("sandbox %s: its pause was cut short after the checkpoint; it is paused", row.id)
         if state == State.PAUSED and row.pause_kind == "checkpoint":
+            work = manager.checkpoint_dir(row.id).with_name("checkpoint.work")
+            await _attempt(f"removing {work}", asyncio.to_thread(remove_host_tree, work))
             keep.add(row.id)  # no processes on purpose: its memory is on disk
             if row.net_slot:
                 held_slots.add(row.net_slot)
             report.adopted.append(row.id)
             continue
-        if state in LIVE_STATES and row.id in alive:
-            keep.add(row.id)
-            if row.net_slot:
-                held_slots.add(row.net_slot)
-            if state in (State.UNPAUSING, State.SNAPSHOTTING):
-                # the transition was cut short; the container is whatever the runtime says it is
-                await manager.backend_for(row).resume(row.id)
-                await manager.repo.update_sandbox(row.id, state=State.RUNNING, pause_kind=None)
-            report.adopted.append(row.id)
-            continue
         if row.net_slot:
-            held_slots.add(row.net_slot)  # released by the teardown below, not by the sweep
+            held_slots.add(row.net_slot)  # an adopted one's, or released by the teardown below
+        if state in LIVE_STATES and row.id in alive:
+            try:
+                if state in (State.UNPAUSING, State.SNAPSHOTTING):
+                    await _finish_cut_short(manager, row, state)
+            except Exception as exc:  # not adopted: the teardown below quarantines it
+                log.error("sandbox %s could not be adopted: %s", row.id, exc)
+                report.quarantined.append(f"{row.id}: {type(exc).__name__}: {exc}"[:500])
+                continue
+            keep.add(row.id)
+            report.adopted.append(row.id)
+    for row in await manager.repo.not_deleted():
+        if row.id not in keep or row.pause_kind != "checkpoint":
+            # a checkpoint no paused sandbox stands on: cut short (no marker), or already used
+            if manager.checkpoint_dir(row.id).exists():
+                what = f"checkpoint of {row.id}"
+                if await _attempt(
+                    f"removing the {what}", asyncio.to_thread(manager.discard_checkpoint, row.id)
+                ):
+                    report.removed.append(what)
     report.removed += await manager.pool.start(held_slots)
     if manager.egress is not None:  # per-sandbox egress rules: the adopted get theirs again, no other stays
         report.removed += await manager.egress.reconcile(
@@ -84,22 +130,32 @@ async def reconcile(manager: SandboxManager) -> Report:
         if state == State.STOPPED:
             continue
         # starting (never finished), deleting, stopping, or live but its processes are gone
-        if state in (State.STARTING, State.DELETING):
-            await manager.repo.update_sandbox(row.id, state=State.DELETING)
-            await manager._teardown(row, keep_disk=False)
-            await manager.repo.update_sandbox(row.id, state=State.DELETED, net_slot=None, timeout_at=None)
-        else:
-            # the host lost its processes (e.g. a reboot): memory is gone, the disk is kept
-            await manager._teardown(row, keep_disk=True)
-            await manager.repo.update_sandbox(row.id, state=State.STOPPED, net_slot=None, timeout_at=None)
+        try:
+            if state in (State.STARTING, State.DELETING):
+                await manager.repo.update_sandbox(row.id, state=State.DELETING)
+                await manager._teardown(row, keep_disk=False)
+                await manager.repo.update_sandbox(row.id, state=State.DELETED, net_slot=None, timeout_at=None)
+            else:
+                # the host lost its processes (e.g. a reboot): memory is gone, the disk is kept
+                await manager._teardown(row, keep_disk=True)
+                await manager.repo.update_sandbox(
+                    row.id, state=next_state(state, Event.LOST), net_slot=None, timeout_at=None
+                )
+        except Exception as exc:
+            await _quarantine(manager, row, exc, report)
+            continue
         report.finished.append(row.id)
 
     known = {row.id for row in await manager.repo.not_deleted()}
+    # leftovers: each removal on its own, a failure is logged and the next one tried
     for backend in backends:
         for orphan in sorted(alive_on[backend.name] - keep):
-            await backend.halt_by_id(orphan)
-            report.removed.append(f"container {orphan}")
-        report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
+            if await _attempt(f"halting container {orphan}", backend.halt_by_id(orphan)):
+                report.removed.append(f"container {orphan}")
+        try:
+            report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
+        except Exception:
+            log.exception("removing %s's orphan cgroups failed", backend.name)
     sandboxes_dir = manager.settings.sandboxes_dir
     mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):
@@ -107,17 +163,44 @@ async def reconcile(manager: SandboxManager) -> Report:
         if sandbox_id in keep and mount_point == manager.sandbox_dir(sandbox_id) / "disk":
             continue  # its own filesystem (a sandbox paused by checkpoint keeps it mounted)
         if sandbox_id not in mounted:
-            overlay.unmount(mount_point)
+            try:
+                overlay.unmount(mount_point)
+            except Exception:
+                log.exception("unmounting %s failed", mount_point)
+                continue
             report.removed.append(f"mount {mount_point}")
     if sandboxes_dir.exists():
         for directory in sandboxes_dir.iterdir():
             if directory.name not in known:
-                shutil.rmtree(directory, ignore_errors=True)
-                report.removed.append(f"dir {directory.name}")
+                # sandbox-made trees of any depth: iterative, never shutil.rmtree's recursion
+                if await _attempt(f"removing {directory}", asyncio.to_thread(remove_host_tree, directory)):
+                    report.removed.append(f"dir {directory.name}")
     log.info(
-        "reconciled: %d adopted, %d finished, %d leftovers removed",
+        "reconciled: %d adopted, %d finished, %d leftovers removed, %d quarantined",
         len(report.adopted),
         len(report.finished),
         len(report.removed),
+        len(report.quarantined),
     )
     return report
+
+
+async def _finish_cut_short(manager: SandboxManager, row: SandboxRow, state: State) -> None:
+    """A pause-ending or a snapshot was cut short with the container alive: it may be frozen or
+    not (a kill between the record and the freeze); resume, and "not paused" is fine."""
+    try:
+        await manager.backend_for(row).resume(row.id)
+    except Exception as exc:
+        if "not paused" not in str(exc):
+            raise
+    event = Event.RESUMED if state == State.UNPAUSING else Event.FAILED
+    await manager.repo.update_sandbox(row.id, state=next_state(state, event), pause_kind=None)
+
+
+async def _attempt(what: str, work: Awaitable[object]) -> bool:
+    try:
+        await work
+    except Exception:
+        log.exception("%s failed", what)
+        return False
+    return True

@@ -7,8 +7,9 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from atoll.server import limits
 from atoll.store.models import SandboxRow, SnapshotRow
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
@@ -17,10 +18,17 @@ _DOMAIN = re.compile(
 )
 StrictInt = Annotated[int, Field(strict=True)]
 MAX_PAGE = 1_000_000  # list pages: the offset must fit the database's integers
-EnvVars = dict[
-    Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")],
-    Annotated[str, Field(max_length=65536)],
+# environment variables (create's env_vars, exec's and PTY's envs): limits in docs/limits.md
+EnvVars = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=limits.ENV_NAME_MAX_CHARS, pattern=r"^[^=\x00]+$")],
+        Annotated[str, Field(max_length=limits.ENV_VALUE_MAX_CHARS)],
+    ],
+    AfterValidator(limits.check_env),
 ]
+# text the kernel gets (exec's command and cwd, names stored and used in paths)
+Text = Annotated[str, AfterValidator(limits.check_text)]
+Command = Annotated[str, Field(min_length=1), AfterValidator(limits.check_command)]
 
 
 def _domain(value: str) -> str:
@@ -63,7 +71,7 @@ class NetworkPolicy(BaseModel):
 
 class CreateSandboxBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    template_name: Annotated[str, Field(min_length=1, max_length=64)] = DEFAULT_TEMPLATE_NAME
+    template_name: Annotated[Text, Field(min_length=1, max_length=64)] = DEFAULT_TEMPLATE_NAME
     vcpu: Annotated[StrictInt, Field(ge=1, le=8)] = 1
     memory: Annotated[StrictInt, Field(ge=512, le=8192)] = 1024
     timeout: Annotated[StrictInt, Field(ge=1, le=28800)] = 300
@@ -95,7 +103,7 @@ class CreateSnapshotBody(BaseModel):
 
 class RestoreSnapshotBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    snapshot_name: Annotated[str, Field(min_length=1, max_length=64)]
+    snapshot_name: Annotated[Text, Field(min_length=1, max_length=64)]
     auto_pause: Annotated[bool, Field(strict=True)] = False
     timeout: Annotated[StrictInt, Field(ge=1, le=28800)] | None = None
     network_policy: NetworkPolicy | None = None
@@ -103,8 +111,8 @@ class RestoreSnapshotBody(BaseModel):
 
 class ExecuteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    command: Annotated[str, Field(min_length=1, max_length=1_000_000)]
-    cwd: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")] | None = None
+    command: Command
+    cwd: Annotated[Text, Field(min_length=1, max_length=4096, pattern=r"^/")] | None = None
     envs: EnvVars | None = None
     timeout: Annotated[StrictInt, Field(ge=1, le=86400)] | None = None
 

@@ -51,12 +51,15 @@ class Settings(BaseModel):
     subnet: str = "10.200.0.0/16"
     iface_prefix: str = Field(default="atl", pattern=r"^[a-z]{2,6}$")
     deny_cidrs: tuple[str, ...] = ()
+    # private ranges (RFC 1918 and the like, atoll.network.firewall.PRIVATE_V4) are closed to every
+    # sandbox; one listed here is reachable by sandboxes whose policy names it in allow_cidrs
+    allow_private_cidrs: tuple[str, ...] = ()
     dns_servers: tuple[str, ...] | None = None  # upstreams of Atoll's sandbox resolver; default: the host's
     egress_ca_bundle: Path | None = None  # verifies upstream TLS for transforms; default: the system store
     netns_pool_size: int = Field(default=4, ge=0, le=256)
     # sandboxes of these templates booted ahead of demand (0 disables; see atoll.server.warm)
     warm_pool_size: int = Field(default=2, ge=0, le=256)
-    warm_templates: tuple[str, ...] = ("system/debian:bookworm",)
+    warm_templates: tuple[str, ...] = ("system/debian:bookworm", "system/code-interpreter:v0.1.0")
     # sandbox disks copied and mounted ahead of demand (atoll.runtime.disk.DiskPool; 0 disables)
     disk_pool_size: int = Field(default=4, ge=0, le=1024)
 
@@ -65,11 +68,16 @@ class Settings(BaseModel):
     # each sandbox's upper layer and /etc files on an ext4 image of disk_mib (atoll.runtime.disk);
     # False: on the host's filesystem, unlimited
     disk_quota: bool = True
+    # OCI sandboxes' /proc/meminfo, cpuinfo, stat, uptime from LXCFS (atoll.runtime.lxcfs)
+    lxcfs: bool = True
     snapshots_root: Path | None = None  # where snapshots are written; default data_dir/snapshots
     # per API key, on /v1 (atoll.server.ratelimit); 0 disables
     rate_limit: int = Field(default=1000, ge=0)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     max_sandboxes_per_org: int | None = None  # None: limited only by the host
+    # what one organisation's snapshots may use on the host (atoll.server.snapshot_quota); None: no limit
+    snapshot_quota_bytes: int | None = Field(default=50 * 1024**3, ge=0)
+    snapshot_quota_inodes: int | None = Field(default=2_000_000, ge=0)
     # the host's CPUs and memory times these are the budgets sandboxes draw on (limits are
     # ceilings, not reservations: idle sandboxes use a few MiB, so memory is over-committed too)
     cpu_overcommit: float = Field(default=128.0, gt=0)
@@ -83,15 +91,29 @@ class Settings(BaseModel):
     # local image sources (oci-archive:, docker-archive:, oci:, dir:) must lie under one of
     # these; None means data_dir/imports, () disables local sources
     template_import_dirs: tuple[Path, ...] | None = None
+    # build missing on-demand system templates (the code interpreter) in the background once
+    # the server is up (atoll.server.template_builds); ``atoll serve`` turns it on
+    build_templates: bool = False
+    # registry hosts ("host[:port]") imports may pull from; () means any public registry. A host
+    # listed here may be on a private address; others must resolve to public ones only
+    template_registries: tuple[str, ...] = ()
 
     # sandbox router: {id}[-{port}].{sandbox_domain} -> a port inside the sandbox (atoll.router)
     router_hosts: tuple[str, ...] = ("127.0.0.1", "::1")  # *.localhost resolves to ::1 first
     router_port: int = Field(default=7701, ge=1, le=65535)
+    # SSH gateway (atoll.ssh): 0 disables it; ssh_public_host is the host ``ssh_command`` names
+    # (default: the host the API request was sent to)
+    ssh_port: int = Field(default=2222, ge=0, le=65535)
+    ssh_host: str = "0.0.0.0"
+    ssh_public_host: str | None = None
+    ssh_access_ttl_s: int = Field(default=86400, ge=1, le=30 * 86400)
     # "domain[:port]", as the SDK's ATOLL_SANDBOX_DOMAIN; the port (default router_port) is the
     # one generated URLs name, e.g. 443 behind a TLS proxy
     sandbox_domain: str = Field(default="sbx.localhost", pattern=rf"^{_NAME}(:[0-9]{{1,5}})?$")
     presigned_domain: str | None = Field(default=None, pattern=_DOMAIN_NAME)  # default: sandbox_domain
-    tls_cert: Path | None = None  # with tls_key: HTTPS (a wildcard certificate for the domain)
+    # the router speaks HTTPS and plain HTTP on one port; its certificate is this one (with
+    # tls_key: a wildcard one for the domain) or else one from a local CA (atoll.router._certs)
+    tls_cert: Path | None = None
     tls_key: Path | None = None
 
     @model_validator(mode="after")
@@ -99,6 +121,11 @@ class Settings(BaseModel):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         return self
+
+    @field_validator("allow_private_cidrs")
+    @classmethod
+    def _private_cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(ipaddress.IPv4Network(c, strict=False)) for c in value)
 
     @field_validator("subnet")
     @classmethod
@@ -108,7 +135,8 @@ class Settings(BaseModel):
 
     @property
     def sandbox_scheme(self) -> str:
-        return "https" if self.tls_cert else "http"
+        """The scheme of generated sandbox URLs: the router always speaks TLS (plain HTTP too)."""
+        return "https"
 
     @property
     def sandbox_host(self) -> str:
@@ -131,6 +159,12 @@ class Settings(BaseModel):
     @property
     def run_dir(self) -> Path:
         return Path("/run/atoll") / self.instance
+
+    @property
+    def private_dirs(self) -> tuple[Path, ...]:
+        """Directories that hold sandbox, snapshot or template content: 0700 root."""
+        dirs = (self.data_dir, self.sandboxes_dir, self.snapshots_dir, self.run_dir.parent, self.run_dir)
+        return (*dirs, self.templates_dir, self.user_templates_dir)
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -13,17 +13,24 @@ import asyncio
 import errno
 import json
 import logging
-import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
-from atoll._exceptions import ConflictError, NotFoundError, RateLimitError, ServerError
+from atoll._exceptions import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+)
 from atoll._states import Event, State
 from atoll.runtime._proc import CommandFailed, CommandTimeout, run
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import CheckpointFailed, upper_dir
+from atoll.runtime.trees import remove_host_tree
+from atoll.server import snapshot_quota
 from atoll.server.manager import SandboxManager, new_sandbox_id
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
 from atoll.store.repo import SnapshotRepository
@@ -31,15 +38,12 @@ from atoll.store.repo import SnapshotRepository
 log = logging.getLogger("atoll.snapshots")
 
 
-def disk_usage(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+async def remove_dir(path: Path) -> None:
+    """Remove a snapshot's directory (sandbox-made trees of any depth); failures are logged."""
+    try:
+        await asyncio.to_thread(remove_host_tree, path)
+    except OSError:
+        log.exception("removing %s failed", path)
 
 
 class SnapshotService:
@@ -70,13 +74,25 @@ class SnapshotService:
             raise ConflictError(f"a snapshot named {name!r} already exists")
         snapshot_id = "snp" + secrets.token_hex(8)
         directory = self.root / snapshot_id
+        settings = manager.settings
+        quotas = {
+            "quota_bytes": settings.snapshot_quota_bytes,
+            "quota_inodes": settings.snapshot_quota_inodes,
+        }
+        # before anything is copied: the source's disk layer is what the copy will cost
+        used = await snapshot_quota.org_usage(self.repo, self.root, org_id)
+        source = await snapshot_quota.measure(upper_dir(manager.sandbox_dir(row.id)))
+        snapshot_quota.check(used, source, **quotas)
         async with manager.transition(row.id):
             row = await manager.move(await manager.get(org_id, sandbox_id), Event.SNAPSHOT)
             try:
                 await self._capture(row, directory, kill_after=kill_after)
+                usage = await snapshot_quota.measure(directory)
+                snapshot_quota.check(used, usage, **quotas)  # what the copy really used
+                size_bytes = usage.size_bytes
             except BaseException as exc:
-                shutil.rmtree(directory, ignore_errors=True)
-                await manager.move(row, Event.FAILED)
+                # whatever failed, the sandbox leaves ``snapshotting``: no transition outlives it
+                await asyncio.shield(self._abandon(row, directory))
                 if isinstance(exc, (CommandFailed, CommandTimeout, CheckpointFailed, OSError)):
                     raise capture_error(exc) from exc
                 raise
@@ -94,16 +110,21 @@ class SnapshotService:
                 disk=row.disk,
                 env_vars=dict(row.env_vars),
                 network_policy=row.network_policy,
-                size_bytes=await asyncio.to_thread(disk_usage, directory),
+                size_bytes=size_bytes,
                 created_at=utcnow(),
             )
-            (directory / "manifest.json").write_text(json.dumps(snapshot_manifest(snapshot), indent=2))
+            manifest = {**snapshot_manifest(snapshot), "inodes": usage.inodes}
+            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
             await self.repo.add(snapshot)
             if kill_after:
                 await manager.finish_delete(await manager.move(row, Event.DELETE))
             else:
                 await manager.move(row, Event.SNAPSHOTTED)
         return snapshot
+
+    async def _abandon(self, row: SandboxRow, directory: Path) -> None:
+        await remove_dir(directory)
+        await self.manager.move(row, Event.FAILED)
 
     async def _capture(self, row: SandboxRow, directory: Path, *, kill_after: bool) -> None:
         """Freeze, copy the disk layer, checkpoint memory: both describe the same instant."""
@@ -114,6 +135,9 @@ class SnapshotService:
         try:
             upper = upper_dir(self.manager.sandbox_dir(row.id))
             await run(["cp", "-a", "--reflink=auto", str(upper), str(directory / "upper")], timeout=600)
+            # no setuid/setgid file a sandbox planted survives in the store (docs/security.md)
+            strip = ["-type", "f", "-perm", "/6000", "-exec", "chmod", "ug-s", "{}", "+"]
+            await run(["find", str(directory / "upper"), *strip], timeout=600)
             await backend.checkpoint(row.id, directory / "image", leave_running=not kill_after)
         finally:
             if not kill_after:
@@ -170,7 +194,7 @@ class SnapshotService:
         if await self.repo.in_use(snapshot.id):
             raise ConflictError("snapshot is in use by a sandbox restored from it or by a newer snapshot")
         await self.repo.delete(snapshot.id)
-        await asyncio.to_thread(shutil.rmtree, self.root / snapshot.id, True)
+        await remove_dir(self.root / snapshot.id)
 
     async def sweep(self) -> list[str]:
         """Remove snapshot directories no record owns (a crash mid-snapshot)."""
@@ -180,14 +204,20 @@ class SnapshotService:
         removed = []
         for directory in self.root.iterdir():
             if directory.name not in known:
-                await asyncio.to_thread(shutil.rmtree, directory, True)
+                await remove_dir(directory)
                 removed.append(f"snapshot dir {directory.name}")
         return removed
 
 
-def capture_error(exc: BaseException) -> ServerError:
-    """What a failed capture tells the caller: 507 when the snapshot store is full."""
+def capture_error(exc: BaseException) -> APIError:
+    """What a failed capture tells the caller: 507 when the snapshot store is full, 400 when the
+    sandbox's own files cannot be copied by path (a name longer than PATH_MAX)."""
     reason = str(exc).strip() or type(exc).__name__
+    if "File name too long" in reason or getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+        return BadRequestError(
+            "snapshot failed: the sandbox's disk holds a path longer than 4096 bytes "
+            "(the limit of a snapshot); nothing was kept"
+        )
     if "No space left" in reason or getattr(exc, "errno", None) == errno.ENOSPC:
         error = ServerError("snapshot failed: no space left on the server's snapshot store; nothing was kept")
         error.status_code = 507

@@ -9,7 +9,9 @@ maximum it was booted with), the /etc files, the egress policy, and then the rec
 never used before), in one write. The sandbox's own upper layer is untouched until then, so a
 claimed sandbox is indistinguishable from a freshly booted one. What a claim cannot change, a
 warm sandbox is never used for: a template with its own main process (it would already have
-run), a policy with transforms (its CA goes into the root before boot), or a snapshot restore.
+run) unless it is one of Atoll's own services (the code interpreter, whose kernel being up is
+the point of the pool) and the create sets no environment, a policy with transforms (its CA goes
+into the root before boot), or a snapshot restore.
 
 Refill runs in the background, one sandbox at a time, after every claim, and only in a lull
 between API requests (``quiet``): booting a sandbox costs as much CPU as a create, and on a
@@ -32,7 +34,7 @@ from atoll._tasks import cancel_and_wait
 from atoll.network.addressing import Slot
 from atoll.runtime import disk
 from atoll.store.models import SandboxRow
-from atoll.templates.registry import Template
+from atoll.templates.registry import SYSTEM_PREFIX, Template
 
 if TYPE_CHECKING:
     from atoll.server.manager import SandboxManager
@@ -49,8 +51,18 @@ class WarmSandbox:
     slot: Slot
 
 
-def claimable(template: Template, network_policy: dict[str, Any] | None) -> bool:
-    return not template.cmd and not (network_policy or {}).get("transforms")
+def claimable(
+    template: Template, network_policy: dict[str, Any] | None, env_vars: dict[str, str] | None = None
+) -> bool:
+    """Whether a warm sandbox of ``template`` can serve a create with these parameters."""
+    if (network_policy or {}).get("transforms"):
+        return False
+    if not template.cmd:
+        return True
+    # A main process has already run in a warm sandbox: only Atoll's own services (system
+    # templates, which reach no network before a claim) qualify, and only for a create whose
+    # environment the main process would not have needed (commands still get it at exec).
+    return template.name.startswith(SYSTEM_PREFIX) and bool(template.ready_path) and not env_vars
 
 
 class WarmPool:
@@ -75,14 +87,23 @@ class WarmPool:
     def ready_count(self) -> int:
         return sum(len(q) for q in self._ready.values())
 
+    def wake(self) -> None:
+        """A template may have appeared (a background build finished): fill its pool."""
+        self._wake.set()
+
     def start(self) -> None:
         if self.size > 0:
             self._filler = asyncio.create_task(self._fill_forever())
             self._wake.set()
 
-    def take(self, template: Template, network_policy: dict[str, Any] | None) -> WarmSandbox | None:
+    def take(
+        self,
+        template: Template,
+        network_policy: dict[str, Any] | None,
+        env_vars: dict[str, str] | None = None,
+    ) -> WarmSandbox | None:
         queue = self._ready.get(template.name)
-        if not queue or not claimable(template, network_policy):
+        if not queue or not claimable(template, network_policy, env_vars):
             return None
         self._wake.set()
         warm = queue.popleft()
@@ -123,7 +144,7 @@ class WarmPool:
             manager.write_etc(row, slot)
             if manager.egress is not None:  # the default policy's rules: a claim that wants
                 await manager.egress.preinstall(slot, None)  # them has no rules left to write
-            await manager.backend_for(row).boot(manager.spec_for(row, template, slot))
+            await manager.boot_ready(row, template, manager.spec_for(row, template, slot), slot)
         except BaseException:
             await self.discard(WarmSandbox(row.id, template, slot))
             raise

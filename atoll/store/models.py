@@ -136,3 +136,17 @@ class SnapshotRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="ready")
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SshAccessRow(Base):
+    """A credential for the SSH gateway (agent-services §4): its id is the SSH user name; only a
+    hash of its password is kept."""
+
+    __tablename__ = "ssh_access"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64), index=True)
+    password_hash: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,78 +1,169 @@
-"""Builds the default template, Debian 12 minbase with python3, with mmdebstrap.
+"""The default template, ``system/debian:bookworm``: Debian 12 minbase made ready for agents.
 
-Built once into a temporary directory and renamed into place, so a crash never leaves a
-half-built template that looks finished. ``on_progress(fraction, phase)`` reports progress."""
+``/home/user`` is the working directory and ``HOME``; ``python``/``pip``/``venv``, git, curl,
+wget, unzip and Debian's Node.js come from mmdebstrap; npm and the language servers
+(``pyright-langserver``, ``typescript-language-server`` with ``typescript``) from the pinned
+``lsp/package-lock.json``, installed by the host's ``npm ci`` into ``/opt/atoll/lsp`` with links
+in ``/usr/local/bin`` (Debian's own npm package would pull ~350 MB of build tooling: perl
+modules, libssl-dev, node-gyp and hundreds of node-* packages). Nothing is fetched at sandbox
+run time. ``template.json`` records a hash of the recipe and the lock: a template built by an
+older recipe is rebuilt, a current one is skipped (``atoll template build --all``)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import shutil
-import subprocess
-from collections.abc import Callable
+from pathlib import Path
 
-from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, Template, TemplateRegistry
-
-ProgressCallback = Callable[[float, str], None]
-
-PACKAGES = ("python3", "ca-certificates", "procps")
-EXCLUDED = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
-# mmdebstrap's own phase lines, in order, with the share of the build they start at
-PHASES = (
-    ("I: chroot architecture", 0.02, "resolving packages"),
-    ("I: downloading packages", 0.10, "downloading packages"),
-    ("I: extracting archives", 0.35, "extracting archives"),
-    ("I: installing essential packages", 0.50, "installing essential packages"),
-    ("I: installing remaining packages", 0.75, "installing python3"),
-    ("I: running --customize-hook", 0.95, "cleaning up"),
-    ("I: success", 1.0, "done"),
+from atoll.templates.build import (
+    ProgressCallback,
+    build_lock,
+    ensure_unused,
+    ignore_progress,
+    run_logged,
+    run_mmdebstrap,
+    scaled,
+    staging_for,
+    swap_into_place,
 )
+from atoll.templates.registry import BASE_ENV, DEFAULT_TEMPLATE_NAME, Template, TemplateRegistry
+
+TEMPLATE_ID = "tpl-system-debian-bookworm"
+PORT = 8080
+# bump when the steps below change what a build produces: cached templates are then rebuilt
+RECIPE_VERSION = "3"
+PACKAGES = (
+    "python3", "python-is-python3", "python3-pip", "python3-venv",
+    "git", "curl", "wget", "unzip", "nodejs",
+    "ca-certificates", "procps", "less",
+)  # fmt: skip
+WORKDIR = "/home/user"
+ENV = {"HOME": WORKDIR}
+LSP_DIR = Path(__file__).resolve().parent / "lsp"
+LSP_FILES = ("package.json", "package-lock.json")
+LSP_ROOT = "/opt/atoll/lsp"
+# the commands sandboxes (and the LSP service) run, linked into /usr/local/bin
+LSP_BINARIES = (
+    "npm", "npx", "pyright", "pyright-langserver", "typescript-language-server", "tsc", "tsserver",
+)  # fmt: skip
+SMOKE_TESTS = (
+    ["python", "-c", "import venv, ensurepip"],
+    ["pip", "--version"],
+    ["git", "--version"],
+    ["npm", "--version"],
+    ["pyright", "--version"],
+    ["typescript-language-server", "--version"],
+)
+CACHE_DIR = Path("/var/cache/atoll")
+STEPS = {"debian": 0.75, "npm": 0.92, "check": 0.99}
+
+
+def build_hash(lsp_dir: Path = LSP_DIR) -> str:
+    """What a build depends on: the recipe and the language servers' pinned lock."""
+    digest = hashlib.sha256()
+    recipe = [RECIPE_VERSION, PACKAGES, WORKDIR, ENV, LSP_ROOT, LSP_BINARIES, SMOKE_TESTS]
+    digest.update(json.dumps(recipe).encode())
+    for name in LSP_FILES:
+        digest.update(f"\0{name}\0".encode())
+        digest.update((lsp_dir / name).read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def recorded_hash(registry: TemplateRegistry) -> str | None:
+    """The build hash of the template on disk (None when there is none, or it predates hashes)."""
+    if registry.get(DEFAULT_TEMPLATE_NAME) is None:
+        return None
+    try:
+        data = json.loads((registry.dir_for(DEFAULT_TEMPLATE_NAME) / "template.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("build_hash")
+    return value if isinstance(value, str) else None
+
+
+def is_current(registry: TemplateRegistry) -> bool:
+    return recorded_hash(registry) == build_hash()
 
 
 def build_debian(
-    registry: TemplateRegistry, *, on_progress: ProgressCallback | None = None, force: bool = False
+    registry: TemplateRegistry,
+    *,
+    on_progress: ProgressCallback | None = None,
+    force: bool = False,
+    cache_dir: Path = CACHE_DIR,
 ) -> Template:
-    existing = registry.get(DEFAULT_TEMPLATE_NAME)
-    if existing is not None and not force:
-        return existing
-    report = on_progress or (lambda fraction, phase: None)
+    report = on_progress or ignore_progress
     target = registry.dir_for(DEFAULT_TEMPLATE_NAME)
-    staging = target.with_name(target.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    argv = [
-        "mmdebstrap",
-        "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
-        *[f"--dpkgopt=path-exclude={p}" for p in EXCLUDED],
-        '--customize-hook=rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
-        "bookworm",
-        str(staging / "rootfs"),
-    ]
-    report(0.0, "starting mmdebstrap")
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stderr is not None
-        tail: list[str] = []
-        for line in proc.stderr:
-            tail = [*tail[-30:], line.rstrip()]
-            for marker, fraction, phase in PHASES:
-                if line.startswith(marker):
-                    report(fraction, phase)
-    if proc.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError("mmdebstrap failed:\n" + "\n".join(tail))
-    # the image's own resolv.conf/hosts are replaced by bind mounts; make sure the targets exist
-    for name in ("resolv.conf", "hosts", "hostname"):
-        (staging / "rootfs" / "etc" / name).touch()
-    template = Template(
-        id="tpl-system-debian-bookworm",
-        name=DEFAULT_TEMPLATE_NAME,
-        port=8080,
-        env={},
-        created_at=dt.datetime.now(dt.UTC).isoformat(),
-        path=target,
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    registry.save(template)
+    with build_lock(target):
+        wanted = build_hash()
+        existing = registry.get(DEFAULT_TEMPLATE_NAME)
+        if existing is not None and not force and recorded_hash(registry) == wanted:
+            return existing
+        ensure_unused(target)
+        with staging_for(target) as staging:
+            rootfs = staging / "rootfs"
+            run_mmdebstrap(rootfs, PACKAGES, scaled(report, 0.0, STEPS["debian"]))
+            (rootfs / WORKDIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            report(STEPS["debian"], "installing language servers")
+            install_language_servers(rootfs, cache_dir / "npm")
+            report(STEPS["npm"], "checking the result")
+            for argv in SMOKE_TESTS:  # a broken install fails the build here, not in a sandbox
+                in_chroot(rootfs, argv, " ".join(argv))
+            remove_caches(rootfs)
+            report(STEPS["check"], "done checking")
+            (staging / "template.json").write_text(json.dumps(_metadata(wanted), indent=2))
+            swap_into_place(staging, target)
     report(1.0, "done")
+    template = registry.get(DEFAULT_TEMPLATE_NAME)
+    assert template is not None
     return template
+
+
+def install_language_servers(rootfs: Path, npm_cache: Path) -> None:
+    """``npm ci`` of the pinned lock (pure JavaScript packages, so the host's npm installs them
+    for the sandbox's node) and links to their commands in /usr/local/bin."""
+    destination = rootfs / LSP_ROOT.lstrip("/")
+    destination.mkdir(parents=True)
+    for name in LSP_FILES:
+        shutil.copy2(LSP_DIR / name, destination / name)
+    argv = ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"]
+    argv += ["--cache", str(npm_cache)]
+    run_logged(argv, "npm ci (language servers)", cwd=destination)
+    bin_dir = rootfs / "usr/local/bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in LSP_BINARIES:
+        if not (destination / "node_modules/.bin" / name).exists():
+            raise FileNotFoundError(f"the language servers' install has no {name}")
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"{LSP_ROOT}/node_modules/.bin/{name}")  # resolved inside the sandbox
+
+
+def in_chroot(rootfs: Path, argv: list[str], what: str) -> None:
+    """Run ``argv`` inside the root filesystem with a sandbox's environment (not the host's)."""
+    env = {**BASE_ENV, **ENV}
+    run_logged(["chroot", str(rootfs), *argv], what, env=env)
+
+
+def remove_caches(rootfs: Path) -> None:
+    home = WORKDIR.lstrip("/")
+    for cache in ("root/.cache", "root/.npm", f"{home}/.cache", f"{home}/.npm", f"{home}/.config"):
+        shutil.rmtree(rootfs / cache, ignore_errors=True)
+
+
+def _metadata(wanted: str) -> dict[str, object]:
+    return {
+        "id": TEMPLATE_ID,
+        "name": DEFAULT_TEMPLATE_NAME,
+        "port": PORT,
+        "env": ENV,
+        "workdir": WORKDIR,
+        "cmd": [],
+        "ready_path": "",
+        "user": "",
+        "runtime": "",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "build_hash": wanted,
+    }

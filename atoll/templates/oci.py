@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -41,6 +43,7 @@ LOCAL_TRANSPORTS = ("oci-archive:", "docker-archive:", "oci:", "dir:")
 _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
 POLICY = Path("/etc/containers/policy.json")
 DEFAULT_PORT = 8080
+RESOLVE_TIMEOUT_S = 10.0
 TAG = "atoll"
 # the runtime bind-mounts its own files over these: they must be plain files in the image
 BIND_TARGETS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
@@ -131,18 +134,88 @@ def _split_local(rest: str) -> tuple[str, str]:
 
 def _allowed_path(raw: str, import_dirs: Sequence[Path]) -> Path:
     if not import_dirs:
-        raise BadRequestError("local image sources are disabled on this server (no import directory)")
+        raise _uri_error("local image sources are disabled on this server", "no import directory")
     path = Path(raw).resolve()
     for base in import_dirs:
         if path.is_relative_to(base.resolve()):
             if not path.exists():
-                raise BadRequestError(f"{raw}: no such file or directory")
+                raise _uri_error(f"{raw}: no such file or directory", "no such file or directory")
             return path
     allowed = ", ".join(str(d) for d in import_dirs)
     raise BadRequestError(
         "local image source outside the import directories",
         errors=[{"field": "uri", "error": f"local sources must be under {allowed}"}],
     )
+
+
+def _uri_error(message: str, error: str) -> BadRequestError:
+    return BadRequestError(message, errors=[{"field": "uri", "error": error}])
+
+
+def _split_host_port(host: str) -> str:
+    """The host name or address of ``host[:port]`` (``[v6]:port`` too)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _registry_names(host: str) -> list[str]:
+    # docker.io's API lives on registry-1.docker.io (its tokens come from auth.docker.io)
+    return ["registry-1.docker.io", "auth.docker.io"] if host == "docker.io" else [_split_host_port(host)]
+
+
+def _unroutable(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _resolve(name: str) -> list[str]:
+    try:
+        ipaddress.ip_address(name)
+        return [name]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def check_source(uri: str, import_dirs: Sequence[Path], registries: Sequence[str]) -> None:
+    """Refuse, before anything connects anywhere, a registry the server must not contact: one
+    outside the operator's list (``registries``, host[:port]; empty: any), or, unless the operator
+    listed it, one whose name resolves to a loopback, private, link-local or otherwise
+    non-public address (a tenant must not point the server at its own network). An unqualified
+    name means docker.io, so it too is refused when docker.io is not listed."""
+    source, remote = source_ref(uri, import_dirs)
+    if not remote:
+        return
+    host = registry_host(source).lower()
+    allowed = [r.strip().lower().removeprefix("https://").rstrip("/") for r in registries]
+    if allowed and host not in allowed:
+        raise _uri_error(
+            f"registry {host} is not one this server imports from",
+            f"allowed registries: {', '.join(allowed)}",
+        )
+    if host in allowed:  # the operator's own choice, wherever it lives
+        return
+    for name in _registry_names(host):
+        try:
+            addresses = await asyncio.wait_for(asyncio.to_thread(_resolve, name), RESOLVE_TIMEOUT_S)
+        except TimeoutError:
+            addresses = []
+        if not addresses:
+            raise _uri_error(f"registry {name} does not resolve", f"{name}: no address")
+        bad = [a for a in addresses if _unroutable(a)]
+        if bad:
+            raise _uri_error(
+                f"registry {name} is on a non-public address ({bad[0]})",
+                "registries on loopback, private or link-local addresses need the operator's "
+                "--template-registry",
+            )
 
 
 def registry_host(reference: str) -> str:
@@ -245,10 +318,12 @@ async def import_image(
     dest: Path,
     import_dirs: Sequence[Path],
     timeout: float,
+    registries: Sequence[str] = (),
     on_progress: Progress | None = None,
 ) -> tuple[str, ImageConfig]:
     """Import ``uri`` as template ``template_id`` into ``dest``; returns (digest, image config)."""
     report = on_progress or (lambda phase, message: None)
+    await check_source(uri, import_dirs, registries)
     source, remote = source_ref(uri, import_dirs)
     staging = dest.with_name(dest.name + ".importing")
     shutil.rmtree(staging, ignore_errors=True)

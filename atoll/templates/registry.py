@@ -34,6 +34,8 @@ class Template:
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)  # the main process, when the image has one
     user: str = ""  # the image's USER (recorded; the home directory endpoint reads it)
+    # a service main process: creates wait until GET {PORT}{ready_path} answers 200 (readiness)
+    ready_path: str = ""
     # the isolation backend its sandboxes run on ("runsc" for gVisor); "": the server's default
     runtime: str = ""
     created_at: str = ""
@@ -128,6 +130,7 @@ def _load(directory: Path) -> Template | None:
         workdir=data.get("workdir", "/"),
         cmd=list(data.get("cmd", [])),
         user=data.get("user", ""),
+        ready_path=data.get("ready_path", ""),
         runtime=data.get("runtime", ""),
         created_at=data.get("created_at", ""),
         path=directory,

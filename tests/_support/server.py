@@ -85,6 +85,8 @@ class ServerProcess:
             # tests send far more than 1000 requests a minute with one key (the limit has its
             # own tests); a small disk keeps the escape suite's disk-fill attempt quick
             "--rate-limit", "0", "--disk-mib", str(DISK_MIB),
+            "--no-build-templates",  # make test builds them first; a test about it passes --build-templates
+            "--ssh-port", "0",  # no SSH gateway (tests/ssh passes a port of its own: the last one wins)
             *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
             *self.extra_args,

@@ -78,6 +78,26 @@ def validation(client: Leap0Client) -> dict[str, object]:
     return seen
 
 
+def home_user(client: Leap0Client) -> dict[str, object]:
+    """What leap0's examples and LangChain's standard sandbox tests do on the default template."""
+    sandbox = client.sandboxes.create()
+    try:
+        tools = "python --version; pip --version | cut -c1-3; git --version | cut -c1-3"
+        tools += "; node --version | cut -c1; npm --version | cut -c1-2"
+        tools += "; for t in curl wget unzip pyright-langserver typescript-language-server"
+        tools += "; do command -v $t >/dev/null && echo $t; done; pwd"
+        ran = sandbox.process.execute(command=tools, cwd="/home/user")
+        big = sandbox.process.execute(command="python -c \"print('x' * 100000)\"", cwd="/home/user")
+        venv = sandbox.process.execute(command="python -m venv v && v/bin/pip --version | cut -c1-3")
+        return {
+            "tools": [ran.exit_code, ran.stdout.splitlines()],
+            "big": [big.exit_code, len(big.stdout)],
+            "venv": [venv.exit_code, venv.stdout],
+        }
+    finally:
+        sandbox.delete()
+
+
 def bad_key(client: Leap0Client) -> dict[str, object]:
     try:
         client.sandboxes.list()
@@ -98,9 +118,13 @@ def main() -> None:
     ) as client:
         print(
             json.dumps(
-                {"lifecycle": lifecycle, "env_vars": env_vars, "validation": validation, "bad_key": bad_key}[
-                    check
-                ](client)
+                {
+                    "lifecycle": lifecycle,
+                    "env_vars": env_vars,
+                    "validation": validation,
+                    "bad_key": bad_key,
+                    "home_user": home_user,
+                }[check](client)
             )
         )
 

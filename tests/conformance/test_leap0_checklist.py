@@ -18,7 +18,7 @@ Where each item is checked:
 | 15, 17, 19 | templates, filesystem, PTY | test_leap0_files_pty |
 | 16 | process results; prompt return at timeout | test_leap0_sdk, here |
 | 18 | invoke_url shape; routing with Bearer or raw keys | here (HTTP); SSE, WebSocket: tests/router |
-| 20 | code interpreter | not implemented: expected failure |
+| 20 | code interpreter (health, state across calls, streaming) | tests/services/test_code_interpreter.py |
 | 21 | presigned URL works without a key until deleted | here |
 """
 
@@ -245,16 +245,3 @@ def test_sandbox_urls_and_presigned_urls(server: ServerProcess) -> None:
         leap0(server.base_url, server.api_key, "delete_presigned", f"{sid},{seen['presigned']['id']}")
         assert anonymous.get(f"{server.router_url}/", headers={"host": parts.netloc}).status_code == 404
     leap0(server.base_url, server.api_key, "delete", sid)
-
-
-# 20 ------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="§12 item 20: Atoll has no code interpreter (no issue filed yet)")
-def test_code_interpreter(http: httpx.Client) -> None:
-    sid = http.post("/v1/sandbox", json={}).json()["id"]
-    try:
-        r = http.post(
-            f"/v1/sandbox/{sid}/process/execute", json={"command": "test -x /usr/local/bin/code-interpreter"}
-        )
-        assert r.json()["exit_code"] == 0, "no code interpreter service in the default template"
-    finally:
-        http.delete(f"/v1/sandbox/{sid}/")

@@ -60,7 +60,8 @@ def test_filesystem_round_trip(server: ServerProcess) -> None:
         "Leap0PermissionError",
         "Leap0ConflictError",
     ]
-    assert seen["home"] == ["/root", "/"]
+    # the default template is agent-ready: /home/user is HOME and the workdir (issue 19)
+    assert seen["home"] == ["/home/user", "/home/user"]
 
 
 def test_pty(server: ServerProcess) -> None:

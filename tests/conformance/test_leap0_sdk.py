@@ -53,6 +53,18 @@ def test_env_vars_and_network_policy_echo(server: ServerProcess) -> None:
     assert leap0(server, "env_vars") == {"stdout": "1\n", "policy": {"mode": "allow-all"}}
 
 
+def test_default_template_is_agent_ready(server: ServerProcess) -> None:
+    """leap0's examples use cwd="/home/user", python, pip and git; LangChain prints a lot."""
+    seen = leap0(server, "home_user")
+    assert seen["tools"] == [
+        0,
+        ["Python 3.11.2", "pip", "git", "v", "10", "curl", "wget", "unzip", "pyright-langserver",
+         "typescript-language-server", "/home/user"],
+    ]  # fmt: skip
+    assert seen["big"] == [0, 100001]
+    assert seen["venv"] == [0, "pip\n"]
+
+
 def test_invalid_arguments(server: ServerProcess) -> None:
     # the SDK rejects these itself (status None); the server rejects an unknown template with 400
     assert leap0(server, "validation") == {"vcpu": None, "memory": None, "timeout": None, "template": 400}

@@ -1,7 +1,8 @@
 """A little internet for the egress tests and benchmark, entirely on this machine.
 
 One network namespace (``atlab-<instance>``) holds the test hosts, as /32 addresses on its
-loopback, in a /24 of 198.18.0.0/15 (the benchmarking range) picked from the sandbox subnet:
+loopback, in one of two documentation /24s (RFC 5737: never routed on the internet, and not
+among the private ranges Atoll closes to sandboxes), picked from the sandbox subnet:
 ``api``, ``pkg``, ``other``, ``cidr``, ``outside``, the test DNS server, and a local copy of the
 cloud-metadata address 169.254.169.254. A veth joins it to the host.
 
@@ -29,6 +30,7 @@ from atoll.network.ca import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONE = "test.internal"
+LAB_NETWORKS = ("198.51.100", "203.0.113")  # not 192.0.2.0/24: this machine's own network
 METADATA = "169.254.169.254"
 
 
@@ -59,11 +61,11 @@ class Lab:
         return f"xlab{self.third_octet}"
 
     def ip(self, last: int) -> str:
-        return f"198.18.{self.third_octet}.{last}"
+        return f"{LAB_NETWORKS[self.third_octet % len(LAB_NETWORKS)]}.{last}"
 
     @property
     def network(self) -> str:
-        return f"198.18.{self.third_octet}.0/24"
+        return self.ip(0) + "/24"
 
     @property
     def gateway(self) -> str:  # the host's end of the lab link

@@ -55,7 +55,23 @@ def test_guard() -> None:
     guard = AddressGuard(subnet="10.9.0.0/16", deny_cidrs=["192.168.0.0/16"], local=["192.0.2.2"])
     for address in ("169.254.169.254", "127.0.0.1", "10.9.3.4", "192.168.1.1", "192.0.2.2", "224.0.0.1"):
         assert guard.forbidden(ipaddress.IPv4Address(address)), address
-    assert not guard.forbidden(ipaddress.IPv4Address("198.18.0.10"))
+    assert not guard.forbidden(ipaddress.IPv4Address("198.51.100.10"))
+
+
+def test_guard_closes_private_ranges_unless_opened_and_named() -> None:
+    def ip(a: str) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(a)
+
+    allow_all = EgressPolicy.from_wire(None)
+    naming = EgressPolicy.from_wire({"mode": "custom", "allow_cidrs": ["10.20.0.0/16"]})
+    guard = AddressGuard(subnet="10.9.0.0/16", opened=["10.20.0.0/16"]).with_local([], ["203.0.113.0/24"])
+    for address in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1", "203.0.113.7"):
+        assert guard.forbidden(ip(address)), address
+        assert guard.closed_to(naming, ip(address)), address
+    assert not guard.forbidden(ip("10.20.0.5"))  # opened by the operator ...
+    assert guard.closed_to(allow_all, ip("10.20.0.5"))  # ... but allow-all does not name it
+    assert not guard.closed_to(naming, ip("10.20.0.5"))  # a policy naming it reaches it
+    assert not guard.closed_to(allow_all, ip("198.51.100.10"))
 
 
 def client_hello(server_name: str | None) -> bytes:

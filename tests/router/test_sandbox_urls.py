@@ -172,7 +172,7 @@ def test_presigned_url_until_deleted_or_expired(
     grant = r.json()
     assert set(grant) == {"id", "token", "url", "sandbox_id", "port", "expires_at", "created_at"}
     assert all(grant.values()) and grant["sandbox_id"] == app_sandbox and grant["port"] == 8080
-    assert grant["url"] == f"http://{grant['token']}.{SANDBOX_DOMAIN}:{server.router_port}/"
+    assert grant["url"] == f"https://{grant['token']}.{SANDBOX_DOMAIN}:{server.router_port}/"
     path, headers = via_router(grant["url"] + "hello")
     r = router.get(path, headers=headers)  # no key
     assert (r.status_code, r.text) == (200, "hello from 8080")

@@ -13,7 +13,7 @@ import pytest
 
 from atoll import _multipart as multipart
 from atoll._exceptions import BadRequestError, ConflictError, PermissionDeniedError
-from atoll.runtime import file_walk, files
+from atoll.runtime import file_walk, files, replace
 from atoll.runtime.confined import Root, normalize
 
 
@@ -109,9 +109,9 @@ def test_operations_on_a_plain_tree(layout: tuple[Root, Path, Path]) -> None:
     files.mkdir(root, "/a/b", recursive=True, permissions="700")
     with pytest.raises(ConflictError):
         files.mkdir(root, "/a/b", recursive=True, permissions=None)
-    fd = files.open_for_write(root, "/a/b/f.txt", permissions="640")
-    files.write_all(fd, b"one\ntwo\nthree\n")
-    os.close(fd)
+    version = files.open_for_write(root, "/a/b/f.txt", permissions="640")
+    replace.write_all(version.fd, b"one\ntwo\nthree\n")
+    version.commit()
     info = files.info_of(root, "/a/b/f.txt", accounts)
     assert (info.size, info.mode, info.owner) == (14, "640", accounts.owner(os.getuid()))
     assert [i.path for i in file_walk.ls(root, "/a", recursive=True, exclude=(), accounts=accounts)] == [
@@ -125,9 +125,9 @@ def test_operations_on_a_plain_tree(layout: tuple[Root, Path, Path]) -> None:
     ]
     diff, count = files.edit_file(root, "/a/b/f.txt", [("two", "2")])
     assert count == 1 and "+2\n" in diff
-    files.copy(root, "/a", "/c", recursive=True, overwrite=False)
+    replace.copy(root, "/a", "/c", recursive=True, overwrite=False)
     assert (top / "c" / "b" / "f.txt").read_text() == "one\n2\nthree\n"
-    files.move(root, "/c", "/a", overwrite=True)
+    replace.move(root, "/c", "/a", overwrite=True)
     assert not (top / "c").exists() and (top / "a" / "b" / "f.txt").exists()
     files.delete(root, "/a", recursive=True)
     assert not (top / "a").exists()

@@ -2,7 +2,9 @@
 through lands here, on this machine, and is recorded.
 
 One network namespace (``attrap-<instance>``) holds the cloud-metadata address 169.254.169.254
-on its loopback with a TCP listener on port 80 and a UDP one on port 53. A veth (host end
+and one address in each private range (``private``: 172.31.<n>.10, 192.168.<n>.10,
+100.64.<n>.10, as a VPC's neighbours would be) on its loopback, with a TCP listener on port 80
+of each and a UDP one on port 53 of the metadata address. A veth (host end
 ``xtrp<n>``, link 198.19.<n>.0/30, a benchmarking range) joins it to the host. Packets from the
 test server's sandbox subnet are policy-routed: to the metadata address through the trap, to the
 sandbox subnet as usual, everything else ``unreachable``. So whatever the firewall under test
@@ -24,20 +26,23 @@ METADATA = "169.254.169.254"
 LISTENER = r"""
 import json, socket, sys, threading
 log = open(sys.argv[1], "a", buffering=1)
-def tcp():
+def tcp(address):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[2], 80)); s.listen(64)
+    s.bind((address, 80)); s.listen(64)
     while True:
         conn, peer = s.accept()
-        log.write(json.dumps({"kind": "tcp", "peer": peer[0]}) + "\n"); conn.close()
+        log.write(json.dumps({"kind": "tcp", "peer": peer[0], "to": address}) + "\n")
+        conn.sendall(b"trapped"); conn.close()
 def udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[2], 53))
     while True:
         _, peer = s.recvfrom(65535)
-        log.write(json.dumps({"kind": "udp", "peer": peer[0]}) + "\n")
+        log.write(json.dumps({"kind": "udp", "peer": peer[0], "to": sys.argv[2]}) + "\n")
 threading.Thread(target=udp, daemon=True).start()
+for address in sys.argv[3:]:
+    threading.Thread(target=tcp, args=(address,), daemon=True).start()
 print("ready", flush=True)
-tcp()
+tcp(sys.argv[2])
 """
 
 
@@ -75,6 +80,10 @@ class Trap:
     def link(self, last: int) -> str:
         return f"198.19.{self.octet}.{last}"
 
+    @property
+    def private(self) -> list[str]:
+        return [f"172.31.{self.octet}.10", f"192.168.{self.octet}.10", f"100.64.{self.octet}.10"]
+
     def start(self) -> None:
         self.stop()  # a leftover of an aborted run
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -87,26 +96,18 @@ class Trap:
         sh(*inside, "ip", "link", "set", "lo", "up")
         sh(*inside, "ip", "addr", "add", f"{self.link(2)}/30", "dev", "eth0")
         sh(*inside, "ip", "link", "set", "eth0", "up")
-        sh(*inside, "ip", "addr", "add", f"{METADATA}/32", "dev", "lo")
+        for address in (METADATA, *self.private):
+            sh(*inside, "ip", "addr", "add", f"{address}/32", "dev", "lo")
         sh(*inside, "ip", "route", "add", "default", "via", self.link(1))
         table = str(self.table)
-        sh(
-            "ip",
-            "route",
-            "add",
-            f"{METADATA}/32",
-            "via",
-            self.link(2),
-            "dev",
-            self.host_ifname,
-            "table",
-            table,
-        )
+        for address in (METADATA, *self.private):
+            route = [f"{address}/32", "via", self.link(2), "dev", self.host_ifname, "table", table]
+            sh("ip", "route", "add", *route)
         sh("ip", "route", "add", "unreachable", "default", "table", table)
         sh("ip", "rule", "add", "to", self.sandbox_subnet, "lookup", "main", "priority", str(self.table - 1))
         sh("ip", "rule", "add", "from", self.sandbox_subnet, "lookup", table, "priority", table)
         self.proc = subprocess.Popen(
-            [*inside, sys.executable, "-c", LISTENER, str(self.log_path), METADATA],
+            [*inside, sys.executable, "-c", LISTENER, str(self.log_path), METADATA, *self.private],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -19,7 +19,7 @@ from atoll.runtime.gvisor_exec import AGENT_PORT
 from tests._support import api
 from tests._support.runtimes import GVISOR
 from tests._support.server import ServerProcess
-from tests.security._inside import py_json
+from tests.security._inside import SYSCALL, py_json
 from tests.security.conftest import Blocked
 
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
@@ -155,3 +155,46 @@ def test_gvisor_agent_port_is_not_reachable_from_outside(
     assert routed.status_code >= 500 or routed.status_code == 404, routed.text
     assert "never-runs" not in routed.text
     blocked("the agent is bound to the sandbox's loopback; only runsc's port forwarding reaches it")
+
+
+# ptrace(2) on PID 1 (the agent), then its /proc files; detaches at once if an attach worked
+PTRACE_PID1 = (
+    SYSCALL
+    + """
+import json, os
+PTRACE_ATTACH, PTRACE_DETACH, PTRACE_SEIZE = 16, 17, 0x4206
+out = {}
+for name, request in (("attach", PTRACE_ATTACH), ("seize", PTRACE_SEIZE)):
+    rc, err = sc(101, request, 1, 0, 0)
+    out[name] = err
+    if rc == 0:
+        if request == PTRACE_ATTACH:
+            os.waitpid(1, 0x40000000)  # __WALL: the stop the attach caused
+        sc(101, PTRACE_DETACH, 1, 0, 0)
+for name in ("environ", "mem"):
+    try:
+        with open(f"/proc/1/{name}", "rb") as f:
+            f.read(1)
+        out[name] = "read"
+    except OSError as exc:
+        out[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps(out))
+"""
+)
+
+
+@pytest.mark.attempt("ptrace PID 1 (the agent) to stop it or read its memory")
+def test_ptrace_the_agent(http: httpx.Client, victim: str, blocked: Blocked) -> None:
+    seen = py_json(http, victim, PTRACE_PID1)
+    assert seen["attach"] == "EPERM" and seen["seize"] == "EPERM", seen
+    assert seen["mem"] != "read", seen
+    # gVisor's /proc shows a non-dumpable process's environ anyway (it is the sandbox's own)
+    assert GVISOR or seen["environ"] != "read", seen
+    # the agent still serves commands at once (a stopped one would make them wait)
+    result = api.run(http, victim, "echo still-here", timeout=10)
+    assert result["stdout"] == "still-here\n", result
+    if http.get("/v1/health").json()["checkpoint"]:  # and it stays so across a checkpoint
+        assert http.post(f"/v1/sandbox/{victim}/pause").status_code == 201
+        restored = py_json(http, victim, PTRACE_PID1)  # a request resumes it (CRIU restore)
+        assert restored["attach"] == "EPERM" and restored["seize"] == "EPERM", restored
+    blocked(f"the agent is not dumpable: ptrace {seen['attach']}, /proc/1/mem {seen['mem']}")

@@ -4,18 +4,24 @@ sandbox, and the metadata address made local in the trap namespace (see ``_trap.
 
 from __future__ import annotations
 
+import ipaddress
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from atoll.network.firewall import service_address
 from tests._support import api
 from tests._support.runtimes import GVISOR
-from tests._support.server import IFACE_PREFIX, ServerProcess
+from tests._support.server import IFACE_PREFIX, INSTANCE, SUBNET, ServerProcess, spare_server
 from tests.security._inside import py_json
 from tests.security._trap import METADATA, Trap
 from tests.security.conftest import Blocked
@@ -31,6 +37,21 @@ for host, port in %r:
     results[f"{host}:{port}"] = "open" if s.connect_ex((host, port)) == 0 else "closed"
     s.close()
 print(json.dumps(results))
+"""
+
+
+# one DNS query over UDP to the sandbox's nameserver (the host end of its veth); did it answer?
+DNS_QUERY = r"""
+import json, socket
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+query = bytes.fromhex("123401000001000000000000") + b"\x01x\x07invalid\x00" + bytes.fromhex("00010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(query, (server, 53))
+try:
+    reply = s.recv(512)
+except OSError:
+    reply = b""
+print(json.dumps({"answered": reply[:2] == query[:2]}))
 """
 
 
@@ -188,3 +209,106 @@ def test_metadata_address(
     assert tcp == {f"{METADATA}:80": "closed"}
     assert trap.hits() == []
     blocked("dropped by the host's firewall (link-local is never forwarded, whatever the policy)")
+
+
+@pytest.mark.attempt("reach a private network beside the host (172.16/12, 192.168/16, 100.64/10)")
+def test_private_ranges(http: httpx.Client, trap: Trap, blocked: Blocked) -> None:
+    trap.arm()
+    sid = api.create(http)["id"]  # allow-all
+    try:
+        seen = probe(http, sid, [(address, 80) for address in trap.private])
+    finally:
+        http.delete(f"/v1/sandbox/{sid}/")
+    assert set(seen.values()) == {"closed"}, seen
+    assert trap.hits() == []
+    blocked("dropped by the host's firewall in every mode (private ranges and the host's networks)")
+
+
+@pytest.mark.attempt("reach a private range the operator opened, from a policy that does not name it")
+def test_opened_private_range(trap: Trap, blocked: Blocked) -> None:
+    """A spare server opens one range (``--allow-private-cidr``): only a sandbox whose policy
+    names it reaches it; a range named but not opened, and every range from allow-all, stay
+    closed. Whatever happens, packets end in the trap namespace on this machine."""
+    opened, not_opened, _ = trap.private
+    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-private-", dir="/var/tmp"))
+    spare = spare_server(data_dir, "--allow-private-cidr", f"{opened}/24", tag="p")
+    trap.arm()
+    try:
+        spare.start()
+        with httpx.Client(base_url=spare.base_url, headers=spare.headers, timeout=120) as h:
+            policy = {"mode": "custom", "allow_cidrs": [f"{opened}/24", f"{not_opened}/24"]}
+            naming = api.create(h, network_policy=policy)["id"]
+            allow_all = api.create(h)["id"]
+            targets = [(address, 80) for address in trap.private]
+            by_naming, by_allow_all = probe(h, naming, targets), probe(h, allow_all, targets)
+            for sid in (naming, allow_all):
+                h.delete(f"/v1/sandbox/{sid}/")
+    finally:
+        spare.delete_everything()
+        spare.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert by_naming == {f"{a}:80": "open" if a == opened else "closed" for a in trap.private}
+    assert set(by_allow_all.values()) == {"closed"}, by_allow_all
+    assert [hit["to"] for hit in trap.hits() if hit["kind"] == "tcp"] == [opened]
+    blocked("opened by the operator and named by the policy: reachable; otherwise dropped")
+
+
+def test_host_networks_are_closed(server: ServerProcess) -> None:
+    """The networks the host is directly on (its LAN or VPC) are in the firewall's closed set."""
+    routes = subprocess.run(
+        ["ip", "-4", "-o", "route", "show", "table", "main", "scope", "link"], capture_output=True, text=True
+    ).stdout
+    on_link = [line.split()[0] for line in routes.splitlines() if not line.split()[0].startswith("10.")]
+    listing = subprocess.run(
+        ["nft", "list", "set", "inet", f"atoll_{INSTANCE}", "closed4"], capture_output=True, text=True
+    ).stdout
+    for network in on_link:
+        if "/" in network and not ipaddress.IPv4Network(network).is_private:
+            assert network in listing, (network, listing)
+    assert "192.168.0.0/16" in listing and "100.64.0.0/10" in listing
+
+
+@pytest.mark.attempt("reach the resolver or egress proxy port on another host address")
+def test_services_bound_to_the_service_address(
+    http: httpx.Client, server: ServerProcess, pair: tuple[str, str], trap: Trap, blocked: Blocked
+) -> None:
+    """Atoll's resolver and egress proxy listen on one address on the host's loopback that only
+    the firewall's translation of sandbox traffic reaches, not on every address of the host."""
+    assert server.proc is not None
+    # the resolver answers the sandbox (through the translation) ...
+    assert py_json(http, pair[0], DNS_QUERY) == {"answered": True}
+    listening = subprocess.run(["ss", "-Hlntup"], capture_output=True, text=True).stdout
+    mine = [line.split()[4] for line in listening.splitlines() if f"pid={server.proc.pid}," in line]
+    assert mine, listening
+    # ... and nothing of the server's but the API (0.0.0.0 in the tests, on purpose) is on a wildcard
+    api_address = f"0.0.0.0:{server.port}"
+    wildcard = [a for a in mine if a.startswith(("0.0.0.0:", "*:", "[::]:")) and a != api_address]
+    assert wildcard == [], mine
+    ports = {int(a.rsplit(":", 1)[1]) for a in mine} - {server.port, server.router_port}
+    assert len(ports) == 2, mine  # the resolver's (TCP and UDP) and the proxy's
+    targets = [(a, p) for a in host_addresses() if not a.startswith("10.") for p in ports]
+    assert targets
+    for address, port in targets:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, port)) != 0, f"{address}:{port} answers"
+    # they are on the service address (the host itself reaches it on its loopback) ...
+    service = service_address(SUBNET)
+    tcp_ports = [int(a.rsplit(":", 1)[1]) for a in mine if a.startswith(f"{service}:")]
+    assert tcp_ports, mine
+    for port in tcp_ports:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((service, port)) == 0, f"{service}:{port}"
+    # ... which another machine (here: the trap's namespace, routed through the host) cannot reach
+    code = (
+        "import socket, sys\n"
+        f"for port in {tcp_ports}:\n"
+        "    s = socket.socket(); s.settimeout(1)\n"
+        f"    sys.stdout.write('open ' if s.connect_ex(('{service}', port)) == 0 else 'closed ')\n"
+    )
+    outside = subprocess.run(
+        ["ip", "netns", "exec", trap.netns, sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert outside.stdout.split() == ["closed"] * len(tcp_ports), outside
+    blocked("they listen only on the service address; the firewall translates sandbox traffic to it")

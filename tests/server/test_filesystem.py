@@ -242,10 +242,12 @@ def test_changes_and_status_codes(http: httpx.Client, sandbox: str) -> None:
 
 
 def test_relative_paths_home_and_workdir(http: httpx.Client, sandbox: str) -> None:
-    assert http.get(f"/v1/sandbox/{sandbox}/system/workdir").json() == {"workdir": "/"}
-    assert http.get(f"/v1/sandbox/{sandbox}/system/user-home-dir").json() == {"user_home_dir": "/root"}
-    write(http, sandbox, "tmp/relative.txt", b"rel")  # relative to the workdir
-    assert read(http, sandbox, "/tmp/relative.txt") == b"rel"
+    # the default template's workdir and HOME are /home/user: files, commands and terminals start there
+    assert http.get(f"/v1/sandbox/{sandbox}/system/workdir").json() == {"workdir": "/home/user"}
+    assert http.get(f"/v1/sandbox/{sandbox}/system/user-home-dir").json() == {"user_home_dir": "/home/user"}
+    write(http, sandbox, "relative.txt", b"rel")  # relative to the workdir
+    assert read(http, sandbox, "/home/user/relative.txt") == b"rel"
+    assert api.run(http, sandbox, "pwd; echo $HOME")["stdout"] == "/home/user\n/home/user\n"
 
 
 def test_paused_sandbox_resumes_on_a_filesystem_call(http: httpx.Client, server: ServerProcess) -> None:

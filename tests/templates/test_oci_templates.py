@@ -117,9 +117,11 @@ def test_local_sources_names_and_errors(
         ids[name] = r.json()["id"]
     listed = http.get("/v1/templates").json()
     names = [item["name"] for item in listed["items"]]
-    assert names[0] == "system/debian:bookworm" and listed["items"][0]["is_system"] is True
+    system = next(item for item in listed["items"] if item["name"] == "system/debian:bookworm")
+    assert system["is_system"] is True
+    assert all(item["is_system"] for item in listed["items"] if item["name"].startswith("system/"))
     assert {"from-docker-archive", "from-oci-dir"} <= set(names) and listed["total_items"] == len(names)
-    system_id = listed["items"][0]["id"]
+    system_id = system["id"]
     for body, status in (
         ({"name": "from-oci-dir", "uri": images["oci"]}, 409),  # duplicate name
         ({"name": "system/mine", "uri": images["oci"]}, 400),  # reserved

@@ -41,7 +41,13 @@ class AsyncTransport:
         self._api_key = api_key
         # A client passed in belongs to the caller (it may be shared); only close our own.
         self._owns_client = http_client is None
-        self._client = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
+        # our own client verifies TLS with a context we can add the server's CA to (trust_ca)
+        self._ssl_context = httpx.create_ssl_context() if http_client is None else None
+        self._client = (
+            http_client
+            if http_client is not None
+            else httpx.AsyncClient(timeout=self.timeout, verify=self._ssl_context or True)
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout!r})"
@@ -97,6 +103,26 @@ class AsyncTransport:
                 reason=response.reason_phrase,
             )
         return response
+
+    def for_base_url(self, base_url: str) -> AsyncTransport:
+        """A transport to another host (a sandbox's own URL) with the same key, settings and
+        connection pool. It never owns the pool: closing it is a no-op, closing this one ends both."""
+        return AsyncTransport(
+            self._api_key,
+            base_url,
+            timeout=self.timeout,
+            auth_header=self.auth_header,
+            bearer=self.bearer,
+            http_client=self._client,
+        )
+
+    def trust_ca(self, pem: str) -> bool:
+        """Also trust ``pem`` (the CA of an Atoll server's sandbox URLs) on this client's
+        connections; False when the HTTP client is the caller's (its trust is the caller's)."""
+        if self._ssl_context is None:
+            return False
+        self._ssl_context.load_verify_locations(cadata=pem)
+        return True
 
     def auth_headers(self) -> dict[str, str]:
         """The headers every call carries (for connections made outside httpx: WebSockets)."""

@@ -7,11 +7,16 @@ from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
 from atoll.sdk._async._transport import AsyncTransport
+from atoll.sdk._async.code_interpreter import AsyncCodeInterpreter
+from atoll.sdk._async.desktop import AsyncDesktop
 from atoll.sdk._async.filesystem import AsyncFilesystem
+from atoll.sdk._async.git import AsyncGit
+from atoll.sdk._async.lsp import AsyncLsp
 from atoll.sdk._async.process import AsyncProcessClient, AsyncSandboxProcess
 from atoll.sdk._async.pty import AsyncPty
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
 from atoll.sdk._async.snapshots import AsyncSnapshotsClient
+from atoll.sdk._async.ssh import AsyncSsh
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
@@ -39,6 +44,11 @@ class AsyncSandbox:
         transport = transport if transport is not None else sandboxes._transport
         self.filesystem = AsyncFilesystem(transport, self)
         self.pty = AsyncPty(transport, self)
+        self.code_interpreter = AsyncCodeInterpreter(transport, self)
+        self.desktop = AsyncDesktop(transport, self)
+        self.git = AsyncGit(transport, self)
+        self.ssh = AsyncSsh(transport, self)
+        self.lsp = AsyncLsp(transport, self)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; never forward private names, so a

@@ -8,12 +8,20 @@ any request (``_validation``), sends one request through the transport, and pars
 from __future__ import annotations
 
 import os
+import ssl
 import warnings
 from typing import Generic, cast, overload
 
-from atoll._exceptions import InvalidArgument
+from atoll._exceptions import AtollError, InvalidArgument
 from atoll.sdk._async._transport import AsyncTransport
-from atoll.sdk._config import DEFAULT_SANDBOX_SCHEME, resolve_sandbox_domain, resolve_sandbox_scheme
+from atoll.sdk._config import (
+    DEFAULT_SANDBOX_SCHEME,
+    SANDBOX_SCHEMES,
+    SandboxScheme,
+    check_timeout,
+    resolve_sandbox_domain,
+    resolve_sandbox_scheme,
+)
 from atoll.sdk._validation import (
     DEFAULT_MEMORY_MIB,
     DEFAULT_TEMPLATE_NAME,
@@ -39,12 +47,18 @@ from atoll.sdk.models import (
     json_object,
 )
 
+SCHEME_HTTP_TIMEOUT = 10.0  # asking the server for its sandbox URL scheme
+
 
 class AsyncSandboxesClient(Generic[SandboxT]):
     """Sandboxes are isolated execution environments with their own compute, filesystem and network.
 
     Without a ``sandbox_factory`` the methods return the raw ``SandboxData`` / ``SandboxStatus``;
     with one, whatever the factory makes of them (the top-level client makes ``Sandbox`` handles).
+
+    ``sandbox_scheme=None`` means the scheme the server announces: asked once (``GET
+    /v1/health``), when a call first hands out a sandbox, or by ``sandbox_scheme()``; until
+    then, or when the server does not say, sandbox URLs use the default (``https``).
     """
 
     @overload
@@ -54,7 +68,7 @@ class AsyncSandboxesClient(Generic[SandboxT]):
         *,
         sandbox_domain: str | None = None,
         sandbox_factory: None = None,
-        sandbox_scheme: str = DEFAULT_SANDBOX_SCHEME,
+        sandbox_scheme: str | None = DEFAULT_SANDBOX_SCHEME,
     ) -> None: ...
 
     @overload
@@ -64,7 +78,7 @@ class AsyncSandboxesClient(Generic[SandboxT]):
         *,
         sandbox_domain: str | None = None,
         sandbox_factory: SandboxFactory[SandboxData | SandboxStatus, SandboxT],
-        sandbox_scheme: str = DEFAULT_SANDBOX_SCHEME,
+        sandbox_scheme: str | None = DEFAULT_SANDBOX_SCHEME,
     ) -> None: ...
 
     def __init__(
@@ -73,7 +87,7 @@ class AsyncSandboxesClient(Generic[SandboxT]):
         *,
         sandbox_domain: str | None = None,
         sandbox_factory: SandboxFactory[SandboxData | SandboxStatus, SandboxT] | None = None,
-        sandbox_scheme: str = DEFAULT_SANDBOX_SCHEME,
+        sandbox_scheme: str | None = DEFAULT_SANDBOX_SCHEME,
     ) -> None:
         self._transport = transport
         # None means "not given": take the environment or the default. An explicit "" stays empty
@@ -81,7 +95,8 @@ class AsyncSandboxesClient(Generic[SandboxT]):
         self._sandbox_domain = (
             resolve_sandbox_domain(None) if sandbox_domain is None else sandbox_domain.strip().strip("/")
         )
-        self._sandbox_scheme = resolve_sandbox_scheme(sandbox_scheme)
+        self._sandbox_scheme: SandboxScheme = resolve_sandbox_scheme(sandbox_scheme)
+        self._scheme_known = sandbox_scheme is not None  # else: ask the server, once
         self._factory = sandbox_factory
 
     def _wrap(self, data: SandboxData | SandboxStatus) -> SandboxT:
@@ -89,6 +104,48 @@ class AsyncSandboxesClient(Generic[SandboxT]):
             # Only reachable through the first __init__ overload, where SandboxT is the raw data.
             return cast(SandboxT, data)
         return self._factory(data)
+
+    async def _learn_scheme(self, http_timeout: float | None) -> None:
+        # called after every other argument check (http_timeout is the transport's): bad input
+        # sends nothing, not even this
+        if not self._scheme_known:
+            if http_timeout is not None:
+                check_timeout("http_timeout", http_timeout)
+            await self.sandbox_scheme()
+
+    async def sandbox_scheme(self) -> SandboxScheme:
+        """The scheme of sandbox URLs: the configured one, else the one the server announces
+        (asked on the first call only; the default when the server cannot be asked or does not say)."""
+        if not self._scheme_known:
+            announced = await self._announced_scheme()
+            self._scheme_known = True
+            if announced is not None:
+                self._sandbox_scheme = announced
+        return self._sandbox_scheme
+
+    async def _announced_scheme(self) -> SandboxScheme | None:
+        try:
+            response = await self._transport.request("GET", "/v1/health", timeout=SCHEME_HTTP_TIMEOUT)
+            sandbox_url = json_object(response.content).get("sandbox_url")
+        except AtollError:
+            return None
+        if not isinstance(sandbox_url, dict):
+            return None
+        await self._trust_announced_ca(sandbox_url.get("ca"))
+        scheme = sandbox_url.get("scheme")
+        return cast(SandboxScheme, scheme) if scheme in SANDBOX_SCHEMES else None
+
+    async def _trust_announced_ca(self, path: object) -> None:
+        """A server with its own local CA (``atoll serve`` makes one) serves it; trusting it is
+        what lets this client reach sandbox URLs over https with no setup. It comes from the
+        same server, over the same connection as the API key, so it is trusted as much as that."""
+        if not isinstance(path, str) or not path.startswith("/v1/"):
+            return
+        try:
+            response = await self._transport.request("GET", path, timeout=SCHEME_HTTP_TIMEOUT)
+            self._transport.trust_ca(response.text)
+        except (AtollError, ValueError, ssl.SSLError):
+            return  # sandbox URLs then need the CA in the system store or SSL_CERT_FILE
 
     async def create(
         self,
@@ -127,6 +184,7 @@ class AsyncSandboxesClient(Generic[SandboxT]):
             env_vars=env_vars,
             network_policy=network_policy,
         )
+        await self._learn_scheme(http_timeout)  # the sandbox handed out gets its URLs built
         response = await self._transport.request(
             "POST", "/v1/sandbox", json=body, expected_status=201, timeout=http_timeout
         )
@@ -134,7 +192,9 @@ class AsyncSandboxesClient(Generic[SandboxT]):
 
     async def get(self, sandbox: SandboxRef, http_timeout: float | None = None) -> SandboxT:
         """The latest metadata (``SandboxStatus``, which carries no ``network_policy``)."""
-        response = await self._transport.request("GET", sandbox_path(sandbox, "/"), timeout=http_timeout)
+        path = sandbox_path(sandbox, "/")
+        await self._learn_scheme(http_timeout)
+        response = await self._transport.request("GET", path, timeout=http_timeout)
         return self._wrap(SandboxStatus.from_dict(json_object(response.content)))
 
     async def list(
@@ -154,21 +214,23 @@ class AsyncSandboxesClient(Generic[SandboxT]):
 
     async def pause(self, sandbox: SandboxRef, http_timeout: float | None = None) -> SandboxT:
         """Save memory and disk and stop compute; any later request to the sandbox resumes it."""
-        response = await self._transport.request(
-            "POST", sandbox_path(sandbox, "/pause"), expected_status=201, timeout=http_timeout
-        )
+        path = sandbox_path(sandbox, "/pause")
+        await self._learn_scheme(http_timeout)
+        response = await self._transport.request("POST", path, expected_status=201, timeout=http_timeout)
         return self._wrap(SandboxData.from_dict(json_object(response.content)))
 
     async def stop(self, sandbox: SandboxRef, http_timeout: float | None = None) -> SandboxT:
         """Stop a running sandbox: its disk changes are kept, its memory is not."""
-        response = await self._transport.request("POST", sandbox_path(sandbox, "/stop"), timeout=http_timeout)
+        path = sandbox_path(sandbox, "/stop")
+        await self._learn_scheme(http_timeout)
+        response = await self._transport.request("POST", path, timeout=http_timeout)
         return self._wrap(SandboxData.from_dict(json_object(response.content)))
 
     async def start(self, sandbox: SandboxRef, http_timeout: float | None = None) -> SandboxT:
         """Boot a stopped sandbox again over its kept disk changes."""
-        response = await self._transport.request(
-            "POST", sandbox_path(sandbox, "/start"), timeout=http_timeout
-        )
+        path = sandbox_path(sandbox, "/start")
+        await self._learn_scheme(http_timeout)
+        response = await self._transport.request("POST", path, timeout=http_timeout)
         return self._wrap(SandboxData.from_dict(json_object(response.content)))
 
     async def delete(self, sandbox: SandboxRef, http_timeout: float | None = None) -> None:

@@ -62,7 +62,8 @@ class Client:
             self._transport,
             sandbox_domain=config.sandbox_domain,
             sandbox_factory=self._make_sandbox,
-            sandbox_scheme=config.sandbox_scheme,
+            # not set: the scheme the server announces (asked once, when first needed)
+            sandbox_scheme=config.sandbox_scheme if config.sandbox_scheme_given else None,
         )
         self.templates = TemplatesClient(self._transport)
 

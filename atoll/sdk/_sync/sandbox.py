@@ -11,11 +11,16 @@ from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
 from atoll.sdk._sync._transport import Transport
+from atoll.sdk._sync.code_interpreter import CodeInterpreter
+from atoll.sdk._sync.desktop import Desktop
 from atoll.sdk._sync.filesystem import Filesystem
+from atoll.sdk._sync.git import Git
+from atoll.sdk._sync.lsp import Lsp
 from atoll.sdk._sync.process import ProcessClient, SandboxProcess
 from atoll.sdk._sync.pty import Pty
 from atoll.sdk._sync.sandboxes import SandboxesClient
 from atoll.sdk._sync.snapshots import SnapshotsClient
+from atoll.sdk._sync.ssh import Ssh
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
@@ -43,6 +48,11 @@ class Sandbox:
         transport = transport if transport is not None else sandboxes._transport
         self.filesystem = Filesystem(transport, self)
         self.pty = Pty(transport, self)
+        self.code_interpreter = CodeInterpreter(transport, self)
+        self.desktop = Desktop(transport, self)
+        self.git = Git(transport, self)
+        self.ssh = Ssh(transport, self)
+        self.lsp = Lsp(transport, self)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; never forward private names, so a

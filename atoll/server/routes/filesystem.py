@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from atoll import _multipart as multipart
 from atoll._exceptions import BadRequestError
-from atoll.runtime import confined, file_walk, files
+from atoll.runtime import confined, file_walk, files, replace
 from atoll.runtime.confined import Root, normalize
 from atoll.server import fs_schemas as s
 from atoll.server.auth import require_org
@@ -189,7 +189,7 @@ async def set_permissions(
 async def move(sandbox_id: str, body: s.MoveBody, org: Org, request: Request) -> Response:
     async with sandbox(request, org, sandbox_id) as sb:
         src, dst = sb.path(body.src_path), sb.path(body.dst_path)
-        await work(lambda: files.move(sb.root, src, dst, overwrite=body.overwrite), src)
+        await work(lambda: replace.move(sb.root, src, dst, overwrite=body.overwrite), src)
     return no_content()
 
 
@@ -198,7 +198,7 @@ async def copy(sandbox_id: str, body: s.CopyBody, org: Org, request: Request) ->
     async with sandbox(request, org, sandbox_id) as sb:
         src, dst = sb.path(body.src_path), sb.path(body.dst_path)
         await work(
-            lambda: files.copy(sb.root, src, dst, recursive=body.recursive, overwrite=bool(body.overwrite)),
+            lambda: replace.copy(sb.root, src, dst, recursive=body.recursive, overwrite=bool(body.overwrite)),
             src,
         )
     return no_content()
@@ -231,9 +231,9 @@ async def _write_stream(fd: int, chunks: AsyncIterator[bytes]) -> None:
         pending += chunk
         if len(pending) >= CHUNK:
             data, pending = pending, bytearray()
-            await asyncio.to_thread(files.write_all, fd, data)
+            await asyncio.to_thread(replace.write_all, fd, data)
     if pending:
-        await asyncio.to_thread(files.write_all, fd, pending)
+        await asyncio.to_thread(replace.write_all, fd, pending)
 
 
 @route("/filesystem/write-file", status_code=204)
@@ -246,12 +246,14 @@ async def write_file(
 ) -> Response:
     async with sandbox(request, org, sandbox_id) as sb:
         target = sb.path(path)
-        fd = await work(lambda: files.open_for_write(sb.root, target, permissions=permissions), target)
+        version = await work(lambda: files.open_for_write(sb.root, target, permissions=permissions), target)
     try:
         with confined.mapped(target):
-            await _write_stream(fd, request.stream())
-    finally:
-        os.close(fd)
+            await _write_stream(version.fd, request.stream())
+    except BaseException:
+        version.abort()  # a client that gave up (or an error) leaves the old file as it was
+        raise
+    await work(version.commit, target)
     return no_content()
 
 
@@ -280,7 +282,7 @@ class _PartWriter:
 
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
-        self.fd: int | None = None
+        self.version: replace.NewVersion | None = None
         self.path = "/"
         self.pending = bytearray()
 
@@ -292,27 +294,30 @@ class _PartWriter:
                 raise BadRequestError("every part needs a name: the path of its file")
             self.path = self.sb.path(value.name)
             target = self.path
-            self.fd = await work(lambda: files.open_for_write(self.sb.root, target, permissions=None), target)
-        elif kind == "data" and self.fd is not None:
+            self.version = await work(
+                lambda: files.open_for_write(self.sb.root, target, permissions=None), target
+            )
+        elif kind == "data" and self.version is not None:
             assert isinstance(value, bytes)
             self.pending += value
             if len(self.pending) >= CHUNK:
                 await self._flush()
-        elif kind == "end" and self.fd is not None:
+        elif kind == "end" and self.version is not None:
             await self._flush()
-            os.close(self.fd)
-            self.fd = None
+            version, self.version = self.version, None
+            await work(version.commit, self.path)  # each file whole, as its part ends
 
     async def _flush(self) -> None:
         data, self.pending = self.pending, bytearray()
-        if data and self.fd is not None:
-            fd = self.fd
-            await work(lambda: files.write_all(fd, data), self.path)
+        if data and self.version is not None:
+            fd = self.version.fd
+            await work(lambda: replace.write_all(fd, data), self.path)
 
     def abort(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """The part being written when the body broke off is dropped; its file stays as it was."""
+        if self.version is not None:
+            self.version.abort()
+            self.version = None
 
 
 class OwnedFd:

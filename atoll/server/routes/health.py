@@ -1,17 +1,29 @@
-"""Liveness and a small view of the host (no auth: it reveals no tenant data)."""
+"""Liveness, a small view of the host, and the local CA's certificate (no auth: none of it is
+tenant data, and clients need the CA before they can trust sandbox URLs)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from atoll._exceptions import NotFoundError
+from atoll.router import ca_path
+from atoll.server.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["health"])
+PEM_TYPE = "application/x-pem-file"
+
+
+def _local_ca(settings: Settings) -> bool:
+    return settings.tls_cert is None
 
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     manager = request.app.state.manager
+    settings: Settings = request.app.state.settings
     return {
         "status": "ok",
         "runtime": manager.backend.name,
@@ -20,4 +32,29 @@ async def health(request: Request) -> dict[str, Any]:
         "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
         "disk_pool_ready": manager.disks.ready_count if manager.disks else 0,
         "capacity": await manager.capacity.report(),
+        # on-demand system templates being built in the background (or whose build failed)
+        "templates_building": builds.report() if (builds := request.app.state.template_builds) else {},
+        # what SDKs build sandbox URLs from: {scheme}://{id}[-{port}].{domain}
+        "sandbox_url": {
+            "scheme": settings.sandbox_scheme,
+            "domain": f"{settings.sandbox_host}:{settings.sandbox_url_port}",
+            "ca": "/v1/ca.pem" if _local_ca(settings) else None,
+        },
     }
+
+
+@router.get(
+    "/ca.pem",
+    response_class=Response,
+    responses={200: {"content": {PEM_TYPE: {}}, "description": "The local CA's certificate (PEM)"}},
+)
+async def ca_certificate(request: Request) -> Response:
+    """The certificate of the CA that issued the router's, for clients to trust sandbox URLs."""
+    settings: Settings = request.app.state.settings
+    if not _local_ca(settings):
+        raise NotFoundError("this server uses the operator's certificate for sandbox URLs: no local CA")
+    try:
+        pem = ca_path(settings.data_dir).read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError("the local CA is not created yet") from None
+    return Response(pem, media_type=PEM_TYPE)

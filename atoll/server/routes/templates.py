@@ -136,6 +136,7 @@ async def _import(
                 dest=templates.registry.user_root / row.id,
                 import_dirs=settings.import_dirs,
                 timeout=settings.template_import_timeout_s,
+                registries=settings.template_registries,
                 on_progress=on_progress,
             )
         row = await templates.finish(row.id, digest=digest, image_config=image.to_wire())
@@ -196,6 +197,9 @@ async def _progress_stream(request: Request, org: str, body: CreateTemplateBody)
 @router.post("/template", status_code=201)
 @router.post("/template/", status_code=201, include_in_schema=False)
 async def create_template(body: CreateTemplateBody, org: Org, request: Request) -> Any:
+    settings: Settings = request.app.state.settings
+    # a refused source is a 400 even when progress would stream (checked again before the pull)
+    await oci.check_source(body.uri, settings.import_dirs, settings.template_registries)
     if NDJSON in request.headers.get("accept", ""):
         return StreamingResponse(_progress_stream(request, org, body), status_code=201, media_type=NDJSON)
     return await _import(request, org, body)

@@ -1,0 +1,1 @@
+"""Kernels: one per context; Python (ipykernel via jupyter_client) and TypeScript (Node.js)."""

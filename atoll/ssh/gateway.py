@@ -1,0 +1,356 @@
+"""The SSH gateway (agent-services §4): an asyncssh server on the host (``--ssh-port``, default
+2222, 0 disables) that a real OpenSSH client logs into with an access's id as user name and its
+password. A session runs inside the access's sandbox, which is resumed first if paused:
+
+- a shell on a terminal (``ssh ID@HOST``): Atoll's PTY machinery (``atoll.server.pty``), resized
+  with the client's window;
+- a command (``ssh ID@HOST CMD``, or a shell without a terminal): a live process with a stdin pipe
+  (``atoll.server.processes``), its exit status returned;
+- local forwarding (``ssh -L``): to the sandbox's own address, whatever host the client names.
+
+Bounded: connections per source address, sessions per connection, a login deadline, failed
+logins per source (refused outright for a while after too many), keepalives that drop dead
+peers. The host key is generated once, kept in the data directory (0600)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from atoll._exceptions import AtollError
+from atoll.server.manager import SandboxManager
+from atoll.server.processes import ProcessService
+from atoll.server.pty import PtyManager, PtySession
+from atoll.ssh.access import AccessStore, matches
+from atoll.ssh.sftp import SandboxSFTP
+from atoll.store.models import SshAccessRow
+
+log = logging.getLogger("atoll.ssh")
+
+MAX_CONNECTIONS_PER_SOURCE = 16
+MAX_SESSIONS_PER_CONNECTION = 10
+FAILED_LOGINS_PER_SOURCE = 10  # within FAILURE_WINDOW_S; then refused until the window passes
+FAILURE_WINDOW_S = 60.0
+FAILURE_DELAY_S = 0.5  # every refused password costs the guesser this long
+LOGIN_TIMEOUT_S = 30
+KEEPALIVE_S = 30
+READ_CHUNK_BYTES = 64 * 1024
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+
+
+def host_key(data_dir: Path) -> asyncssh.SSHKey:
+    """The gateway's key: made on first start, then the same one (clients pin it)."""
+    path = data_dir / HOST_KEY_NAME
+    if not path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        path.touch(mode=0o600)
+        path.write_bytes(key.export_private_key())
+    path.chmod(0o600)
+    return asyncssh.read_private_key(str(path))
+
+
+class FailureLimiter:
+    """Failed logins per source address in a sliding window."""
+
+    def __init__(self, limit: int = FAILED_LOGINS_PER_SOURCE, window_s: float = FAILURE_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, source: str, now: float) -> deque[float]:
+        found = self._failures[source]
+        while found and found[0] <= now - self.window_s:
+            found.popleft()
+        if not found:
+            del self._failures[source]
+        return found
+
+    def blocked(self, source: str, now: float | None = None) -> bool:
+        return len(self._recent(source, now if now is not None else time.monotonic())) >= self.limit
+
+    def failed(self, source: str, now: float | None = None) -> None:
+        moment = now if now is not None else time.monotonic()
+        self._recent(source, moment)
+        self._failures[source].append(moment)
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        manager: SandboxManager,
+        store: AccessStore,
+        ptys: PtyManager,
+        processes: ProcessService,
+        data_dir: Path,
+        host: str,
+        port: int,
+    ) -> None:
+        self.manager = manager
+        self.store = store
+        self.ptys = ptys
+        self.processes = processes
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port
+        self.limiter = FailureLimiter()
+        self.connections: dict[str, int] = defaultdict(int)
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> None:
+        key = host_key(self.data_dir)
+        self._server = await asyncssh.create_server(
+            lambda: _Connection(self),
+            self.host or None,
+            self.port,
+            server_host_keys=[key],
+            process_factory=self._session,
+            sftp_factory=lambda chan: SandboxSFTP(chan, self),
+            encoding=None,
+            line_editor=False,
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=LOGIN_TIMEOUT_S,
+            keepalive_interval=KEEPALIVE_S,
+            keepalive_count_max=3,
+        )
+        sockets = self._server.sockets
+        if sockets and self.port == 0:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def running(self, access: SshAccessRow) -> Any:
+        """The access's sandbox, resumed if it was paused."""
+        return await self.manager.ensure_running(await self.manager.get(access.org_id, access.sandbox_id))
+
+    async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        conn = process.channel.get_connection()
+        state = conn.get_owner()
+        assert isinstance(state, _Connection)
+        access = state.access
+        try:
+            if access is None or state.sessions >= MAX_SESSIONS_PER_CONNECTION:
+                process.stderr.write(b"too many sessions on this connection\r\n")
+                process.exit(1)
+                return
+            state.sessions += 1
+            try:
+                row = await self.running(access)
+                if process.get_terminal_type() is not None and process.command is None:
+                    await self._shell(process, access, row.id)
+                else:
+                    await self._command(process, access, row.id, process.command or "exec /bin/sh")
+            finally:
+                state.sessions -= 1
+        except (AtollError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                process.stderr.write(f"atoll: {exc}\r\n".encode())
+                process.exit(255)
+
+    async def _shell(
+        self, process: asyncssh.SSHServerProcess[bytes], access: SshAccessRow, sandbox_id: str
+    ) -> None:
+        cols, rows, _, _ = process.get_terminal_size()
+        session = await self.ptys.create(
+            access.org_id, sandbox_id, session_id=None, cols=cols or 80, rows=rows or 24,
+            cwd=None, envs={"TERM": process.get_terminal_type() or "xterm"}, lazy_start=False,
+        )  # fmt: skip
+        sink = _ChannelSink(process)
+        await self.ptys.attach(session, sink)
+        try:
+            await self._feed_terminal(process, session, access, sandbox_id, sink)
+        finally:
+            self.ptys.detach(session, sink)
+            with contextlib.suppress(AtollError):
+                await self.ptys.delete(access.org_id, sandbox_id, session.id)
+        if not sink.closed:
+            process.exit(0)
+
+    async def _feed_terminal(
+        self,
+        process: asyncssh.SSHServerProcess[bytes],
+        session: PtySession,
+        access: SshAccessRow,
+        sandbox_id: str,
+        sink: _ChannelSink,
+    ) -> None:
+        while not sink.closed:
+            try:
+                data = await process.stdin.read(READ_CHUNK_BYTES)
+            except asyncssh.TerminalSizeChanged as change:
+                cols, rows = change.width, change.height
+                await self.ptys.resize(access.org_id, sandbox_id, session.id, cols=cols, rows=rows)
+                continue
+            except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+                continue
+            if not data:
+                return
+            await self.ptys.write(session, data)
+
+    async def _command(
+        self, process: asyncssh.SSHServerProcess[bytes], access: SshAccessRow, sandbox_id: str, command: str
+    ) -> None:
+        started = await self.processes.start(
+            access.org_id, sandbox_id, command=command, cwd=None, envs={}, timeout_s=0,
+            stdin=True, tag="ssh", foreground=True,
+        )  # fmt: skip
+        pid = int(started["pid"])
+        body = await self.processes.open_events(access.org_id, sandbox_id, pid, 0, binary=True)
+        feeder = asyncio.create_task(self._feed_stdin(process, access, sandbox_id, pid))
+        exit_code = 255
+        ended = False
+        try:
+            async for frame in body:
+                if not frame.startswith(b"data: "):
+                    continue
+                event = json.loads(frame[len(b"data: ") :])
+                if event["type"] == "stdout":
+                    process.stdout.write(base64.b64decode(event["data"]))
+                    await process.stdout.drain()
+                elif event["type"] == "stderr":
+                    process.stderr.write(base64.b64decode(event["data"]))
+                    await process.stderr.drain()
+                elif event["type"] == "exit":
+                    exit_code = int(event["exit_code"])
+                    ended = True
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeder
+            if not ended:  # the client went away first: the command goes too
+                with contextlib.suppress(Exception):
+                    await self.processes.signal(access.org_id, sandbox_id, pid, "SIGKILL")
+        process.exit(exit_code if 0 <= exit_code < 256 else 255)
+
+    async def _feed_stdin(
+        self, process: asyncssh.SSHServerProcess[bytes], access: SshAccessRow, sandbox_id: str, pid: int
+    ) -> None:
+        with contextlib.suppress(AtollError, ConnectionError):
+            while True:
+                try:
+                    data = await process.stdin.read(READ_CHUNK_BYTES)
+                except (asyncssh.TerminalSizeChanged, asyncssh.BreakReceived, asyncssh.SignalReceived):
+                    continue
+                await self.processes.send_stdin(access.org_id, sandbox_id, pid, data, eof=not data)
+                if not data:
+                    return
+
+    async def forward(self, access: SshAccessRow, conn: asyncssh.SSHServerConnection, port: int) -> Any:
+        """``ssh -L``: a TCP connection to ``port`` at the sandbox's own address."""
+        row = await self.running(access)
+        slot = self.manager.slot_of(row)
+        if slot is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "the sandbox has no network")
+        return await conn.forward_connection(slot.sandbox_ip, port)
+
+
+class _ChannelSink:
+    """A terminal's output to an SSH channel (what ``PtyManager`` calls a socket)."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        self.process = process
+        self.closed = False
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.process.stdout.write(data)
+        await self.process.stdout.drain()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.process.exit(0)
+
+
+class _Connection(asyncssh.SSHServer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.source = ""
+        self.access: SshAccessRow | None = None
+        self.sessions = 0
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else ""
+        self.gateway.connections[self.source] += 1
+        if self.gateway.connections[self.source] > MAX_CONNECTIONS_PER_SOURCE:
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections from your address")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        counts = self.gateway.connections
+        counts[self.source] -= 1
+        if counts[self.source] <= 0:
+            counts.pop(self.source, None)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        limiter = self.gateway.limiter
+        if limiter.blocked(self.source):
+            await asyncio.sleep(FAILURE_DELAY_S)
+            return False
+        row = await self.gateway.store.get(username) if len(username) <= 64 else None
+        valid = row is not None and matches(row, password)
+        if valid and row is not None:
+            try:  # the sandbox must still be there (and still the access's org's)
+                await self.gateway.manager.get(row.org_id, row.sandbox_id)
+            except AtollError:
+                valid = False
+        if not valid:
+            limiter.failed(self.source)
+            log.info("ssh login refused for %r from %s", username[:64], self.source)
+            await asyncio.sleep(FAILURE_DELAY_S)
+            return False
+        self.access = row
+        return True
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        if self.access is None or self.conn is None or not 0 < dest_port < 65536:
+            return False
+        return self.gateway.forward(self.access, self.conn, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # remote forwarding (-R) would listen on the host: not offered
+
+
+async def start_gateway(state: Any, settings: Any) -> Gateway | None:
+    """The lifespan's part: the access store on ``state.ssh_access`` (the routes use it) and the
+    gateway listening, or None when ``ssh_port`` is 0. A port that cannot be bound is logged
+    and leaves the API up without the gateway (the routes then answer 501)."""
+    if not settings.ssh_port:
+        return None
+    manager: SandboxManager = state.manager
+    processes = getattr(state, "processes", None)
+    if processes is None:
+        processes = state.processes = ProcessService(manager)
+    store = AccessStore(manager.repo.sessions, ttl_s=settings.ssh_access_ttl_s)
+    gateway = Gateway(
+        manager=manager, store=store, ptys=state.ptys, processes=processes,
+        data_dir=settings.data_dir, host=settings.ssh_host, port=settings.ssh_port,
+    )  # fmt: skip
+    try:
+        await gateway.start()
+    except OSError as exc:
+        log.error("the SSH gateway could not listen on port %s: %s", settings.ssh_port, exc)
+        return None
+    state.ssh_access = store
+    return gateway
