@@ -110,6 +110,13 @@ def serve(
     warm_pool_size: Annotated[
         int, typer.Option(envvar="ATOLL_WARM_POOL", help="Sandboxes booted ahead of demand (0: off).")
     ] = 2,
+    warm_template: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A template the warm pool keeps ready (repeatable; default: the default "
+            "template and the code interpreter)."
+        ),
+    ] = None,
     disk_pool_size: Annotated[
         int, typer.Option(envvar="ATOLL_DISK_POOL", help="Sandbox disks mounted ahead of demand (0: off).")
     ] = 4,
@@ -207,6 +214,7 @@ def serve(
         rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
+        warm_templates=tuple(warm_template) if warm_template else Settings().warm_templates,
         disk_pool_size=disk_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
         snapshot_quota_bytes=snapshot_quota_mib * 1024 * 1024 if snapshot_quota_mib else None,

@@ -8,14 +8,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+
+from atoll.templates.registry import TemplateRegistry
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -205,3 +209,26 @@ def swap_into_place(staging: Path, target: Path) -> None:
     ensure_unused(target)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def content_hash(recipe: Sequence[object], root: Path, files: Iterable[Path | str]) -> str:
+    """A template's build hash: its recipe (JSON) and ``files`` under ``root``, by name and
+    content. It is recorded in ``template.json``; a build is skipped while it matches."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(recipe)).encode())
+    for relative in files:
+        digest.update(f"\0{relative}\0".encode())
+        digest.update((root / relative).read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def recorded_hash(registry: TemplateRegistry, name: str) -> str | None:
+    """The build hash of the template on disk (None when there is none, or it predates hashes)."""
+    if registry.get(name) is None:
+        return None
+    try:
+        data = json.loads((registry.dir_for(name) / "template.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("build_hash")
+    return value if isinstance(value, str) else None

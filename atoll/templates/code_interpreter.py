@@ -12,7 +12,6 @@ the service files: a build is skipped while it matches."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import shutil
@@ -20,9 +19,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from atoll.templates import build
 from atoll.templates.build import (
     ProgressCallback,
     build_lock,
+    content_hash,
     ensure_unused,
     ignore_progress,
     run_logged,
@@ -78,25 +79,12 @@ def service_files(service_dir: Path) -> list[Path]:
 def build_hash(service_dir: Path = SERVICE_DIR) -> str:
     """What a build depends on: the recipe and every service file (requirements.txt and
     package-lock.json among them), by name and content."""
-    digest = hashlib.sha256()
     recipe = [RECIPE_VERSION, PACKAGES, ENV, CMD, READY_PATH, PYTHON_VERSION, SMOKE_TEST]
-    digest.update(json.dumps(recipe).encode())
-    for relative in service_files(service_dir):
-        digest.update(f"\0{relative}\0".encode())
-        digest.update((service_dir / relative).read_bytes())
-    return "sha256:" + digest.hexdigest()
+    return content_hash(recipe, service_dir, service_files(service_dir))
 
 
 def recorded_hash(registry: TemplateRegistry) -> str | None:
-    """The build hash of the template on disk (None when there is none)."""
-    if registry.get(NAME) is None:
-        return None
-    try:
-        data = json.loads((registry.dir_for(NAME) / "template.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get("build_hash")
-    return value if isinstance(value, str) else None
+    return build.recorded_hash(registry, NAME)
 
 
 def is_current(registry: TemplateRegistry, service_dir: Path = SERVICE_DIR) -> bool:
@@ -129,7 +117,8 @@ def build_code_interpreter(
             report(STEPS["debian"], "creating the python venv")
             in_chroot(rootfs, ["python3", "-m", "venv", "--without-pip", VENV], "venv")
             copy_service(service_dir, rootfs / SERVICE.lstrip("/"))
-            pip_install(rootfs, service_dir / "requirements.txt", cache_dir / "pip", report)
+            pip_step = scaled(report, STEPS["venv"], STEPS["pip"])
+            pip_install(rootfs, service_dir / "requirements.txt", cache_dir / "pip", pip_step)
             report(STEPS["pip"], "installing node packages")
             run_logged(
                 ["npm", "ci", "--no-audit", "--no-fund", "--cache", str(cache_dir / "npm")],
@@ -169,7 +158,8 @@ def copy_service(service_dir: Path, destination: Path) -> None:
 
 def pip_install(rootfs: Path, requirements: Path, cache: Path, report: ProgressCallback) -> None:
     """The requirements into the rootfs's venv with the host's pip (its configuration applies),
-    then the console scripts' interpreter lines pointed at the venv's python."""
+    then the console scripts' interpreter lines pointed at the venv's python. ``report`` gets
+    0..1 for this step alone."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
         raise RuntimeError(f"the host's pip must run on python {PYTHON_VERSION} to install for the template")
     argv = [
@@ -177,9 +167,8 @@ def pip_install(rootfs: Path, requirements: Path, cache: Path, report: ProgressC
         "--root", str(rootfs), "--prefix", VENV, "--ignore-installed", "--no-compile",
         "--no-warn-script-location", "--cache-dir", str(cache), "-r", str(requirements),
     ]  # fmt: skip
-    step = scaled(report, STEPS["venv"], STEPS["pip"])
-    step(0.0, "installing python packages")
-    run_logged(argv, "pip install", on_line=pip_progress(_requirement_count(requirements), step))
+    report(0.0, "installing python packages")
+    run_logged(argv, "pip install", on_line=pip_progress(_requirement_count(requirements), report))
     bin_dir = rootfs / VENV.lstrip("/") / "bin"
     for script in bin_dir.iterdir():
         if script.is_file() and not script.is_symlink():

@@ -12,14 +12,15 @@ older recipe is rebuilt, a current one is skipped (``atoll template build --all`
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
+from atoll.templates import build
 from atoll.templates.build import (
     ProgressCallback,
     build_lock,
+    content_hash,
     ensure_unused,
     ignore_progress,
     run_logged,
@@ -62,25 +63,12 @@ STEPS = {"debian": 0.75, "npm": 0.92, "check": 0.99}
 
 def build_hash(lsp_dir: Path = LSP_DIR) -> str:
     """What a build depends on: the recipe and the language servers' pinned lock."""
-    digest = hashlib.sha256()
     recipe = [RECIPE_VERSION, PACKAGES, WORKDIR, ENV, LSP_ROOT, LSP_BINARIES, SMOKE_TESTS]
-    digest.update(json.dumps(recipe).encode())
-    for name in LSP_FILES:
-        digest.update(f"\0{name}\0".encode())
-        digest.update((lsp_dir / name).read_bytes())
-    return "sha256:" + digest.hexdigest()
+    return content_hash(recipe, lsp_dir, LSP_FILES)
 
 
 def recorded_hash(registry: TemplateRegistry) -> str | None:
-    """The build hash of the template on disk (None when there is none, or it predates hashes)."""
-    if registry.get(DEFAULT_TEMPLATE_NAME) is None:
-        return None
-    try:
-        data = json.loads((registry.dir_for(DEFAULT_TEMPLATE_NAME) / "template.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get("build_hash")
-    return value if isinstance(value, str) else None
+    return build.recorded_hash(registry, DEFAULT_TEMPLATE_NAME)
 
 
 def is_current(registry: TemplateRegistry) -> bool:

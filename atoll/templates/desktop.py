@@ -11,14 +11,14 @@ records a hash of the recipe and the service files: a build is skipped while it 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 
-from atoll.templates import code_interpreter
+from atoll.templates import build
 from atoll.templates.build import (
     ProgressCallback,
     build_lock,
+    content_hash,
     ensure_unused,
     ignore_progress,
     run_mmdebstrap,
@@ -77,25 +77,12 @@ STEPS = {"debian": 0.80, "venv": 0.82, "pip": 0.95, "compile": 0.99}
 
 def build_hash(service_dir: Path = SERVICE_DIR) -> str:
     """What a build depends on: the recipe and every service file, by name and content."""
-    digest = hashlib.sha256()
     recipe = [RECIPE_VERSION, PACKAGES, ENV, CMD, READY_PATH, PYTHON_VERSION, SMOKE_TEST]
-    digest.update(json.dumps(recipe).encode())
-    for relative in service_files(service_dir):
-        digest.update(f"\0{relative}\0".encode())
-        digest.update((service_dir / relative).read_bytes())
-    return "sha256:" + digest.hexdigest()
+    return content_hash(recipe, service_dir, service_files(service_dir))
 
 
 def recorded_hash(registry: TemplateRegistry) -> str | None:
-    """The build hash of the template on disk (None when there is none)."""
-    if registry.get(NAME) is None:
-        return None
-    try:
-        data = json.loads((registry.dir_for(NAME) / "template.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get("build_hash")
-    return value if isinstance(value, str) else None
+    return build.recorded_hash(registry, NAME)
 
 
 def is_current(registry: TemplateRegistry, service_dir: Path = SERVICE_DIR) -> bool:
@@ -128,7 +115,8 @@ def build_desktop(
             report(STEPS["debian"], "creating the python venv")
             in_chroot(rootfs, ["python3", "-m", "venv", "--without-pip", VENV], "venv")
             copy_service(service_dir, rootfs / SERVICE.lstrip("/"))
-            pip_install(rootfs, service_dir / "requirements.txt", cache_dir / "pip", _pip_report(report))
+            pip_step = scaled(report, STEPS["venv"], STEPS["pip"])
+            pip_install(rootfs, service_dir / "requirements.txt", cache_dir / "pip", pip_step)
             report(STEPS["pip"], "compiling python bytecode")
             compileall = [f"{VENV}/bin/python", "-m", "compileall", "-q", "-j0", INSTALL_ROOT]
             in_chroot(rootfs, compileall, "compileall")
@@ -141,14 +129,6 @@ def build_desktop(
     template = registry.get(NAME)
     assert template is not None
     return template
-
-
-def _pip_report(report: ProgressCallback) -> ProgressCallback:
-    """``pip_install`` reports on code_interpreter's share of the bar: map it onto ours."""
-    start, end = code_interpreter.STEPS["venv"], code_interpreter.STEPS["pip"]
-    return lambda fraction, phase: report(
-        STEPS["venv"] + (STEPS["pip"] - STEPS["venv"]) * (fraction - start) / (end - start), phase
-    )
 
 
 def _metadata(wanted: str) -> dict[str, object]:

@@ -44,7 +44,9 @@ def operations() -> list[Any]:
     built without starting it, so the tests can be collected before the server is up)."""
     schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
     found = [result.ok() for result in schema.get_all_operations()]
-    return [op for op in found if op.label not in SKIPPED]
+    # the test servers run without the SSH gateway (--ssh-port 0), so its routes answer 501 by
+    # design (tests/ssh drives them on a server with the gateway)
+    return [op for op in found if op.label not in SKIPPED and "/ssh" not in op.path]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -100,7 +100,8 @@ def test_other_orgs_sandboxes_are_indistinguishable_from_missing(
         )
         checked.append((method, path, theirs.status_code))
     statuses = {s for _, _, s in checked}
-    assert statuses <= {404, 400}, checked
+    # 501: a service this server does not offer answers so before any lookup, for every id alike
+    assert statuses <= {404, 400, 501}, checked
     assert len([c for c in checked if c[2] == 404]) >= 10, checked
     # B's list does not show it; A's sandbox is untouched by all of the above
     assert a_sandbox not in {

@@ -50,7 +50,8 @@ def test_echo_resize_list_delete(http: httpx.Client, server: ServerProcess, sand
     assert r.status_code == 201, r.text
     info = r.json()
     assert {k: info[k] for k in ("id", "cols", "rows", "active", "lazy_start", "cwd", "envs")} == {
-        "id": "t", "cols": 80, "rows": 24, "active": True, "lazy_start": False, "cwd": "/", "envs": {},
+        "id": "t", "cols": 80, "rows": 24, "active": True, "lazy_start": False, "cwd": "/home/user",
+        "envs": {},
     }  # fmt: skip
     assert info["created_at"].endswith("Z")
     assert http.post(f"/v1/sandbox/{sandbox}/pty", json={"id": "t"}).status_code == 409

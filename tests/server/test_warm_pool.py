@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.privileged]
 @pytest.fixture(scope="module")
 def warm_server() -> Iterator[ServerProcess]:
     data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-warm-", dir="/var/tmp"))
-    server = side_server(data_dir, "warm", 0, extra_args=("--warm-pool-size", "2"))
+    server = side_server(
+        data_dir, "warm", 0, extra_args=("--warm-pool-size", "2", "--warm-template", "system/debian:bookworm")
+    )
     server.start()
     try:
         yield server

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess
+from tests.services.conftest import service_sandbox, template_present
 
 pytestmark = [pytest.mark.privileged, pytest.mark.conformance]
 
@@ -28,31 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 LEAP0_PYTHON = ROOT / ".venv-leap0" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("leap0_code_interpreter.py")
 TEMPLATE = "system/code-interpreter:v0.1.0"
-TEMPLATES_DIR = Path("/var/lib/atoll/templates")
-
-
-def template_present() -> bool:
-    return (TEMPLATES_DIR / "system--code-interpreter@v0.1.0" / "template.json").exists()
-
-
-@pytest.fixture(scope="module")
-def ca_file(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    response = httpx.get(f"{server.base_url}/v1/ca.pem", timeout=30)
-    assert response.status_code == 200, response.text
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    path.write_bytes(response.content)
-    return path
+SLUG = "system--code-interpreter@v0.1.0"
 
 
 @pytest.fixture(scope="module")
 def sandbox_id(server: ServerProcess) -> Iterator[str]:
-    assert template_present(), "make test builds system/code-interpreter:v0.1.0 before the tests"
-    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=300) as http:
-        r = http.post("/v1/sandbox", json={"template_name": TEMPLATE, "memory": 2048, "vcpu": 2})
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
+    with service_sandbox(server, TEMPLATE, SLUG) as sid:
         yield sid
-        http.delete(f"/v1/sandbox/{sid}/")
 
 
 def run_leap0(server: ServerProcess, ca_file: Path, check: str, sid: str = "") -> Any:
@@ -163,7 +146,7 @@ def test_without_a_key_the_interpreter_is_never_reached(
 
 
 def test_a_fresh_sandbox_answers_right_after_its_create(server: ServerProcess, ca_file: Path) -> None:
-    assert template_present()
+    assert template_present(SLUG)
     seen = run_leap0(server, ca_file, "fresh")
     assert seen["main_text"] == "2", seen
 

@@ -22,6 +22,7 @@ import pytest
 
 from tests._support.runtimes import GVISOR
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess
+from tests.services.conftest import service_sandbox
 
 pytestmark = [pytest.mark.privileged, pytest.mark.conformance]
 
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LEAP0_PYTHON = ROOT / ".venv-leap0" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("leap0_desktop.py")
 TEMPLATE = "system/desktop:v0.1.0"
-TEMPLATES_DIR = Path("/var/lib/atoll/templates")
 CHROMIUM = Path("/usr/bin/chromium")
 STATUS_TEXT = "() => (document.getElementById('noVNC_status') || {}).textContent || ''"
 CONNECTED = "() => /Connected/.test((document.getElementById('noVNC_status') || {}).textContent || '')"
@@ -40,24 +40,9 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def ca_file(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    response = httpx.get(f"{server.base_url}/v1/ca.pem", timeout=30)
-    assert response.status_code == 200, response.text
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    path.write_bytes(response.content)
-    return path
-
-
-@pytest.fixture(scope="module")
 def sandbox_id(server: ServerProcess) -> Iterator[str]:
-    present = (TEMPLATES_DIR / "system--desktop@v0.1.0" / "template.json").exists()
-    assert present, "make test builds system/desktop:v0.1.0 before the tests"
-    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=300) as http:
-        r = http.post("/v1/sandbox", json={"template_name": TEMPLATE, "memory": 2048, "vcpu": 2})
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
+    with service_sandbox(server, TEMPLATE, "system--desktop@v0.1.0") as sid:
         yield sid
-        http.delete(f"/v1/sandbox/{sid}/")
 
 
 @pytest.fixture(scope="module")

@@ -254,7 +254,7 @@ def test_create_while_the_template_builds_is_a_503_with_retry_after(tmp_path: Pa
         try:
             with httpx.Client(base_url=spare.base_url, headers=spare.headers, timeout=60) as http:
                 health = http.get("/v1/health").json()
-                assert health["templates_building"] == {TEMPLATE: {"progress": 0.0, "phase": "queued"}}
+                assert health["templates_building"][TEMPLATE] == {"progress": 0.0, "phase": "queued"}
                 r = http.post("/v1/sandbox", json={"template_name": TEMPLATE})
                 assert r.status_code == 503, r.text
                 assert r.headers["retry-after"] == str(RETRY_AFTER_S)
