@@ -48,8 +48,11 @@ def paused_by_checkpoint(spare: SpareServer) -> Iterator[tuple[ServerProcess, ht
         spare(*SERVE_ARGS) as server,
         httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as http,
     ):
-        if not http.get("/v1/health").json().get("checkpoint"):
+        health = http.get("/v1/health").json()
+        if not health.get("checkpoint"):
             pytest.skip("no checkpointing runtime on this host")
+        if health.get("runtime") == "runsc":  # issue 15: the marker is written by the OCI backend only
+            pytest.skip("gVisor checkpoints carry no completion marker yet")
         sid = api.create(http)["id"]
         pid = api.run(http, sid, "nohup sleep 3600 >/dev/null 2>&1 & echo $!")["stdout"].strip()
         r = http.post(f"/v1/sandbox/{sid}/pause")
