@@ -214,7 +214,7 @@ def serve(
         rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
-        warm_templates=tuple(warm_template) if warm_template else Settings().warm_templates,
+        warm_templates=tuple(warm_template or Settings.model_fields["warm_templates"].default),
         disk_pool_size=disk_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
         snapshot_quota_bytes=snapshot_quota_mib * 1024 * 1024 if snapshot_quota_mib else None,
