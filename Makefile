@@ -78,6 +78,9 @@ fuzz: setup template
 	ATOLL_FUZZ_EXAMPLES=$${ATOLL_FUZZ_EXAMPLES:-200} $(VENV)/bin/pytest -q tests/reliability/test_api_fuzz.py
 
 bench: setup template
+	@# sshd is only bench/dev_services.py's baseline: installed here, not by setup, so `make test`
+	@# never adds an sshd to a CI host
+	command -v /usr/sbin/sshd >/dev/null || scripts/install-bench-sshd.sh
 	$(VENV)/bin/python bench/report.py
 
 clean:

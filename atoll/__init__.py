@@ -1,7 +1,8 @@
 """Atoll: self-hosted sandboxes for AI agents.
 
 This namespace is the SDK's public API; everything else lives in private modules. Importing it
-stays cheap: it pulls in httpx and the SDK, never the server side (fastapi, sqlalchemy, ...).
+stays cheap: the SDK (and httpx) load on first use of one of its names, and the server side
+(fastapi, sqlalchemy, ...) never.
 
     from atoll import Client
 
@@ -10,6 +11,8 @@ stays cheap: it pulls in httpx and the SDK, never the server side (fastapi, sqla
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from atoll._exceptions import (
     APIError,
@@ -28,87 +31,108 @@ from atoll._exceptions import (
     TransportError,
     UnavailableError,
 )
-from atoll.sdk import (
-    CODE_INTERPRETER_TEMPLATE,
-    DEFAULT_MEMORY_MIB,
-    DEFAULT_TEMPLATE_NAME,
-    DEFAULT_TIMEOUT_MIN,
-    DEFAULT_VCPU,
-    DESKTOP_TEMPLATE,
-    SDK_VERSION,
-    AsyncClient,
-    AsyncCodeInterpreter,
-    AsyncDesktop,
-    AsyncFilesystem,
-    AsyncGit,
-    AsyncLsp,
-    AsyncProcessHandle,
-    AsyncPty,
-    AsyncPtyConnection,
-    AsyncSandbox,
-    AsyncSandboxesClient,
-    AsyncSnapshotsClient,
-    AsyncSsh,
-    AsyncTemplatesClient,
-    AsyncTransport,
-    Client,
-    ClientConfig,
-    CodeContext,
-    CodeInterpreter,
-    Desktop,
-    DesktopProcess,
-    DesktopStatus,
-    DesktopWindow,
-    DisplayInfo,
-    EditFileResult,
-    EditResult,
-    ExecutionError,
-    ExecutionLogs,
-    ExecutionResult,
-    FileEdit,
-    FileInfo,
-    Filesystem,
-    Git,
-    GitCommitResult,
-    GitResult,
-    ImageConfig,
-    Lsp,
-    LspError,
-    LspResponse,
-    NetworkPolicyDict,
-    OutputItem,
-    PointerPosition,
-    ProcessEvent,
-    ProcessHandle,
-    ProcessInfo,
-    ProcessResult,
-    Pty,
-    PtyConnection,
-    PtySession,
-    RecordingStatus,
-    RecordingSummary,
-    Sandbox,
-    SandboxData,
-    SandboxesClient,
-    SandboxList,
-    SandboxListItem,
-    SandboxState,
-    SandboxStatus,
-    SearchMatch,
-    Snapshot,
-    SnapshotList,
-    SnapshotsClient,
-    Ssh,
-    SshAccess,
-    SshValidation,
-    StreamEvent,
-    Template,
-    TemplatesClient,
-    Transport,
-    TreeEntry,
-)
 
-__version__ = SDK_VERSION
+if TYPE_CHECKING:  # the real import happens on first use (``__getattr__`` below)
+    from atoll.sdk import (
+        CODE_INTERPRETER_TEMPLATE,
+        DEFAULT_MEMORY_MIB,
+        DEFAULT_TEMPLATE_NAME,
+        DEFAULT_TIMEOUT_MIN,
+        DEFAULT_VCPU,
+        DESKTOP_TEMPLATE,
+        SDK_VERSION,
+        AsyncClient,
+        AsyncCodeInterpreter,
+        AsyncDesktop,
+        AsyncFilesystem,
+        AsyncGit,
+        AsyncLsp,
+        AsyncProcessHandle,
+        AsyncPty,
+        AsyncPtyConnection,
+        AsyncSandbox,
+        AsyncSandboxesClient,
+        AsyncSnapshotsClient,
+        AsyncSsh,
+        AsyncTemplatesClient,
+        AsyncTransport,
+        Client,
+        ClientConfig,
+        CodeContext,
+        CodeInterpreter,
+        Desktop,
+        DesktopProcess,
+        DesktopStatus,
+        DesktopWindow,
+        DisplayInfo,
+        EditFileResult,
+        EditResult,
+        ExecutionError,
+        ExecutionLogs,
+        ExecutionResult,
+        FileEdit,
+        FileInfo,
+        Filesystem,
+        Git,
+        GitCommitResult,
+        GitResult,
+        ImageConfig,
+        Lsp,
+        LspError,
+        LspResponse,
+        MetricsSample,
+        NetworkPolicyDict,
+        OutputItem,
+        PointerPosition,
+        ProcessEvent,
+        ProcessHandle,
+        ProcessInfo,
+        ProcessResult,
+        Pty,
+        PtyConnection,
+        PtySession,
+        RecordingStatus,
+        RecordingSummary,
+        Sandbox,
+        SandboxData,
+        SandboxesClient,
+        SandboxList,
+        SandboxListItem,
+        SandboxState,
+        SandboxStatus,
+        SearchMatch,
+        Snapshot,
+        SnapshotList,
+        SnapshotsClient,
+        Ssh,
+        SshAccess,
+        SshValidation,
+        StreamEvent,
+        Template,
+        TemplatesClient,
+        Transport,
+        TreeEntry,
+        WatchEvent,
+    )
+
+    __version__ = SDK_VERSION
+
+
+def __getattr__(name: str) -> Any:
+    """The SDK's names, imported on first use: server modules import ``atoll.*`` packages, and
+    importing ``atoll`` itself must not load the SDK (httpx clients, generated sync code) there."""
+    if name in __all__:  # the exceptions above are already here: only the SDK's names get here
+        from atoll import sdk
+
+        value = sdk.SDK_VERSION if name == "__version__" else getattr(sdk, name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "CODE_INTERPRETER_TEMPLATE",
@@ -165,6 +189,7 @@ __all__ = [
     "LspError",
     "LspResponse",
     "MalformedResponseError",
+    "MetricsSample",
     "NetworkPolicyDict",
     "NotFoundError",
     "OutputItem",
@@ -202,5 +227,6 @@ __all__ = [
     "TransportError",
     "TreeEntry",
     "UnavailableError",
+    "WatchEvent",
     "__version__",
 ]

@@ -9,8 +9,16 @@ Nothing else in Atoll compares states to decide what may happen; it asks ``next_
      stopped ◀──stopped── stopping ◀──stop── running;  stopped ──start──▶ starting
                            running ──delete──▶ deleting ──deleted──▶ deleted
     (running, paused and stopped all accept ``delete``; a state in transition answers 409)
-    (at start-up, a sandbox whose processes are gone or that cannot be repaired is ``lost``:
-     stopped, its disk kept)
+    (at start-up, a sandbox whose processes are gone is ``lost``: stopped, its disk kept)
+    (any state but deleted ──quarantine──▶ failed: a sandbox that could not be repaired, by
+     start-up reconciliation or after a transition that timed out or failed and could not be
+     undone. Its processes are removed and its disk kept for inspection; the record carries the
+     reason (``state_reason``). It accepts ``delete``, and ``start``, which boots the template
+     over the kept disk as for a stopped sandbox; nothing else.)
+
+Every transition's work is bounded (``Settings.transition_timeout_s``): on expiry the sandbox
+takes the ``failed`` event back to a resting state, with the reason recorded, so no state in
+``TRANSIENT_STATES`` outlives its operation.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ class State(enum.StrEnum):
     STOPPED = "stopped"
     DELETING = "deleting"
     DELETED = "deleted"
+    FAILED = "failed"  # quarantined: could not be repaired (see ``state_reason``)
 
 
 class Event(enum.StrEnum):
@@ -43,7 +52,8 @@ class Event(enum.StrEnum):
     START = "start"
     DELETE = "delete"  # user delete, or timeout without auto_pause
     DELETED = "deleted"
-    LOST = "lost"  # start-up found its processes gone, or could not repair it (quarantine)
+    LOST = "lost"  # start-up found its processes gone; the disk is intact
+    QUARANTINE = "quarantine"  # could not be repaired: processes removed, disk kept, reason kept
 
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -72,14 +82,17 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.STOPPED, Event.DELETE): State.DELETING,
     (State.DELETING, Event.DELETED): State.DELETED,
     (State.DELETING, Event.FAILED): State.DELETED,
-    # start-up reconciliation: memory is gone (or the sandbox could not be repaired and its
-    # processes were removed); the disk is kept, and ``start`` boots it again
+    # start-up reconciliation: memory is gone; the disk is kept, and ``start`` boots it again
     (State.RUNNING, Event.LOST): State.STOPPED,
     (State.PAUSED, Event.LOST): State.STOPPED,
     (State.UNPAUSING, Event.LOST): State.STOPPED,
     (State.SNAPSHOTTING, Event.LOST): State.STOPPED,
     (State.STOPPING, Event.LOST): State.STOPPED,
     (State.STOPPED, Event.LOST): State.STOPPED,
+    # quarantine: from anywhere a record can be; only delete (or start over the kept disk) follows
+    **{(state, Event.QUARANTINE): State.FAILED for state in State if state != State.DELETED},
+    (State.FAILED, Event.DELETE): State.DELETING,
+    (State.FAILED, Event.START): State.STARTING,
 }
 
 # States in which the sandbox's processes exist on the host (the reconciler adopts these).
@@ -88,6 +101,8 @@ LIVE_STATES = frozenset({State.RUNNING, State.PAUSED, State.UNPAUSING, State.SNA
 TRANSIENT_STATES = frozenset(
     {State.STARTING, State.UNPAUSING, State.SNAPSHOTTING, State.STOPPING, State.DELETING}
 )
+# States with no processes on the host, only (perhaps) a disk: not counted as active
+RESTING_WITHOUT_PROCESSES = frozenset({State.STOPPED, State.FAILED})
 
 
 class InvalidTransition(Exception):

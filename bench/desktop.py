@@ -3,7 +3,9 @@ baselines measured in the same run.
 
 For each runtime it starts its own `atoll serve` and measures:
 - create (system/desktop:v0.1.0) -> `/api/status` running (what `wait_until_ready` waits for),
-  cold (no warm pool), N runs;
+  cold (no warm pool), N runs; then the same from a warm pool of one booted desktop (a second
+  server with `--warm-desktop-pool-size 1`; each create waits for the pool to refill first, so
+  every one is a claim: the pool refills in the background, one boot at a time);
 - a full-screen PNG screenshot (`GET /api/screenshot`, 1440x900) through the router, against
   `xwd -root` of the same screen run inside the sandbox (the timing taken inside, so it is only
   the X round trip and the dump, no HTTP, no PNG encoding);
@@ -34,6 +36,7 @@ from bench._stats import row
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess
 
 TEMPLATE = "system/desktop:v0.1.0"
+WARM_ARGS = ("--warm-pool-size", "1", "--warm-template", TEMPLATE, "--warm-desktop-pool-size", "1")
 # N timed `xwd -root` dumps inside the sandbox, printed as JSON milliseconds
 XWD = (
     'python3 -c "import subprocess, time, json; t=[]\n'
@@ -84,6 +87,13 @@ class Bench:
                     return int(path.read_text()) / (1 << 20)
         return None
 
+    def wait_for_warm(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.api.get("/v1/health").json().get("warm_pool_ready", 0) < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the warm pool did not fill")
+            time.sleep(0.5)
+
     def delete(self, sid: str) -> None:
         self.api.delete(f"/v1/sandbox/{sid}/")
 
@@ -91,12 +101,38 @@ class Bench:
         self.api.close()
 
 
-def measure(scratch: Path, runtime: str, runs: int, shots: int) -> dict[str, object]:
-    server = ServerProcess(data_dir=scratch / f"server-{runtime}", host="127.0.0.1", runtime=runtime)
+def start(scratch: Path, name: str, runtime: str, extra_args: tuple[str, ...] = ()) -> Bench:
+    server = ServerProcess(
+        data_dir=scratch / f"server-{name}-{runtime}",
+        host="127.0.0.1",
+        runtime=runtime,
+        extra_args=extra_args,
+    )
     server.start()
-    ca_file = scratch / f"ca-{runtime}.pem"
+    ca_file = scratch / f"ca-{name}-{runtime}.pem"
     ca_file.write_bytes(httpx.get(f"{server.base_url}/v1/ca.pem", timeout=30).content)
-    bench = Bench(server, ca_file)
+    return Bench(server, ca_file)
+
+
+def measure_warm(scratch: Path, runtime: str, runs: int) -> list[float]:
+    bench = start(scratch, "warm", runtime, WARM_ARGS)
+    warm = []
+    try:
+        for _ in range(runs):
+            bench.wait_for_warm()
+            time.sleep(1)  # the refill's last steps (its quiet wait) are over
+            sid, took = bench.create_ready()
+            warm.append(took)
+            bench.delete(sid)
+    finally:
+        bench.close()
+        bench.server.stop()
+    return warm
+
+
+def measure(scratch: Path, runtime: str, runs: int, shots: int) -> dict[str, object]:
+    bench = start(scratch, "cold", runtime)
+    server = bench.server
     results: dict[str, object] = {}
     try:
         sid, _ = bench.create_ready()  # the first boot warms the page cache
@@ -115,6 +151,7 @@ def measure(scratch: Path, runtime: str, runs: int, shots: int) -> dict[str, obj
     finally:
         bench.close()
         server.stop()
+    results["warm"] = measure_warm(scratch, runtime, runs)
     return results
 
 
@@ -132,6 +169,7 @@ def main() -> None:
                 continue
             r = measure(scratch, runtime, args.runs, args.shots)
             print(row(f"[{runtime}] cold: create -> ready", r["cold"]))  # type: ignore[arg-type]
+            print(row(f"[{runtime}] warm pool: create -> ready", r["warm"], r["cold"]))  # type: ignore[arg-type]
             print(row(f"[{runtime}] baseline: xwd -root inside", r["xwd"]))  # type: ignore[arg-type]
             print(row(f"[{runtime}] PNG screenshot via router", r["shot"], r["xwd"]))  # type: ignore[arg-type]
             print(f"[{runtime}] idle desktop memory: {r['memory_mib']} MiB (its cgroup)")

@@ -9,6 +9,12 @@ same run: `crun run` of the same template rootfs on an overlay (bundle prepared 
 (the row says which kind the pauses were).
 
     python bench/lifecycle.py [--runs 50] [--runtimes crun,runc,runsc]
+    python bench/lifecycle.py --userns-compare [--runs 50] [--runtimes crun,runc]
+
+``--userns-compare`` measures only create -> first exec and the exec round trip, on two servers
+per OCI runtime started side by side, one with user namespaces (``--userns``) and one without,
+their samples interleaved (alternating which goes first) so that load on the host weighs on both
+alike.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atoll.runtime import overlay
 from bench._bare import BareBundles
 from bench._stats import row
-from tests._support.server import ServerProcess
+from tests._support.server import ServerProcess, side_server
 
 
 def ms(start: float) -> float:
@@ -127,6 +133,62 @@ def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
     return results
 
 
+def userns_compare(runtime: str, runs: int, scratch: Path) -> dict[str, dict[str, list[float]]]:
+    """create -> first exec and exec round trip without and with user namespaces, interleaved."""
+    # side servers (host resources of their own): the bench can run beside a test session
+    servers = {
+        "off": side_server(scratch / f"off-{runtime}", "o", 6, runtime=runtime, extra_args=("--no-userns",)),
+        "on": side_server(scratch / f"on-{runtime}", "n", 7, runtime=runtime, extra_args=("--userns",)),
+    }
+    results: dict[str, dict[str, list[float]]] = {m: {"create_to_exec": [], "exec": []} for m in servers}
+    clients: dict[str, httpx.Client] = {}
+    warm: dict[str, str] = {}
+    try:
+        for mode, server in servers.items():
+            server.start()
+            clients[mode] = httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120)
+            assert clients[mode].get("/v1/health").json().get("userns") is (mode == "on")
+            warm[mode] = clients[mode].post("/v1/sandbox", json={}).json()["id"]
+        for i in range(runs):
+            for mode in ("off", "on") if i % 2 else ("on", "off"):
+                http = clients[mode]
+                start = time.perf_counter()
+                created = http.post("/v1/sandbox", json={})
+                assert created.status_code == 201, created.text
+                sid = created.json()["id"]
+                out = http.post(f"/v1/sandbox/{sid}/process/execute", json={"command": "echo hi"}).json()
+                results[mode]["create_to_exec"].append(ms(start))
+                assert out["stdout"] == "hi\n", out
+                http.delete(f"/v1/sandbox/{sid}/")
+                start = time.perf_counter()
+                execute = f"/v1/sandbox/{warm[mode]}/process/execute"
+                http.post(execute, json={"command": "true"}).raise_for_status()
+                results[mode]["exec"].append(ms(start))
+    finally:
+        for mode, server in servers.items():
+            if mode in clients:
+                clients[mode].delete(f"/v1/sandbox/{warm.get(mode, 'none')}/")
+                clients[mode].close()
+            server.stop()
+    return results
+
+
+def main_userns_compare(runs: int, runtimes: str) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
+    results = {}
+    try:
+        for runtime in runtimes.split(","):
+            if runtime != "runsc":  # gVisor maps ids in its own kernel: no --userns
+                results[runtime] = userns_compare(runtime, runs, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"# user namespaces off vs on, {runs} interleaved runs per figure, default template")
+    for runtime, modes in results.items():
+        for figure, name in (("create_to_exec", "create -> first exec"), ("exec", "exec round trip")):
+            print(row(f"[{runtime}] {name}, userns off", modes["off"][figure]))
+            print(row(f"[{runtime}] {name}, userns on", modes["on"][figure], modes["off"][figure]))
+
+
 PAUSE_KINDS: dict[str, str] = {}  # runtime -> how its pauses went (checkpoint, freeze)
 
 
@@ -141,7 +203,13 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--runtimes", default=default_runtimes())
+    parser.add_argument(
+        "--userns-compare", action="store_true", help="only create->exec and exec, userns off vs on"
+    )
     args = parser.parse_args()
+    if args.userns_compare:
+        main_userns_compare(args.runs, args.runtimes)
+        return
     scratch = Path(tempfile.mkdtemp(prefix="atoll-bench-", dir="/var/tmp"))
     results = {}
     try:

@@ -8,8 +8,12 @@ installed), one sandbox each, and measures over N runs:
   the same run: the baseline;
 - event latency: a background process prints its clock every 50 ms; each line's arrival at the
   client minus the time in it (same host, same clock);
+- watch latency: a file created inside every 50 ms, named after the clock; its ``create``
+  event's arrival through ``filesystem/watch`` minus that time;
 - throughput: `yes | head -c SIZE` streamed through `execute/stream`, next to the same command
-  writing to /dev/null inside the sandbox (`process/execute`), in MB/s.
+  writing to /dev/null inside the sandbox (`process/execute`), in MB/s of the command's output:
+  read by the SDK's decoder (SSE + JSON, as `on_stdout` gets it), and read raw (the HTTP body's
+  bytes only: what the server and the transport deliver, without the Python client's parsing).
 
     python bench/processes.py [--runs 50] [--runtimes runc,runsc] [--mib 256]
 """
@@ -86,6 +90,43 @@ def event_latency(http: httpx.Client, sid: str, runs: int) -> list[float]:
     return latencies[1:]
 
 
+def watch_latency(http: httpx.Client, sid: str, runs: int) -> list[float]:
+    """A background loop creates a file named after its clock every 50 ms; each file's
+    ``create`` event at the client minus the time in its name (``filesystem/watch``)."""
+    http.post(f"/v1/sandbox/{sid}/process/execute", json={"command": "rm -rf /tmp/wbench; mkdir /tmp/wbench"})
+    command = "while true; do : > /tmp/wbench/$(date +%s%N); sleep 0.05; done"
+    latencies: list[float] = []
+    params = {"path": "/tmp/wbench"}
+    with http.stream("GET", f"/v1/sandbox/{sid}/filesystem/watch", params=params) as r:
+        pid = http.post(f"/v1/sandbox/{sid}/process/start", json={"command": command}).json()["pid"]
+        try:
+            for event in events(r):
+                arrived_ns = time.time_ns()
+                name = str(event.get("path", "")).rsplit("/", 1)[-1]
+                if event["type"] == "create" and name.isdigit():
+                    latencies.append((arrived_ns - int(name)) / 1e6)
+                if len(latencies) > runs:
+                    break
+        finally:
+            http.delete(f"/v1/sandbox/{sid}/process/{pid}")
+    return latencies[1:]
+
+
+def raw_throughput(http: httpx.Client, sid: str, mib: int) -> float:
+    """MB/s of the command's output through ``execute/stream``, the body read but not parsed."""
+    size = mib << 20
+    body = {"command": f"yes | head -c {size}", "timeout": 600}
+    wire, tail = 0, b""
+    start = time.perf_counter()
+    with http.stream("POST", f"/v1/sandbox/{sid}/process/execute/stream", json=body) as r:
+        for chunk in r.iter_raw():
+            wire += len(chunk)
+            tail = (tail + chunk)[-200:]
+    streamed_s = time.perf_counter() - start
+    assert b'"type":"exit"' in tail and wire > size, (wire, tail)
+    return size / streamed_s / 1e6
+
+
 def throughput(http: httpx.Client, sid: str, mib: int) -> tuple[float, float]:
     """MB/s streamed to the client, and MB/s of the same command into /dev/null inside."""
     size = mib << 20
@@ -129,11 +170,14 @@ def main() -> None:
             try:
                 server.start()
                 with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as http:
-                    sid = http.post("/v1/sandbox", json={}).json()["id"]
+                    # an hour to live: the default 300 s ends a slow run (a loaded host) mid-stream
+                    sid = http.post("/v1/sandbox", json={"timeout": 3600}).json()["id"]
                     try:
                         streamed, plain = first_byte(http, sid, args.runs)
                         latency = event_latency(http, sid, args.runs)
+                        watched = watch_latency(http, sid, args.runs)
                         streamed_mbs, inside_mbs = throughput(http, sid, args.mib)
+                        raw_mbs = raw_throughput(http, sid, args.mib)
                     finally:
                         http.delete(f"/v1/sandbox/{sid}/")
             finally:
@@ -142,8 +186,11 @@ def main() -> None:
                 row(f"[{runtime}] execute (echo hi), baseline", plain),
                 row(f"[{runtime}] stream: first stdout byte", streamed, plain),
                 row(f"[{runtime}] event latency (inside -> client)", latency),
+                row(f"[{runtime}] watch latency (file created inside -> client)", watched),
                 f"[{runtime}] throughput, {args.mib} MiB of `yes`: streamed {streamed_mbs:.0f} MB/s, "
                 f"to /dev/null inside {inside_mbs:.0f} MB/s ({streamed_mbs / inside_mbs:.2f}x)",
+                f"[{runtime}] throughput, {args.mib} MiB of `yes` read raw (body bytes, not parsed): "
+                f"{raw_mbs:.0f} MB/s ({raw_mbs / inside_mbs:.2f}x)",
             ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("lifecycle", "burst", "snapshots", "density", "router", "egress", "code_interpreter", "processes")
+ORDER = (
+    "lifecycle", "burst", "snapshots", "density", "router", "egress", "code_interpreter", "processes",
+    "dev_services", "desktop",
+)  # fmt: skip
 TIMEOUT_S = 1800
 
 

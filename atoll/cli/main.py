@@ -91,6 +91,9 @@ def serve(
         typer.Option(envvar="ATOLL_EGRESS_CA_BUNDLE", help="CA bundle transforms verify upstreams with."),
     ] = None,
     pids_limit: Annotated[int, typer.Option(envvar="ATOLL_PIDS_LIMIT", help="Processes per sandbox.")] = 1024,
+    metrics_interval: Annotated[
+        float, typer.Option(envvar="ATOLL_METRICS_INTERVAL_S", help="Seconds between metrics samples.")
+    ] = 5.0,
     disk_mib: Annotated[
         int, typer.Option(envvar="ATOLL_DISK_MIB", help="Disk per sandbox (upper layer and /etc), MiB.")
     ] = 10240,
@@ -100,6 +103,12 @@ def serve(
     lxcfs: Annotated[
         bool, typer.Option(envvar="ATOLL_LXCFS", help="/proc/meminfo etc. from LXCFS (own limits).")
     ] = True,
+    userns: Annotated[
+        bool, typer.Option(envvar="ATOLL_USERNS", help="OCI sandboxes in user namespaces.")
+    ] = False,
+    userns_base: Annotated[
+        int, typer.Option(envvar="ATOLL_USERNS_BASE", help="First host uid/gid of the sandboxes' ranges.")
+    ] = 1 << 30,
     rate_limit: Annotated[
         int, typer.Option(envvar="ATOLL_RATE_LIMIT", help="API requests per key per window (0: off).")
     ] = 1000,
@@ -110,11 +119,15 @@ def serve(
     warm_pool_size: Annotated[
         int, typer.Option(envvar="ATOLL_WARM_POOL", help="Sandboxes booted ahead of demand (0: off).")
     ] = 2,
+    warm_desktop_pool_size: Annotated[
+        int,
+        typer.Option(envvar="ATOLL_WARM_DESKTOP_POOL", help="Booted desktops kept ready (0: off)."),
+    ] = 1,
     warm_template: Annotated[
         list[str] | None,
         typer.Option(
             help="A template the warm pool keeps ready (repeatable; default: the default "
-            "template and the code interpreter)."
+            "template, the code interpreter and the desktop)."
         ),
     ] = None,
     disk_pool_size: Annotated[
@@ -135,12 +148,40 @@ def serve(
             help="How many files (inodes) one organisation's snapshots may hold; 0: no limit.",
         ),
     ] = 2_000_000,
+    transition_timeout_s: Annotated[
+        float,
+        typer.Option(
+            envvar="ATOLL_TRANSITION_TIMEOUT_S",
+            min=0.1,
+            help="Seconds one boot, pause, resume, stop or delete may take before it falls back.",
+        ),
+    ] = 300.0,
+    snapshot_timeout_s: Annotated[
+        float,
+        typer.Option(
+            envvar="ATOLL_SNAPSHOT_TIMEOUT_S",
+            min=0.1,
+            help="Seconds one snapshot may take before it is abandoned (the sandbox runs on).",
+        ),
+    ] = 1800.0,
     cpu_overcommit: Annotated[
         float, typer.Option(envvar="ATOLL_CPU_OVERCOMMIT", help="vCPU budget per host CPU.")
     ] = 128.0,
     memory_overcommit: Annotated[
         float, typer.Option(envvar="ATOLL_MEMORY_OVERCOMMIT", help="Memory budget per MiB of host memory.")
     ] = 8.0,
+    disk_overcommit_ratio: Annotated[
+        float,
+        typer.Option(
+            envvar="ATOLL_DISK_OVERCOMMIT",
+            min=0.01,
+            help="Sandbox disk sizes per MiB the data filesystem can back.",
+        ),
+    ] = 50.0,
+    disk_reserve_mib: Annotated[
+        int,
+        typer.Option(envvar="ATOLL_DISK_RESERVE_MIB", min=0, help="Kept free on the data filesystem, MiB."),
+    ] = 1024,
     import_dir: Annotated[
         list[Path] | None,
         typer.Option(help="Local image sources must be under these (repeat; default DATA_DIR/imports)."),
@@ -156,6 +197,19 @@ def serve(
         str | None, typer.Option(help="Host named in ssh_command (default: the API request's host).")
     ] = None,
     ssh_access_ttl_s: Annotated[int, typer.Option(help="Lifetime of an SSH access, seconds.")] = 86400,
+    ssh_login_timeout_s: Annotated[
+        float, typer.Option(help="SSH: seconds from connecting to logging in, then closed.")
+    ] = 30.0,
+    ssh_idle_timeout_s: Annotated[
+        float, typer.Option(help="SSH: seconds without session data before closing (0: never).")
+    ] = 3600.0,
+    ssh_max_connections_per_address: Annotated[
+        int, typer.Option(help="SSH: open connections from one client address.")
+    ] = 16,
+    ssh_max_connections: Annotated[int, typer.Option(help="SSH: open connections in all.")] = 1024,
+    max_connections_per_address: Annotated[
+        int, typer.Option(help="API and router: open connections from one client address.")
+    ] = 1024,
     sandbox_domain: Annotated[
         str, typer.Option(envvar="ATOLL_SANDBOX_DOMAIN", help="Sandbox URLs: {id}[-{port}].DOMAIN[:PORT].")
     ] = "sbx.localhost",
@@ -181,8 +235,8 @@ def serve(
     """Run the control plane on HOST:PORT."""
     import uvicorn
 
+    from atoll._conn_guard import configure_process_guard, raise_fd_limit
     from atoll.server.app import create_app
-    from atoll.server.conn_guard import raise_fd_limit
     from atoll.server.limits import LimitedHttpToolsProtocol
     from atoll.server.settings import Settings
 
@@ -207,26 +261,39 @@ def serve(
         dns_servers=tuple(s for s in dns_server if s != "none") if dns_server else None,
         egress_ca_bundle=egress_ca_bundle,
         pids_limit=pids_limit,
+        metrics_interval_s=metrics_interval,
         disk_mib=disk_mib,
         disk_quota=disk_quota,
         lxcfs=lxcfs,
+        userns=userns,
+        userns_base=userns_base,
         rate_limit=rate_limit,
         rate_limit_window_s=rate_limit_window,
         netns_pool_size=netns_pool_size,
         warm_pool_size=warm_pool_size,
+        warm_desktop_pool_size=warm_desktop_pool_size,
         warm_templates=tuple(warm_template or Settings.model_fields["warm_templates"].default),
         disk_pool_size=disk_pool_size,
         max_sandboxes_per_org=max_sandboxes_per_org,
         snapshot_quota_bytes=snapshot_quota_mib * 1024 * 1024 if snapshot_quota_mib else None,
         snapshot_quota_inodes=snapshot_quota_inodes or None,
+        transition_timeout_s=transition_timeout_s,
+        snapshot_timeout_s=snapshot_timeout_s,
         cpu_overcommit=cpu_overcommit,
         memory_overcommit=memory_overcommit,
+        disk_overcommit_ratio=disk_overcommit_ratio,
+        disk_reserve_mib=disk_reserve_mib,
         template_import_dirs=tuple(import_dir) if import_dir else None,
         router_hosts=tuple(router_host) if router_host else ("127.0.0.1", "::1"),
         router_port=router_port,
         ssh_port=ssh_port,
         ssh_public_host=ssh_public_host,
         ssh_access_ttl_s=ssh_access_ttl_s,
+        ssh_login_timeout_s=ssh_login_timeout_s,
+        ssh_idle_timeout_s=ssh_idle_timeout_s,
+        ssh_max_connections_per_address=ssh_max_connections_per_address,
+        ssh_max_connections=ssh_max_connections,
+        max_connections_per_address=max_connections_per_address,
         sandbox_domain=sandbox_domain,
         presigned_domain=presigned_domain,
         tls_cert=tls_cert,
@@ -255,6 +322,7 @@ def serve(
             " trust it, e.g. SSL_CERT_FILE=...; plain HTTP works on the same port)"
         )
     raise_fd_limit()  # before the guard reads it: per-address caps and the fd reserve
+    configure_process_guard(per_address_max=settings.max_connections_per_address)
     uvicorn.run(
         create_app(settings),
         host=host,

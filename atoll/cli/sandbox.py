@@ -124,6 +124,19 @@ def kill(
         client.sandboxes.get(sandbox_id).process.signal(pid, signal)
 
 
+@app.command()
+def top(
+    sandbox_id: str,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the current view and exit.")] = False,
+) -> None:
+    """Show the sandbox's CPU, memory, disk, network and pids, live (Ctrl-C to leave)."""
+    from atoll.cli import sandbox_top
+
+    with _client() as client:
+        sandbox_top.top(client.sandboxes.get(sandbox_id), console, interval_s=interval, once=once)
+
+
 @app.command("run-code")
 def run_code(
     sandbox_id: str,

@@ -7,23 +7,30 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Response
 
-from atoll.dashboard import pages, resources, sandbox_page, web
+from atoll.dashboard import observe_page, pages, resources, sandbox_page, web
 
 assets = APIRouter(include_in_schema=False)
 
 
 @assets.get("/ui/static/{name}")
-async def static(name: str) -> Response:
-    return web.static_file(name)
+async def static(name: str, v: str | None = None) -> Response:
+    return web.static_file(name, v)
 
 
 @assets.get("/ui/vendor/{name}")
-async def vendor(name: str) -> Response:
-    return web.vendor_file(name)
+async def vendor(name: str, v: str | None = None) -> Response:
+    return web.vendor_file(name, v)
 
 
 def install(app: FastAPI) -> None:
     """Add the dashboard's routes to the API's application."""
     web.warn_if_missing()
-    for router in (assets, pages.router, sandbox_page.router, sandbox_page.ws_router, resources.router):
+    for router in (
+        assets,
+        pages.router,
+        sandbox_page.router,
+        sandbox_page.ws_router,
+        observe_page.router,
+        resources.router,
+    ):
         app.include_router(router)

@@ -1,7 +1,7 @@
 """Sandbox state changes pushed to open dashboards (server-sent events).
 
 The repository every sandbox write goes through already tells listeners which sandbox changed
-(``atoll.router.ObservedRepository``, how the router drops its cache). One listener here wakes
+(``atoll.store.observed.ObservedRepository``, how the router drops its cache). One listener here wakes
 every open stream; each stream then re-renders its own organisation's rows and sends them only
 when they differ, so a change in another organisation reveals nothing. Streams are bounded in
 number and in length: the browser's EventSource reconnects by itself, and a short stream also
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from atoll.router import ObservedRepository
+from atoll.store.observed import ObservedRepository
 
 MAX_STREAMS = 200
 STREAM_MAX_S = 5.0

@@ -21,6 +21,7 @@ from atoll.server.manager import CreateParams, SandboxManager
 from atoll.server.routes import snapshots as snapshot_routes
 from atoll.server.routes import templates as template_routes
 from atoll.server.schemas import CreateSandboxBody, CreateSnapshotBody, list_item
+from atoll.store.repo import hash_key
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
@@ -80,13 +81,14 @@ async def login(request: Request) -> Response:
     fields = await form(request)
     if not sessions.same(request.cookies.get(LOGIN_CSRF_COOKIE, ""), fields.get("csrf")):
         raise sessions.CsrfRefused
-    org_id = await request.app.state.repo.org_for_key(fields.get("api_key", "").strip())
+    raw_key = fields.get("api_key", "").strip()
+    org_id = await request.app.state.repo.org_for_key(raw_key)
     if org_id is None:
         token = secrets.token_urlsafe(24)
         failed = render(request, "login.html", 401, csrf=token, error="invalid API key", session=None)
         _cookie(failed, LOGIN_CSRF_COOKIE, token, request)
         return failed
-    session = sessions.store(request).create(str(org_id))
+    session = sessions.store(request).create(str(org_id), hash_key(raw_key))
     response: Response = RedirectResponse("/", status_code=303)
     _cookie(response, SESSION_COOKIE, session.id, request)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")

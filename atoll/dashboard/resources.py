@@ -3,13 +3,20 @@ and pool levels, through the API routes' own handlers with the session's org."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import json
 
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import ValidationError
+
+from atoll._exceptions import APIError, NotFoundError, status_for
+from atoll.dashboard import sessions
 from atoll.dashboard.pages import checked_form, signed_in
-from atoll.dashboard.web import DashboardRoute, render
+from atoll.dashboard.web import DashboardRoute, render, validation_messages
 from atoll.server.routes import health, snapshots, templates
 from atoll.server.schemas import RestoreSnapshotBody
 from atoll.store.repo import new_api_key
+from atoll.templates import oci
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -23,6 +30,38 @@ async def _templates_page(request: Request, message: str | None = None) -> Respo
 @router.get("/ui/templates")
 async def templates_page(request: Request) -> Response:
     return await _templates_page(request)
+
+
+@router.post("/ui/templates/import")
+async def import_template(request: Request) -> Response:
+    """Import a template from an image, with progress: the API's NDJSON stream (``{"phase",
+    "message"}`` lines, then ``{"template"}`` or ``{"error"}``), which the page shows as it
+    comes. A refused request is one ``{"error"}`` line with the API's status in it."""
+    session, fields = await checked_form(request)
+    try:
+        body = templates.CreateTemplateBody.model_validate(
+            {"name": fields.get("name", ""), "uri": fields.get("uri", "").strip()}
+        )
+        settings = request.app.state.settings
+        await oci.check_source(body.uri, settings.import_dirs, settings.template_registries)
+    except ValidationError as exc:
+        errors = validation_messages(exc)
+        message = "; ".join(f"{e['field']}: {e['error']}" for e in errors)
+        return _ndjson_error(400, message)
+    except APIError as exc:
+        return _ndjson_error(status_for(exc), exc.message)
+    return StreamingResponse(
+        templates._progress_stream(request, session.org_id, body),
+        media_type=templates.NDJSON,
+        headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
+    )
+
+
+def _ndjson_error(status: int, message: str) -> Response:
+    """200 with the error in its one line, as the API's stream reports a failed import (the page
+    reads the line; a 4xx would also be a console error in the browser)."""
+    line = json.dumps({"error": {"status": status, "message": message}}) + "\n"
+    return Response(line, media_type=templates.NDJSON, headers={"cache-control": "no-store"})
 
 
 @router.post("/ui/templates/{template_id}/rename")
@@ -77,17 +116,44 @@ async def host_page(request: Request) -> Response:
     return render(request, "host.html", health=await health.health(request))
 
 
+async def _keys_page(request: Request, *, created: str | None = None, message: str | None = None) -> Response:
+    session = signed_in(request)
+    keys = await request.app.state.repo.list_keys(session.org_id)
+    items = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "created_at": k.created_at,
+            "current": k.key_hash == session.key_hash,
+        }
+        for k in keys
+    ]
+    return render(request, "keys.html", created=created, keys=items, message=message)
+
+
 @router.get("/ui/keys")
 async def keys_page(request: Request) -> Response:
-    signed_in(request)
-    return render(request, "keys.html", created=None)
+    return await _keys_page(request)
 
 
 @router.post("/ui/keys")
 async def create_key(request: Request) -> Response:
-    """A new key of the session's org, shown once (the store keeps only its hash). The store
-    has no way to list or revoke keys yet: ``atoll keys`` on the host is where that would go."""
+    """A new key of the session's org, shown once (the store keeps only its hash)."""
     session, _ = await checked_form(request)
     key = new_api_key()
     await request.app.state.repo.add_key(session.org_id, key)
-    return render(request, "keys.html", created=key)
+    return await _keys_page(request, created=key)
+
+
+@router.post("/ui/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request) -> Response:
+    """Revoke one of the org's keys: the API refuses it from the next request on, and the
+    dashboard sessions signed in with it end (this one too, when it is the session's own)."""
+    session, _ = await checked_form(request)
+    digest = await request.app.state.repo.revoke_key(session.org_id, key_id)
+    if digest is None:
+        raise NotFoundError(f"API key {key_id} not found")
+    sessions.store(request).drop_key(digest)
+    if digest == session.key_hash:
+        return RedirectResponse("/ui/login", status_code=303)
+    return await _keys_page(request, message=f"revoked {key_id}")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDis
 from fastapi.responses import JSONResponse
 
 from atoll._exceptions import APIError, AuthenticationError, BadRequestError, ConflictError
-from atoll.dashboard import sessions
+from atoll.dashboard import observe_page, sessions
 from atoll.dashboard.pages import checked_form, manager, signed_in
 from atoll.dashboard.web import DashboardRoute, render
 from atoll.server import fs_schemas
@@ -45,9 +45,14 @@ def _urls(request: Request, sandbox_id: str) -> dict[str, str]:
 async def sandbox_page(sandbox_id: str, request: Request) -> Response:
     session = signed_in(request)
     row = await manager(request).get(session.org_id, sandbox_id)
-    return render(
-        request, "sandbox.html", sandbox=sandbox_body(row, with_policy=True), **_urls(request, row.id)
+    page = render(
+        request,
+        "sandbox.html",
+        sandbox=sandbox_body(row, with_policy=True),
+        desktop=observe_page.is_desktop(row),
+        **_urls(request, row.id),
     )
+    return observe_page.allow_desktop_frame(request, row, page)
 
 
 @router.post("/ui/sandboxes/{sandbox_id}/presigned")

@@ -38,6 +38,7 @@ class CsrfRefused(Exception):
 class Session:
     id: str
     org_id: str
+    key_hash: str  # of the key it signed in with: revoking that key ends the session
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     seen: float = field(default_factory=time.monotonic)
 
@@ -48,8 +49,8 @@ class SessionStore:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, org_id: str) -> Session:
-        session = Session(id=secrets.token_urlsafe(32), org_id=org_id)
+    def create(self, org_id: str, key_hash: str) -> Session:
+        session = Session(id=secrets.token_urlsafe(32), org_id=org_id, key_hash=key_hash)
         self._sessions[session.id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
@@ -72,6 +73,13 @@ class SessionStore:
     def drop(self, session_id: str | None) -> None:
         if session_id:
             self._sessions.pop(session_id, None)
+
+    def drop_key(self, key_hash: str) -> int:
+        """End every session signed in with this key (it was revoked); how many there were."""
+        ended = [sid for sid, s in self._sessions.items() if s.key_hash == key_hash]
+        for sid in ended:
+            del self._sessions[sid]
+        return len(ended)
 
 
 def store(request: Request) -> SessionStore:

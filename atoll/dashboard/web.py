@@ -5,6 +5,7 @@ htmx requests) instead of the API's JSON."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -71,19 +72,67 @@ def render(request: Request, template: str, status_code: int = 200, /, **context
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 
 
-def vendor_file(name: str) -> Response:
+# Assets are linked with a version (a hash of the file) and then cached for good: a page load
+# asks for none of them again, not even to revalidate (the stylesheet blocks the first paint).
+IMMUTABLE = "public, max-age=31536000, immutable"
+_versions: dict[Path, tuple[tuple[int, int], str]] = {}  # path -> ((mtime ns, size), hash)
+
+
+def _version(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (stat.st_mtime_ns, stat.st_size)
+    known = _versions.get(path)
+    if known is None or known[0] != key:
+        known = (key, hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+        _versions[path] = known
+    return known[1]
+
+
+def _vendor_path(name: str) -> Path | None:
     relative = VENDOR.get(name)
-    path = NODE_MODULES / relative if relative else None
+    return NODE_MODULES / relative if relative else None
+
+
+def _static_path(name: str) -> Path | None:
+    if "/" in name or name.startswith("."):
+        return None
+    return HERE / "static" / name
+
+
+def static_url(name: str) -> str:
+    path = _static_path(name)
+    return f"/ui/static/{name}?v={_version(path) if path else 'missing'}"
+
+
+def vendor_url(name: str) -> str:
+    path = _vendor_path(name)
+    return f"/ui/vendor/{name}?v={_version(path) if path else 'missing'}"
+
+
+def _asset(path: Path, version: str | None) -> Response:
+    # the current version is cached for good; any other (or none) is revalidated each time
+    cache = IMMUTABLE if version is not None and version == _version(path) else "no-cache"
+    return FileResponse(path, headers={"cache-control": cache, "x-content-type-options": "nosniff"})
+
+
+def vendor_file(name: str, version: str | None = None) -> Response:
+    path = _vendor_path(name)
     if path is None or not path.is_file():
         return Response(f"not installed: {INSTALL_HINT}\n", status_code=404, media_type="text/plain")
-    return FileResponse(path, headers={"cache-control": "max-age=3600", "x-content-type-options": "nosniff"})
+    return _asset(path, version)
 
 
-def static_file(name: str) -> Response:
-    path = HERE / "static" / name
-    if "/" in name or name.startswith(".") or not path.is_file():
+def static_file(name: str, version: str | None = None) -> Response:
+    path = _static_path(name)
+    if path is None or not path.is_file():
         return Response("not found\n", status_code=404, media_type="text/plain")
-    return FileResponse(path, headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"})
+    return _asset(path, version)
+
+
+env.globals.update(static=static_url, vendor=vendor_url)  # versioned asset links in templates
 
 
 def validation_messages(exc: ValidationError) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from atoll._exceptions import APIError
 from atoll._tasks import cancel_and_wait
@@ -65,9 +65,19 @@ class EgressConfig:
 class Attachment:
     sandbox_id: str
     org_id: str
-    policy: Mapping[str, Any] | None
+    # an EgressPolicy; the stored dict is still accepted from callers that do not pass the object
+    # yet (server/reconcile.py) and compiled here, once: read it as ``egress_policy``
+    policy: EgressPolicy | Mapping[str, Any] | None
     slot: Slot
     sandbox_dir: Path
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, EgressPolicy):
+            object.__setattr__(self, "policy", EgressPolicy.from_wire(self.policy))
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        return cast(EgressPolicy, self.policy)  # compiled by __post_init__
 
 
 @dataclass
@@ -104,7 +114,9 @@ class SandboxEgress:
         else:
             self.stats.dns_denied += 1
 
-    def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None:
+    async def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None:
+        """Remember that ``name`` resolved to ``addresses`` and open them in the firewall; the
+        resolver awaits this before it answers, so a connection right after the answer passes."""
         now = time.monotonic()
         if now - self._pruned > 60:
             self._prune(now)
@@ -117,7 +129,7 @@ class SandboxEgress:
             if now + timeout > known + 1:
                 updates.append((str(address), timeout))
         if updates:
-            self._service.learn(self, updates)
+            await self._service.learn(self, updates)
 
     def _prune(self, now: float) -> None:
         self._pruned = now
@@ -260,25 +272,22 @@ class EgressService:
         return f"nameserver {slot.host_ip}\noptions timeout:2 attempts:2\n"
 
     @staticmethod
-    def sandbox_env(policy: Mapping[str, Any] | None) -> dict[str, str]:
+    def sandbox_env(policy: EgressPolicy) -> dict[str, str]:
         """Environment for a sandbox whose policy terminates TLS: every common CA-bundle variable
         points at the trust store that includes the sandbox's CA."""
-        if not EgressPolicy.from_wire(policy).transforms:
+        if not policy.transforms:
             return {}
         return {**{k: f"/{GUEST_BUNDLE}" for k in CA_ENV_BUNDLE}, "NODE_EXTRA_CA_CERTS": f"/{GUEST_CA}"}
 
-    def prepare(
-        self, policy: Mapping[str, Any] | None, sandbox_dir: Path, template_rootfs: Path | None
-    ) -> None:
+    def prepare(self, policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None) -> None:
         """Before boot: for transforms, create (once) the sandbox's CA on the host and install its
         certificate in the sandbox's trust store (written into the root's upper layer)."""
-        parsed = EgressPolicy.from_wire(policy)
-        if not parsed.transforms:
+        if not policy.transforms:
             return
         ca = CertificateAuthority.load_or_create(
             sandbox_dir / "egress",
             f"Atoll egress CA {sandbox_dir.name}",
-            permitted=[t.domain for t in parsed.transforms],
+            permitted=[t.domain for t in policy.transforms],
         )
         pem = ca.cert_pem
         upper = upper_dir(sandbox_dir)
@@ -309,13 +318,13 @@ class EgressService:
             service=self.service_address,
         )
 
-    async def preinstall(self, slot: Slot, policy: Mapping[str, Any] | None) -> None:
+    async def preinstall(self, slot: Slot, policy: EgressPolicy | None) -> None:
         """Put a policy's rules in place for a slot no sandbox is attached to yet (a warm
         sandbox's: nothing runs in it to use them). An ``attach`` of the same policy to that slot
         then only registers the sandbox; another policy replaces them; ``detach`` removes them."""
-        parsed = EgressPolicy.from_wire(policy)
-        await self._install(slot, self._rules(slot, parsed))
-        self._installed[slot.index] = parsed
+        policy = policy or EgressPolicy()  # None: allow-all
+        await self._install(slot, self._rules(slot, policy))
+        self._installed[slot.index] = policy
 
     async def _install(self, slot: Slot, batch: str) -> None:
         # libnftables blocks for milliseconds (the kernel validates the ruleset's jumps and commits
@@ -328,7 +337,7 @@ class EgressService:
             await asyncio.to_thread(self.nft.run, batch)
 
     async def attach(self, attachment: Attachment) -> None:
-        policy = EgressPolicy.from_wire(attachment.policy)
+        policy = attachment.egress_policy
         slot = attachment.slot
         installed = self._installed.pop(slot.index, None)
         batch = self._rules(slot, policy)
@@ -423,11 +432,14 @@ class EgressService:
             except NftError as exc:
                 log.debug("egress cleanup of slot %d: %s", index, exc)
 
-    def learn(self, state: SandboxEgress, addresses: Sequence[tuple[str, int]]) -> None:
+    async def learn(self, state: SandboxEgress, addresses: Sequence[tuple[str, int]]) -> None:
         if self._by_id.get(state.sandbox_id) is not state:
             return
+        batch = egress_rules.learn(self.table, index=state.slot.index, addresses=addresses)
         try:
-            self.nft.run(egress_rules.learn(self.table, index=state.slot.index, addresses=addresses))
+            # in a thread: another thread may hold the library's lock for milliseconds (a slot's
+            # rules being installed), and the event loop must not wait on it
+            await asyncio.to_thread(self.nft.run, batch)
         except NftError:
             log.exception("could not add learned addresses for %s", state.sandbox_id)
 

@@ -26,8 +26,10 @@ class NftError(RuntimeError):
 
 
 class Nft:
-    """One libnftables context. Calls are serialised by a lock; each returns in well under a
-    millisecond, so the event loop calls them directly."""
+    """One libnftables context. Calls are serialised by a lock. A small update returns in well
+    under a millisecond, but a slot's whole batch holds the lock for milliseconds (the kernel
+    validates the ruleset and commits): call from a worker thread (``asyncio.to_thread``), so the
+    event loop never waits on the lock."""
 
     def __init__(self, library: str = "libnftables.so.1") -> None:
         try:

@@ -1,5 +1,7 @@
-"""A sandbox's egress policy, compiled once from the validated wire dict (``network_policy``), and
-the address guard every egress path shares. Pure: no I/O.
+"""A sandbox's egress policy: the request's ``network_policy`` as pydantic validates it
+(``NetworkPolicy``, the one definition the API and the store share), compiled into the
+``EgressPolicy`` the resolver, the proxy and the nftables rules use; and the address guard every
+egress path shares. Pure: no I/O.
 
 Semantics (wire-protocol section 3):
 - omitted or ``allow-all``: everything but the always-denied ranges; ``transforms`` still apply;
@@ -14,11 +16,17 @@ name itself.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["allow-all", "deny-all", "custom"]
+_DOMAIN = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I
+)
 IPv4 = ipaddress.IPv4Address
 
 # Never reachable from a sandbox, whatever its policy (the firewall's always-denied ranges plus
@@ -48,8 +56,50 @@ def domain_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+def check_domain(value: str) -> str:
+    """A domain pattern as the wire protocol allows it (``api.example.com``, ``*.example.com``)."""
+    if ":" in value or not _DOMAIN.match(value):
+        raise ValueError("must be a domain name like 'api.example.com' or '*.example.com' (no port)")
+    return value.lower()
+
+
+# the request's shape (wire-protocol section 3); the store keeps ``model_dump(exclude_unset=True)``
+class Transform(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    domain: str
+    inject_headers: dict[str, str] | None = None
+    strip_headers: list[str] | None = None
+
+    _check_domain = field_validator("domain")(classmethod(lambda cls, v: check_domain(v)))
+
+
+class NetworkPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
+    allow_domains: Annotated[list[str], Field(max_length=50)] | None = None
+    allow_cidrs: Annotated[list[str], Field(max_length=10)] | None = None
+    transforms: Annotated[list[Transform], Field(max_length=20)] | None = None
+
+    @field_validator("allow_domains")
+    @classmethod
+    def _domains(cls, values: list[str] | None) -> list[str] | None:
+        return [check_domain(v) for v in values] if values is not None else None
+
+    @field_validator("allow_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or ():
+            try:
+                ipaddress.IPv4Network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 address or CIDR") from None
+        return values
+
+
 @dataclass(frozen=True)
-class Transform:
+class TransformRule:
+    """One transform, compiled: what the proxy applies to the requests of a matching name."""
+
     domain: str
     inject: tuple[tuple[str, str], ...] = ()
     strip: frozenset[str] = frozenset()  # lower-cased header names
@@ -59,39 +109,48 @@ class Transform:
 
     def __repr__(self) -> str:  # the injected values are secrets: never in logs or reprs
         names = [k for k, _ in self.inject]
-        return f"Transform(domain={self.domain!r}, inject={names!r}, strip={sorted(self.strip)!r})"
+        return f"TransformRule(domain={self.domain!r}, inject={names!r}, strip={sorted(self.strip)!r})"
 
 
 @dataclass(frozen=True)
 class EgressPolicy:
+    """A validated policy, compiled (normalised names, parsed networks): immutable, so one object
+    serves the rules, the resolver and the proxy of a sandbox."""
+
     mode: Mode = "allow-all"
     domains: tuple[str, ...] = ()
     cidrs: tuple[ipaddress.IPv4Network, ...] = ()
-    transforms: tuple[Transform, ...] = field(default=())
+    transforms: tuple[TransformRule, ...] = field(default=())
 
     @classmethod
-    def from_wire(cls, data: Mapping[str, Any] | None) -> EgressPolicy:
-        if not data:
+    def compile(cls, policy: NetworkPolicy | None) -> EgressPolicy:
+        """The policy a request's validated ``network_policy`` means (None: allow-all)."""
+        if policy is None:
             return cls()
-        mode: Mode = data.get("mode") or "allow-all"
-        if mode == "deny-all":
+        if policy.mode == "deny-all":
             return cls(mode="deny-all")
         transforms = tuple(
-            Transform(
-                domain=normalise_name(t["domain"]),
-                inject=tuple((str(k), str(v)) for k, v in (t.get("inject_headers") or {}).items()),
-                strip=frozenset(str(h).lower() for h in (t.get("strip_headers") or ())),
+            TransformRule(
+                domain=normalise_name(t.domain),
+                inject=tuple((t.inject_headers or {}).items()),
+                strip=frozenset(h.lower() for h in t.strip_headers or ()),
             )
-            for t in data.get("transforms") or ()
+            for t in policy.transforms or ()
         )
-        if mode == "allow-all":
+        if policy.mode == "allow-all":
             return cls(mode="allow-all", transforms=transforms)
         return cls(
             mode="custom",
-            domains=tuple(normalise_name(d) for d in data.get("allow_domains") or ()),
-            cidrs=tuple(ipaddress.IPv4Network(c, strict=False) for c in data.get("allow_cidrs") or ()),
+            domains=tuple(normalise_name(d) for d in policy.allow_domains or ()),
+            cidrs=tuple(ipaddress.IPv4Network(c, strict=False) for c in policy.allow_cidrs or ()),
             transforms=transforms,
         )
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any] | None) -> EgressPolicy:
+        """A policy as the store keeps it (the request's ``network_policy``, dumped), read back
+        through the same model that validated it; None or empty: allow-all."""
+        return cls.compile(NetworkPolicy.model_validate(data) if data else None)
 
     @property
     def learns_names(self) -> bool:
@@ -106,7 +165,7 @@ class EgressPolicy:
             return False
         return any(domain_matches(p, name) for p in self.domains) or self.transform_for(name) is not None
 
-    def transform_for(self, name: str) -> Transform | None:
+    def transform_for(self, name: str) -> TransformRule | None:
         for transform in self.transforms:
             if transform.matches(name):
                 return transform

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from atoll.network import transform as http_transform
-from atoll.network.policy import AddressGuard, EgressPolicy, Transform
+from atoll.network.policy import AddressGuard, EgressPolicy, TransformRule
 from atoll.network.sniff import MAX_PEEK, Sniffed, sniff
 from atoll.network.tlsstream import TlsStream
 
@@ -59,7 +59,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
     return socket.inet_ntoa(packed), port
 
 
-def decide(sandbox: ProxiedSandbox, address: ipaddress.IPv4Address, sniffed: Sniffed) -> Transform | bool:
+def decide(sandbox: ProxiedSandbox, address: ipaddress.IPv4Address, sniffed: Sniffed) -> TransformRule | bool:
     """The transform to apply, True to pass the bytes through, or False to refuse."""
     policy = sandbox.policy
     if policy.mode == "deny-all":
@@ -148,7 +148,7 @@ class EgressProxy:
                 await connect
             sandbox.connection(allowed=False)
             return
-        if isinstance(verdict, Transform):
+        if isinstance(verdict, TransformRule):
             await self._transform(sandbox, reader, writer, connect, first, sniffed.name or "", verdict)
             return
         up_reader, up_writer = await connect
@@ -215,7 +215,7 @@ class EgressProxy:
         connect: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
         first: bytes,
         name: str,
-        rule: Transform,
+        rule: TransformRule,
     ) -> None:
         sandbox.connection(allowed=True, transformed=True)
         client = TlsStream.server(

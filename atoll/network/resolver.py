@@ -118,7 +118,7 @@ class ResolvingSandbox(Protocol):
     policy: EgressPolicy
 
     def dns_answered(self, *, allowed: bool) -> None: ...
-    def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None: ...
+    async def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None: ...
 
 
 def parse_upstream(value: str) -> tuple[str, int]:
@@ -246,7 +246,7 @@ class Resolver:
         if policy.learns_names:
             learned = self._filter_and_cap(reply)
             if learned:
-                sandbox.learn(name, learned)
+                await sandbox.learn(name, learned)
         return _to_wire(reply, request, max_size)
 
     def _filter_and_cap(self, reply: dns.message.Message) -> list[tuple[ipaddress.IPv4Address, int]]:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import h11
 
-from atoll.network.policy import Transform
+from atoll.network.policy import TransformRule
 from atoll.network.tlsstream import TlsStream
 
 REDACTED = b"[redacted by atoll]"
@@ -23,7 +23,7 @@ class UpstreamFailed(RuntimeError):
 
 
 def rewrite_request_headers(
-    headers: list[tuple[bytes, bytes]], transform: Transform
+    headers: list[tuple[bytes, bytes]], transform: TransformRule
 ) -> list[tuple[bytes, bytes]]:
     injected = [(k.lower().encode(), v.encode()) for k, v in transform.inject]
     drop = {s.encode() for s in transform.strip} | {k for k, _ in injected} | {HOP_BY_HOP_EXPECT}
@@ -61,7 +61,7 @@ async def _raw_pipe(src: TlsStream, dst: TlsStream) -> None:
 async def serve(
     client: TlsStream,
     connect_upstream: Callable[[], Awaitable[TlsStream]],
-    transform: Transform,
+    transform: TransformRule,
     *,
     on_request: Callable[[], None] | None = None,
 ) -> None:

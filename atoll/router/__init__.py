@@ -6,7 +6,6 @@ One small module per concern, composed in ``_server``:
     _names      which sandbox and port a request is for (Host or headers); public URLs
     _lookup     API key / presigned token -> org -> running sandbox -> address (cached)
     _presigned  presigned-URL tokens: minting, hashing, storage
-    _watch      sandbox state changes as events (drops cache entries)
     _proxy      one client connection: parse request heads, stream bodies, relay responses
     _framing    where each response ends in the relayed byte stream
     _upstream   the connection to the sandbox port (fast 502 when nothing listens)
@@ -19,24 +18,39 @@ One small module per concern, composed in ``_server``:
 from __future__ import annotations
 
 from atoll.router._certs import RouterCertificate, ca_path, router_certificate
-from atoll.router._lookup import Destination, Lookup, SandboxLookup
+from atoll.router._lookup import (
+    Destination,
+    Grants,
+    Lookup,
+    SandboxAddress,
+    SandboxLifecycle,
+    SandboxLookup,
+    SandboxRecord,
+    SandboxRecords,
+    ServicePort,
+)
 from atoll.router._names import Names, SandboxTarget, Target, TokenTarget, public_url
 from atoll.router._presigned import DEFAULT_EXPIRES_IN, Grant, PresignedStore
-from atoll.router._server import Router, build_router, tls_context
-from atoll.router._watch import ObservedRepository
+from atoll.router._server import Router, RouterSettings, build_router, tls_context
 
 __all__ = [
     "DEFAULT_EXPIRES_IN",
     "Destination",
     "Grant",
+    "Grants",
     "Lookup",
     "Names",
-    "ObservedRepository",
     "PresignedStore",
     "Router",
     "RouterCertificate",
+    "RouterSettings",
+    "SandboxAddress",
+    "SandboxLifecycle",
     "SandboxLookup",
+    "SandboxRecord",
+    "SandboxRecords",
     "SandboxTarget",
+    "ServicePort",
     "Target",
     "TokenTarget",
     "build_router",

@@ -21,7 +21,7 @@ from asyncio import sslproto
 from collections.abc import Callable
 from typing import cast
 
-from atoll.server.conn_guard import ConnectionGuard, Ticket, process_guard, release_on_lost
+from atoll._conn_guard import ConnectionGuard, Ticket, process_guard, release_on_lost
 
 log = logging.getLogger("atoll.router")
 

@@ -10,13 +10,66 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from atoll._exceptions import AuthenticationError, ConflictError, NotFoundError
 from atoll._states import LIVE_STATES, State
 from atoll.router._names import Target, TokenTarget
-from atoll.router._presigned import Grant, PresignedStore
-from atoll.server.manager import SandboxManager
+from atoll.router._presigned import Grant
+
+
+# What the router needs from the rest of the control plane, declared here so that the router
+# depends on these few members and not on the server's classes (the server passes its own
+# objects in; tests pass small fakes).
+class SandboxRecord(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+Row = TypeVar("Row", bound=SandboxRecord)
+Row_co = TypeVar("Row_co", bound=SandboxRecord, covariant=True)
+
+
+class SandboxRecords(Protocol[Row_co]):
+    """The store's read side: sandboxes by id (scoped to an org) and API keys."""
+
+    async def get_sandbox(self, sandbox_id: str, org_id: str | None = None) -> Row_co | None: ...
+
+    async def org_for_key(self, raw_key: str) -> str | None: ...
+
+
+class SandboxAddress(Protocol):
+    @property
+    def sandbox_ip(self) -> str: ...
+
+
+class ServicePort(Protocol):
+    @property
+    def port(self) -> int: ...
+
+
+class SandboxLifecycle(Protocol[Row]):
+    """The sandbox lifecycle as the router uses it: look up, resume a paused sandbox, and find
+    its address and the template's PORT."""
+
+    @property
+    def repo(self) -> SandboxRecords[Row]: ...
+
+    async def ensure_running(self, row: Row) -> Row:
+        """The row once running (a paused sandbox resumes); ``ConflictError`` if it cannot run,
+        ``NotFoundError`` if it is gone."""
+
+    def slot_of(self, row: Row) -> SandboxAddress | None: ...
+
+    def template_for(self, row: Row) -> ServicePort: ...
+
+
+class Grants(Protocol):
+    """Presigned-URL grants (``PresignedStore``)."""
+
+    def cached(self, token: str) -> Grant | None: ...
+
+    async def find(self, token: str) -> Grant | None: ...
 
 
 class Destination(NamedTuple):
@@ -42,9 +95,9 @@ class _Running:
     at: float
 
 
-class SandboxLookup:
+class SandboxLookup(Generic[Row]):
     def __init__(
-        self, manager: SandboxManager, presigned: PresignedStore, *, ttl: float = 2.0, key_ttl: float = 10.0
+        self, manager: SandboxLifecycle[Row], presigned: Grants, *, ttl: float = 2.0, key_ttl: float = 10.0
     ) -> None:
         self.manager = manager
         self.presigned = presigned

@@ -1,8 +1,9 @@
 """The router's listeners and lifecycle, and the one place its pieces are put together.
 
 It runs in the control plane's process and event loop (started and stopped by the API's
-lifespan), so it shares the sandbox manager: a request to a paused sandbox resumes it, and a
-state change reaches the router's cache at once."""
+lifespan), so it shares the sandbox lifecycle (passed in as a ``SandboxLifecycle``, the few
+members the router declares it needs): a request to a paused sandbox resumes it, and a state
+change reaches the router's cache at once."""
 
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from atoll.router._certs import router_certificate
 from atoll.router._listener import Sniffing
-from atoll.router._lookup import Lookup, SandboxLookup
+from atoll.router._lookup import Lookup, Row, SandboxLifecycle, SandboxLookup
 from atoll.router._names import Names
 from atoll.router._presigned import PresignedStore
 from atoll.router._proxy import ClientConnection, ProxyContext
-from atoll.router._watch import ObservedRepository
-from atoll.server.manager import SandboxManager
-from atoll.server.settings import Settings
+from atoll.store.observed import ObservedRepository
 
 log = logging.getLogger("atoll.router")
 # an address family or address this host lacks (e.g. ::1 with IPv6 disabled) is skipped
@@ -32,6 +32,25 @@ SWEEP_DELAY_S = 0.5
 BACKLOG = 1024
 FIRST_BYTE_TIMEOUT_S = 10.0  # a client that connects and says nothing is closed after this
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class RouterSettings(Protocol):
+    """The settings the router reads (``atoll.server.settings.Settings`` has them all)."""
+
+    @property
+    def sandbox_host(self) -> str: ...
+    @property
+    def presigned_domain(self) -> str | None: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+    @property
+    def router_hosts(self) -> Sequence[str]: ...
+    @property
+    def router_port(self) -> int: ...
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -157,8 +176,10 @@ class Router:
         connections.clear()
 
 
-def build_router(settings: Settings, manager: SandboxManager, repo: ObservedRepository) -> Router:
-    """The router as ``settings`` describe it, wired to the manager and the store."""
+def build_router(
+    settings: RouterSettings, manager: SandboxLifecycle[Row], repo: ObservedRepository
+) -> Router:
+    """The router as ``settings`` describe it, wired to the sandbox lifecycle and the store."""
     presigned = PresignedStore(repo.sessions)
     lookup = SandboxLookup(manager, presigned)
     hosts = [settings.sandbox_host, settings.presigned_domain or settings.sandbox_host]

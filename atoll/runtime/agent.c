@@ -57,6 +57,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define CAP_SETPCAP_NR 8 /* linux/capability.h's CAP_SETPCAP */
+
 #define RUN_DIR "/.atoll/run"
 #define SOCKET_PATH RUN_DIR "/agent.sock"
 #define MAX_REQUEST (8u << 20)
@@ -269,6 +271,15 @@ static int resolve(const char *argv0, char **env, char *path, size_t size) {
     }
 }
 
+/* 0 when `cwd` is a directory, else why not (stat's errno, or ENOTDIR); `st` is read only
+ * after a stat that succeeded */
+static int directory_error(const char *cwd) {
+    struct stat st;
+    if (stat(cwd, &st) < 0)
+        return errno;
+    return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+}
+
 /* the agent's environment with the request's KEY=VALUE overrides applied */
 static char **merged_environment(char **overrides) {
     size_t n = 0, extra = 0;
@@ -378,6 +389,8 @@ struct proc {
     size_t ring_size;
     uint64_t head, tail;          /* logical offsets of the oldest record and of the end */
     uint64_t first_seq, next_seq; /* the seq of the record at head, and of the next one */
+    uint64_t last;                /* offset of the newest record (valid while tail > head) */
+    uint64_t read_end;            /* how far any reader has ever read (records are read whole) */
 };
 static struct proc procs[MAX_PROCS];
 static pthread_mutex_t proc_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -418,9 +431,29 @@ static int unread_at_head(struct proc *p) {
     return 0;
 }
 
+/* with proc_lock held: whether output of `type` and `len` bytes may extend the newest record
+ * instead of making a new one: a reader is streaming, none has read that record yet (nor ever
+ * will have read part of it: readers take whole records, under this lock), it is of the same
+ * type, and stays within CHUNK. So a reader that keeps up gets every pipe read as its own event
+ * at once, and one that lags behind a fast writer gets fewer, bigger events: per-event costs do
+ * not cap the throughput. (Unwatched output keeps one event per pipe read, as before.) */
+static int extends_last(struct proc *p, char type, uint32_t len) {
+    if (p->readers == 0 || p->tail == p->head || p->read_end > p->last || type == 'x')
+        return 0;
+    unsigned char h[REC_HEADER];
+    uint32_t have;
+    ring_copy(p, p->last, h, REC_HEADER, 0);
+    memcpy(&have, h + 8, 4);
+    return h[12] == (unsigned char)type && (size_t)have + len <= CHUNK;
+}
+
 static void append(struct proc *p, char type, const void *data, uint32_t len) {
     size_t need = REC_HEADER + (size_t)len; /* len <= CHUNK < MIN_RING */
-    while (p->tail - p->head + need > p->ring_size) {
+    int merge = 0;
+    /* (re-decided after every wait: a reader may have read the newest record meanwhile; a
+     * merged record stays <= CHUNK, so room never requires dropping that record itself) */
+    while (need = (merge = extends_last(p, type, len)) ? len : REC_HEADER + (size_t)len,
+           p->tail - p->head + need > p->ring_size) {
         /* the reader's turn (it broadcasts as it reads), or the first reader's, still to come */
         if (p->hold && (unread_at_head(p) || !p->ever_read)) {
             if (p->hold_until_ms >= 0 && now_ms(CLOCK_MONOTONIC) >= p->hold_until_ms) {
@@ -438,11 +471,20 @@ static void append(struct proc *p, char type, const void *data, uint32_t len) {
         p->head += REC_HEADER + record_len(p, p->head);
         p->first_seq++;
     }
+    if (merge) {
+        uint32_t total = record_len(p, p->last) + len;
+        ring_copy(p, p->last + 8, &total, 4, 1);
+        ring_copy(p, p->tail, (void *)data, len, 1);
+        p->tail += len;
+        pthread_cond_broadcast(&proc_changed);
+        return;
+    }
     unsigned char h[REC_HEADER] = {0};
     uint64_t seq = p->next_seq++;
     memcpy(h, &seq, 8);
     memcpy(h + 8, &len, 4);
     h[12] = (unsigned char)type;
+    p->last = p->tail;
     ring_copy(p, p->tail, h, REC_HEADER, 1);
     ring_copy(p, p->tail + REC_HEADER, (void *)data, len, 1);
     p->tail += need;
@@ -662,14 +704,14 @@ static void start_process(int conn, char **fields, size_t n) {
     struct proc *p = NULL;
     struct pump_args *args = malloc(sizeof(*args));
     char path[4096];
-    struct stat st;
     if (argv == NULL || env == NULL || args == NULL) {
         reply(conn, "E fork: %s\n", strerror(ENOMEM));
         goto fail;
     }
     memcpy(argv, fields + 7, argc * sizeof(char *));
-    if (stat(cwd, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        reply(conn, "E chdir %s: %s\n", cwd, strerror(S_ISDIR(st.st_mode) ? errno : ENOTDIR));
+    int bad_cwd = directory_error(cwd);
+    if (bad_cwd != 0) {
+        reply(conn, "E chdir %s: %s\n", cwd, strerror(bad_cwd));
         goto fail;
     }
     int rc = resolve(argv[0], env, path, sizeof(path));
@@ -847,6 +889,8 @@ static void send_events(struct out *o, pid_t pid, uint64_t since, int follow) {
             }
             off += REC_HEADER + len;
         }
+        if (off > p->read_end) /* what was read is sealed: appends make new records after it */
+            p->read_end = off;
         if (p->hold) /* a writer waiting for room may go on */
             pthread_cond_broadcast(&proc_changed);
         pthread_mutex_unlock(&proc_lock);
@@ -1027,9 +1071,9 @@ static void handle(int conn) {
     if (env == NULL)
         goto done;
 
-    struct stat st;
-    if (stat(cwd, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        reply(conn, "E chdir %s: %s\n", cwd, strerror(S_ISDIR(st.st_mode) ? errno : ENOTDIR));
+    int bad_cwd = directory_error(cwd);
+    if (bad_cwd != 0) {
+        reply(conn, "E chdir %s: %s\n", cwd, strerror(bad_cwd));
         goto done;
     }
     out = anonymous_file();
@@ -1141,10 +1185,20 @@ int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "--") == 0)
         main_command = argv + 2;
 
-    /* Not dumpable: code in the sandbox (same uid, no CAP_SYS_PTRACE) can then neither ptrace
-       PID 1 (a stopped agent would stall every exec) nor read its memory or open its fds
-       through /proc/1. Commands it starts are dumpable again from their execve. */
-    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+    /* Code in the sandbox (same uid, no CAP_SYS_PTRACE) must neither ptrace PID 1 (a stopped
+       agent would stall every exec) nor read its memory or open its fds through /proc/1.
+       In a user namespace the agent is given CAP_SETPCAP, which nothing else in the sandbox
+       has: dropped from the bounding set here, it stays in the agent's permitted set and no
+       command it starts gets it at its execve. The kernel lets a process of the same uid trace
+       (or read /proc/1's environ, mem, fds) only if its permitted capabilities include all of
+       the target's, so that bars it while the agent stays dumpable, which CRIU needs: after a
+       restore the agent's memory belongs to the host's user namespace, and CRIU, checking
+       from inside the sandbox's, could not open a non-dumpable agent's namespaces (a restored
+       sandbox could not be checkpointed again). Otherwise: not dumpable. Commands it starts
+       are dumpable again from their execve. */
+    if (!(prctl(PR_CAPBSET_READ, CAP_SETPCAP_NR, 0, 0, 0) == 1 &&
+          prctl(PR_CAPBSET_DROP, CAP_SETPCAP_NR, 0, 0, 0) == 0) &&
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         dprintf(2, "atoll-agent: PR_SET_DUMPABLE: %s\n", strerror(errno));
 
     /* signals reach us only inside ppoll, where the loop below handles them */

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from atoll.runtime.spec import ExecSetupFailed
 
 MAX_LINE = 4096
-MAX_EVENT_BYTES = 65536  # agent.c CHUNK: one pipe read
+MAX_EVENT_BYTES = 65536  # agent.c CHUNK: one pipe read (or several, merged while unread)
+READ_BYTES = 262144  # one socket read, unpaced: a few whole events (the buffer holds at most that)
 MAX_META_BYTES = 16384  # agent.c MAX_META
 MAX_PROCESSES = 128  # agent.c MAX_PROCS
 REPLY_TIMEOUT_S = 30.0
@@ -117,7 +118,7 @@ class AgentLink:
 
     async def _fill(self) -> None:
         assert self._reader is not None and self._writer is not None
-        want = MAX_EVENT_BYTES if not self._pace else self._pace - self._unacked
+        want = READ_BYTES if not self._pace else self._pace - self._unacked
         chunk = await self._reader.read(want)
         if not chunk:
             raise ConnectionResetError("the agent closed the connection")
@@ -140,7 +141,8 @@ class AgentLink:
     async def readexactly(self, size: int) -> bytes:
         while len(self._buffer) < size:
             await self._fill()
-        data = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:size])  # one copy, not two (a bytearray slice, then bytes)
         del self._buffer[:size]
         return data
 

@@ -52,7 +52,8 @@ def group_dirs(parent: str) -> list[Path]:
 
 def children(parent: str) -> set[str]:
     names: set[str] = set()
-    for d in group_dirs(parent):
+    hybrid = [] if is_v2() else [CGROUP_ROOT / "unified" / parent.strip("/")]  # see remove_group
+    for d in [*group_dirs(parent), *hybrid]:
         if d.is_dir():
             names.update(p.name for p in d.iterdir() if p.is_dir())
     return names
@@ -83,7 +84,10 @@ def kill_group(parent: str, name: str) -> None:
 def remove_group(parent: str, name: str) -> None:
     """Kill whatever is still inside and rmdir the group in every hierarchy."""
     kill_group(parent, name)
-    for d in group_dirs(parent):
+    # a hybrid host's cgroup2 mount gets the group too (runc joins it there as well, and removes
+    # it itself only when it lives to `delete`: not when it was killed mid-create)
+    hybrid = [] if is_v2() else [CGROUP_ROOT / "unified" / parent.strip("/")]
+    for d in [*group_dirs(parent), *hybrid]:
         group = d / name
         if not group.is_dir():
             continue

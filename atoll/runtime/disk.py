@@ -11,6 +11,11 @@ instead of running ``mkfs`` per sandbox. The loop device and the mount are set u
 syscalls (``_mount_image``), not a ``mount`` process. A ``DiskPool`` keeps a few disks copied
 and mounted ahead of demand, so a create usually just renames one into place.
 
+Sparse images are over-committed: their sizes add up to more than the data filesystem holds.
+Admission (``atoll.server.disk_budget``) bounds that, and a watermark
+(``atoll.server.disk_watermark``) clamps the heaviest disk (``disk_space.clamp``: ENOSPC in its
+own disk) before the data filesystem fills and fails everyone's writes (docs/disk.md).
+
 With quotas off (``--no-disk-quota``), ``disk/`` is a plain directory bind-mounted on itself
 ``nosuid,nodev`` (so a setuid file a sandbox writes there is none for the host's users): same
 layout, no limit."""
@@ -25,7 +30,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from pathlib import Path
 from atoll._tasks import cancel_and_wait
 from atoll.runtime import overlay
 from atoll.runtime._proc import run
+from atoll.runtime.trees import remove_host_tree
 
 log = logging.getLogger("atoll.disk")
 
@@ -216,6 +221,14 @@ def _copy_sparse(source: Path, target: Path) -> None:
         os.close(src)
 
 
+def _remove(entry: Path) -> None:
+    """A pooled disk's directory, however deep (a crashed server's may hold anything)."""
+    try:
+        remove_host_tree(entry)
+    except OSError:
+        log.exception("could not remove %s", entry)
+
+
 class DiskPool:
     """Disks copied and mounted ahead of demand: a create renames a ready one into its sandbox
     directory (``take``, one syscall; the mount moves with the directory) instead of copying and
@@ -260,7 +273,7 @@ class DiskPool:
             removed.append(f"pooled disk mount {mount_point}")
         if self.directory.exists():
             for entry in self.directory.iterdir():
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove(entry)
                 removed.append(f"pooled disk {entry.name}")
         self.directory.mkdir(parents=True, exist_ok=True)
         return removed
@@ -286,7 +299,7 @@ class DiskPool:
 
     def _discard(self, entry: Path) -> None:
         detach(self._spec(entry))
-        shutil.rmtree(entry, ignore_errors=True)
+        _remove(entry)
 
     async def _refill_forever(self) -> None:
         while True:

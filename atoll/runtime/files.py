@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError
+from atoll.runtime import idmap
 from atoll.runtime.confined import Root, api_error, check_writable, chmod_fd, split
 from atoll.runtime.replace import NewVersion, new_version, write_all
 from atoll.runtime.trees import remove_tree
@@ -161,8 +162,8 @@ def info_of(root: Root, path: str, accounts: Accounts, lst: os.stat_result | Non
         size=shown.st_size,
         mode=mode_string(shown.st_mode),
         mtime=int(shown.st_mtime),
-        owner=accounts.owner(lst.st_uid),
-        group=accounts.group_name(lst.st_gid),
+        owner=accounts.owner(idmap.inside(lst.st_uid)),  # user namespaces: ids as seen inside
+        group=accounts.group_name(idmap.inside(lst.st_gid)),
         is_symlink=is_link,
         link_target=target,
     )
@@ -219,7 +220,7 @@ def set_permissions(
     fd = root.open_path(path, os.O_PATH)
     try:
         if uid != -1 or gid != -1:
-            os.chown(f"/proc/self/fd/{fd}", uid, gid)
+            os.chown(f"/proc/self/fd/{fd}", idmap.outside(uid), idmap.outside(gid))
         if new_mode is not None:
             chmod_fd(fd, new_mode)
     finally:

@@ -30,7 +30,10 @@ adapted where gVisor differs:
 - **Memory**: gVisor has no OOM killer of its own; past the memory limit the host's OOM killer
   ends the sentry, i.e. the whole sandbox (google/gvisor#2533).
 
-Checkpoint and restore are runsc's own (no CRIU). gVisor's network stack cannot save a TCP
+Checkpoint and restore are runsc's own (no CRIU). As on OCI, an image gets the completion marker
+(``oci.mark_checkpoint_complete``) only once ``runsc checkpoint`` has succeeded and every file
+of the image has been fsynced (``sync_image``): after a crash, start-up reconciliation pauses a
+sandbox on a marked image and removes any other. gVisor's network stack cannot save a TCP
 connection. Without ``--net-disconnect-ok`` a save fails on one (even in TIME_WAIT, up to 60 s
 after it closed) and leaves the connection it failed on wedged; with it, connections are
 disconnected upon save instead (runsc's own description). So a running sandbox whose processes
@@ -50,6 +53,7 @@ from typing import Any
 
 from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, reaping
 from atoll.runtime._proc import CommandFailed, run
+from atoll.runtime.oci import mark_checkpoint_complete, user_file, user_options
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
 
 PLATFORM = "systrap"
@@ -136,6 +140,8 @@ class GVisorBackend:
         )
         config = adapt_config(config, spec, own_tmp=own_tmp)
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+        # `runsc exec` runs as root unless told: terminals need the sandbox's user (``terminal_argv``)
+        user_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["user"]))
         if spec.netns_path is not None:
             await _prepare_network(spec.netns_path, spec.sandbox_dir / "network.json")
 
@@ -189,6 +195,10 @@ class GVisorBackend:
             rc, _, err = await run(argv, timeout=600, check=False)
             if rc != 0:
                 raise CheckpointFailed(_first_line(err.decode(errors="replace")))
+            # after a crash only an image with the marker is restored (reconcile.py): its
+            # files reach the disk first, then the marker, so a save cut short never has it
+            await asyncio.to_thread(sync_image, image_dir)
+            mark_checkpoint_complete(image_dir)
         except BaseException:
             if paused_here:
                 await self.resume(sandbox_id)
@@ -254,6 +264,7 @@ class GVisorBackend:
             f"{sandbox_id}_sandbox:{sandbox_id}.state",
             f"{sandbox_id}_sandbox:{sandbox_id}.lock",
             f"runsc-{sandbox_id}.sock",
+            user_file(self.state_root, sandbox_id).name,
         ):
             with contextlib.suppress(FileNotFoundError):
                 (self.state_root / leftover).unlink()
@@ -278,12 +289,15 @@ class GVisorBackend:
         return removed
 
     # terminals --------------------------------------------------------------------------
-    def terminal_argv(self, *, console_socket: Path, pid_file: Path, log_file: Path, cwd: str) -> list[str]:
+    def terminal_argv(
+        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+    ) -> list[str]:
         """``runsc exec`` options for a detached process on a new terminal (no ``--tty``: a
-        console socket implies one)."""
+        console socket implies one), as the sandbox's user (the image's USER)."""
+        identity = user_options(self.state_root, sandbox_id, gids_flag="--additional-gids", joined=True)
         return self._argv(
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
-            "--pid-file", str(pid_file), "--cwd", cwd,
+            "--pid-file", str(pid_file), "--cwd", cwd, *identity,
         )  # fmt: skip
 
 
@@ -296,6 +310,28 @@ def count_open_connections(proc_net_tcp: str, *, ignore_local: str = "") -> int:
         if len(fields) > 3 and fields[0].endswith(":") and fields[3] not in ("0A", "07"):
             count += fields[1] != ignore_local
     return count
+
+
+def sync_image(image_dir: Path) -> None:
+    """fsync every file of a checkpoint image and the directories holding them (runsc writes
+    its state file and memory pages without syncing them)."""
+    directories = [image_dir]
+    while directories:
+        directory = directories.pop()
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                directories.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                _fsync(entry.path, os.O_RDONLY)
+        _fsync(str(directory), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _first_line(stderr: str) -> str:

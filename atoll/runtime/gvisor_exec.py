@@ -16,6 +16,14 @@ starting the runsc binary), ``containerManager.PortForward``, passing one end of
 the sentry connects it to the agent's port, and the rest is the agent's protocol (``agent.py``).
 Starting a command this way costs the agent two forks and an exec, and no process on the host.
 
+The watchdog: code inside can stop PID 1 (gVisor's sentry, unlike Linux, delivers SIGSTOP to
+a pid namespace's init from inside it), and a stopped agent would stall every command of the
+sandbox for ``agent.START_TIMEOUT_S``. The host sees no agent process to look at, so an exec
+without its result after ``WAKE_AGENT_AFTER_S`` (and after twice as long each time, up to
+``WAKE_AGENT_MAX_S``: a stop during a long command) sends PID 1 SIGCONT through the control
+socket (``containerManager.Signal``, what ``runsc kill <id> CONT`` does). For a running agent
+that is a no-op, except that the agent passes SIGCONT on to the template's main process.
+
 A timeout kill is the agent's own (a request on the open connection), so it needs no new process,
 which a fork bomb would not leave room for; a fork the agent cannot make is reported, and becomes
 "try again later".
@@ -26,6 +34,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,12 +43,19 @@ from typing import Any
 from atoll.runtime import agent
 from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
 
+log = logging.getLogger("atoll.gvisor")
+
 # the agent's port on the sandbox's loopback (which a sandbox's own servers cannot use)
 AGENT_PORT = 49983
 # the agent's output comes in acknowledged chunks of this size (agent.c's `pace`): runsc's port
 # forwarding panics, ending the sandbox, when more than 16 KiB waits to be read from the sandbox
 OUTPUT_PACE = 8192
 AGENT_READY_S = 10.0  # how long a booted or restored sandbox's agent gets to start listening
+# a command without its result after this long: PID 1 may be stopped (gVisor delivers SIGSTOP to
+# it from inside), so it is sent SIGCONT (the watchdog, ``Executor.exec``)
+WAKE_AGENT_AFTER_S = 1.0
+WAKE_AGENT_MAX_S = 8.0  # and again after twice as long each time, up to this
+SIGCONT = 18
 
 
 def agent_args(main_command: Sequence[str] | None) -> list[str]:
@@ -126,11 +142,29 @@ class Executor:
             probe.close()  # the agent's handler reads EOF and exits without running anything
             return
 
+    async def wake_agent(self, sandbox_id: str) -> None:
+        """SIGCONT to the sandbox's PID 1 (the watchdog, see the module docstring)."""
+        args = {"CID": sandbox_id, "Signo": SIGCONT, "PID": 0, "Mode": 0}  # 0: that process only
+        try:
+            await call(self.control_socket(sandbox_id), "containerManager.Signal", args)
+        except (ControlError, OSError) as exc:
+            log.info("sandbox %s: continuing its agent failed: %s", sandbox_id, exc)
+
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         self.in_flight[sandbox_id] = self.in_flight.get(sandbox_id, 0) + 1
         try:
             sock = await self.connect_agent(sandbox_id)
-            result = await agent.converse(sock, request, f"sandbox {sandbox_id}", pace=OUTPUT_PACE)
+            conversation = asyncio.ensure_future(
+                agent.converse(sock, request, f"sandbox {sandbox_id}", pace=OUTPUT_PACE)
+            )
+            try:
+                wait_s = WAKE_AGENT_AFTER_S
+                while not (await asyncio.wait({conversation}, timeout=wait_s))[0]:
+                    await self.wake_agent(sandbox_id)
+                    wait_s = min(2 * wait_s, WAKE_AGENT_MAX_S)
+                result = conversation.result()
+            finally:
+                conversation.cancel()  # this call was cancelled: so is the command (a no-op when done)
         finally:
             self.in_flight[sandbox_id] -= 1
             if not self.in_flight[sandbox_id]:

@@ -12,14 +12,14 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 
-from atoll.runtime import agent, cgroups, criu, lxcfs, oci_config, overlay, reaping
+from atoll.runtime import agent, cgroups, criu, lxcfs, oci_config, overlay, reaping, userns, userns_net
 from atoll.runtime._proc import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
+from atoll.runtime.trees import remove_host_tree
 
 log = logging.getLogger("atoll.oci")
 SWEEP_LOOKS = 6  # further looks for crun's orphans after each detaching call, 0.5 s apart
@@ -27,6 +27,14 @@ SWEEP_LOOKS = 6  # further looks for crun's orphans after each detaching call, 0
 # written last, atomically, once CRIU has succeeded: after a crash only an image with it is
 # restored (a dump cut short leaves files but never this one)
 CHECKPOINT_COMPLETE = "atoll-complete"
+
+
+async def _remove_work_dir(work: Path) -> None:
+    """CRIU's work directory, off the event loop, without recursion (``atoll.runtime.trees``)."""
+    try:
+        await asyncio.to_thread(remove_host_tree, work)
+    except OSError:
+        log.exception("removing %s failed", work)
 
 
 def checkpoint_complete(image_dir: Path) -> bool:
@@ -50,6 +58,27 @@ def mark_checkpoint_complete(image_dir: Path) -> None:
         os.close(fd)
 
 
+def user_file(state_root: Path, sandbox_id: str) -> Path:
+    """The sandbox's process user (``oci_config.process_user``), for the runtime's own ``exec``:
+    crun's and runsc's run as root unless told otherwise."""
+    return state_root / f"{sandbox_id}.user.json"
+
+
+def user_options(state_root: Path, sandbox_id: str, *, gids_flag: str | None, joined: bool) -> list[str]:
+    """``--user UID:GID`` (and the supplementary groups through ``gids_flag``, one flag per gid
+    or, ``joined``, all in one) for an ``exec`` in the sandbox; none for a sandbox booted before
+    its user was recorded (it runs as root, as it always did)."""
+    try:
+        user = json.loads(user_file(state_root, sandbox_id).read_text())
+        options = ["--user", f"{int(user['uid'])}:{int(user['gid'])}"]
+        groups = [str(int(gid)) for gid in user.get("additionalGids", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if gids_flag and groups:
+        options += [gids_flag, ",".join(groups)] if joined else [a for g in groups for a in (gids_flag, g)]
+    return options
+
+
 class OCIBackend:
     def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
         self.name = Path(binary).name
@@ -64,12 +93,41 @@ class OCIBackend:
         self._init_pids: dict[str, int] = {}  # sandbox id -> host pid of its PID 1 (the agent)
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_wanted = False
+        self.userns: userns.Ranges | None = None  # set by use_userns (settings.userns)
+
+    def use_userns(self, ranges: userns.Ranges) -> None:
+        """Run every sandbox booted from now on in a user namespace of its own."""
+        self.userns = ranges
+        ranges.sweep(lambda owner, s: bool(cgroups.pids_in_group(owner, s)))
+
+    @property
+    def _instance(self) -> str:
+        return self.state_root.parent.name  # <run dir>/<runtime>: the run dir is per instance
+
+    def _id_range(self, sandbox_id: str) -> userns.IdRange | None:
+        if self.userns is None:
+            return None
+        return self.userns.claim(sandbox_id, lambda owner, s: bool(cgroups.pids_in_group(owner, s)))
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
 
     def _prepare_bundle(self, spec: SandboxSpec) -> None:
-        overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        id_range = self._id_range(spec.sandbox_id)
+        if id_range is None:
+            overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
+        else:
+            overlay.mount_overlay_idmapped(
+                spec.lower_dirs,
+                spec.upper_dir,
+                spec.work_dir,
+                spec.rootfs,
+                base=id_range.base,
+                size=id_range.size,
+            )
+            for bind in spec.binds:  # the generated /etc files: the sandbox's root may edit them
+                if not bind.read_only:
+                    os.chown(bind.source, id_range.base, id_range.base)
         config = oci_config.build(
             spec,
             cgroups_path=f"/{self.cgroup_parent}/{spec.sandbox_id}",
@@ -77,7 +135,26 @@ class OCIBackend:
             # the server's LXCFS (lxcfs.py) lives beside the runtimes' state dirs
             proc_binds=lxcfs.binds(self.state_root.parent),
         )
+        if id_range is not None:
+            hook = None
+            if spec.netns_path is not None:
+                hook = userns_net.network_hook(spec.netns_path, self._net_file(spec.sandbox_id))
+            rootfs = userns.show_root(spec.rootfs, self._instance, spec.sandbox_id, id_range)
+            userns.expose_bind_sources(config["mounts"], self._instance, spec.sandbox_id)
+            oci_config.apply_userns(
+                config,
+                id_range.mappings(),
+                hook,
+                rootfs=rootfs,
+            )
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
+        user_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["user"]))
+
+    def _user_options(self, sandbox_id: str) -> list[str]:
+        # crun's exec has no option for supplementary groups: it sets none (terminals and the
+        # fallback exec there get the primary group only)
+        flag = "--additional-gids" if self.name == "runc" else None
+        return user_options(self.state_root, sandbox_id, gids_flag=flag, joined=False)
 
     async def boot(self, spec: SandboxSpec) -> None:
         try:
@@ -159,12 +236,22 @@ class OCIBackend:
         if leave_running:
             argv.append("--leave-running")
         members = [] if leave_running else cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
+        # user namespaces: the pool's interface leaves the sandbox's network namespace for the
+        # dump (CRIU cannot save a veth whose peer is outside) and comes back if it runs on;
+        # on restore the prestart hook moves it in again (userns_net.network_hook)
+        netns_fd = await self._hold_netns(sandbox_id)
+        init_pid = await self._init_pid(sandbox_id)
+        await self._return_network(sandbox_id, netns_fd, ended=True, close=False)
         try:
             await run([*argv, sandbox_id], timeout=600)
         except CommandFailed as exc:
             raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            await _remove_work_dir(work)
+            if netns_fd is not None:
+                os.close(netns_fd)
+                if init_pid is not None and cgroups.pids_in_group(self.cgroup_parent, sandbox_id):
+                    await asyncio.to_thread(userns_net.move_network_in, self._net_file(sandbox_id), init_pid)
         mark_checkpoint_complete(image_dir)
         # CRIU ended the processes: the init, orphaned to us by `run --detach`, is ours to reap
         await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
@@ -172,9 +259,14 @@ class OCIBackend:
     async def restore(self, spec: SandboxSpec, image_dir: Path) -> None:
         """Start the sandbox from a checkpoint image (its own, or a snapshot's for a fork)."""
         work = spec.sandbox_dir / "restore.work"
+        view = spec.sandbox_dir / "restore.image"  # user namespaces: userns.image_for_range
         self._init_pids.pop(spec.sandbox_id, None)
         try:
             self._prepare_bundle(spec)
+            if (id_range := self.userns.of(spec.sandbox_id) if self.userns else None) is not None:
+                image_dir = userns.image_for_range(image_dir, view, id_range)
+                config = json.loads((spec.sandbox_dir / "config.json").read_text())
+                userns.make_mount_points(spec.rootfs, config["mounts"], id_range)
             log = spec.sandbox_dir / "runtime.log"
             argv = self._argv("--log", str(log), "restore", "--detach", "--image-path", str(image_dir))
             argv += ["--work-path", str(work), "--tcp-established", "--file-locks"]
@@ -189,7 +281,8 @@ class OCIBackend:
             await self.halt(spec)
             raise
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            await _remove_work_dir(work)
+            await _remove_work_dir(view)
 
     async def exec(self, sandbox_id: str, request: ExecRequest) -> ExecResult:
         init_pid = await self._init_pid(sandbox_id)
@@ -199,7 +292,14 @@ class OCIBackend:
             return result
         pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"
         argv = self._argv(
-            "exec", "--detach", "--no-new-privs", "--pid-file", str(pid_file), "--cwd", request.cwd
+            "exec",
+            "--detach",
+            "--no-new-privs",
+            "--pid-file",
+            str(pid_file),
+            "--cwd",
+            request.cwd,
+            *self._user_options(sandbox_id),
         )
         for key, value in request.env.items():
             argv += ["--env", f"{key}={value}"]
@@ -245,9 +345,12 @@ class OCIBackend:
             (spec.sandbox_dir / "config.json").unlink()
 
     async def halt_by_id(self, sandbox_id: str) -> None:
+        netns_fd = await self._hold_netns(sandbox_id)
         self._init_pids.pop(sandbox_id, None)
         with contextlib.suppress(FileNotFoundError):
             self._init_pid_file(sandbox_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            user_file(self.state_root, sandbox_id).unlink()
         # Kill through the cgroup first: it works on frozen sandboxes too, and `runc delete
         # --force` on a live container spends seconds freezing and polling.
         members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
@@ -255,7 +358,47 @@ class OCIBackend:
         # the init was orphaned by `run --detach` and is ours to reap (see reaping.py)
         await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
         await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
+        # a runtime killed mid-create leaves its state dir without the state file, which delete
+        # does not know: it would stay, and keep lxcfs running (lxcfs.stop_if_unused)
+        with contextlib.suppress(OSError):
+            remove_host_tree(self.state_root / sandbox_id)
         cgroups.remove_group(self.cgroup_parent, sandbox_id)
+        await self._return_network(sandbox_id, netns_fd, ended=True)
+        if self.userns is not None:
+            userns.hide_root(self._instance, sandbox_id)
+            self.userns.release(sandbox_id)
+            with contextlib.suppress(FileNotFoundError):
+                self._net_file(sandbox_id).unlink()
+
+    def _net_file(self, sandbox_id: str) -> Path:
+        """What ``userns_net.network_hook`` moved into the sandbox (for ``userns_net.return_network``)."""
+        return self.state_root / f"{sandbox_id}.net.json"
+
+    async def _hold_netns(self, sandbox_id: str) -> int | None:
+        """A descriptor keeping a user-namespaced sandbox's network namespace (with the pool's
+        interface in it) alive after its processes end, so that the interface can go back."""
+        if self.userns is None or not self._net_file(sandbox_id).exists():
+            return None
+        pid = await self._init_pid(sandbox_id)
+        if pid is None:
+            return None
+        try:
+            return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    async def _return_network(
+        self, sandbox_id: str, netns_fd: int | None, *, ended: bool, close: bool = True
+    ) -> None:
+        if netns_fd is None:
+            return
+        try:
+            if ended:
+                netns = Path(f"/proc/{os.getpid()}/fd/{netns_fd}")
+                await asyncio.to_thread(userns_net.return_network, self._net_file(sandbox_id), netns)
+        finally:
+            if close:
+                os.close(netns_fd)
 
     async def running_ids(self) -> set[str]:
         rc, out, _ = await run(self._argv("list", "--quiet"), timeout=30, check=False)
@@ -269,3 +412,13 @@ class OCIBackend:
             cgroups.remove_group(self.cgroup_parent, name)
             removed.append(name)
         return removed
+
+    # terminals --------------------------------------------------------------------------
+    def terminal_argv(
+        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+    ) -> list[str]:
+        """``exec`` options for a detached process on a new terminal, as the sandbox's user."""
+        return self._argv(
+            "--log", str(log_file), "exec", "--detach", "--tty", "--console-socket", str(console_socket),
+            "--pid-file", str(pid_file), "--no-new-privs", "--cwd", cwd, *self._user_options(sandbox_id),
+        )  # fmt: skip

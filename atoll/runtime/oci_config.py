@@ -46,6 +46,18 @@ def env_list(env: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
+def process_user(spec: SandboxSpec) -> dict[str, Any]:
+    """PID 1's user (the image's USER): the agent, and so every command and main process."""
+    user: dict[str, Any] = {"uid": spec.uid, "gid": spec.gid}
+    if spec.groups:
+        user["additionalGids"] = list(spec.groups)
+    return user
+
+
+def _owner(spec: SandboxSpec) -> list[str]:
+    return [f"uid={spec.uid}", f"gid={spec.gid}"] if spec.uid or spec.gid else []
+
+
 def _mounts(spec: SandboxSpec, proc_binds: list[tuple[Path, str]]) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -85,7 +97,8 @@ def _mounts(spec: SandboxSpec, proc_binds: list[tuple[Path, str]]) -> list[dict[
             "destination": f"{HELPER_DIR}/run",
             "type": "tmpfs",
             "source": "tmpfs",
-            "options": ["nosuid", "nodev", "noexec", "mode=700", "size=262144k"],
+            # the agent's socket and spools: its own, whoever it runs as (the image's USER)
+            "options": ["nosuid", "nodev", "noexec", "mode=700", "size=262144k", *_owner(spec)],
         },
     ]
     for source, destination in proc_binds:  # e.g. LXCFS's meminfo over /proc/meminfo (lxcfs.py)
@@ -121,7 +134,7 @@ def build(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": 0, "gid": 0},
+            "user": process_user(spec),
             "args": args,
             "env": env_list(spec.env),
             "cwd": spec.workdir,
@@ -156,3 +169,41 @@ def build(
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+
+
+POOL_NETNS_ANNOTATION = "org.atoll.pool-netns"
+
+
+def apply_userns(
+    config: dict[str, Any],
+    mappings: list[dict[str, int]],
+    prestart_hook: dict[str, Any] | None,
+    *,
+    rootfs: Path,
+) -> dict[str, Any]:
+    """``config`` in a user namespace of its own (see ``atoll.runtime.userns``).
+
+    Its network namespace is then made by the runtime, inside the user namespace: one made
+    outside (the network pool's) would be owned by the host's, and from inside it neither sysfs
+    can be mounted nor ``<runtime> exec`` join it. ``prestart_hook`` moves the pool's interface
+    into it before anything runs (and again on restore, see ``userns_net.network_hook``)."""
+    config["root"]["path"] = str(rootfs)  # userns.show_root
+    linux = config["linux"]
+    pool_netns = [ns["path"] for ns in linux["namespaces"] if ns["type"] == "network" and "path" in ns]
+    if pool_netns:  # where the interface comes from, for people and tools reading the config
+        config.setdefault("annotations", {})[POOL_NETNS_ANNOTATION] = pool_netns[0]
+    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    linux["namespaces"] += [{"type": "network"}, {"type": "user"}]
+    linux["uidMappings"] = mappings
+    linux["gidMappings"] = mappings
+    # the range is read in the user namespace that owns the network namespace: the sandbox's
+    size = mappings[0]["size"]
+    linux.setdefault("sysctl", {})["net.ipv4.ping_group_range"] = f"0 {size - 1}"
+    if prestart_hook is not None:
+        config.setdefault("hooks", {}).setdefault("prestart", []).append(prestart_hook)
+    # the agent's alone (agent.c drops it from the bounding set at start): what keeps it
+    # untraceable from inside while it stays dumpable for CRIU (see agent.c's main)
+    caps = config["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        caps[kind] = [*caps[kind], "CAP_SETPCAP"]
+    return config

@@ -61,8 +61,8 @@ async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
     try_reap(pid)
 
 
-def _zombie_children(names: frozenset[str]) -> set[tuple[int, str]]:
-    """(pid, start time) of our zombie children whose command name is in ``names``."""
+def _zombie_children(names: frozenset[str] | None) -> set[tuple[int, str]]:
+    """(pid, start time) of our zombie children whose command name is in ``names`` (None: all)."""
     found = set()
     for task in os.scandir("/proc/self/task"):
         try:
@@ -78,7 +78,7 @@ def _zombie_children(names: frozenset[str]) -> set[tuple[int, str]]:
                 continue
             comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
             fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] == b"Z" and comm in names:
+            if fields[0] == b"Z" and (names is None or comm in names):
                 found.add((int(pid), fields[19].decode()))
     return found
 
@@ -94,3 +94,20 @@ async def reap_orphaned_zombies(names: frozenset[str], settle: float = 1.0) -> N
     await asyncio.sleep(settle)
     for pid, _ in first & _zombie_children(names):
         try_reap(pid)
+
+
+class ZombieSweep:
+    """Reaps, once per reap cycle, every zombie child seen in the cycle before too: orphans that a
+    runtime killed mid-way left to us (``runc``, ``runc:[2:INIT]``, a sandbox's agent whose
+    ``runc`` died before handing it over), whose pids nobody else knows. A child the server waits
+    for itself is reaped by its waiter on the event loop within milliseconds of its exit, long
+    before the next cycle, which runs on the same loop (issue 15: no zombie outlives a cycle)."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[int, str]] = set()
+
+    def sweep(self) -> list[int]:
+        now = _zombie_children(None)
+        reaped = [pid for pid, _ in now & self._seen if try_reap(pid)]
+        self._seen = {(pid, start) for pid, start in now if pid not in reaped}
+        return reaped

@@ -40,6 +40,11 @@ class SandboxSpec:
     # the command the init process supervises; None means "just keep the sandbox alive"
     main_command: tuple[str, ...] | None = None
     workdir: str = "/"
+    # who the sandbox's processes run as (the image's USER; ``templates.oci``): its PID 1, and
+    # so every command, terminal and main process, which inherit it
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
 
     @property
     def upper_dir(self) -> Path:

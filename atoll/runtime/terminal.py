@@ -44,7 +44,9 @@ _reapers: set[asyncio.Task[None]] = set()
 class ExecCommand(Protocol):
     """A runtime's ``exec`` argv (up to the environment options) for a detached terminal."""
 
-    def __call__(self, *, console_socket: Path, pid_file: Path, log_file: Path, cwd: str) -> list[str]: ...
+    def __call__(
+        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+    ) -> list[str]: ...
 
 
 class TerminalStartFailed(RuntimeError):
@@ -199,7 +201,9 @@ async def open_terminal(
         server.listen(1)
         server.setblocking(False)
         if exec_command is not None:
-            command = exec_command(console_socket=sock_path, pid_file=pid_file, log_file=log_file, cwd=cwd)
+            command = exec_command(
+                sandbox_id=sandbox_id, console_socket=sock_path, pid_file=pid_file, log_file=log_file, cwd=cwd
+            )
         else:
             command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
             command += ["--console-socket", str(sock_path), "--pid-file", str(pid_file)]

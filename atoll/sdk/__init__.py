@@ -42,6 +42,7 @@ from atoll.sdk._interpreter import (
     StreamEvent,
 )
 from atoll.sdk._lsp import LspError, LspResponse
+from atoll.sdk._observe_models import MetricsSample, WatchEvent
 from atoll.sdk._process_models import ProcessEvent, ProcessInfo
 from atoll.sdk._pty import PtySession
 from atoll.sdk._pty_connection import AsyncPtyConnection, PtyConnection
@@ -130,6 +131,7 @@ __all__ = [
     "Lsp",
     "LspError",
     "LspResponse",
+    "MetricsSample",
     "NetworkPolicyDict",
     "OutputItem",
     "PointerPosition",
@@ -166,4 +168,5 @@ __all__ = [
     "TransformRuleDict",
     "Transport",
     "TreeEntry",
+    "WatchEvent",
 ]

@@ -141,6 +141,8 @@ class SandboxData:
     created_at: str = ""
     network_policy: NetworkPolicyDict | None = None
     mounts: list[dict[str, Any]] | None = None
+    # why a sandbox is ``failed`` (or fell back after a timed-out transition); None otherwise
+    state_reason: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxData:
@@ -156,6 +158,7 @@ class SandboxData:
             created_at=_str(data, "created_at"),
             network_policy=_network_policy(data),
             mounts=_mounts(data),
+            state_reason=_opt_str(data, "state_reason"),
         )
 
 
@@ -173,6 +176,7 @@ class SandboxStatus:
     auto_pause: bool = False
     created_at: str = ""
     mounts: list[dict[str, Any]] | None = None
+    state_reason: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxStatus:
@@ -187,6 +191,7 @@ class SandboxStatus:
             auto_pause=_bool(data, "auto_pause"),
             created_at=_str(data, "created_at"),
             mounts=_mounts(data),
+            state_reason=_opt_str(data, "state_reason"),
         )
 
 
@@ -202,6 +207,7 @@ class SandboxListItem:
     state_change_time: str | None = None
     timeout_at: int | None = None
     created_at: str = ""
+    state_reason: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxListItem:
@@ -214,6 +220,7 @@ class SandboxListItem:
             state_change_time=_opt_str(data, "state_change_time"),
             timeout_at=_opt_int(data, "timeout_at"),
             created_at=_str(data, "created_at"),
+            state_reason=_opt_str(data, "state_reason"),
         )
 
 
@@ -258,7 +265,8 @@ class Snapshot:
     memory: int = 0
     disk: int = 0
     state: str | None = None
-    size_bytes: int = 0
+    size_bytes: int = 0  # blocks the copy uses on the host, not the sum of file sizes
+    inodes: int = 0
     source_sandbox_id: str | None = None
     network_policy: NetworkPolicyDict | None = None
     created_at: str = ""
@@ -277,6 +285,7 @@ class Snapshot:
             disk=_int(data, "disk"),
             state=_opt_str(data, "state"),
             size_bytes=_int(data, "size_bytes"),
+            inodes=_int(data, "inodes"),
             source_sandbox_id=_opt_str(data, "source_sandbox_id"),
             network_policy=_network_policy(data),
             created_at=_str(data, "created_at"),

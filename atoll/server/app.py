@@ -23,17 +23,20 @@ from atoll.network import firewall
 from atoll.network.addressing import AddressPlan
 from atoll.network.egress import EgressConfig, EgressService
 from atoll.network.pool import NetworkPool
-from atoll.router import ObservedRepository, build_router
+from atoll.router import build_router
 from atoll.runtime import helpers, hostlimits, lxcfs, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
 from atoll.runtime.disk import DiskPool
 from atoll.server import errors
 from atoll.server.activity import Activity, ActivityMiddleware
+from atoll.server.disk_budget import DiskBudget
+from atoll.server.disk_watermark import DiskWatermark
 from atoll.server.host_cleanup import clean_host_if_unused
 from atoll.server.limits import BodyLimitMiddleware
 from atoll.server.lsp import LspService
 from atoll.server.manager import SandboxManager
+from atoll.server.metrics import LatencyMiddleware, MetricsService, StateCounter
 from atoll.server.pty import PtyManager
 from atoll.server.ratelimit import RateLimitMiddleware
 from atoll.server.reconcile import reconcile
@@ -43,8 +46,10 @@ from atoll.server.routes import (
     health,
     lsp,
     network,
+    observe,
     presigned,
     process,
+    process_ws,
     pty,
     sandboxes,
     snapshots,
@@ -58,6 +63,7 @@ from atoll.server.warm import WarmPool
 from atoll.ssh import routes as ssh_routes
 from atoll.ssh.gateway import start_gateway as start_ssh_gateway
 from atoll.store import db
+from atoll.store.observed import ObservedRepository
 from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.catalog import TemplateCatalog
 from atoll.templates.registry import TemplateRegistry
@@ -81,6 +87,16 @@ def load_backend(settings: Settings, name: str | None = None) -> RuntimeBackend:
     backend: RuntimeBackend = cls(
         binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
     )
+    if settings.userns and name in ("crun", "runc"):  # gVisor maps ids in its own kernel (docs/security.md)
+        from atoll.runtime import userns
+
+        ranges = userns.Ranges(
+            userns.CLAIMS_DIR,
+            base=settings.userns_base,
+            count=settings.userns_ranges,
+            owner=settings.cgroup_parent,
+        )
+        backend.use_userns(ranges)  # type: ignore[attr-defined]
     log.info("runtime %s (checkpoint %s)", name, "available" if backend.can_checkpoint else "unavailable")
     return backend
 
@@ -163,6 +179,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(ServerError):
                 manager.backend_named(name)
     manager.egress = egress
+    manager.disk_budget = DiskBudget(
+        settings.data_dir,
+        (settings.sandboxes_dir, settings.disk_pool_dir),
+        ratio=settings.disk_overcommit_ratio,
+        reserve_mib=settings.disk_reserve_mib,
+    )
+    app.state.disk_watermark = disk_watermark = DiskWatermark(manager.disk_budget)
     app.state.egress = egress
     snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
     report = await reconcile(manager)
@@ -187,11 +210,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await app.state.templates.recover()
     app.state.snapshots = snapshots_service
+    app.state.metrics = metrics = MetricsService(manager, interval_s=settings.metrics_interval_s)
+    metrics.start()
+    repo.subscribe(StateCounter(manager))
     app.state.reconcile_report = report
     router = build_router(settings, manager, repo)
     await router.start()
     app.state.presigned = router.presigned
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
+    watermark = asyncio.create_task(disk_watermark.run_forever())
     manager.warm = warm = WarmPool(
         manager, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
     )
@@ -206,6 +233,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await cancel_and_wait(reaper)
+        await metrics.close()
+        await cancel_and_wait(watermark)
         if builds is not None:
             await builds.close()
         # in order, and each step even when an earlier one failed: a half shutdown leaks
@@ -241,9 +270,11 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
     app.add_middleware(ActivityMiddleware, activity=activity)
+    app.add_middleware(LatencyMiddleware)  # API latency histograms (atoll.server.metrics)
     app.add_middleware(BodyLimitMiddleware)  # outermost: a refused body reaches nothing else
     routes = (sandboxes, process, snapshots, presigned, filesystem, pty, templates, network, git, lsp, health)
-    for module in routes:
+    # spec/processes.md: filesystem/watch and metrics (observe), process WebSocket (process_ws)
+    for module in (*routes, observe, process_ws):
         app.include_router(module.router)
     dashboard.install(app)  # the web dashboard at / (atoll/dashboard)
     app.include_router(ssh_routes.router)

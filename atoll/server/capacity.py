@@ -80,10 +80,6 @@ class Capacity:
         finally:
             del self._reserved[sandbox_id]
 
-    def booting(self, org_id: str) -> int:
-        """Brand-new sandboxes of ``org_id`` booting, not recorded yet (they count toward its limit)."""
-        return sum(1 for org, _, _ in self._reserved.values() if org == org_id)
-
     async def report(self) -> dict[str, int]:
         used_vcpu, used_memory = await self.repo.resource_usage()
         used_vcpu += sum(v for _, v, _ in self._reserved.values())

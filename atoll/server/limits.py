@@ -18,7 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from atoll.server.conn_guard import Ticket, process_guard, release_on_lost
+from atoll._conn_guard import Ticket, process_guard, release_on_lost
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -9,25 +9,25 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from atoll._exceptions import (
+    APIError,
     BadRequestError,
     CapacityError,
     ConflictError,
     NotFoundError,
-    RateLimitError,
     ServerError,
 )
 from atoll._states import TRANSIENT_STATES, Event, InvalidTransition, State, next_state
 from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressService
+from atoll.network.policy import EgressPolicy
 from atoll.network.pool import NetworkPool
-from atoll.runtime import disk, overlay
+from atoll.runtime import disk, overlay, reaping
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import (
     BindMount,
@@ -39,8 +39,10 @@ from atoll.runtime.spec import (
     etc_dir,
 )
 from atoll.runtime.trees import remove_host_tree
-from atoll.server import readiness
+from atoll.server import readiness, transitions
 from atoll.server.capacity import Budget, Capacity
+from atoll.server.disk_budget import DiskBudget
+from atoll.server.quota import OrgQuota
 from atoll.server.settings import Settings
 from atoll.server.warm import WarmPool, WarmSandbox
 from atoll.store.models import SandboxRow, utcnow
@@ -48,6 +50,7 @@ from atoll.store.repo import Repository
 from atoll.templates.registry import Template, TemplateRegistry
 
 log = logging.getLogger("atoll.manager")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,7 @@ def new_sandbox_id() -> str:
 
 class SandboxManager:
     egress: EgressService | None = None  # set by the app: egress policy hooks (atoll.network.egress)
+    disk_budget: DiskBudget | None = None  # set by the app: room on the data filesystem (disk_budget)
 
     def __init__(
         self,
@@ -78,8 +82,13 @@ class SandboxManager:
         pool: NetworkPool,
         templates: TemplateRegistry,
         load_backend: Callable[[str], RuntimeBackend] | None = None,
+        attach_disk: Callable[[disk.DiskSpec], Awaitable[None]] = disk.attach,
+        detach_disk: Callable[[disk.DiskSpec], None] = disk.detach,
     ) -> None:
         self.settings = settings
+        # mounting a sandbox's disk needs root: tests of the lifecycle alone pass their own
+        self._disk_attach = attach_disk
+        self._disk_detach = detach_disk
         self.repo = repo
         self.backend = backend  # the server's default; a template may name another (backend_for)
         self.backends: dict[str, RuntimeBackend] = {backend.name: backend}
@@ -92,7 +101,9 @@ class SandboxManager:
                 cpu_overcommit=settings.cpu_overcommit, memory_overcommit=settings.memory_overcommit
             ),
         )
+        self.quota = OrgQuota(repo, settings.max_sandboxes_per_org)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._zombies = reaping.ZombieSweep()  # run by expire_due, once per reap cycle
         self.warm: WarmPool | None = None  # set by the app when warm pools are enabled
         self.disks: disk.DiskPool | None = None  # set by the app: disks mounted ahead of demand
         # called with a sandbox id before its processes go away (PTY sessions end with it)
@@ -118,12 +129,23 @@ class SandboxManager:
         async with lock:
             yield
 
-    async def move(self, row: SandboxRow, event: Event, **values: Any) -> SandboxRow:
+    async def move(
+        self, row: SandboxRow, event: Event, *, reason: str | None = None, **values: Any
+    ) -> SandboxRow:
+        """``reason`` says why, when no request asked for the new state (a move without one
+        clears the last one)."""
         try:
             state = next_state(State(row.state), event)
         except InvalidTransition as exc:
             raise ConflictError(str(exc)) from None
-        return await self.repo.update_sandbox(row.id, state=state, **values)
+        return await self.repo.update_sandbox(
+            row.id, state=state, state_reason=reason[:500] if reason else None, **values
+        )
+
+    async def bounded(self, what: str, work: Awaitable[T], *, timeout_s: float | None = None) -> T:
+        """A transition's work under ``transition_timeout_s`` (``atoll.server.transitions``)."""
+        limit_s = self.settings.transition_timeout_s if timeout_s is None else timeout_s
+        return await transitions.bounded(what, work, timeout_s=limit_s)
 
     def backend_named(self, name: str) -> RuntimeBackend:
         """The backend called ``name`` ("" means the server's default), loaded on first use."""
@@ -174,6 +196,9 @@ class SandboxManager:
             ),
             main_command=tuple(template.cmd) or None,
             workdir=template.workdir,
+            uid=template.uid,
+            gid=template.gid,
+            groups=tuple(template.groups),
         )
 
     def snapshot_layers(self, snapshot_id: str | None) -> tuple[Path, ...]:
@@ -209,7 +234,7 @@ class SandboxManager:
             (etc / "resolv.conf").write_text(self.egress.resolv_conf(slot))
             template = self.templates.by_id(row.template_id) or self.templates.get(row.template_name)
             rootfs = template.rootfs if template else None
-            self.egress.prepare(row.network_policy, self.sandbox_dir(row.id), rootfs)
+            self.egress.prepare(EgressPolicy.from_wire(row.network_policy), self.sandbox_dir(row.id), rootfs)
 
     def slot_of(self, row: SandboxRow) -> Slot | None:
         return self.pool.plan.slot(row.net_slot) if row.net_slot else None
@@ -218,7 +243,7 @@ class SandboxManager:
         """The sandbox's disk: a pooled one moved into place when one is ready, else made now."""
         spec = self.disk_of(row)
         if self.disks is None or not self.disks.take(spec):
-            await disk.attach(spec)
+            await self._disk_attach(spec)
 
     async def _boot(self, row: SandboxRow, template: Template, image: Path | None = None) -> dict[str, Any]:
         """Network + root + PID 1 for a sandbox about to be ``running`` (from a checkpoint
@@ -269,7 +294,9 @@ class SandboxManager:
         the values the caller records with its next write."""
         row.net_slot = slot.index
         recorded: dict[str, Any] = {"net_slot": slot.index}
-        if self.egress is not None and (ca_env := self.egress.sandbox_env(row.network_policy)):
+        if self.egress is not None and (
+            ca_env := self.egress.sandbox_env(EgressPolicy.from_wire(row.network_policy))
+        ):
             if any(k not in row.env_vars for k in ca_env):  # the caller's own values win
                 row.env_vars = recorded["env_vars"] = {**ca_env, **row.env_vars}
         self.write_etc(row, slot)
@@ -279,7 +306,7 @@ class SandboxManager:
         return Attachment(
             sandbox_id=row.id,
             org_id=row.org_id,
-            policy=row.network_policy,
+            policy=EgressPolicy.from_wire(row.network_policy),
             slot=slot,
             sandbox_dir=self.sandbox_dir(row.id),
         )
@@ -306,7 +333,7 @@ class SandboxManager:
         else:  # its template vanished from disk: no spec to halt with, but nothing may stay
             await self.backend_for(row).halt_by_id(row.id)
             overlay.unmount(self.sandbox_dir(row.id) / "rootfs")
-        disk.detach(self.disk_of(row))
+        self._disk_detach(self.disk_of(row))
         if slot is not None:
             if self.egress is not None:
                 await self.egress.detach(row.id, slot)
@@ -327,10 +354,6 @@ class SandboxManager:
                 "invalid sandbox parameters",
                 errors=[{"field": "template_name", "error": f"template {params.template_name!r} not found"}],
             )
-        limit = self.settings.max_sandboxes_per_org
-        active = await self.repo.count_active(org_id) if limit is not None else 0
-        if limit is not None and active + self.capacity.booting(org_id) >= limit:
-            raise ConflictError(f"organisation limit reached: at most {limit} sandboxes")
         row = SandboxRow(
             id=new_sandbox_id(),
             org_id=org_id,
@@ -346,11 +369,15 @@ class SandboxManager:
             env_vars=dict(params.env_vars),
             network_policy=params.network_policy,
         )
-        if self.warm is not None and (
-            warm := self.warm.take(template, params.network_policy, params.env_vars)
-        ):
-            return await self._claim(row, warm)
-        return await self.boot_new(row, template)
+        async with self.quota.claim(org_id, row.id) as claim:  # until its record counts
+            if self.warm is not None and self.disk_budget is not None:  # a warm disk exists; may it grow?
+                await self.disk_budget.check_start()
+            if self.warm is not None and (
+                warm := self.warm.take(template, params.network_policy, params.env_vars)
+            ):
+                claim.sandbox_id = warm.sandbox_id
+                return await self._claim(row, warm)
+            return await self.boot_new(row, template)
 
     async def _claim(self, row: SandboxRow, warm: WarmSandbox) -> SandboxRow:
         """Turn a warm sandbox into this request's sandbox (see ``atoll.server.warm``): its
@@ -387,17 +414,22 @@ class SandboxManager:
         is reserved meanwhile, and nobody knows its id yet). One that fails to start is removed
         at once, and leaves nothing, not even a record. A crash mid-boot leaves host resources
         no record names: the start-up reconciliation removes them."""
-        async with self.capacity.reserve(row.id, row.org_id, row.vcpu, row.memory), self._lock(row.id):
+        room = self.disk_budget.reserve(row.disk) if self.disk_budget else contextlib.nullcontext()
+        async with room, self.capacity.reserve(row.id, row.org_id, row.vcpu, row.memory), self._lock(row.id):
             try:
-                for name, value in (await self._boot(row, template, image)).items():
+                booted = await self.bounded("starting", self._boot(row, template, image))
+                for name, value in booted.items():
                     setattr(row, name, value)
                 row.state = State.RUNNING
                 row.state_change_time = utcnow()
                 await self.repo.add_sandbox(row)
             except Exception as exc:
                 log.exception("sandbox %s failed to start", row.id)
-                await self._teardown(row, keep_disk=False)
-                raise ServerError(f"sandbox failed to start: {exc}") from exc
+                try:
+                    await self.bounded("cleaning up", self._teardown(row, keep_disk=False))
+                except Exception:  # no record names it: the start-up sweep removes what stays
+                    log.exception("sandbox %s: cleaning up after a failed start failed", row.id)
+                raise transitions.failure("sandbox failed to start", exc) from exc
         return row
 
     async def get(self, org_id: str, sandbox_id: str) -> SandboxRow:
@@ -415,8 +447,10 @@ class SandboxManager:
             await self.finish_delete(row)
 
     async def finish_delete(self, row: SandboxRow) -> None:
+        """Deleted even when its teardown fails or times out: what stays on the host is logged,
+        and the start-up sweep removes it (no record names it)."""
         try:
-            await self._teardown(row, keep_disk=False)
+            await self.bounded("deleting", self._teardown(row, keep_disk=False))
         finally:
             await self.move(row, Event.DELETED, net_slot=None, timeout_at=None)
             self._locks.pop(row.id, None)
@@ -427,14 +461,27 @@ class SandboxManager:
 
     async def _pause(self, row: SandboxRow) -> SandboxRow:
         """Checkpoint to disk and free the host (processes, memory, cgroups, root mount) when
-        the runtime can; else freeze. The network slot is kept, so the address survives."""
+        the runtime can; else freeze. The network slot is kept, so the address survives. Bounded
+        like every transition: one that times out or fails half-way (frozen, or checkpointed and
+        its processes gone) is undone (resumed, its image removed), and a sandbox that cannot be
+        resumed then is quarantined."""
         if State(row.state) != State.RUNNING:
             raise ConflictError(f"cannot pause a sandbox that is {row.state}")
+        try:
+            return await self.bounded("pausing", self._pause_work(row))
+        except Exception as exc:
+            timed_out = transitions.timed_out(exc)
+            await transitions.undo_pause(self, row, str(exc) if timed_out else f"pausing failed: {exc}")
+            if isinstance(exc, APIError):
+                raise
+            raise transitions.failure("sandbox failed to pause", exc) from exc
+
+    async def _pause_work(self, row: SandboxRow) -> SandboxRow:
         kind = "freeze"
         backend = self.backend_for(row)
         if backend.can_checkpoint and not any(veto(row.id) for veto in self.checkpoint_vetoes):
             image = self.checkpoint_dir(row.id)
-            shutil.rmtree(image, ignore_errors=True)
+            await asyncio.to_thread(self.discard_checkpoint, row.id)
             for hook in self.before_checkpoint:
                 await hook(row.id)
             try:
@@ -442,7 +489,7 @@ class SandboxManager:
                 kind = "checkpoint"
             except CheckpointFailed as exc:
                 log.warning("checkpoint of %s failed, pausing by freezing instead: %s", row.id, exc)
-                shutil.rmtree(image, ignore_errors=True)
+                await asyncio.to_thread(self.discard_checkpoint, row.id)
         if kind == "checkpoint":
             await backend.halt(self.spec_for(row, self.template_for(row), self.slot_of(row)))
         else:
@@ -463,11 +510,11 @@ class SandboxManager:
     async def _unpause(self, row: SandboxRow) -> None:
         if row.pause_kind == "checkpoint":
             spec = self.spec_for(row, self.template_for(row), self.slot_of(row))
-            await disk.attach(self.disk_of(row))  # stays mounted while paused, unless the host rebooted
+            await self._disk_attach(self.disk_of(row))  # stays mounted while paused, unless the host rebooted
             await self.backend_for(row).restore(spec, self.checkpoint_dir(row.id))
-            self.discard_checkpoint(row.id)
+            await asyncio.to_thread(self.discard_checkpoint, row.id)
         else:
-            await self.backend_for(row).resume(row.id)
+            await transitions.thaw(self, row)
 
     async def ensure_running(self, row: SandboxRow) -> SandboxRow:
         """A paused sandbox resumes on any request that reaches it."""
@@ -482,10 +529,10 @@ class SandboxManager:
                 else:
                     row = await self.move(row, Event.RESUME)
                 try:
-                    await self._unpause(row)
-                except Exception as exc:
-                    await self.move(row, Event.FAILED)
-                    raise ServerError(f"sandbox failed to resume: {exc}") from exc
+                    await self.bounded("resuming", self._unpause(row))
+                except Exception as exc:  # back to paused: a later request tries again
+                    await self.move(row, Event.FAILED, reason=f"resuming failed: {exc}")
+                    raise transitions.failure("sandbox failed to resume", exc) from exc
                 row = await self.move(
                     row,
                     Event.RESUMED,
@@ -500,28 +547,36 @@ class SandboxManager:
         async with self.transition(sandbox_id):
             row = await self.move(await self.get(org_id, sandbox_id), Event.STOP)
             try:
-                await self._teardown(row, keep_disk=True)
-                self.discard_checkpoint(row.id)  # a stopped sandbox's memory is gone by definition
-            finally:
-                row = await self.move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
-            return row
+                await self.bounded("stopping", self._teardown(row, keep_disk=True))
+                # a stopped sandbox's memory is gone by definition
+                await asyncio.to_thread(self.discard_checkpoint, row.id)
+            except Exception as exc:  # stopped once cleaned up, else failed
+                await transitions.fall_back(self, row, f"stopping failed: {exc}")
+                raise transitions.failure("sandbox failed to stop", exc) from exc
+            return await self.move(row, Event.STOPPED, net_slot=None, timeout_at=None, pause_kind=None)
 
     async def start(self, org_id: str, sandbox_id: str) -> SandboxRow:
         async with self.transition(sandbox_id):
             row = await self.get(org_id, sandbox_id)
-            async with self.capacity.admit(row.vcpu, row.memory):
-                row = await self.move(row, Event.START)
-            limit = self.settings.max_sandboxes_per_org
-            if limit is not None and await self.repo.count_active(org_id) > limit:  # this one counts now
-                await self.move(row, Event.FAILED)
-                raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
+            if State(row.state) == State.FAILED:  # its clean-up may not have finished: again first
+                try:
+                    await self.bounded("cleaning up", self._teardown(row, keep_disk=True))
+                except Exception as exc:
+                    raise transitions.failure("the failed sandbox could not be cleaned up", exc) from exc
+                row = await self.repo.update_sandbox(row.id, net_slot=None)
+            if self.disk_budget is not None:  # its disk exists; whether it may grow again
+                await self.disk_budget.check_start()
+            # counted from here: the claim holds its room until its record (``starting``) does
+            async with self.quota.claim(org_id, row.id, retry_after_s=5):
+                async with self.capacity.admit(row.vcpu, row.memory):
+                    row = await self.move(row, Event.START)
             try:
-                self.discard_checkpoint(row.id)  # memory of an earlier life: never restored now
-                booted = await self._boot(row, self.template_for(row))
-            except Exception as exc:
-                await self._teardown(row, keep_disk=True)
-                await self.move(row, Event.FAILED, net_slot=None)
-                raise ServerError(f"sandbox failed to start: {exc}") from exc
+                # memory of an earlier life: never restored now
+                await asyncio.to_thread(self.discard_checkpoint, row.id)
+                booted = await self.bounded("starting", self._boot(row, self.template_for(row)))
+            except Exception as exc:  # stopped once cleaned up (disk kept), else failed
+                await transitions.fall_back(self, row, f"starting failed: {exc}")
+                raise transitions.failure("sandbox failed to start", exc) from exc
             return await self.move(row, Event.BOOTED, **booted)
 
     async def execute(
@@ -569,7 +624,10 @@ class SandboxManager:
 
     # timeouts ---------------------------------------------------------------------------
     async def expire_due(self) -> None:
-        """Sandboxes past their timeout are deleted, or paused when created with auto_pause."""
+        """Sandboxes past their timeout are deleted, or paused when created with auto_pause;
+        zombies that runtimes killed mid-way left to the server are reaped."""
+        if reaped := self._zombies.sweep():
+            log.info("reaped %d orphaned zombie processes: %s", len(reaped), reaped)
         for row in await self.repo.expired():
             if self._lock(row.id).locked():
                 continue

@@ -86,6 +86,20 @@ class PtySession:
         }
 
 
+def _workdir(cwd: str | None, *, base: str) -> str:
+    """The session's directory: ``cwd`` (relative to ``base``), or ``base``; a bad one (a NUL
+    byte would be cut off on its way into the sandbox, a lone surrogate cannot be encoded) is
+    a 400 naming the field."""
+    if not cwd:
+        return base
+    try:
+        return confined.normalize(cwd, base=base)
+    except BadRequestError as exc:
+        raise BadRequestError(
+            f"invalid cwd: {exc.message}", errors=[{"field": "cwd", "error": exc.message}]
+        ) from None
+
+
 class PtyManager:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
@@ -133,7 +147,7 @@ class PtyManager:
         if len(sessions) >= MAX_SESSIONS_PER_SANDBOX:
             raise ConflictError(f"at most {MAX_SESSIONS_PER_SANDBOX} PTY sessions per sandbox")
         template = self.manager.template_for(row)
-        workdir = confined.normalize(cwd, base=template.workdir or "/") if cwd else template.workdir or "/"
+        workdir = _workdir(cwd, base=template.workdir or "/")
         session = PtySession(
             id=session_id,
             sandbox_id=row.id,

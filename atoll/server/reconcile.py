@@ -7,8 +7,10 @@ this instance on the host that no record owns (containers, cgroups, mounts, netw
 veths, sandbox directories) is removed. The network pool's own sweep covers netns and veths.
 
 One sandbox never stops the server from starting: a sandbox whose repair fails is quarantined
-(its processes removed, its disk kept, the record ``stopped``, the reason logged and listed in
-the report) and reconciliation goes on with the next."""
+(its processes removed, its disk kept for inspection, the record ``failed`` with the reason as
+``state_reason``, also logged and listed in the report) and reconciliation goes on with the
+next. A sandbox whose processes are simply gone (a reboot) is not failed but ``lost``:
+``stopped``, its disk intact, ``start`` boots it again."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from atoll._exceptions import ServerError
-from atoll._states import LIVE_STATES, Event, State, allows, next_state
+from atoll._states import LIVE_STATES, Event, State, next_state
 from atoll.network.egress import Attachment
 from atoll.runtime import overlay
 from atoll.runtime.oci import checkpoint_complete
 from atoll.runtime.trees import remove_host_tree
+from atoll.server import transitions
 from atoll.server.manager import SandboxManager
 from atoll.store.models import SandboxRow
 
@@ -37,18 +40,14 @@ class Report:
     quarantined: list[str] = field(default_factory=list)  # "<id>: <reason>"
 
 
-async def _quarantine(manager: SandboxManager, row: SandboxRow, exc: BaseException, report: Report) -> None:
-    """The sandbox could not be repaired: remove its processes, keep its disk, record it stopped."""
-    reason = f"{type(exc).__name__}: {exc}"[:500]
-    log.error("sandbox %s quarantined (stopped, disk kept): %s", row.id, reason)
+async def _quarantine(manager: SandboxManager, row: SandboxRow, reason: str, report: Report) -> None:
+    """The sandbox could not be repaired: its processes go, its disk stays, it is ``failed``."""
+    reason = f"start-up reconciliation could not repair it: {reason}"[:500]
     report.quarantined.append(f"{row.id}: {reason}")
     try:
-        await manager._teardown(row, keep_disk=True)
-    except Exception:
-        log.exception("sandbox %s: teardown during quarantine failed", row.id)
-    state = State(row.state)
-    target = next_state(state, Event.LOST) if allows(state, Event.LOST) else State.STOPPED
-    await manager.repo.update_sandbox(row.id, state=target, net_slot=None, timeout_at=None, pause_kind=None)
+        await transitions.quarantine(manager, row, reason)
+    except Exception:  # the record could not even be written: the next start tries again
+        log.exception("sandbox %s: quarantine failed", row.id)
 
 
 async def reconcile(manager: SandboxManager) -> Report:
@@ -64,20 +63,24 @@ async def reconcile(manager: SandboxManager) -> Report:
     alive = set().union(*alive_on.values())
     keep: set[str] = set()
     held_slots: set[int] = set()
+    unrepaired: dict[str, str] = {}  # sandbox id -> why it could not be repaired
 
     for row in await manager.repo.not_deleted():
         state = State(row.state)
-        if (
-            state == State.RUNNING
-            and row.id not in alive
-            and checkpoint_complete(manager.checkpoint_dir(row.id))
-        ):
-            # killed while pausing, after CRIU had finished: the image is whole, so it is paused
-            row = await manager.repo.update_sandbox(
-                row.id, state=next_state(state, Event.PAUSE), pause_kind="checkpoint"
-            )
-            state = State(row.state)
-            log.warning("sandbox %s: its pause was cut short after the checkpoint; it is paused", row.id)
+        if state == State.RUNNING and checkpoint_complete(manager.checkpoint_dir(row.id)):
+            # killed while pausing, after the save had finished: the image is whole, so it is
+            # paused. gVisor saves a paused sandbox and halts it after: a kill in between leaves
+            # it alive (and paused), which the image supersedes.
+            if row.id in alive and await _attempt(
+                f"halting {row.id} after its checkpoint", manager.backend_for(row).halt_by_id(row.id)
+            ):
+                alive.discard(row.id)
+            if row.id not in alive:
+                row = await manager.repo.update_sandbox(
+                    row.id, state=next_state(state, Event.PAUSE), pause_kind="checkpoint"
+                )
+                state = State(row.state)
+                log.warning("sandbox %s: its pause was cut short after the checkpoint; it is paused", row.id)
         if state == State.PAUSED and row.pause_kind == "checkpoint":
             work = manager.checkpoint_dir(row.id).with_name("checkpoint.work")
             await _attempt(f"removing {work}", asyncio.to_thread(remove_host_tree, work))
@@ -92,9 +95,9 @@ async def reconcile(manager: SandboxManager) -> Report:
             try:
                 if state in (State.UNPAUSING, State.SNAPSHOTTING):
                     await _finish_cut_short(manager, row, state)
-            except Exception as exc:  # not adopted: the teardown below quarantines it
+            except Exception as exc:  # not adopted: quarantined below
                 log.error("sandbox %s could not be adopted: %s", row.id, exc)
-                report.quarantined.append(f"{row.id}: {type(exc).__name__}: {exc}"[:500])
+                unrepaired[row.id] = f"finishing its {state.value} failed: {type(exc).__name__}: {exc}"
                 continue
             keep.add(row.id)
             report.adopted.append(row.id)
@@ -127,7 +130,10 @@ async def reconcile(manager: SandboxManager) -> Report:
         if row.id in keep:
             continue
         state = State(row.state)
-        if state == State.STOPPED:
+        if state in (State.STOPPED, State.FAILED):
+            continue  # no processes; a failed one keeps its disk and reason until deleted
+        if row.id in unrepaired:
+            await _quarantine(manager, row, unrepaired[row.id], report)
             continue
         # starting (never finished), deleting, stopping, or live but its processes are gone
         try:
@@ -142,7 +148,7 @@ async def reconcile(manager: SandboxManager) -> Report:
                     row.id, state=next_state(state, Event.LOST), net_slot=None, timeout_at=None
                 )
         except Exception as exc:
-            await _quarantine(manager, row, exc, report)
+            await _quarantine(manager, row, f"{type(exc).__name__}: {exc}", report)
             continue
         report.finished.append(row.id)
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from atoll.network.policy import NetworkPolicy
 from atoll.server import limits
 from atoll.store.models import SandboxRow, SnapshotRow
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
-_DOMAIN = re.compile(
-    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I
-)
 StrictInt = Annotated[int, Field(strict=True)]
 MAX_PAGE = 1_000_000  # list pages: the offset must fit the database's integers
 # environment variables (create's env_vars, exec's and PTY's envs): limits in docs/limits.md
@@ -29,44 +25,6 @@ EnvVars = Annotated[
 # text the kernel gets (exec's command and cwd, names stored and used in paths)
 Text = Annotated[str, AfterValidator(limits.check_text)]
 Command = Annotated[str, Field(min_length=1), AfterValidator(limits.check_command)]
-
-
-def _domain(value: str) -> str:
-    if ":" in value or not _DOMAIN.match(value):
-        raise ValueError("must be a domain name like 'api.example.com' or '*.example.com' (no port)")
-    return value.lower()
-
-
-class Transform(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: str
-    inject_headers: dict[str, str] | None = None
-    strip_headers: list[str] | None = None
-
-    _check_domain = field_validator("domain")(classmethod(lambda cls, v: _domain(v)))
-
-
-class NetworkPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["allow-all", "deny-all", "custom"]
-    allow_domains: Annotated[list[str], Field(max_length=50)] | None = None
-    allow_cidrs: Annotated[list[str], Field(max_length=10)] | None = None
-    transforms: Annotated[list[Transform], Field(max_length=20)] | None = None
-
-    @field_validator("allow_domains")
-    @classmethod
-    def _domains(cls, values: list[str] | None) -> list[str] | None:
-        return [_domain(v) for v in values] if values is not None else None
-
-    @field_validator("allow_cidrs")
-    @classmethod
-    def _cidrs(cls, values: list[str] | None) -> list[str] | None:
-        for value in values or ():
-            try:
-                ipaddress.IPv4Network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IPv4 address or CIDR") from None
-        return values
 
 
 class CreateSandboxBody(BaseModel):
@@ -138,6 +96,7 @@ def sandbox_body(row: SandboxRow, *, with_policy: bool) -> dict[str, Any]:
         "disk": row.disk,
         "timeout": row.timeout,
         "state": row.state,
+        "state_reason": row.state_reason,  # why, when no request put it there (e.g. "failed")
         "auto_pause": row.auto_pause,
         "pause_kind": row.pause_kind,
         "created_at": iso(row.created_at),
@@ -154,6 +113,7 @@ def list_item(row: SandboxRow) -> dict[str, Any]:
         "template_id": row.template_id,
         "pod_id": row.id,
         "state": row.state,
+        "state_reason": row.state_reason,
         "launch_time": iso(row.launch_time),
         "state_change_time": iso(row.state_change_time),
         "timeout_at": int(row.timeout_at.timestamp()) if row.timeout_at else None,
@@ -172,7 +132,8 @@ def snapshot_body(row: SnapshotRow) -> dict[str, Any]:
         "memory": row.memory,
         "disk": row.disk,
         "state": row.state,
-        "size_bytes": row.size_bytes,
+        "size_bytes": row.size_bytes,  # blocks the copy uses (not apparent sizes)
+        "inodes": row.inodes,  # files and directories the copy uses; null for an old snapshot
         "network_policy": row.network_policy,
         "created_at": iso(row.created_at),
     }

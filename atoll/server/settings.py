@@ -59,7 +59,13 @@ class Settings(BaseModel):
     netns_pool_size: int = Field(default=4, ge=0, le=256)
     # sandboxes of these templates booted ahead of demand (0 disables; see atoll.server.warm)
     warm_pool_size: int = Field(default=2, ge=0, le=256)
-    warm_templates: tuple[str, ...] = ("system/debian:bookworm", "system/code-interpreter:v0.1.0")
+    warm_templates: tuple[str, ...] = (
+        "system/debian:bookworm",
+        "system/code-interpreter:v0.1.0",
+        "system/desktop:v0.1.0",
+    )
+    # how many of the desktop (when in warm_templates): each holds ~200 MiB and a boot's CPU
+    warm_desktop_pool_size: int = Field(default=1, ge=0, le=64)
     # sandbox disks copied and mounted ahead of demand (atoll.runtime.disk.DiskPool; 0 disables)
     disk_pool_size: int = Field(default=4, ge=0, le=1024)
 
@@ -68,8 +74,19 @@ class Settings(BaseModel):
     # each sandbox's upper layer and /etc files on an ext4 image of disk_mib (atoll.runtime.disk);
     # False: on the host's filesystem, unlimited
     disk_quota: bool = True
+    # the sizes of all sandbox disks may add up to this many times what the data filesystem can
+    # back (what they use plus what is free, less the reserve); past it, 503 (atoll.server.disk_budget)
+    disk_overcommit_ratio: float = Field(default=50.0, gt=0)
+    # kept free on the data filesystem for the server; within one reserve of it writers are
+    # clamped (atoll.server.disk_watermark) and new sandboxes refused
+    disk_reserve_mib: int = Field(default=1024, ge=0)
     # OCI sandboxes' /proc/meminfo, cpuinfo, stat, uptime from LXCFS (atoll.runtime.lxcfs)
     lxcfs: bool = True
+    # OCI sandboxes in user namespaces (atoll.runtime.userns): root inside is host uid
+    # userns_base + i * 65536 for a range i no other running sandbox holds
+    userns: bool = False
+    userns_base: int = Field(default=1 << 30, ge=65536, multiple_of=65536)  # claims: userns.CLAIMS_DIR
+    userns_ranges: int = Field(default=4096, ge=1, le=16384)
     snapshots_root: Path | None = None  # where snapshots are written; default data_dir/snapshots
     # per API key, on /v1 (atoll.server.ratelimit); 0 disables
     rate_limit: int = Field(default=1000, ge=0)
@@ -84,6 +101,12 @@ class Settings(BaseModel):
     memory_overcommit: float = Field(default=8.0, gt=0)
     exec_max_output_bytes: int = 10 * 1024 * 1024
     reaper_interval_s: float = 1.0
+    # how often running sandboxes' resource use is sampled (atoll.server.metrics)
+    metrics_interval_s: float = Field(default=5.0, ge=0.2, le=3600)
+    # how long one transition's work may take (boot, pause, resume, stop, delete; a snapshot has
+    # its own): past it the work is cancelled and the sandbox falls back (atoll._states)
+    transition_timeout_s: float = Field(default=300.0, gt=0)
+    snapshot_timeout_s: float = Field(default=1800.0, gt=0)
 
     # templates imported from OCI images (atoll.templates.oci)
     max_templates_per_org: int | None = 25
@@ -107,6 +130,13 @@ class Settings(BaseModel):
     ssh_host: str = "0.0.0.0"
     ssh_public_host: str | None = None
     ssh_access_ttl_s: int = Field(default=86400, ge=1, le=30 * 86400)
+    # SSH gateway bounds (atoll.ssh.bounds): from accept to login, without channel data (0: none)
+    ssh_login_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    ssh_idle_timeout_s: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    ssh_max_connections_per_address: int = Field(default=16, ge=1, le=65536)
+    ssh_max_connections: int = Field(default=1024, ge=1, le=65536)
+    # open connections one client address may hold to the API and the router together (atoll._conn_guard)
+    max_connections_per_address: int = Field(default=1024, ge=1, le=1 << 20)
     # "domain[:port]", as the SDK's ATOLL_SANDBOX_DOMAIN; the port (default router_port) is the
     # one generated URLs name, e.g. 443 behind a TLS proxy
     sandbox_domain: str = Field(default="sbx.localhost", pattern=rf"^{_NAME}(:[0-9]{{1,5}})?$")

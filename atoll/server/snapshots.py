@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from atoll._exceptions import (
     BadRequestError,
     ConflictError,
     NotFoundError,
-    RateLimitError,
     ServerError,
 )
 from atoll._states import Event, State
@@ -30,7 +30,7 @@ from atoll.runtime._proc import CommandFailed, CommandTimeout, run
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.spec import CheckpointFailed, upper_dir
 from atoll.runtime.trees import remove_host_tree
-from atoll.server import snapshot_quota
+from atoll.server import snapshot_copy, snapshot_quota, transitions
 from atoll.server.manager import SandboxManager, new_sandbox_id
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
 from atoll.store.repo import SnapshotRepository
@@ -86,13 +86,16 @@ class SnapshotService:
         async with manager.transition(row.id):
             row = await manager.move(await manager.get(org_id, sandbox_id), Event.SNAPSHOT)
             try:
-                await self._capture(row, directory, kill_after=kill_after)
-                usage = await snapshot_quota.measure(directory)
+                usage = await manager.bounded(
+                    "the snapshot",
+                    self._capture_measured(row, directory, kill_after=kill_after),
+                    timeout_s=settings.snapshot_timeout_s,
+                )
                 snapshot_quota.check(used, usage, **quotas)  # what the copy really used
-                size_bytes = usage.size_bytes
             except BaseException as exc:
                 # whatever failed, the sandbox leaves ``snapshotting``: no transition outlives it
-                await asyncio.shield(self._abandon(row, directory))
+                reason = f"snapshot failed: {str(exc).strip() or type(exc).__name__}"
+                await asyncio.shield(self._abandon(row, directory, reason))
                 if isinstance(exc, (CommandFailed, CommandTimeout, CheckpointFailed, OSError)):
                     raise capture_error(exc) from exc
                 raise
@@ -110,11 +113,11 @@ class SnapshotService:
                 disk=row.disk,
                 env_vars=dict(row.env_vars),
                 network_policy=row.network_policy,
-                size_bytes=size_bytes,
+                size_bytes=usage.size_bytes,
+                inodes=usage.inodes,
                 created_at=utcnow(),
             )
-            manifest = {**snapshot_manifest(snapshot), "inodes": usage.inodes}
-            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            (directory / "manifest.json").write_text(json.dumps(snapshot_manifest(snapshot), indent=2))
             await self.repo.add(snapshot)
             if kill_after:
                 await manager.finish_delete(await manager.move(row, Event.DELETE))
@@ -122,26 +125,53 @@ class SnapshotService:
                 await manager.move(row, Event.SNAPSHOTTED)
         return snapshot
 
-    async def _abandon(self, row: SandboxRow, directory: Path) -> None:
+    async def _abandon(self, row: SandboxRow, directory: Path, reason: str) -> None:
+        """Back to ``running`` (resumed, the partial copy removed); a sandbox that cannot be
+        resumed, or whose processes are gone, is quarantined: ``failed``, with the reason."""
+        manager = self.manager
         await remove_dir(directory)
-        await self.manager.move(row, Event.FAILED)
+        try:
+            await manager.bounded("resuming after the snapshot", transitions.thaw(manager, row))
+            alive = row.id in await manager.backend_for(row).running_ids()
+        except Exception as exc:
+            await transitions.quarantine(manager, row, f"{reason}; it could not be resumed: {exc}")
+            return
+        if not alive:
+            await transitions.quarantine(manager, row, f"{reason}; its processes were gone afterwards")
+            return
+        await manager.move(row, Event.FAILED, reason=reason)
+
+    async def _capture_measured(
+        self, row: SandboxRow, directory: Path, *, kill_after: bool
+    ) -> snapshot_quota.Usage:
+        await self._capture(row, directory, kill_after=kill_after)
+        return await snapshot_quota.measure(directory)
 
     async def _capture(self, row: SandboxRow, directory: Path, *, kill_after: bool) -> None:
-        """Freeze, copy the disk layer, checkpoint memory: both describe the same instant."""
+        """Copy the disk layer while the sandbox runs, then freeze, bring the copy up to date
+        (only what changed: ``snapshot_copy``) and checkpoint memory: both describe the same
+        instant, and the sandbox is frozen for the catching up, not for the whole copy."""
         backend = self.manager.backend_for(row)
         directory.mkdir(parents=True)
         (directory / "parent").write_text(row.base_snapshot_id or "")
+        upper = upper_dir(self.manager.sandbox_dir(row.id))
+        since_ns = snapshot_copy.start_time_ns()
+        await snapshot_copy.pre_copy(upper, directory / "upper")
         await backend.pause(row.id)
+        frozen_at = time.monotonic()
         try:
-            upper = upper_dir(self.manager.sandbox_dir(row.id))
-            await run(["cp", "-a", "--reflink=auto", str(upper), str(directory / "upper")], timeout=600)
-            # no setuid/setgid file a sandbox planted survives in the store (docs/security.md)
-            strip = ["-type", "f", "-perm", "/6000", "-exec", "chmod", "ug-s", "{}", "+"]
-            await run(["find", str(directory / "upper"), *strip], timeout=600)
+            found = await snapshot_copy.catch_up(upper, directory / "upper", since_ns)
             await backend.checkpoint(row.id, directory / "image", leave_running=not kill_after)
         finally:
-            if not kill_after:
-                await backend.resume(row.id)
+            if not kill_after:  # not frozen (a freeze cut short by the timeout) is fine
+                await transitions.thaw(self.manager, row)
+        log.info(
+            "snapshot of %s: frozen %.2f s; %d entries checked, %d copied again, %d removed",
+            row.id, time.monotonic() - frozen_at, found.checked, found.copied, found.removed,
+        )  # fmt: skip
+        # no setuid/setgid file a sandbox planted survives in the store (docs/security.md)
+        strip = ["-type", "f", "-perm", "/6000", "-exec", "chmod", "ug-s", "{}", "+"]
+        await run(["find", str(directory / "upper"), *strip], timeout=600)
 
     async def restore(
         self,
@@ -162,9 +192,6 @@ class SnapshotService:
         template = templates.by_id(snapshot.template_id) or templates.get(snapshot.template_name)
         if template is None:
             raise ConflictError(f"template {snapshot.template_name!r} of the snapshot is gone")
-        limit = manager.settings.max_sandboxes_per_org
-        if limit is not None and await manager.repo.count_active(org_id) >= limit:
-            raise RateLimitError(f"organisation limit reached: at most {limit} sandboxes", retry_after=5)
         row = SandboxRow(
             id=new_sandbox_id(),
             org_id=org_id,
@@ -181,7 +208,8 @@ class SnapshotService:
             network_policy=network_policy if network_policy is not None else snapshot.network_policy,
             base_snapshot_id=snapshot.id,
         )
-        return await manager.boot_new(row, template, image=self.root / snapshot.id / "image")
+        async with manager.quota.claim(org_id, row.id, retry_after_s=5):  # until its record counts
+            return await manager.boot_new(row, template, image=self.root / snapshot.id / "image")
 
     async def get(self, org_id: str, snapshot_id: str) -> SnapshotRow:
         snapshot = await self.repo.get(org_id, snapshot_id)
@@ -237,5 +265,6 @@ def snapshot_manifest(snapshot: SnapshotRow) -> dict[str, Any]:
         "memory": snapshot.memory,
         "disk": snapshot.disk,
         "size_bytes": snapshot.size_bytes,
+        "inodes": snapshot.inodes,
         "created_at": snapshot.created_at.isoformat(),
     }

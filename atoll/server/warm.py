@@ -13,6 +13,13 @@ run) unless it is one of Atoll's own services (the code interpreter, whose kerne
 the point of the pool) and the create sets no environment, a policy with transforms (its CA goes
 into the root before boot), or a snapshot restore.
 
+Desktops (``system/desktop``, in the default ``warm_templates``) have a pool of their own size
+(``warm_desktop_pool_size``): a booted desktop holds a few hundred MiB and its boot costs seconds
+of CPU (14 s under gVisor), so it is kept ready only as many times as asked, and only while warm
+pools are on at all (``warm_pool_size`` > 0). A claimed desktop is up: the warm boot waited for
+its readiness path (all four of its processes running), so a create from the pool returns a
+desktop that answers at once.
+
 Refill runs in the background, one sandbox at a time, after every claim, and only in a lull
 between API requests (``quiet``): booting a sandbox costs as much CPU as a create, and on a
 small host it would slow the very requests the pool is there to speed up. A create never waits
@@ -23,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,7 +39,9 @@ from atoll._states import State
 from atoll._tasks import cancel_and_wait
 from atoll.network.addressing import Slot
 from atoll.runtime import disk
+from atoll.runtime.trees import remove_host_tree
 from atoll.store.models import SandboxRow
+from atoll.templates.desktop import NAME as DESKTOP_TEMPLATE
 from atoll.templates.registry import SYSTEM_PREFIX, Template
 
 if TYPE_CHECKING:
@@ -76,7 +84,10 @@ class WarmPool:
     ) -> None:
         self.manager = manager
         self.size = size
+        desktops = manager.settings.warm_desktop_pool_size if size > 0 else 0
         self.template_names = template_names
+        # how many of each to keep ready
+        self.sizes = {name: desktops if name == DESKTOP_TEMPLATE else size for name in template_names}
         self.quiet = quiet  # awaited before each refill boot
         self._ready: dict[str, deque[WarmSandbox]] = {name: deque() for name in template_names}
         self._wake = asyncio.Event()
@@ -92,7 +103,7 @@ class WarmPool:
         self._wake.set()
 
     def start(self) -> None:
-        if self.size > 0:
+        if any(self.sizes.values()):
             self._filler = asyncio.create_task(self._fill_forever())
             self._wake.set()
 
@@ -158,14 +169,17 @@ class WarmPool:
             await manager.egress.detach(warm.sandbox_id, warm.slot)
         disk.detach(manager.disk_of(row))
         await manager.pool.release(warm.slot)
-        await asyncio.to_thread(shutil.rmtree, manager.sandbox_dir(warm.sandbox_id), True)
+        try:  # the sandbox may have written to its disk layer: a tree of any depth
+            await asyncio.to_thread(remove_host_tree, manager.sandbox_dir(warm.sandbox_id))
+        except OSError:
+            log.exception("removing warm sandbox %s's directory failed", warm.sandbox_id)
 
     async def _fill_forever(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             for name in self.template_names:
-                while len(self._ready[name]) < self.size:
+                while len(self._ready[name]) < self.sizes[name]:
                     if self.quiet is not None:
                         await self.quiet()
                     template = self.manager.templates.get(name)

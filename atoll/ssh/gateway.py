@@ -8,9 +8,11 @@ password. A session runs inside the access's sandbox, which is resumed first if 
   (``atoll.server.processes``), its exit status returned;
 - local forwarding (``ssh -L``): to the sandbox's own address, whatever host the client names.
 
-Bounded: connections per source address, sessions per connection, a login deadline, failed
-logins per source (refused outright for a while after too many), keepalives that drop dead
-peers. The host key is generated once, kept in the data directory (0600)."""
+Bounded (``atoll.ssh.bounds``): connections per source address and in all, sessions per
+connection, a login deadline, an idle deadline, failed logins per source (refused outright for a
+while after too many), keepalives that drop dead peers. Deleting a sandbox deletes its accesses
+and closes their connections. The host key is generated once, kept in the data directory
+(0600)."""
 
 from __future__ import annotations
 
@@ -19,29 +21,25 @@ import base64
 import contextlib
 import json
 import logging
-import time
-from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from atoll._exceptions import AtollError
+from atoll._states import State
 from atoll.server.manager import SandboxManager
 from atoll.server.processes import ProcessService
 from atoll.server.pty import PtyManager, PtySession
 from atoll.ssh.access import AccessStore, matches
+from atoll.ssh.bounds import ConnectionCounts, FailureLimiter, GatewayLimits, IdleTimer, forward_tcp
 from atoll.ssh.sftp import SandboxSFTP
 from atoll.store.models import SshAccessRow
 
 log = logging.getLogger("atoll.ssh")
 
-MAX_CONNECTIONS_PER_SOURCE = 16
 MAX_SESSIONS_PER_CONNECTION = 10
-FAILED_LOGINS_PER_SOURCE = 10  # within FAILURE_WINDOW_S; then refused until the window passes
-FAILURE_WINDOW_S = 60.0
 FAILURE_DELAY_S = 0.5  # every refused password costs the guesser this long
-LOGIN_TIMEOUT_S = 30
 KEEPALIVE_S = 30
 READ_CHUNK_BYTES = 64 * 1024
 HOST_KEY_NAME = "ssh_host_ed25519_key"
@@ -58,31 +56,6 @@ def host_key(data_dir: Path) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(str(path))
 
 
-class FailureLimiter:
-    """Failed logins per source address in a sliding window."""
-
-    def __init__(self, limit: int = FAILED_LOGINS_PER_SOURCE, window_s: float = FAILURE_WINDOW_S) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, source: str, now: float) -> deque[float]:
-        found = self._failures[source]
-        while found and found[0] <= now - self.window_s:
-            found.popleft()
-        if not found:
-            del self._failures[source]
-        return found
-
-    def blocked(self, source: str, now: float | None = None) -> bool:
-        return len(self._recent(source, now if now is not None else time.monotonic())) >= self.limit
-
-    def failed(self, source: str, now: float | None = None) -> None:
-        moment = now if now is not None else time.monotonic()
-        self._recent(source, moment)
-        self._failures[source].append(moment)
-
-
 class Gateway:
     def __init__(
         self,
@@ -94,6 +67,7 @@ class Gateway:
         data_dir: Path,
         host: str,
         port: int,
+        limits: GatewayLimits | None = None,
     ) -> None:
         self.manager = manager
         self.store = store
@@ -102,8 +76,10 @@ class Gateway:
         self.data_dir = data_dir
         self.host = host
         self.port = port
+        self.limits = limits or GatewayLimits()
         self.limiter = FailureLimiter()
-        self.connections: dict[str, int] = defaultdict(int)
+        self.connections = ConnectionCounts(self.limits)
+        self.live: set[_Connection] = set()  # admitted and not yet lost
         self._server: asyncssh.SSHAcceptor | None = None
 
     async def start(self) -> None:
@@ -120,7 +96,7 @@ class Gateway:
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
-            login_timeout=LOGIN_TIMEOUT_S,
+            login_timeout=self.limits.login_timeout_s,
             keepalive_interval=KEEPALIVE_S,
             keepalive_count_max=3,
         )
@@ -133,14 +109,21 @@ class Gateway:
             self._server.close()
             await self._server.wait_closed()
 
+    async def forget_sandbox(self, sandbox_id: str) -> None:
+        """A teardown hook: when the sandbox is being deleted (not paused or stopped), its
+        accesses go, and so do connections logged in with them."""
+        if not await forget_accesses(self.manager, self.store, sandbox_id):
+            return
+        for state in list(self.live):
+            if state.access is not None and state.access.sandbox_id == sandbox_id and state.conn is not None:
+                state.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the sandbox was deleted")
+
     async def running(self, access: SshAccessRow) -> Any:
         """The access's sandbox, resumed if it was paused."""
         return await self.manager.ensure_running(await self.manager.get(access.org_id, access.sandbox_id))
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        conn = process.channel.get_connection()
-        state = conn.get_owner()
-        assert isinstance(state, _Connection)
+        state = _owner(process)
         access = state.access
         try:
             if access is None or state.sessions >= MAX_SESSIONS_PER_CONNECTION:
@@ -148,6 +131,7 @@ class Gateway:
                 process.exit(1)
                 return
             state.sessions += 1
+            state.touch()
             try:
                 row = await self.running(access)
                 if process.get_terminal_type() is not None and process.command is None:
@@ -169,7 +153,7 @@ class Gateway:
             access.org_id, sandbox_id, session_id=None, cols=cols or 80, rows=rows or 24,
             cwd=None, envs={"TERM": process.get_terminal_type() or "xterm"}, lazy_start=False,
         )  # fmt: skip
-        sink = _ChannelSink(process)
+        sink = _ChannelSink(process, _owner(process))
         await self.ptys.attach(session, sink)
         try:
             await self._feed_terminal(process, session, access, sandbox_id, sink)
@@ -199,6 +183,7 @@ class Gateway:
                 continue
             if not data:
                 return
+            sink.touch()
             await self.ptys.write(session, data)
 
     async def _command(
@@ -210,6 +195,7 @@ class Gateway:
         )  # fmt: skip
         pid = int(started["pid"])
         body = await self.processes.open_events(access.org_id, sandbox_id, pid, 0, binary=True)
+        owner = _owner(process)
         feeder = asyncio.create_task(self._feed_stdin(process, access, sandbox_id, pid))
         exit_code = 255
         ended = False
@@ -218,6 +204,7 @@ class Gateway:
                 if not frame.startswith(b"data: "):
                     continue
                 event = json.loads(frame[len(b"data: ") :])
+                owner.touch()
                 if event["type"] == "stdout":
                     process.stdout.write(base64.b64decode(event["data"]))
                     await process.stdout.drain()
@@ -239,33 +226,44 @@ class Gateway:
     async def _feed_stdin(
         self, process: asyncssh.SSHServerProcess[bytes], access: SshAccessRow, sandbox_id: str, pid: int
     ) -> None:
+        owner = _owner(process)
         with contextlib.suppress(AtollError, ConnectionError):
             while True:
                 try:
                     data = await process.stdin.read(READ_CHUNK_BYTES)
                 except (asyncssh.TerminalSizeChanged, asyncssh.BreakReceived, asyncssh.SignalReceived):
                     continue
+                owner.touch()
                 await self.processes.send_stdin(access.org_id, sandbox_id, pid, data, eof=not data)
                 if not data:
                     return
 
-    async def forward(self, access: SshAccessRow, conn: asyncssh.SSHServerConnection, port: int) -> Any:
+    async def forward(self, access: SshAccessRow, owner: _Connection, port: int) -> Any:
         """``ssh -L``: a TCP connection to ``port`` at the sandbox's own address."""
+        owner.touch()
         row = await self.running(access)
         slot = self.manager.slot_of(row)
         if slot is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "the sandbox has no network")
-        return await conn.forward_connection(slot.sandbox_ip, port)
+        return await forward_tcp(slot.sandbox_ip, port, owner.touch)
+
+
+def _owner(process: asyncssh.SSHServerProcess[bytes]) -> _Connection:
+    state = process.channel.get_connection().get_owner()
+    assert isinstance(state, _Connection)
+    return state
 
 
 class _ChannelSink:
     """A terminal's output to an SSH channel (what ``PtyManager`` calls a socket)."""
 
-    def __init__(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+    def __init__(self, process: asyncssh.SSHServerProcess[bytes], owner: _Connection) -> None:
         self.process = process
+        self.touch = owner.touch
         self.closed = False
 
     async def send_bytes(self, data: bytes) -> None:
+        self.touch()
         self.process.stdout.write(data)
         await self.process.stdout.drain()
 
@@ -282,20 +280,40 @@ class _Connection(asyncssh.SSHServer):
         self.access: SshAccessRow | None = None
         self.sessions = 0
         self.conn: asyncssh.SSHServerConnection | None = None
+        self.idle: IdleTimer | None = None  # armed at login; asyncssh's login timeout before it
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self.conn = conn
         peer = conn.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
-        self.gateway.connections[self.source] += 1
-        if self.gateway.connections[self.source] > MAX_CONNECTIONS_PER_SOURCE:
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections from your address")
+        refusal = self.gateway.connections.admit(self.source)
+        if refusal is not None:
+            # closed before the version exchange: no key exchange, no crypto, the fd back at once
+            log.debug("ssh connection from %s refused: %s", self.source, refusal)
+            conn.abort()
+            return
+        self.conn = conn
+        self.gateway.live.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        counts = self.gateway.connections
-        counts[self.source] -= 1
-        if counts[self.source] <= 0:
-            counts.pop(self.source, None)
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.conn is not None:  # admitted
+            self.conn = None
+            self.gateway.live.discard(self)
+            self.gateway.connections.release(self.source)
+
+    def touch(self) -> None:
+        if self.idle is not None:
+            self.idle.touch()
+
+    def _idle(self) -> None:
+        if self.conn is not None:
+            log.info("ssh connection from %s closed after %.0f s idle", self.source, self.idle_timeout_s)
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "idle timeout")
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.gateway.limits.idle_timeout_s
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -321,32 +339,51 @@ class _Connection(asyncssh.SSHServer):
             await asyncio.sleep(FAILURE_DELAY_S)
             return False
         self.access = row
+        if self.conn is not None and self.idle_timeout_s > 0:
+            self.idle = IdleTimer(self.idle_timeout_s, self._idle)
         return True
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
         if self.access is None or self.conn is None or not 0 < dest_port < 65536:
             return False
-        return self.gateway.forward(self.access, self.conn, dest_port)
+        return self.gateway.forward(self.access, self, dest_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # remote forwarding (-R) would listen on the host: not offered
+
+
+async def forget_accesses(manager: SandboxManager, store: AccessStore, sandbox_id: str) -> bool:
+    """Deletes the sandbox's accesses if it is being deleted (or never was recorded); a pause or
+    a stop, which tear down too, keeps them. Says whether it did."""
+    row = await manager.repo.get_sandbox(sandbox_id)
+    if row is not None and row.state != State.DELETING:
+        return False
+    await store.delete_for_sandbox(sandbox_id)
+    return True
 
 
 async def start_gateway(state: Any, settings: Any) -> Gateway | None:
     """The lifespan's part: the access store on ``state.ssh_access`` (the routes use it) and the
     gateway listening, or None when ``ssh_port`` is 0. A port that cannot be bound is logged
     and leaves the API up without the gateway (the routes then answer 501)."""
-    if not settings.ssh_port:
-        return None
     manager: SandboxManager = state.manager
+    store = AccessStore(manager.repo.sessions, ttl_s=settings.ssh_access_ttl_s)
+    if not settings.ssh_port:  # accesses made while a gateway ran still go with their sandbox
+
+        async def forget(sandbox_id: str) -> None:
+            await forget_accesses(manager, store, sandbox_id)
+
+        manager.teardown_hooks.append(forget)
+        return None
     processes = getattr(state, "processes", None)
     if processes is None:
         processes = state.processes = ProcessService(manager)
-    store = AccessStore(manager.repo.sessions, ttl_s=settings.ssh_access_ttl_s)
     gateway = Gateway(
         manager=manager, store=store, ptys=state.ptys, processes=processes,
         data_dir=settings.data_dir, host=settings.ssh_host, port=settings.ssh_port,
+        limits=GatewayLimits.from_settings(settings),
     )  # fmt: skip
+    manager.teardown_hooks.append(gateway.forget_sandbox)
     try:
         await gateway.start()
     except OSError as exc:

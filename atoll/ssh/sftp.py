@@ -59,11 +59,13 @@ class SandboxSFTP(asyncssh.SFTPServer):
         self.gateway = gateway
         owner = chan.get_connection().get_owner()
         self.access = getattr(owner, "access", None)
+        self._touch = getattr(owner, "touch", lambda: None)  # the gateway's idle deadline
         self.workdir = "/"
 
     async def _root(self) -> Root:
         if self.access is None:
             raise asyncssh.SFTPPermissionDenied("not logged in")
+        self._touch()
         try:
             row = await self.gateway.running(self.access)
             self.workdir = self.gateway.manager.template_for(row).workdir or "/"
@@ -143,10 +145,12 @@ class SandboxSFTP(asyncssh.SFTPServer):
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
         assert isinstance(file_obj, int)
+        self._touch()
         return os.pread(file_obj, min(size, MAX_READ_BYTES), offset)
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int:
         assert isinstance(file_obj, int)
+        self._touch()
         written = 0
         while written < len(data):
             written += os.pwrite(file_obj, data[written:], offset + written)

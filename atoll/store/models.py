@@ -72,6 +72,9 @@ class SandboxRow(Base):
     timeout: Mapped[int] = mapped_column(Integer)  # seconds
     auto_pause: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), index=True)
+    # why it is in that state when no request put it there (failed, a transition that timed
+    # out or failed); cleared by the next transition that gives none
+    state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     net_slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -134,7 +137,8 @@ class SnapshotRow(Base):
     env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="ready")
-    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # blocks used, not apparent sizes
+    inodes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: made before counted
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

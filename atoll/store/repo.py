@@ -97,6 +97,27 @@ class Repository:
             )
             return True
 
+    async def list_keys(self, org_id: str) -> list[ApiKey]:
+        """The org's keys, newest first (their prefix, never the secret: only its hash is kept)."""
+        async with self.sessions() as s:
+            rows = await s.scalars(
+                select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at.desc(), ApiKey.id)
+            )
+            return list(rows)
+
+    async def revoke_key(self, org_id: str, key_id: str) -> str | None:
+        """Delete the org's key ``key_id`` and forget it in the cache, so it is refused from
+        the next request on; its hash (to end what it opened elsewhere), or None when the org
+        has no such key."""
+        async with self._writing() as s:
+            row = await s.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.org_id == org_id))
+            if row is None:
+                return None
+            digest = row.key_hash
+            await s.delete(row)
+        self._key_cache.pop(digest, None)
+        return digest
+
     async def count_keys(self) -> int:
         async with self.sessions() as s:
             return int(await s.scalar(select(func.count()).select_from(ApiKey)) or 0)
@@ -180,7 +201,8 @@ class Repository:
     async def count_active(self, org_id: str) -> int:
         async with self.sessions() as s:
             query = select(func.count()).where(
-                SandboxRow.org_id == org_id, SandboxRow.state.not_in([State.DELETED, State.STOPPED])
+                SandboxRow.org_id == org_id,
+                SandboxRow.state.not_in([State.DELETED, State.STOPPED, State.FAILED]),
             )
             return int(await s.scalar(query) or 0)
 

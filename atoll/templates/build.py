@@ -184,15 +184,28 @@ def staging_for(target: Path) -> Iterator[Path]:
 def overlay_users(rootfs: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> int:
     """How many overlay mounts (sandboxes' root filesystems) have ``rootfs`` as a lower layer."""
     count = 0
+    wanted = rootfs.resolve()
     for line in mountinfo.read_text().splitlines():
-        _, _, after = line.partition(" - ")
+        before, _, after = line.partition(" - ")
         fields = after.split()
-        if len(fields) < 3 or fields[0] != "overlay":
+        if len(fields) < 3 or fields[0] != "overlay" or len(before.split()) < 5:
             continue
+        mount_point = Path(before.split()[4].replace("\\040", " "))
         for option in fields[2].split(","):
-            if option.startswith("lowerdir=") and str(rootfs) in option.removeprefix("lowerdir=").split(":"):
+            if not option.startswith("lowerdir="):
+                continue
+            # layers named relative to the mount's directory (overlay.mount_overlay) are links
+            layers = [mount_point.parent / name for name in option.removeprefix("lowerdir=").split(":")]
+            if str(rootfs) in map(str, layers) or any(_same(layer, wanted) for layer in layers):
                 count += 1
     return count
+
+
+def _same(layer: Path, wanted: Path) -> bool:
+    try:
+        return layer.resolve() == wanted
+    except OSError:
+        return False
 
 
 def ensure_unused(target: Path) -> None:

@@ -45,7 +45,11 @@ PACKAGES = (
     "python3", "python3-venv", "ca-certificates", "procps",
     # the display, a lean XFCE4 (window manager, panel, desktop, terminal) and its session bus
     "xvfb", "x11-xserver-utils", "xfwm4", "xfce4-panel", "xfdesktop4", "xfce4-terminal",
-    "xterm",  # xfce4-terminal cannot start its shell under gVisor (glib's spawn fails there)
+    "xterm",
+    # st: the terminal that works under gVisor (runsc 20240729), where opening /dev/tty fails
+    # with EIO: xterm opens it to check its pty became the controlling terminal and gives up,
+    # xfce4-terminal (vte) cannot start its shell; st only needs the pty (docs/desktop.md)
+    "stterm",
     "dbus", "dbus-x11", "fonts-dejavu-core", "adwaita-icon-theme",
     # viewing and driving it
     "x11vnc", "novnc", "websockify", "xdotool", "x11-apps", "ffmpeg",

@@ -34,6 +34,8 @@ from typing import Any
 from atoll._exceptions import BadRequestError, ServerError
 from atoll.runtime._proc import CommandFailed, CommandTimeout
 from atoll.runtime.confined import Root
+from atoll.templates import image_user
+from atoll.templates.import_guard import ImportGuard
 from atoll.templates.registry import Template
 
 log = logging.getLogger("atoll.templates")
@@ -236,12 +238,24 @@ def _authfile(path: Path, registry: str, username: str, password: str) -> Path:
     return path
 
 
-async def _run_lines(argv: Sequence[str], *, timeout: float, on_line: Callable[[str], None]) -> None:
+async def _run_lines(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    on_line: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> None:
     """Run a host command, handing each output line to ``on_line``; CommandFailed on failure.
     (``atoll.runtime._proc.run`` collects output at the end; progress needs it as it comes.)"""
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env) if env is not None else None,
+        pass_fds=tuple(pass_fds),
     )
     assert proc.stdout is not None
     tail: list[str] = []
@@ -268,6 +282,33 @@ async def _run_lines(argv: Sequence[str], *, timeout: float, on_line: Callable[[
     log.debug("%s rc=%s %.1fms", argv[0], proc.returncode, (time.perf_counter() - started) * 1000)
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode or -1, "\n".join(tail).encode())
+
+
+async def _resolve_async(name: str) -> list[str]:
+    return await asyncio.wait_for(asyncio.to_thread(_resolve, name), RESOLVE_TIMEOUT_S)
+
+
+async def _pull(
+    argv: list[str], *, remote: bool, registries: Sequence[str], timeout: float, report: Progress
+) -> None:
+    """Run skopeo; from a registry, only through an ``ImportGuard`` that checks every address it
+    connects to (redirects, token services, a name that resolves differently the second time)."""
+    on_line: Callable[[str], None] = lambda line: report("pull", line)  # noqa: E731
+    if not remote:
+        await _run_lines(argv, timeout=timeout, on_line=on_line)
+        return
+    guard = ImportGuard(allowed=registries, refuse=_unroutable, resolve=_resolve_async)
+    async with guard:
+        wrapped, env, fds = guard.wrap(argv)
+        try:
+            await _run_lines(wrapped, timeout=timeout, on_line=on_line, env=env, pass_fds=fds)
+        except CommandFailed:
+            if guard.refused:
+                raise _uri_error(
+                    f"the registry led the import where this server does not connect: {guard.refused[0]}",
+                    "registries and their redirects must be on public addresses",
+                ) from None
+            raise
 
 
 def _read_layout(layout: Path) -> tuple[str, dict[str, Any]]:
@@ -339,7 +380,7 @@ async def import_image(
             ]
         argv += [source, f"oci:{staging / 'layout'}:{TAG}"]
         report("pull", f"pulling {uri}")
-        await _run_lines(argv, timeout=timeout, on_line=lambda line: report("pull", line))
+        await _pull(argv, remote=remote, registries=registries, timeout=timeout, report=report)
         with contextlib.suppress(FileNotFoundError):
             (staging / "auth.json").unlink()
         digest, config = await asyncio.to_thread(_read_layout, staging / "layout")
@@ -354,15 +395,20 @@ async def import_image(
             await asyncio.to_thread(_prepare_rootfs, staging / "rootfs")
         except OSError as exc:
             raise BadRequestError(f"the image's root filesystem is unusable here: {exc.strerror}") from None
+        user = await asyncio.to_thread(image_user.resolve, staging / "rootfs", image.user)
         await asyncio.to_thread(shutil.rmtree, staging / "layout")
         template = Template(
             id=template_id,
             name=name,
             port=image.port,
-            env=image.env,
+            # HOME is the user's, as a container engine sets it, unless the image says otherwise
+            env={"HOME": user.home, **image.env} if user.uid else image.env,
             workdir=image.working_dir or "/",
             cmd=image.main_command,
             user=image.user,
+            uid=user.uid,
+            gid=user.gid,
+            groups=user.groups,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         meta = asdict(template)

@@ -33,7 +33,12 @@ class Template:
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)  # the main process, when the image has one
-    user: str = ""  # the image's USER (recorded; the home directory endpoint reads it)
+    user: str = ""  # the image's USER, as the image says it (the home directory endpoint reads it)
+    # that user resolved through the image's /etc/passwd and /etc/group when it was imported:
+    # what every process of its sandboxes runs as
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
     # a service main process: creates wait until GET {PORT}{ready_path} answers 200 (readiness)
     ready_path: str = ""
     # the isolation backend its sandboxes run on ("runsc" for gVisor); "": the server's default
@@ -130,6 +135,9 @@ def _load(directory: Path) -> Template | None:
         workdir=data.get("workdir", "/"),
         cmd=list(data.get("cmd", [])),
         user=data.get("user", ""),
+        uid=int(data.get("uid", 0)),
+        gid=int(data.get("gid", 0)),
+        groups=[int(g) for g in data.get("groups", [])],
         ready_path=data.get("ready_path", ""),
         runtime=data.get("runtime", ""),
         created_at=data.get("created_at", ""),

@@ -72,8 +72,10 @@ def shots(tmp_path: Path) -> Path:
 class Page:
     """A browser page that records console errors and failed page loads."""
 
-    def __init__(self, browser: Any, server: ServerProcess, viewport: dict[str, int] = DESKTOP) -> None:
-        self.context = browser.new_context(viewport=viewport, base_url=server.base_url)
+    def __init__(
+        self, browser: Any, server: ServerProcess, viewport: dict[str, int] = DESKTOP, **options: Any
+    ) -> None:
+        self.context = browser.new_context(viewport=viewport, base_url=server.base_url, **options)
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.errors: list[str] = []
@@ -301,3 +303,33 @@ def test_terminal_socket_needs_the_session_and_this_origin(server: ServerProcess
             url, additional_headers={"cookie": cookie, "origin": server.base_url}, open_timeout=10
         ).close()
     assert missing.value.response.status_code == 404
+
+
+def test_assets_are_versioned_and_not_fetched_again(browser: Any, server: ServerProcess) -> None:
+    """The stylesheet blocks the first paint: a second visit must not wait for it (nor for any
+    other asset), so assets are linked with their hash and cached for good."""
+    ui = Page(browser, server)
+    try:
+        page = ui.sign_in(server.api_key)
+        links = page.locator("link[rel=stylesheet], script[src]")
+        urls = [
+            links.nth(i).get_attribute("href") or links.nth(i).get_attribute("src")
+            for i in range(links.count())
+        ]
+        assert urls and all(
+            re.search(r"^/ui/(static|vendor)/[\w.\-]+\?v=[0-9a-f]{16}$", u or "") for u in urls
+        ), urls
+        asset = page.request.get(urls[0] or "")
+        assert "immutable" in asset.headers["cache-control"]
+        stale = page.request.get((urls[0] or "").split("?")[0] + "?v=0000000000000000")
+        assert stale.headers["cache-control"] == "no-cache"  # an old link revalidates
+        # a later visit takes them from the cache: nothing crosses the network, not even a 304
+        # (a revalidated entry has a transferSize: its response's headers)
+        sent = "performance.getEntriesByType('resource').filter(e => e.transferSize > 0).map(e => e.name)"
+        for path in ("/", "/ui/host"):
+            page.goto(path)
+            page.wait_for_load_state("load")
+            fetched = [u for u in page.evaluate(sent) if "/ui/static/" in u or "/ui/vendor/" in u]
+            assert fetched == [], f"{path}: fetched again: {fetched}"
+    finally:
+        ui.close()

@@ -6,11 +6,15 @@ import ipaddress
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from atoll.network import egress_rules
-from atoll.network.policy import AddressGuard, EgressPolicy, domain_matches
+from atoll.network.addressing import Slot
+from atoll.network.egress import Attachment
+from atoll.network.policy import AddressGuard, EgressPolicy, NetworkPolicy, TransformRule, domain_matches
 from atoll.network.sniff import Sniffed, sniff
 from atoll.network.transform import mask, rewrite_request_headers
 
@@ -41,6 +45,40 @@ def test_policy_modes() -> None:
     assert custom.allows_name("t.example") and custom.allows_name("a.example")
     assert not custom.allows_name("b.example")
     assert custom.transform_for("t.example") is not None and custom.transform_for("a.example") is None
+
+
+def test_the_request_model_compiles_to_the_policy() -> None:
+    # what the API validated is compiled as it is (no dict in between); what the store keeps
+    # (its dump) reads back to the same policy, through the same model
+    request = NetworkPolicy.model_validate(
+        {
+            "mode": "custom",
+            "allow_domains": ["A.example", "*.b.example"],
+            "allow_cidrs": ["10.20.0.0/16"],
+            "transforms": [
+                {"domain": "T.example", "inject_headers": {"X-K": "v"}, "strip_headers": ["Cookie"]}
+            ],
+        }
+    )
+    policy = EgressPolicy.compile(request)
+    assert policy.mode == "custom" and policy.domains == ("a.example", "*.b.example")
+    assert policy.cidrs == (ipaddress.IPv4Network("10.20.0.0/16"),)
+    assert policy.transforms == (TransformRule("t.example", (("X-K", "v"),), frozenset({"cookie"})),)
+    assert EgressPolicy.from_wire(request.model_dump(exclude_unset=True)) == policy
+    assert EgressPolicy.compile(None) == EgressPolicy.from_wire(None) == EgressPolicy()
+    with pytest.raises(ValidationError):  # a stored dict is held to the request's rules too
+        EgressPolicy.from_wire({"mode": "custom", "allow_domains": ["no-dot"]})
+
+
+def test_attachment_compiles_a_stored_policy_once() -> None:
+    slot = Slot(1, "10.250.0.1", "10.250.0.2", 30, "ns1", "if1")
+    policy = EgressPolicy.from_wire({"mode": "deny-all"})
+    typed = Attachment(sandbox_id="s", org_id="o", policy=policy, slot=slot, sandbox_dir=Path("/nowhere"))
+    assert typed.egress_policy is policy
+    stored = Attachment(
+        sandbox_id="s", org_id="o", policy={"mode": "deny-all"}, slot=slot, sandbox_dir=Path("/nowhere")
+    )
+    assert stored.egress_policy == policy
 
 
 def test_transform_repr_hides_secrets() -> None:

@@ -3,7 +3,7 @@ test_slowloris.py): a per-address cap, and past the fd budget only small clients
 
 from __future__ import annotations
 
-from atoll.server.conn_guard import ConnectionGuard
+from atoll._conn_guard import ConnectionGuard
 
 
 def test_per_address_cap_and_release() -> None:

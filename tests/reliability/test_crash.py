@@ -1,5 +1,7 @@
 """kill -9 of the server in the middle of 30 concurrent creates and deletes, then a restart:
-every sandbox is either running and reachable or cleanly gone, and the host holds nothing else."""
+every sandbox is either running and reachable or cleanly gone, and the host holds nothing else.
+What was settled before the kill stays settled: a sandbox no request touched, and one whose
+create answered, are running; one whose delete answered is gone."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -30,22 +33,33 @@ def reachable(ip: str) -> bool:
 def test_kill9_during_concurrent_creates_and_deletes(spare: SpareServer) -> None:
     with spare("--netns-pool-size", "4") as server:
         with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
-            doomed = []
+            survivor = api.create(http)["id"]  # no request touches it: it must come back running
             with ThreadPoolExecutor(8) as pool:
                 doomed = list(pool.map(lambda _: api.create(http)["id"], range(DELETES)))
-            kill_and_restart_mid_burst(server, doomed)
-            check_after_restart(server, http, doomed)
+            settled = kill_and_restart_mid_burst(server, doomed)
+            check_after_restart(server, http, doomed, survivor, settled)
 
 
-def kill_and_restart_mid_burst(server: ServerProcess, doomed: list[str]) -> None:
+@dataclass
+class Settled:
+    """What the server answered before it was killed."""
+
+    created: list[str] = field(default_factory=list)  # ids of creates that answered 201
+    deleted: list[str] = field(default_factory=list)  # ids of deletes that answered 204
+
+
+def kill_and_restart_mid_burst(server: ServerProcess, doomed: list[str]) -> Settled:
     started = threading.Barrier(CREATES + DELETES + 1)
     outcomes: list[str] = []
+    settled = Settled()
 
     def create() -> None:
         started.wait()
         try:
             r = httpx.post(f"{server.base_url}/v1/sandbox", json={}, headers=server.headers, timeout=60)
             outcomes.append(f"create {r.status_code}")
+            if r.status_code == 201:
+                settled.created.append(r.json()["id"])
         except httpx.HTTPError as exc:
             outcomes.append(f"create {type(exc).__name__}")
 
@@ -54,6 +68,8 @@ def kill_and_restart_mid_burst(server: ServerProcess, doomed: list[str]) -> None
         try:
             r = httpx.delete(f"{server.base_url}/v1/sandbox/{sid}/", headers=server.headers, timeout=60)
             outcomes.append(f"delete {r.status_code}")
+            if r.status_code == 204:
+                settled.deleted.append(sid)
         except httpx.HTTPError as exc:
             outcomes.append(f"delete {type(exc).__name__}")
 
@@ -68,12 +84,19 @@ def kill_and_restart_mid_burst(server: ServerProcess, doomed: list[str]) -> None
         t.join(timeout=90)
     assert any("Error" in o for o in outcomes), f"nothing was in flight at the kill: {outcomes}"
     server.start()
+    return settled
 
 
-def check_after_restart(server: ServerProcess, http: httpx.Client, doomed: list[str]) -> None:
+def check_after_restart(
+    server: ServerProcess, http: httpx.Client, doomed: list[str], survivor: str, settled: Settled
+) -> None:
     items = http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]
     states = {i["id"]: i["state"] for i in items}
     assert set(states.values()) <= {"running"}, states
+    # running or gone is not enough: what was settled before the kill must not have vanished
+    assert states.get(survivor) == "running", (survivor, states)
+    assert all(states.get(sid) == "running" for sid in settled.created), (settled.created, states)
+    assert not set(settled.deleted) & set(states), (settled.deleted, states)
     for sid in states:  # running and reachable: a command runs, and its address answers
         assert api.run(http, sid, "echo up")["stdout"] == "up\n"
         assert reachable(api.sandbox_ip(http, sid)), sid

@@ -143,7 +143,7 @@ def test_restart_with_a_sandbox_left_mid_snapshot(spare: SpareServer) -> None:
         set_state(server, sid, "snapshotting")
         server.start()
         # adopted (resumed: "not paused" is fine), or quarantined: processes gone, disk kept
-        assert state(http, sid) in ("running", "stopped"), state(http, sid)
+        assert state(http, sid) in ("running", "failed"), state(http, sid)
         assert state(http, other) == "running"
         assert api.run(http, other, "echo ok")["stdout"] == "ok\n"
         for each in (sid, other):
@@ -161,8 +161,8 @@ exec {real} "$@"
 
 def test_restart_quarantines_a_sandbox_it_cannot_repair(spare: SpareServer, tmp_path: Path) -> None:
     """Reconciliation meets a sandbox it cannot repair (the runtime refuses to resume it): the
-    server starts anyway, that sandbox is stopped (processes gone, disk kept) and starts again
-    later, and the others are adopted untouched."""
+    server starts anyway, that sandbox is ``failed`` with the reason (processes gone, disk kept)
+    and starts again later, and the others are adopted untouched."""
     double = runtime_double(tmp_path, RESUME_FAILS)
     flag = tmp_path / "fail-run"
     with (
@@ -177,7 +177,13 @@ def test_restart_quarantines_a_sandbox_it_cannot_repair(spare: SpareServer, tmp_
         flag.touch()
         server.start()
         flag.unlink()
-        assert state(http, sid) == "stopped"
+        failed = http.get(f"/v1/sandbox/{sid}/").json()
+        assert failed["state"] == "failed", failed
+        assert "could not repair" in failed["state_reason"] and "resume" in failed["state_reason"], failed
+        listed = {item["id"]: item for item in http.get("/v1/sandboxes").json()["items"]}
+        assert listed[sid]["state_reason"] == failed["state_reason"]
+        for refused in ("pause", "stop"):  # only delete or start follow
+            assert http.post(f"/v1/sandbox/{sid}/{refused}").status_code == 409
         assert state(http, other) == "running"
         assert api.run(http, other, "echo ok")["stdout"] == "ok\n"
         assert http.post(f"/v1/sandbox/{sid}/start").status_code == 200

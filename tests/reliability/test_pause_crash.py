@@ -1,10 +1,12 @@
 """``kill -9`` during a checkpoint pause (issue 15, finding 7): after a restart a sandbox whose
-CRIU image is complete comes back ``paused`` and resumes with its processes; one whose image is
-incomplete is reported ``stopped`` and the image is removed; no ``checkpoint/`` or
-``checkpoint.work/`` outlives its use (after a resume or a start)."""
+checkpoint image (CRIU's, or runsc's) is complete comes back ``paused`` and resumes with its
+processes; one whose image is incomplete is reported ``stopped`` and the image is removed; no
+``checkpoint/`` or ``checkpoint.work/`` outlives its use (after a resume or a start). Both
+backends (the completion marker is written by each)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from atoll.runtime.gvisor import GVisorBackend
 from tests._support import api
 from tests._support.server import ServerProcess
 from tests.reliability.conftest import SpareServer
 
 pytestmark = [pytest.mark.privileged]
 SERVE_ARGS = ("--no-build-template",)  # make test builds it first; never rebuilt under other servers
-MARKER = "atoll-complete"  # what the runtime writes once CRIU has succeeded
+MARKER = "atoll-complete"  # what the runtime writes once its save (CRIU, runsc) has succeeded
 
 
 def state(http: httpx.Client, sid: str) -> str:
@@ -51,8 +54,6 @@ def paused_by_checkpoint(spare: SpareServer) -> Iterator[tuple[ServerProcess, ht
         health = http.get("/v1/health").json()
         if not health.get("checkpoint"):
             pytest.skip("no checkpointing runtime on this host")
-        if health.get("runtime") == "runsc":  # issue 15: the marker is written by the OCI backend only
-            pytest.skip("gVisor checkpoints carry no completion marker yet")
         sid = api.create(http)["id"]
         pid = api.run(http, sid, "nohup sleep 3600 >/dev/null 2>&1 & echo $!")["stdout"].strip()
         r = http.post(f"/v1/sandbox/{sid}/pause")
@@ -105,3 +106,37 @@ def test_image_of_a_stopped_sandbox_does_not_stay(
     assert http.post(f"/v1/sandbox/{sid}/start").status_code == 200
     assert api.run(http, sid, "echo ok")["stdout"] == "ok\n"
     assert images(server, sid) == []
+
+
+def test_gvisor_sandbox_killed_between_its_save_and_its_halt_is_paused(spare: SpareServer) -> None:
+    """gVisor saves a paused sandbox and halts it afterwards: a kill in between leaves it alive
+    (paused) beside a complete image. After the restart the image wins: the sandbox is halted
+    and ``paused``, and resumes from the image with its processes."""
+    with (
+        spare(*SERVE_ARGS) as server,
+        httpx.Client(base_url=server.base_url, headers=server.headers, timeout=600) as http,
+    ):
+        if http.get("/v1/health").json().get("runtime") != "runsc":
+            pytest.skip("runc's save (CRIU) ends the processes itself: nothing is left alive")
+        sid = api.create(http)["id"]
+        pid = api.run(http, sid, "nohup sleep 3600 >/dev/null 2>&1 & echo $!")["stdout"].strip()
+        server.kill9()
+        image = server.data_dir / "sandboxes" / sid / "checkpoint"
+        backend = GVisorBackend(
+            binary="runsc", state_root=Path("/run/atoll") / server.instance / "runsc",
+            cgroup_parent=f"atoll_{server.instance}",
+        )  # fmt: skip
+
+        async def save_without_halting() -> None:
+            await backend.pause(sid)  # as the server's checkpoint does, then the kill
+            await backend.checkpoint(sid, image, leave_running=True)
+            assert sid in await backend.running_ids()
+
+        asyncio.run(save_without_halting())
+        assert (image / MARKER).is_file()
+        server.start()
+        assert state(http, sid) == "paused"
+        assert sid not in asyncio.run(backend.running_ids())  # halted: the image supersedes it
+        assert api.run(http, sid, f"kill -0 {pid} && echo alive")["stdout"] == "alive\n"
+        assert images(server, sid) == []
+        api.delete(http, sid)

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from atoll._conn_guard import PER_ADDRESS_MAX
 from atoll.router._proxy import HEAD_TIMEOUT_S
-from atoll.server.conn_guard import PER_ADDRESS_MAX
 from atoll.server.limits import HEADER_TIMEOUT_S
 from tests._support import api
 from tests._support.server import ServerProcess

@@ -77,7 +77,7 @@ class FakePresigned:
 
 
 @pytest.fixture
-def setup() -> tuple[SandboxLookup, FakeManager, FakePresigned]:
+def setup() -> tuple[SandboxLookup[Row], FakeManager, FakePresigned]:
     repo = FakeRepo(
         keys={"k1": "org1", "k2": "org2"},
         rows={
@@ -93,7 +93,7 @@ def setup() -> tuple[SandboxLookup, FakeManager, FakePresigned]:
             "atpold": Grant("psu_2", "org1", "sbxa", 3000, time.time() - 1),
         }
     )
-    lookup = SandboxLookup(manager, presigned)  # type: ignore[arg-type]
+    lookup = SandboxLookup(manager, presigned)
     return lookup, manager, presigned
 
 

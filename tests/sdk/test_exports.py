@@ -28,6 +28,8 @@ EXPECTED = {
     "AsyncProcessHandle",
     "ProcessEvent",
     "ProcessInfo",
+    "WatchEvent",
+    "MetricsSample",
     "Client",
     "AsyncClient",
     "SandboxesClient",

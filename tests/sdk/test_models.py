@@ -6,7 +6,7 @@ import pytest
 
 from atoll import MalformedResponseError, ProcessResult, SandboxData, SandboxList, SandboxState, SandboxStatus
 from atoll._states import State
-from atoll.sdk.models import json_object, parse_state
+from atoll.sdk.models import Snapshot, json_object, parse_state
 
 
 def test_sandbox_state_is_the_one_state_enum() -> None:
@@ -90,6 +90,18 @@ def test_list_is_lenient() -> None:
     assert page.items[0].launch_time == "l"
     assert page.items[0].state_change_time is None
     assert SandboxList.from_dict({}) == SandboxList(items=[], total_items=0)
+
+
+def test_a_failed_sandbox_carries_its_reason_and_snapshots_their_inodes() -> None:
+    reason = "start-up reconciliation could not repair it"
+    status = SandboxStatus.from_dict({"id": "sbx-1", "state": "failed", "state_reason": reason})
+    assert status.state is SandboxState.FAILED and status.state_reason == reason
+    assert SandboxData.from_dict({"id": "sbx-1", "state_reason": reason}).state_reason == reason
+    item = SandboxList.from_dict({"items": [{"id": "a", "state": "failed", "state_reason": reason}]}).items[0]
+    assert item.state_reason == reason
+    assert SandboxStatus.from_dict({"id": "sbx-1", "state": "running"}).state_reason is None
+    snap = Snapshot.from_dict({"id": "s1", "name": "n", "size_bytes": 12288, "inodes": 3})
+    assert (snap.size_bytes, snap.inodes) == (12288, 3)
 
 
 def test_process_result() -> None:

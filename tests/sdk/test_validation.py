@@ -178,14 +178,18 @@ def test_bad_policies(policy: Any, field: str, match: str) -> None:
 
 
 def test_policy_limits_are_inclusive() -> None:
-    check_network_policy(
-        {
-            "mode": "custom",
-            "allow_domains": [f"d{i}.com" for i in range(50)],
-            "allow_cidrs": [f"10.0.{i}.0/24" for i in range(10)],
-            "transforms": [{"domain": f"t{i}.com"} for i in range(20)],
-        }
-    )
+    at_limits: dict[str, Any] = {
+        "mode": "custom",
+        "allow_domains": [f"d{i}.com" for i in range(50)],
+        "allow_cidrs": [f"10.0.{i}.0/24" for i in range(10)],
+        "transforms": [{"domain": f"t{i}.com"} for i in range(20)],
+    }
+    assert check_network_policy(at_limits) == at_limits  # every limit reached, nothing dropped
+    extra = {"allow_domains": "d50.com", "allow_cidrs": "10.0.10.0/24", "transforms": {"domain": "t20.com"}}
+    for key, item in extra.items():  # and one more than each is refused, naming the list
+        with pytest.raises(InvalidArgument) as caught:
+            check_network_policy({**at_limits, key: [*at_limits[key], item]})
+        assert caught.value.field == f"network_policy.{key}"
 
 
 def test_otel_env_vars() -> None:

@@ -1,5 +1,6 @@
 """Escape attempts that would stall a sandbox's commands by stopping its PID 1 (the agent), and
-the server's watchdog (``OCIBackend._wake_agent``) for a stop that gets past the kernel's rules.
+the server's watchdogs (``OCIBackend._wake_agent``, ``gvisor_exec.Executor.wake_agent``) for a stop
+that gets past the kernel's rules (or, under gVisor, that the sentry lets through).
 (Tracing it is ``test_escape_agent.py::test_ptrace_the_agent``.)"""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ print(json.dumps({"sent": sent, "state": state}))
 
 @pytest.mark.attempt("stop PID 1 (the agent) with SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU")
 def test_stop_the_agent(http: httpx.Client, victim: str, blocked: Blocked) -> None:
-    # gVisor delivers SIGSTOP to PID 1: test_sigstop_the_agent_under_gvisor
+    # gVisor delivers SIGSTOP to PID 1: test_sigstop_the_agent
     signals = ["SIGTSTP", "SIGTTIN", "SIGTTOU"] + ([] if GVISOR else ["SIGSTOP"])
     seen = py_json(http, victim, STOP_PID1 % (signals,))
     assert seen["state"] not in ("T", "t"), seen
@@ -51,14 +52,29 @@ def test_stop_the_agent(http: httpx.Client, victim: str, blocked: Blocked) -> No
     blocked(f"{how} (PID 1 state {seen['state']})")
 
 
-@pytest.mark.attempt("stop a gVisor sandbox's PID 1 (the agent) with SIGSTOP")
-def test_sigstop_the_agent_under_gvisor() -> None:
-    if not GVISOR:
-        pytest.skip("Linux ignores SIGSTOP to a pid namespace's init from inside (test_stop_the_agent)")
-    # Seen by hand (issue 16): `kill -STOP 1` stops the agent; every later command waits 30 s
-    # and answers 503, and deleting the sandbox then leaves runsc processes behind. Not run: it
-    # wedges the server's state for the rest of the suite.
-    pytest.xfail("gVisor delivers SIGSTOP to PID 1 from inside; the gVisor backend has no watchdog yet")
+@pytest.mark.attempt("stop PID 1 (the agent) with SIGSTOP, then run commands")
+def test_sigstop_the_agent(http: httpx.Client, victim: str, blocked: Blocked) -> None:
+    """Linux ignores it (a pid namespace's init); gVisor's sentry delivers it, and the server's
+    watchdog (``gvisor_exec.Executor.wake_agent``) continues the agent: commands keep running
+    at once, during the stop (the stopping command's own result) and after it."""
+    started = time.monotonic()
+    stop = api.run(http, victim, "kill -STOP 1; echo sent", timeout=10)
+    assert stop["stdout"] == "sent\n", stop
+    assert time.monotonic() - started < 5, "the stopping command waited for the stopped agent"
+    # a stop that lands between two commands, from a process the agent no longer waits for
+    api.run(http, victim, "(sleep 0.5; kill -STOP 1) >/dev/null 2>&1 &")
+    time.sleep(1.5)
+    for _ in range(3):
+        started = time.monotonic()
+        result = api.run(http, victim, "echo still-here; grep '^State:' /proc/1/status", timeout=10)
+        assert result["stdout"].startswith("still-here\n"), result
+        assert time.monotonic() - started < 5, "the next command waited for the agent"
+    state = result["stdout"].split()[-2]
+    assert state not in ("T", "t"), result
+    how = "the kernel ignores it: a pid namespace's init gets no unhandled signal from inside"
+    if GVISOR:
+        how = "the sentry stops the agent; the server's watchdog sends it SIGCONT when a command waits"
+    blocked(f"{how} (PID 1 state afterwards {state})")
 
 
 def _agent_host_pid(sandbox_id: str) -> int:

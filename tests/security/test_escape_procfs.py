@@ -12,6 +12,7 @@ import pytest
 
 from tests._support import api
 from tests._support.runtimes import GVISOR
+from tests._support.server import ServerProcess
 from tests.security._inside import py_json
 from tests.security.conftest import Blocked
 
@@ -63,6 +64,23 @@ def test_host_kernel_files(http: httpx.Client, pair: tuple[str, str], blocked: B
         blocked("the sentry's own /proc and /sys: none of these describe the host")
     else:
         blocked("masked: empty /dev/null binds over files, empty read-only tmpfs over directories")
+
+
+@pytest.mark.attempt("learn the host's paths (data dir, layers, disks) from /proc/self/mountinfo")
+def test_mountinfo_names_no_host_path(
+    http: httpx.Client, pair: tuple[str, str], server: ServerProcess, blocked: Blocked
+) -> None:
+    out = api.run(http, pair[0], "cat /proc/self/mountinfo /proc/self/mounts")
+    assert out["exit_code"] == 0, out
+    text = out["stdout"]
+    assert " / / " in text or " / " in text, text  # it did read the mount table
+    for secret in (str(server.data_dir), "/var/lib/atoll", "/var/tmp", server.instance):
+        leaking = [line for line in text.splitlines() if secret in line]
+        assert not leaking, (secret, leaking)
+    if GVISOR:
+        blocked("the sentry's own mount table names no host path")
+    else:
+        blocked("overlay layers named by relative links (layers/N); binds show paths in their own filesystem")
 
 
 @pytest.mark.attempt("learn the host's memory and uptime from free, /proc/meminfo and /proc/uptime")

@@ -16,7 +16,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -60,13 +60,36 @@ def as_nobody(*argv: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Complete
     )
 
 
-def check_copies(paths: list[Path]) -> list[str]:
+def mapped_roots(pids: list[str]) -> set[int]:
+    """The host uids root inside may be: 0, and the first host uid of each sandbox's user
+    namespace (``/proc/<pid>/uid_map``'s ``0 <host> <size>``)."""
+    roots = {0}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            inside, host, _size = Path(f"/proc/{pid}/uid_map").read_text().split()[:3]
+            if inside == "0":
+                roots.add(int(host))
+    return roots
+
+
+def sandbox_pids(instance: str, sid: str) -> list[str]:
+    found = []
+    for runtime in ("runc", "crun"):
+        pid_file = Path("/run/atoll") / instance / runtime / f"{sid}.init.pid"
+        if pid_file.exists():
+            found.append(pid_file.read_text().strip())
+    return found
+
+
+def check_copies(paths: list[Path], roots: Collection[int] = (0,)) -> list[str]:
     """Each host path of the planted file: ``nobody`` cannot reach it, and running it through a
     descriptor gives no privilege. Returns what was seen, for the report."""
     seen = []
     for path in paths:
         info = path.stat()  # as root: the test looks at the right file
-        assert stat.S_ISREG(info.st_mode) and info.st_uid == 0, path
+        # root inside is uid 0 on the host, or (user namespaces) the unprivileged host uid its
+        # range starts at; either way euid must stay 65534 below
+        assert stat.S_ISREG(info.st_mode) and info.st_uid in roots, (path, info.st_uid, roots)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             by_fd = as_nobody(f"/proc/self/fd/{fd}", "-u", pass_fds=(fd,))
@@ -93,13 +116,12 @@ def test_planted_setuid_binary(
 ) -> None:
     sandbox_dir = server.data_dir / "sandboxes" / planted
     paths = [sandbox_dir / "rootfs" / PLANTED, sandbox_dir / "disk" / "upper" / PLANTED]
-    for runtime in ("runc", "crun"):  # the container's own root: a bind of the overlay, nosuid too
-        pid_file = Path("/run/atoll") / server.instance / runtime / f"{planted}.init.pid"
-        if pid_file.exists():
-            paths.append(Path(f"/proc/{pid_file.read_text().strip()}/root") / PLANTED)
+    pids = sandbox_pids(server.instance, planted)
+    for pid in pids:  # the container's own root: a bind of the overlay, nosuid too
+        paths.append(Path(f"/proc/{pid}/root") / PLANTED)
     for directory in (server.data_dir, server.data_dir / "sandboxes", Path("/run/atoll") / server.instance):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
-    check_copies(paths)
+    check_copies(paths, mapped_roots(pids))
     blocked("data dir 0700 root (nobody: EACCES); root overlay and disk mounted nosuid (euid stays 65534)")
 
 
@@ -114,7 +136,9 @@ def test_planted_setuid_binary_without_disk_quota(blocked: Blocked) -> None:
             with planted_in(h) as sid:
                 sandbox_dir = data_dir / "sandboxes" / sid
                 assert not (sandbox_dir / "disk.img").exists()
-                check_copies([sandbox_dir / "rootfs" / PLANTED, sandbox_dir / "disk" / "upper" / PLANTED])
+                roots = mapped_roots(sandbox_pids(spare.instance, sid))
+                upper = sandbox_dir / "disk" / "upper" / PLANTED
+                check_copies([sandbox_dir / "rootfs" / PLANTED, upper], roots)
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(data_dir / "sandboxes") + "/" not in mounts  # the bind went with the sandbox
     finally:

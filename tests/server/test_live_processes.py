@@ -32,14 +32,6 @@ LINES = [f"line{i}" for i in range(1, 11)]
 COUNT_TO_5000 = "i=1; while [ $i -le 5000 ]; do echo $i; [ $((i % 100)) = 0 ] && sleep 0.01; i=$((i+1)); done"
 
 
-@pytest.fixture(scope="module")
-def sandbox(server: ServerProcess) -> Iterator[str]:
-    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http:
-        sid = api.create(http)["id"]
-        yield sid
-        http.delete(f"/v1/sandbox/{sid}/")
-
-
 def events(response: httpx.Response, limit: int | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
     """(arrival time, event) of an SSE response, as they arrive."""
     decoder = SSEDecoder()

@@ -85,7 +85,9 @@ def test_listening_server_survives_pause_and_resume(http: httpx.Client) -> None:
     api.delete(http, sid)
 
 
-def test_snapshot_restores_into_independent_forks(client: atoll.Client, http: httpx.Client) -> None:
+def test_snapshot_restores_into_independent_forks(
+    client: atoll.Client, http: httpx.Client, server: ServerProcess
+) -> None:
     source = client.sandboxes.create(memory_mib=512)
     source.process.execute(command=COUNTER)
     source.process.execute(command="echo original > /root/shared")
@@ -114,9 +116,10 @@ def test_snapshot_restores_into_independent_forks(client: atoll.Client, http: ht
         client.snapshots.delete(snapshot)
     for sandbox in (*forks, source):
         sandbox.delete()
-    snapshot_dir = next(Path("/var/tmp").glob(f"atoll-test-*/snapshots/{snapshot.id}"), None)
+    snapshot_dir = server.data_dir / "snapshots" / snapshot.id  # the default snapshots_root
+    assert snapshot_dir.is_dir(), sorted(p.name for p in snapshot_dir.parent.iterdir())
     client.snapshots.delete(snapshot)
-    assert snapshot_dir is None or not snapshot_dir.exists()
+    assert not snapshot_dir.exists()
     with pytest.raises(atoll.NotFoundError):
         client.snapshots.get(snapshot.id)
 

@@ -52,7 +52,9 @@ def containers(server: ServerProcess) -> set[str]:
 
 def slot_of(server: ServerProcess, sid: str) -> int:
     config = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
-    netns = next(n["path"] for n in config["linux"]["namespaces"] if n["type"] == "network")
+    netns = next(n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "network")
+    # in a user namespace the sandbox's network namespace is its own; the pool's is named here
+    netns = netns or config.get("annotations", {})["org.atoll.pool-netns"]
     return int(netns.rsplit("-", 1)[1])
 
 

@@ -8,6 +8,7 @@ CA), as the SDK always does."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 import time
@@ -64,7 +65,11 @@ def keyboard(client: Leap0Client, sid: str, out: Path) -> dict[str, Any]:
     desktop = sandbox.desktop
     marker = "/tmp/typed-into-terminal"
     sandbox.process.execute(command=f"rm -f {marker}")
-    launched = sandbox.process.execute(command=f"setsid -f xterm -T {TERMINAL_TITLE} >/dev/null 2>&1")
+    # st: xterm and xfce4-terminal cannot open a pty under gVisor (docs/desktop.md)
+    terminal = os.environ.get("DESKTOP_TERMINAL", "xterm")
+    flag = "-t" if terminal == "st" else "-T"
+    command = f"setsid -f {terminal} {flag} {TERMINAL_TITLE} >/dev/null 2>&1"
+    launched = sandbox.process.execute(command=command)
     seen: dict[str, Any] = {"launched": launched.exit_code, "window": None}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

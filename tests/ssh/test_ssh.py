@@ -1,27 +1,32 @@
-"""The SSH gateway (agent-services §4) with the real OpenSSH client (``ssh`` + ``sshpass``):
-accesses through the public leap0 SDK's wire, commands, an interactive shell on a terminal that
-follows a resize, ``ssh -L`` to a server in the sandbox, refusals, and a paused sandbox that
-answers after login. Its own server (``--ssh-port`` on a free port, short access lifetime)."""
+"""The SSH gateway (agent-services §4) with the real OpenSSH client (``ssh`` + ``sshpass``) and
+paramiko as a second, independent client: accesses through the public leap0 SDK's wire,
+commands, an interactive shell on a terminal that follows a resize, ``ssh -L`` to a server in the
+sandbox, SFTP, refusals, a paused sandbox that answers after login, and accesses that go with
+their sandbox. Its own server (``--ssh-port`` on a free port, short access lifetime)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
+import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
+import paramiko
 import pytest
 
-from atoll.ssh.gateway import FailureLimiter
+from atoll.ssh.bounds import FailureLimiter
 from tests._support import api
-from tests._support.server import ServerProcess, free_port, spare_server
+from tests._support.server import ServerProcess, free_port
+from tests.ssh._helpers import SSH_OPTIONS, access, gateway_port, run_ssh, ssh_argv, ssh_env
+from tests.ssh._helpers import ssh_server as start_ssh_server
 
 pytestmark = [pytest.mark.privileged]
 
@@ -30,23 +35,8 @@ TTL_S = 30
 
 @pytest.fixture(scope="module")
 def ssh_server() -> Iterator[ServerProcess]:
-    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-ssh-", dir="/var/tmp"))
-    proc = spare_server(
-        data_dir, "--ssh-port", str(free_port()), "--ssh-access-ttl-s", str(TTL_S),
-        "--ssh-public-host", "127.0.0.1", tag="s",
-    )  # fmt: skip
-    proc.start()
-    try:
+    with start_ssh_server("s", "--ssh-access-ttl-s", str(TTL_S)) as proc:
         yield proc
-    finally:
-        try:
-            with httpx.Client(base_url=proc.base_url, headers=proc.headers, timeout=60) as http:
-                for item in http.get("/v1/sandboxes", params={"page-size": 100}).json().get("items", []):
-                    http.delete(f"/v1/sandbox/{item['id']}/")
-        except httpx.HTTPError:
-            pass
-        proc.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +50,6 @@ def sandbox(client: httpx.Client) -> Iterator[str]:
     sid: str = api.create(client)["id"]
     yield sid
     client.delete(f"/v1/sandbox/{sid}/")
-
-
-def access(http: httpx.Client, sid: str) -> dict[str, Any]:
-    r = http.post(f"/v1/sandbox/{sid}/ssh/access")
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()
-    return data
-
-
-def ssh_argv(grant: dict[str, Any], *extra: str) -> list[str]:
-    """``ssh_command`` as a person pastes it, with sshpass and a throwaway known_hosts."""
-    command = grant["ssh_command"].split()
-    assert command[:2] == ["ssh", "-p"] and command[3] == f"{grant['id']}@127.0.0.1", command
-    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    options += ["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"]
-    return ["sshpass", "-e", *command[:3], *options, *extra, command[3]]
-
-
-def run_ssh(grant: dict[str, Any], command: str, *, password: str | None = None, timeout: float = 60) -> Any:
-    env = {**os.environ, "SSHPASS": password if password is not None else grant["password"]}
-    argv = [*ssh_argv(grant), command]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_access_wire(client: httpx.Client, sandbox: str) -> None:
@@ -231,8 +199,8 @@ def test_scp_both_ways_and_sftp(client: httpx.Client, sandbox: str, tmp_path: Pa
     """``scp`` (SFTP underneath since OpenSSH 9) of 50 MB both ways is byte-exact; ``sftp ls``."""
     grant = access(client, sandbox)
     port, target = grant["ssh_command"].split()[2], grant["ssh_command"].split()[3]
-    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    env = {**os.environ, "SSHPASS": grant["password"]}
+    options = SSH_OPTIONS
+    env = ssh_env(grant)
     sent = tmp_path / "up.bin"
     sent.write_bytes(os.urandom(50 * 1024 * 1024))
     up = subprocess.run(
@@ -274,7 +242,7 @@ def test_scp_both_ways_and_sftp(client: httpx.Client, sandbox: str, tmp_path: Pa
 def test_cli_sandbox_ssh(ssh_server: ServerProcess, sandbox: str) -> None:
     """``atoll sandbox ssh ID CMD``: makes an access and runs ssh through sshpass."""
     env = {**os.environ, "ATOLL_API_KEY": ssh_server.api_key, "ATOLL_BASE_URL": ssh_server.base_url}
-    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    options = SSH_OPTIONS
     argv = [sys.executable, "-m", "atoll.cli.main", "sandbox", "ssh", *options, sandbox, "echo", "from-cli"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "from-cli\n"), done.stderr
@@ -291,3 +259,98 @@ def test_failure_limiter() -> None:
         limiter.failed("a", now=moment)
     assert limiter.blocked("a", now=3.0) and not limiter.blocked("b", now=3.0)
     assert not limiter.blocked("a", now=10.5)  # the first failure left the window
+
+
+def stored_accesses(server: ServerProcess, sid: str) -> int:
+    with sqlite3.connect(server.data_dir / "atoll.db") as db:
+        found: int = db.execute("SELECT count(*) FROM ssh_access WHERE sandbox_id = ?", (sid,)).fetchone()[0]
+    return found
+
+
+def test_accesses_go_with_their_sandbox(client: httpx.Client, ssh_server: ServerProcess) -> None:
+    """Deleting a sandbox deletes its accesses from the store and closes their sessions; a pause
+    (which also tears the sandbox's processes down) keeps them."""
+    sid = api.create(client)["id"]
+    try:
+        grants = [access(client, sid), access(client, sid)]
+        assert client.post(f"/v1/sandbox/{sid}/pause").status_code == 201
+        assert stored_accesses(ssh_server, sid) == 2
+        session = subprocess.Popen(
+            [*ssh_argv(grants[0]), "echo started; exec sleep 600"], env=ssh_env(grants[0]),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert session.stdout is not None and session.stdout.readline() == "started\n"
+    finally:
+        assert client.delete(f"/v1/sandbox/{sid}/").status_code == 204
+    assert stored_accesses(ssh_server, sid) == 0
+    assert session.wait(timeout=30) != 0  # the gateway closed the logged-in session
+    assert run_ssh(grants[1], "echo hi").returncode != 0
+
+
+def paramiko_login(grant: dict[str, Any]) -> paramiko.SSHClient:
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    ssh.connect(
+        "127.0.0.1", port=gateway_port(grant), username=grant["id"], password=grant["password"],
+        allow_agent=False, look_for_keys=False, timeout=30, auth_timeout=30,
+    )  # fmt: skip
+    return ssh
+
+
+def read_until(channel: paramiko.Channel, text: bytes, timeout_s: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    channel.settimeout(1)
+    while text not in seen:
+        assert time.monotonic() < deadline, seen
+        try:
+            seen += channel.recv(65536)
+        except TimeoutError:
+            continue
+    return seen
+
+
+def test_paramiko_exec_shell_and_sftp(client: httpx.Client, sandbox: str, ssh_server: ServerProcess) -> None:
+    """paramiko, a client that shares no code with OpenSSH: exec with exit status and stdin, a
+    shell on a terminal that follows a resize, SFTP both ways; the gateway's host key is the
+    one kept in the data directory."""
+    grant = access(client, sandbox)
+    with paramiko_login(grant) as ssh:
+        transport = ssh.get_transport()
+        assert transport is not None
+        kept = asyncssh.read_private_key(str(ssh_server.data_dir / "ssh_host_ed25519_key"))
+        public = kept.export_public_key("openssh").split()[1].decode()
+        assert transport.get_remote_server_key().get_base64() == public
+        _, stdout, stderr = ssh.exec_command("echo hi; pwd; echo err >&2; exit 3")
+        assert (stdout.read(), stderr.read()) == (b"hi\n/home/user\n", b"err\n")
+        assert stdout.channel.recv_exit_status() == 3
+        stdin, stdout, _ = ssh.exec_command("wc -c")
+        stdin.write(b"x" * 100_000)
+        stdin.channel.shutdown_write()
+        assert stdout.read().strip() == b"100000" and stdout.channel.recv_exit_status() == 0
+
+        shell = ssh.invoke_shell(term="xterm", width=90, height=20)
+        shell.send(b"echo SIZE-$(stty size)\n")
+        read_until(shell, b"SIZE-20 90")
+        shell.resize_pty(width=120, height=40)
+        time.sleep(0.5)
+        shell.send(b"echo SIZE-$(stty size)\n")
+        read_until(shell, b"SIZE-40 120")
+        shell.send(b"exit\n")
+        assert shell.recv_exit_status() == 0
+
+        sent = os.urandom(5 * 1024 * 1024)
+        with ssh.open_sftp() as sftp:
+            sftp.putfo(io.BytesIO(sent), "paramiko.bin")  # relative: the sandbox's workdir
+            assert "paramiko.bin" in sftp.listdir("/home/user")
+            assert sftp.stat("/home/user/paramiko.bin").st_size == len(sent)
+            back = io.BytesIO()
+            sftp.getfo("/home/user/paramiko.bin", back)
+            assert back.getvalue() == sent
+            sftp.mkdir("made-by-paramiko")
+            sftp.rename("paramiko.bin", "made-by-paramiko/moved.bin")
+        digest = api.run(client, sandbox, "sha256sum /home/user/made-by-paramiko/moved.bin")["stdout"]
+        assert digest.split()[0] == hashlib.sha256(sent).hexdigest()
+        api.run(client, sandbox, "rm -rf /home/user/made-by-paramiko")
+    with pytest.raises(paramiko.AuthenticationException):
+        paramiko_login({**grant, "password": "wrong"})

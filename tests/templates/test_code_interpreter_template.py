@@ -129,6 +129,17 @@ def test_a_template_sandboxes_run_on_is_never_replaced(tmp_path: Path) -> None:
     )
     assert overlay_users(rootfs, mountinfo) == 1
     assert overlay_users(rootfs.with_name("other"), mountinfo) == 0
+    # layers named through links beside the mount point (overlay.mount_overlay)
+    rootfs.mkdir(parents=True)
+    links = tmp_path / "s" / "c" / "layers"
+    links.mkdir(parents=True)
+    (links / "0").symlink_to(tmp_path)
+    (links / "1").symlink_to(rootfs)
+    with mountinfo.open("a") as f:
+        options = "rw,lowerdir=layers/0:layers/1,upperdir=layers/upper"
+        f.write(f"87 27 0:58 / {tmp_path}/s/c/rootfs rw - overlay overlay {options}\n")
+    assert overlay_users(rootfs, mountinfo) == 2
+    assert overlay_users(rootfs.with_name("other"), mountinfo) == 0
 
 
 def test_system_templates_by_name() -> None:

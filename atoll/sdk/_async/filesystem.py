@@ -15,6 +15,7 @@ from typing import IO, Any, TypeAlias
 
 from atoll import _multipart as multipart
 from atoll._exceptions import InvalidArgument, MalformedResponseError
+from atoll.sdk._async import observe
 from atoll.sdk._async._transport import AsyncTransport
 from atoll.sdk._files import (
     EditFileResult,
@@ -33,6 +34,7 @@ from atoll.sdk._files import (
     items,
     read_body,
 )
+from atoll.sdk._observe_models import WatchEvent
 from atoll.sdk._validation import sandbox_path
 from atoll.sdk.models import SandboxRef, json_object
 
@@ -65,6 +67,17 @@ class AsyncFilesystem:
         await self._transport.request(
             "POST", self._path(op), json=body, expected_status=204, timeout=http_timeout
         )
+
+    # changes -----------------------------------------------------------------------------------
+    async def watch(
+        self, path: str, *, recursive: bool = False, http_timeout: float | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Changes below the directory ``path`` (``atoll.sdk._async.observe.watch``)."""
+        events = observe.watch(
+            self._transport, self._sandbox, path, recursive=recursive, http_timeout=http_timeout
+        )
+        async for event in events:
+            yield event
 
     # metadata ----------------------------------------------------------------------------------
     async def ls(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from types import TracebackType
 from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
+from atoll.sdk._async import observe
 from atoll.sdk._async._transport import AsyncTransport
 from atoll.sdk._async.code_interpreter import AsyncCodeInterpreter
 from atoll.sdk._async.desktop import AsyncDesktop
@@ -17,6 +19,7 @@ from atoll.sdk._async.pty import AsyncPty
 from atoll.sdk._async.sandboxes import AsyncSandboxesClient
 from atoll.sdk._async.snapshots import AsyncSnapshotsClient
 from atoll.sdk._async.ssh import AsyncSsh
+from atoll.sdk._observe_models import MetricsSample
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
@@ -42,6 +45,7 @@ class AsyncSandbox:
         self._snapshots = snapshots
         self.process = AsyncSandboxProcess(process, self)
         transport = transport if transport is not None else sandboxes._transport
+        self._transport = transport
         self.filesystem = AsyncFilesystem(transport, self)
         self.pty = AsyncPty(transport, self)
         self.code_interpreter = AsyncCodeInterpreter(transport, self)
@@ -138,6 +142,12 @@ class AsyncSandbox:
         return await self._snapshots.create(
             self, name=name, kill_sandbox_after=kill_sandbox_after, http_timeout=http_timeout
         )
+
+    async def metrics(
+        self, *, since: dt.datetime | str | None = None, http_timeout: float | None = None
+    ) -> list[MetricsSample]:
+        """The resource samples the server kept for this sandbox (``spec/processes.md``)."""
+        return await observe.metrics(self._transport, self, since=since, http_timeout=http_timeout)
 
     def invoke_url(self, path: str = "/", *, port: int | None = None) -> str:
         return self._sandboxes.invoke_url(self, path, port=port)

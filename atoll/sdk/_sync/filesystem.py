@@ -19,6 +19,7 @@ from typing import IO, Any, TypeAlias
 
 from atoll import _multipart as multipart
 from atoll._exceptions import InvalidArgument, MalformedResponseError
+from atoll.sdk._sync import observe
 from atoll.sdk._sync._transport import Transport
 from atoll.sdk._files import (
     EditFileResult,
@@ -37,6 +38,7 @@ from atoll.sdk._files import (
     items,
     read_body,
 )
+from atoll.sdk._observe_models import WatchEvent
 from atoll.sdk._validation import sandbox_path
 from atoll.sdk.models import SandboxRef, json_object
 
@@ -69,6 +71,17 @@ class Filesystem:
         self._transport.request(
             "POST", self._path(op), json=body, expected_status=204, timeout=http_timeout
         )
+
+    # changes -----------------------------------------------------------------------------------
+    def watch(
+        self, path: str, *, recursive: bool = False, http_timeout: float | None = None
+    ) -> Iterator[WatchEvent]:
+        """Changes below the directory ``path`` (``atoll.sdk._async.observe.watch``)."""
+        events = observe.watch(
+            self._transport, self._sandbox, path, recursive=recursive, http_timeout=http_timeout
+        )
+        for event in events:
+            yield event
 
     # metadata ----------------------------------------------------------------------------------
     def ls(

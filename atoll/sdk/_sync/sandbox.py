@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from types import TracebackType
 from typing import Any, Self
 
 from atoll._exceptions import NotFoundError
+from atoll.sdk._sync import observe
 from atoll.sdk._sync._transport import Transport
 from atoll.sdk._sync.code_interpreter import CodeInterpreter
 from atoll.sdk._sync.desktop import Desktop
@@ -21,6 +23,7 @@ from atoll.sdk._sync.pty import Pty
 from atoll.sdk._sync.sandboxes import SandboxesClient
 from atoll.sdk._sync.snapshots import SnapshotsClient
 from atoll.sdk._sync.ssh import Ssh
+from atoll.sdk._observe_models import MetricsSample
 from atoll.sdk.models import SandboxData, SandboxState, SandboxStatus, Snapshot
 
 
@@ -46,6 +49,7 @@ class Sandbox:
         self._snapshots = snapshots
         self.process = SandboxProcess(process, self)
         transport = transport if transport is not None else sandboxes._transport
+        self._transport = transport
         self.filesystem = Filesystem(transport, self)
         self.pty = Pty(transport, self)
         self.code_interpreter = CodeInterpreter(transport, self)
@@ -142,6 +146,12 @@ class Sandbox:
         return self._snapshots.create(
             self, name=name, kill_sandbox_after=kill_sandbox_after, http_timeout=http_timeout
         )
+
+    def metrics(
+        self, *, since: dt.datetime | str | None = None, http_timeout: float | None = None
+    ) -> list[MetricsSample]:
+        """The resource samples the server kept for this sandbox (``spec/processes.md``)."""
+        return observe.metrics(self._transport, self, since=since, http_timeout=http_timeout)
 
     def invoke_url(self, path: str = "/", *, port: int | None = None) -> str:
         return self._sandboxes.invoke_url(self, path, port=port)

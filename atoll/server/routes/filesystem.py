@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from atoll import _multipart as multipart
 from atoll._exceptions import BadRequestError
-from atoll.runtime import confined, file_walk, files, replace
+from atoll.runtime import confined, file_walk, files, idmap, replace
 from atoll.runtime.confined import Root, normalize
 from atoll.server import fs_schemas as s
 from atoll.server.auth import require_org
@@ -65,14 +65,19 @@ async def sandbox(request: Request, org: str, sandbox_id: str) -> AsyncIterator[
     row = await manager.ensure_running(await manager.get(org, sandbox_id))
     template = manager.template_for(row)
     root = await asyncio.to_thread(Root.open, str(manager.sandbox_dir(row.id) / "rootfs"))
+    # in a user namespace, files are created as the sandbox's mapped root (idmap.context_fs_owner)
+    ranges = getattr(manager.backend_for(row), "userns", None)
+    id_range = ranges.of(row.id) if ranges is not None else None
+    owner = idmap.FS_OWNER.set(id_range.base if id_range is not None else None)
     try:
         yield Sandbox(root, template)
     finally:
+        idmap.FS_OWNER.reset(owner)
         root.close()
 
 
 def _call(fn: Callable[[], T], path: str) -> T:
-    with confined.mapped(path):
+    with confined.mapped(path), idmap.context_fs_owner():
         return fn()
 
 

@@ -28,6 +28,8 @@ async def health(request: Request) -> dict[str, Any]:
         "status": "ok",
         "runtime": manager.backend.name,
         "checkpoint": manager.backend.can_checkpoint,
+        # OCI sandboxes in user namespaces of their own (root inside is an unprivileged host uid)
+        "userns": getattr(manager.backend, "userns", None) is not None,
         "network_pool_ready": manager.pool.ready_count,
         "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
         "disk_pool_ready": manager.disks.ready_count if manager.disks else 0,

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from atoll.network.egress import EgressService
 from atoll.server.auth import require_org
 from atoll.server.manager import SandboxManager
+from atoll.server.metrics import collector_for
 
 router = APIRouter(prefix="/v1", tags=["network"])
 Org = Annotated[str, Depends(require_org)]
@@ -75,4 +76,6 @@ class _EgressCollector(Collector):
 async def metrics(org: Org, request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_EgressCollector(_egress(request).reports(org)))
+    # the org's sandboxes' resource gauges, state changes and API latencies (atoll.server.metrics)
+    registry.register(await collector_for(request.app.state.metrics, org))
     return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

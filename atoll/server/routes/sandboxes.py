@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from atoll._states import State
 from atoll.server.auth import require_org
 from atoll.server.manager import CreateParams, SandboxManager
+from atoll.server.responses import SandboxList, SandboxResponse
 from atoll.server.schemas import MAX_PAGE, CreateSandboxBody, list_item, sandbox_body
 
 router = APIRouter(prefix="/v1", tags=["sandboxes"])
@@ -20,8 +21,14 @@ def manager(request: Request) -> SandboxManager:
     return request.app.state.manager  # type: ignore[no-any-return]
 
 
-@router.post("/sandbox", status_code=201)
-@router.post("/sandbox/", status_code=201, include_in_schema=False)
+@router.post("/sandbox", status_code=201, response_model=SandboxResponse, response_model_exclude_unset=True)
+@router.post(
+    "/sandbox/",
+    status_code=201,
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) -> dict[str, Any]:
     policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
     row = await manager(request).create(
@@ -39,8 +46,10 @@ async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) ->
     return sandbox_body(row, with_policy=True)
 
 
-@router.get("/sandboxes")
-@router.get("/sandboxes/", include_in_schema=False)
+@router.get("/sandboxes", response_model=SandboxList, response_model_exclude_unset=True)
+@router.get(
+    "/sandboxes/", include_in_schema=False, response_model=SandboxList, response_model_exclude_unset=True
+)
 async def list_sandboxes(
     org: Org,
     request: Request,
@@ -61,8 +70,13 @@ async def list_sandboxes(
     return {"items": [list_item(r) for r in rows], "total_items": total}
 
 
-@router.get("/sandbox/{sandbox_id}/")
-@router.get("/sandbox/{sandbox_id}", include_in_schema=False)
+@router.get("/sandbox/{sandbox_id}/", response_model=SandboxResponse, response_model_exclude_unset=True)
+@router.get(
+    "/sandbox/{sandbox_id}",
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def get_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     return sandbox_body(await manager(request).get(org, sandbox_id), with_policy=False)
 
@@ -74,19 +88,40 @@ async def delete_sandbox(sandbox_id: str, org: Org, request: Request) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/sandbox/{sandbox_id}/pause", status_code=201)
-@router.post("/sandbox/{sandbox_id}/pause/", status_code=201, include_in_schema=False)
+@router.post(
+    "/sandbox/{sandbox_id}/pause",
+    status_code=201,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
+@router.post(
+    "/sandbox/{sandbox_id}/pause/",
+    status_code=201,
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def pause_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     return sandbox_body(await manager(request).pause(org, sandbox_id), with_policy=True)
 
 
-@router.post("/sandbox/{sandbox_id}/stop")
-@router.post("/sandbox/{sandbox_id}/stop/", include_in_schema=False)
+@router.post("/sandbox/{sandbox_id}/stop", response_model=SandboxResponse, response_model_exclude_unset=True)
+@router.post(
+    "/sandbox/{sandbox_id}/stop/",
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def stop_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     return sandbox_body(await manager(request).stop(org, sandbox_id), with_policy=True)
 
 
-@router.post("/sandbox/{sandbox_id}/start")
-@router.post("/sandbox/{sandbox_id}/start/", include_in_schema=False)
+@router.post("/sandbox/{sandbox_id}/start", response_model=SandboxResponse, response_model_exclude_unset=True)
+@router.post(
+    "/sandbox/{sandbox_id}/start/",
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def start_sandbox(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     return sandbox_body(await manager(request).start(org, sandbox_id), with_policy=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from atoll.server.auth import require_org
+from atoll.server.responses import SandboxResponse, SnapshotList, SnapshotResponse
 from atoll.server.schemas import (
     MAX_PAGE,
     CreateSnapshotBody,
@@ -26,8 +27,19 @@ def service(request: Request) -> SnapshotService:
     return request.app.state.snapshots  # type: ignore[no-any-return]
 
 
-@router.post("/sandbox/{sandbox_id}/snapshot/create", status_code=201)
-@router.post("/sandbox/{sandbox_id}/snapshot/create/", status_code=201, include_in_schema=False)
+@router.post(
+    "/sandbox/{sandbox_id}/snapshot/create",
+    status_code=201,
+    response_model=SnapshotResponse,
+    response_model_exclude_unset=True,
+)
+@router.post(
+    "/sandbox/{sandbox_id}/snapshot/create/",
+    status_code=201,
+    include_in_schema=False,
+    response_model=SnapshotResponse,
+    response_model_exclude_unset=True,
+)
 async def create_snapshot(
     sandbox_id: str, org: Org, request: Request, body: CreateSnapshotBody | None = None
 ) -> dict[str, Any]:
@@ -36,8 +48,16 @@ async def create_snapshot(
     return snapshot_body(row)
 
 
-@router.post("/snapshot/restore", status_code=201)
-@router.post("/snapshot/restore/", status_code=201, include_in_schema=False)
+@router.post(
+    "/snapshot/restore", status_code=201, response_model=SandboxResponse, response_model_exclude_unset=True
+)
+@router.post(
+    "/snapshot/restore/",
+    status_code=201,
+    include_in_schema=False,
+    response_model=SandboxResponse,
+    response_model_exclude_unset=True,
+)
 async def restore_snapshot(body: RestoreSnapshotBody, org: Org, request: Request) -> dict[str, Any]:
     policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
     row = await service(request).restore(
@@ -50,8 +70,10 @@ async def restore_snapshot(body: RestoreSnapshotBody, org: Org, request: Request
     return sandbox_body(row, with_policy=True)
 
 
-@router.get("/snapshots")
-@router.get("/snapshots/", include_in_schema=False)
+@router.get("/snapshots", response_model=SnapshotList, response_model_exclude_unset=True)
+@router.get(
+    "/snapshots/", include_in_schema=False, response_model=SnapshotList, response_model_exclude_unset=True
+)
 async def list_snapshots(
     org: Org,
     request: Request,
@@ -67,8 +89,13 @@ async def list_snapshots(
     return {"items": [snapshot_body(r) for r in rows], "total_items": total}
 
 
-@router.get("/snapshot/{snapshot_id}")
-@router.get("/snapshot/{snapshot_id}/", include_in_schema=False)
+@router.get("/snapshot/{snapshot_id}", response_model=SnapshotResponse, response_model_exclude_unset=True)
+@router.get(
+    "/snapshot/{snapshot_id}/",
+    include_in_schema=False,
+    response_model=SnapshotResponse,
+    response_model_exclude_unset=True,
+)
 async def get_snapshot(snapshot_id: str, org: Org, request: Request) -> dict[str, Any]:
     return snapshot_body(await service(request).get(org, snapshot_id))
 

@@ -107,8 +107,8 @@ async def resize_screen(request: Request) -> Response:
     width = required_int(body, "width", low=MIN_WIDTH, high=MAX_WIDTH)
     height = required_int(body, "height", low=MIN_HEIGHT, high=MAX_HEIGHT)
     if (width, height) != await _size(request):
-        # Xvfb cannot grow its framebuffer through RandR: the desktop starts again at the new size
-        await _sup(request).resize_by_restart(width, height)
+        # live (RandR) within Xvfb's framebuffer; beyond it the desktop starts again at that size
+        await _sup(request).resize(width, height)
     return await display(request)
 
 

@@ -1,6 +1,12 @@
-"""The desktop's processes, started in order (Xvfb → the XFCE4 session → x11vnc → websockify, the
-"novnc" process), each waited for (its socket answers) before the next, then watched: one that
-exits is started again (after a short back-off when it keeps crashing). Each runs in its own
+"""The desktop's processes: Xvfb first, waited for (its socket answers), then the XFCE4 session,
+x11vnc and websockify (the "novnc" process) side by side (each needs only the display; the
+session's window manager takes the longest, 9 s of a 14 s start under gVisor, and the other two
+no longer wait behind it), each waited for; then watched: one that exits is started again (after
+a short back-off when it keeps crashing).
+
+Xvfb starts with a framebuffer of at least ``FRAMEBUFFER`` and is set to the asked size by RandR
+(``xrandr --fb``), so a later resize up to the framebuffer is live: the windows stay. Only a size
+beyond it starts everything again at that size. Each runs in its own
 process group, so a stop or restart ends what it spawned too (the session's panel and desktop).
 
 Status is ``running`` when all run, ``stopped`` when none does, ``degraded`` otherwise; every
@@ -32,6 +38,9 @@ WATCH_INTERVAL_S = 0.5
 STOP_GRACE_S = 3.0
 BACKOFF_MAX_S = 10.0
 STABLE_S = 30.0  # running this long resets the crash back-off
+# Xvfb's framebuffer (RandR cannot grow a screen beyond it): its memory is only what is drawn on
+FRAMEBUFFER = (3840, 2160)
+XRANDR_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -68,6 +77,7 @@ class Supervisor:
         self.settings = settings
         self.x11 = x11
         self.width, self.height = settings.width, settings.height
+        self.fb_width, self.fb_height = _framebuffer(self.width, self.height)
         self.version = 0
         self.changed = asyncio.Event()
         self.started = False  # the first start-up has finished
@@ -95,7 +105,7 @@ class Supervisor:
         return Managed(name, argv, ready, logs / f"{name}.out.log", logs / f"{name}.err.log")
 
     def _xvfb_argv(self) -> list[str]:
-        screen = f"{self.width}x{self.height}x{DEPTH}"
+        screen = f"{self.fb_width}x{self.fb_height}x{DEPTH}"
         # -ac: any local client may connect (the sandbox is the boundary); no TCP listener
         return [
             "Xvfb",
@@ -135,8 +145,7 @@ class Supervisor:
 
     async def start(self) -> None:
         async with self._lock:
-            for managed in self.processes.values():
-                await self._start(managed)
+            await self._start_all()
         self.started = True
         self._bump()
         self._watcher = asyncio.create_task(self._watch())
@@ -158,15 +167,51 @@ class Supervisor:
             await self._start(managed)
         return managed.info()
 
-    async def resize_by_restart(self, width: int, height: int) -> None:
-        """A new screen size when RandR cannot give it: everything starts again at that size."""
+    async def resize(self, width: int, height: int) -> bool:
+        """Set the screen to ``width`` x ``height``: live by RandR when it fits the framebuffer
+        (True: the windows stay), else everything starts again at that size (False)."""
         async with self._lock:
             self.width, self.height = width, height
+            if width <= self.fb_width and height <= self.fb_height and self.processes["xvfb"].running:
+                if await self._set_size():
+                    self._bump()
+                    return True
+            self.fb_width, self.fb_height = _framebuffer(width, height)
             for managed in reversed(self.processes.values()):
                 await self._stop(managed)
             await asyncio.to_thread(self.x11.close)
-            for managed in self.processes.values():
-                await self._start(managed)
+            await self._start_all()
+            return False
+
+    async def _start_all(self) -> None:
+        xvfb, *rest = self.processes.values()
+        await self._start(xvfb)
+        await self._set_size()
+        await asyncio.gather(*(self._start(managed) for managed in rest))
+
+    async def _set_size(self) -> bool:
+        """``xrandr --fb``: the screen's size within the framebuffer. Xvfb has one fixed mode (the
+        framebuffer's), so xrandr turns its CRTC off to shrink the screen and reports an error
+        turning it back on: the root window's size is what says whether it worked."""
+        if (self.width, self.height) == (self.fb_width, self.fb_height):
+            return True
+        argv = ["xrandr", "--fb", f"{self.width}x{self.height}"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=self.env
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), XRANDR_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        try:
+            size = await asyncio.to_thread(self.x11.size)
+        except DisplayUnavailableError:
+            return False
+        if size != (self.width, self.height):
+            log.warning("xrandr left the screen at %sx%s, not %sx%s", *size, self.width, self.height)
+            return False
+        return True
 
     async def _start(self, managed: Managed) -> None:
         _kill_group(managed)  # leftovers of a previous run (e.g. the session's panel)
@@ -241,6 +286,10 @@ class Supervisor:
     @property
     def healthy(self) -> bool:
         return self.started and all(managed.running for managed in self.processes.values())
+
+
+def _framebuffer(width: int, height: int) -> tuple[int, int]:
+    return max(width, FRAMEBUFFER[0]), max(height, FRAMEBUFFER[1])
 
 
 def _kill_group(managed: Managed, sig: int = signal.SIGKILL) -> None:

@@ -1,6 +1,6 @@
 """Sandbox state changes as events: the repository every write goes through tells its listeners
 which sandbox changed, so the router drops its cached view at once (a paused sandbox must never
-be served from a cached "running")."""
+be served from a cached "running") and the dashboard's live lists update."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from atoll.store.models import SandboxRow
 from atoll.store.repo import Repository
 
-log = logging.getLogger("atoll.router")
+log = logging.getLogger("atoll.store")
 Listener = Callable[[str], None]
 
 

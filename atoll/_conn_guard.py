@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Any, cast
 
-log = logging.getLogger("atoll.server")
+log = logging.getLogger("atoll.server")  # the API and the router share it
 
 FD_LIMIT_TARGET = 65536  # RLIMIT_NOFILE asked for at start (never lowered)
 PER_ADDRESS_MAX = 1024  # connections one client address may hold, API and router together
@@ -149,4 +149,12 @@ def process_guard() -> ConnectionGuard:
     global _guard
     if _guard is None:
         _guard = ConnectionGuard()
+    return _guard
+
+
+def configure_process_guard(*, per_address_max: int = PER_ADDRESS_MAX) -> ConnectionGuard:
+    """Make the process's guard anew with the operator's cap (``--max-connections-per-address``),
+    after ``raise_fd_limit`` and before the first connection."""
+    global _guard
+    _guard = ConnectionGuard(per_address_max=per_address_max)
     return _guard

@@ -1,0 +1,317 @@
+"""User namespaces for OCI sandboxes: root inside is an unprivileged uid outside.
+
+Each running sandbox holds one range of ``RANGE_SIZE`` host uids and gids (the same numbers for
+both), ``base + index * RANGE_SIZE`` for an index no other running sandbox holds. A claim is a
+file ``CLAIMS_DIR/<first host id>`` naming the server's cgroup and the sandbox, created with
+O_EXCL. The directory is one for the whole host, so every server on it (each instance) draws from
+the same pool and two sandboxes never share a range, whatever server runs them; claims survive a
+restart of the server (its sandboxes keep running). A claim is released when the sandbox halts;
+one whose sandbox has no process left (e.g. a server was killed) is reclaimed when the ranges run
+out, by whichever server runs out.
+
+Nothing on disk carries the host uids: template layers, upper dirs and snapshots keep the ids
+seen inside (``0`` for root) and are shown through idmapped mounts (``idmap``, ``overlay``), so a
+sandbox restored or forked under another range sees the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atoll.runtime import idmap
+
+RANGE_SIZE = 65536  # ids 0..65535 inside: what images assume (nobody is 65534)
+CLAIMS_DIR = Path("/run/atoll/userns-claims")  # host-wide: shared by every instance
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+# Where a sandbox's root is shown to its runtime: runc, already inside the user namespace, looks
+# the root's path up as the sandbox's root, which cannot pass Atoll's 0700 data and run dirs. So
+# the root is bound again below a 0711 directory (it can be passed, not listed) into one that only
+# the sandbox's root may enter.
+ROOTS_DIR = Path("/run/atoll-userns")
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def runtime_root(instance: str, sandbox_id: str) -> Path:
+    return ROOTS_DIR / instance / sandbox_id / "rootfs"
+
+
+def show_root(rootfs: Path, instance: str, sandbox_id: str, id_range: IdRange) -> Path:
+    """Bind ``rootfs`` (a mount) where the sandbox's root can reach it; returns that path. The
+    bind keeps the overlay's nosuid and nodev."""
+    target = runtime_root(instance, sandbox_id)
+    hide_root(instance, sandbox_id)  # a leftover of a crash
+    for directory in (ROOTS_DIR, ROOTS_DIR / instance):
+        directory.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(directory, 0o711)
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chown(target.parent, id_range.base, id_range.base)
+    target.mkdir(mode=0o700, exist_ok=True)
+    if _libc.mount(str(rootfs).encode(), str(target).encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {rootfs} on {target}: {os.strerror(err)}")
+    return target
+
+
+def hide_root(instance: str, sandbox_id: str) -> None:
+    """Undo ``show_root`` and ``expose_bind_sources`` (idempotent)."""
+    top = runtime_root(instance, sandbox_id).parent
+    prefix = f"{top}/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        _libc.umount2(point.encode(), MNT_DETACH)
+    if top.is_dir():
+        for directory in sorted(
+            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+    with contextlib.suppress(OSError):  # the instance's dir, once it holds no sandbox (same thread
+        top.parent.rmdir()  # as show_root: the event loop's, so no sandbox comes in between)
+
+
+def expose_bind_sources(mounts: list[dict[str, Any]], instance: str, sandbox_id: str) -> None:
+    """Point the bind mounts of a sandbox's config at its own 0700 directory (``show_root``).
+
+    CRIU restores bind mounts from inside the user namespace, where the sources under Atoll's
+    0700 data and run dirs cannot be reached; each source's directory is bound once beside the
+    root (e.g. the generated /etc files, LXCFS's /proc files) and the sources renamed."""
+    top = runtime_root(instance, sandbox_id).parent
+    shown: dict[Path, Path] = {}
+    for mount in mounts:
+        if mount.get("type") != "bind":
+            continue
+        source = Path(mount["source"])
+        if source.is_dir():
+            continue  # none today: a directory bind would be shown whole, the same way
+        parent = source.parent
+        if parent not in shown:
+            target = top / "binds" / str(len(shown))
+            target.mkdir(parents=True, exist_ok=True)
+            if _libc.mount(str(parent).encode(), str(target).encode(), None, MS_BIND, None) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"bind {parent} on {target}: {os.strerror(err)}")
+            shown[parent] = target
+        mount["source"] = str(shown[parent] / source.name)
+
+
+class RangesExhausted(RuntimeError):
+    """Every range is held by a running sandbox."""
+
+
+@dataclass(frozen=True)
+class IdRange:
+    base: int  # host id of root inside
+    size: int = RANGE_SIZE
+
+    def mappings(self) -> list[dict[str, int]]:
+        """The OCI ``linux.uidMappings``/``gidMappings`` value."""
+        return [{"containerID": 0, "hostID": self.base, "size": self.size}]
+
+
+class Ranges:
+    """Allocates ``count`` ranges from host id ``base`` for the server whose sandboxes' cgroups
+    are below ``owner``; claims recorded in ``claims_dir`` (host-wide, see the module's doc)."""
+
+    def __init__(self, claims_dir: Path, *, base: int, count: int, owner: str) -> None:
+        if base < RANGE_SIZE or base + count * RANGE_SIZE > 2**32 - 2:
+            raise ValueError(f"uid range {base}+{count}x{RANGE_SIZE} is outside 65536..2**32-2")
+        if base % RANGE_SIZE:  # claims are named by first id: servers' ranges must line up
+            raise ValueError(f"uid range base {base} is not a multiple of {RANGE_SIZE}")
+        self.claims_dir = claims_dir
+        self.base = base
+        self.count = count
+        self.owner = owner
+        self._lock = threading.Lock()
+        claims_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._held: dict[str, int] = {}  # sandbox id -> index
+        for index, (claim_owner, sandbox_id) in self._claims().items():
+            if claim_owner == owner and 0 <= index < count:
+                self._held[sandbox_id] = index
+
+    def _range(self, index: int) -> IdRange:
+        return IdRange(self.base + index * RANGE_SIZE)
+
+    def _path(self, index: int) -> Path:
+        return self.claims_dir / str(self.base + index * RANGE_SIZE)
+
+    def _claims(self) -> dict[int, tuple[str, str]]:
+        """Every claim in the directory within this server's ranges: index -> (owner, sandbox)."""
+        found: dict[int, tuple[str, str]] = {}
+        for entry in self.claims_dir.iterdir():
+            if not entry.name.isdigit() or (int(entry.name) - self.base) % RANGE_SIZE:
+                continue
+            try:
+                claim_owner, sandbox_id = entry.read_text().split("\n")[:2]
+            except (OSError, ValueError):
+                continue
+            found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, sandbox_id)
+        return found
+
+    def of(self, sandbox_id: str) -> IdRange | None:
+        index = self._held.get(sandbox_id)
+        return None if index is None else self._range(index)
+
+    def claim(self, sandbox_id: str, is_alive: Callable[[str, str], bool]) -> IdRange:
+        """The sandbox's range (the one it holds, or a free one). ``is_alive(owner, sandbox)``
+        tells whether a claim's sandbox still runs, for reclaiming leftovers when none is free."""
+        with self._lock:
+            if (index := self._held.get(sandbox_id)) is not None:
+                return self._range(index)
+            for attempt in range(2):
+                taken = set(self._held.values())
+                for index in range(self.count):
+                    if index not in taken and self._write_claim(index, sandbox_id):
+                        self._held[sandbox_id] = index
+                        return self._range(index)
+                if attempt == 0:
+                    self._reclaim_dead(is_alive)
+            raise RangesExhausted(f"all {self.count} user-namespace id ranges are in use")
+
+    def _write_claim(self, index: int, sandbox_id: str) -> bool:
+        try:
+            fd = os.open(self._path(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            raise
+        try:
+            os.write(fd, f"{self.owner}\n{sandbox_id}".encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def _reclaim_dead(self, is_alive: Callable[[str, str], bool]) -> None:
+        for index, (claim_owner, sandbox_id) in self._claims().items():
+            if not is_alive(claim_owner, sandbox_id):
+                if claim_owner == self.owner:
+                    self._held.pop(sandbox_id, None)
+                self._unlink_if(index, claim_owner, sandbox_id)
+
+    def sweep(self, is_alive: Callable[[str, str], bool]) -> None:
+        """Drop this server's claims whose sandbox has no process left (e.g. ended while the
+        server was down); other servers' are left to them until the ranges run out."""
+        with self._lock:
+            for sandbox_id, index in list(self._held.items()):
+                if not is_alive(self.owner, sandbox_id):
+                    del self._held[sandbox_id]
+                    self._unlink_if(index, self.owner, sandbox_id)
+
+    def release(self, sandbox_id: str) -> None:
+        with self._lock:
+            index = self._held.pop(sandbox_id, None)
+            if index is not None:
+                self._unlink_if(index, self.owner, sandbox_id)
+
+    def _unlink_if(self, index: int, owner: str, sandbox_id: str) -> None:
+        """Remove claim ``index`` if it still names ``owner``'s ``sandbox_id`` (another server may
+        have reclaimed it and claimed it again since)."""
+        path = self._path(index)
+        with contextlib.suppress(OSError):
+            if path.read_text() == f"{owner}\n{sandbox_id}":
+                path.unlink()
+
+
+def make_mount_points(rootfs: Path, mounts: list[dict[str, Any]], id_range: IdRange) -> None:
+    """Create the bind mounts' missing mount points in ``rootfs`` as the sandbox's root.
+
+    ``runc restore`` creates them from outside, as the host's root, which an idmapped upper layer
+    refuses (EOVERFLOW: the host's root is not mapped); ``run`` needs none (it binds over the
+    procfs it mounted first), so this runs on restore only. Leaves e.g. ``/proc/meminfo`` files in
+    the upper dir, hidden under the sandbox's /proc."""
+
+    def work() -> None:
+        with idmap.fs_owner(id_range.base, id_range.base):
+            for mount in mounts:
+                if mount.get("type") != "bind":
+                    continue
+                point = rootfs / str(mount["destination"]).lstrip("/")
+                if os.path.lexists(point):
+                    continue
+                point.parent.mkdir(parents=True, exist_ok=True)
+                if Path(mount["source"]).is_dir():
+                    point.mkdir(exist_ok=True)
+                else:
+                    point.touch(exist_ok=True)
+
+    failure: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=guarded, name="atoll-mount-points")  # fs_owner is per thread
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+# CRIU saves the user namespace's id map in userns.img and restores it from there, so an image
+# restored under another range (a snapshot's forks, a sandbox resumed after its range was freed)
+# would run with the ids of the sandbox it was taken from. The restore reads a view of the
+# image (hard links) whose userns.img names the new range.
+USERNS_IMAGES = "userns-*.img"  # one per user namespace (a sandbox has one)
+_IMG_COMMON_MAGIC = 0x54564319
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _userns_entry(id_range: IdRange) -> bytes:
+    """``userns_entry`` (criu/images/userns.proto): one extent in uid_map (1) and gid_map (2)."""
+    extent = b"\x08" + _varint(0) + b"\x10" + _varint(id_range.base) + b"\x18" + _varint(id_range.size)
+    field = _varint(len(extent)) + extent
+    return b"\x0a" + field + b"\x12" + field
+
+
+def image_for_range(image_dir: Path, view: Path, id_range: IdRange) -> Path:
+    """``view``: ``image_dir`` with its user namespace's map set to ``id_range``. Returns the
+    image dir to restore from (``image_dir`` itself when it has no user namespace)."""
+    maps = sorted(image_dir.glob(USERNS_IMAGES))
+    if not maps:
+        return image_dir
+    if view.exists():
+        shutil.rmtree(view)
+    view.mkdir(mode=0o755)  # CRIU reads it inside the user namespace (the data dir above is 0700)
+    for entry in image_dir.iterdir():
+        if entry in maps or not entry.is_file():
+            continue
+        try:
+            os.link(entry, view / entry.name)
+        except OSError:  # another filesystem
+            shutil.copy2(entry, view / entry.name)
+    payload = _userns_entry(id_range)
+    for original in maps:
+        data = original.read_bytes()
+        header = 8 if struct.unpack_from("<I", data)[0] == _IMG_COMMON_MAGIC else 4
+        (view / original.name).write_bytes(data[:header] + struct.pack("<I", len(payload)) + payload)
+    return view

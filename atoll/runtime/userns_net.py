@@ -1,0 +1,153 @@
+"""The network of a sandbox in a user namespace of its own (``atoll.runtime.userns``).
+
+A network namespace made outside (the network pool's) belongs to the host's user namespace: from
+inside the sandbox's, sysfs cannot be mounted and ``<runtime> exec`` cannot join it. So the
+runtime makes the sandbox's network namespace inside its user namespace, and the pool's ``eth0``
+is moved into it by an OCI prestart hook (``network_hook``), and back into the pool's namespace
+before a checkpoint and when the sandbox halts (``return_network``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFADDR = 0x8915
+SIOCGIFNETMASK = 0x891B
+SANDBOX_IFNAME = "eth0"  # as atoll.network.netns names the pool's end inside
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+@dataclass(frozen=True)
+class SlotAddress:
+    interface: str  # "10.1.0.2/30"
+    gateway: str
+
+
+def _in_netns(netns_path: Path, action: Callable[[], SlotAddress]) -> SlotAddress:
+    """``action`` run on a thread of its own inside ``netns_path`` (setns is per thread)."""
+    result: list[SlotAddress] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(action())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="atoll-netns-read")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _read_address() -> SlotAddress:
+    request = struct.pack("16s16x", SANDBOX_IFNAME.encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        address = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)[20:24])
+        netmask = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), SIOCGIFNETMASK, request)[20:24])
+    prefix = ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
+    with open("/proc/thread-self/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == "00000000" and fields[7] == "00000000":  # the default route
+                gateway = socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+                return SlotAddress(f"{address}/{prefix}", gateway)
+    raise OSError(f"no default route on {SANDBOX_IFNAME}")
+
+
+def _configure(ip: str, slot: SlotAddress) -> str:
+    """``ip -batch`` lines that set up ``eth0`` as the network pool does (atoll.network.netns)."""
+    return (
+        f"{ip} -batch - <<EOF\n"
+        "link set lo up\n"
+        f"addr add {slot.interface} dev {SANDBOX_IFNAME}\n"
+        f"link set {SANDBOX_IFNAME} up\n"
+        f"route add default via {slot.gateway}\n"
+        "EOF\n"
+    )
+
+
+def _tools() -> tuple[str, str]:
+    return shutil.which("ip") or "/usr/sbin/ip", shutil.which("nsenter") or "/usr/bin/nsenter"
+
+
+def network_hook(netns_path: Path, saved: Path) -> dict[str, Any]:
+    """An OCI prestart hook that moves the pool's ``eth0`` from ``netns_path`` into the
+    sandbox's own network namespace and configures it as the pool did. runc runs prestart hooks
+    once the namespaces exist and before the sandbox's processes: on ``run`` and on
+    ``restore`` (CRIU's setup-namespaces step), so a restored sandbox has its network before
+    its sockets come back. Costs three short processes (sh, ip, nsenter+ip). What it moved is
+    written to ``saved``, for ``return_network``."""
+    slot = _in_netns(netns_path, _read_address)
+    saved.write_text(
+        json.dumps({"netns": netns_path.name, "interface": slot.interface, "gateway": slot.gateway})
+    )
+    return {"path": "/bin/sh", "args": ["sh", "-c", _move_in_script(netns_path.name, slot)], "timeout": 10}
+
+
+def _move_in_script(netns_name: str, slot: SlotAddress) -> str:
+    ip, nsenter = _tools()
+    # the runtime's state (JSON, on stdin) carries the pid of the sandbox's init
+    return (
+        'read -r state; pid=${state#*\\"pid\\":}; pid=${pid%%[!0-9]*}; '
+        f'{ip} -n {netns_name} link set {SANDBOX_IFNAME} netns "$pid" && '
+        f'exec {nsenter} --net="/proc/$pid/ns/net" ' + _configure(ip, slot)
+    )
+
+
+def move_network_in(saved: Path, pid: int) -> None:
+    """What the prestart hook does, for a sandbox that runs on (after ``return_network`` for a
+    checkpoint that left it running, or failed)."""
+    try:
+        info = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return
+    script = _move_in_script(info["netns"], SlotAddress(info["interface"], info["gateway"]))
+    subprocess.run(
+        ["/bin/sh", "-c", script], input=f'{{"pid":{pid}}}\n'.encode(), capture_output=True, timeout=30
+    )
+
+
+def return_network(saved: Path, netns: Path) -> None:
+    """Move ``eth0`` from the sandbox's network namespace ``netns`` (e.g. ``/proc/<pid>/fd/<n>``
+    of a descriptor that keeps it alive after its processes ended) back into the pool's, set up
+    as it was: the pool's namespace then outlives the sandbox's (a paused sandbox keeps its
+    slot), and the next boot or restore moves it in again. Best effort: a slot left without it
+    is rebuilt by the pool when released."""
+    try:
+        info = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return
+    ip, nsenter = _tools()
+    slot = SlotAddress(info["interface"], info["gateway"])
+    name = info["netns"]
+    script = (
+        f"{nsenter} --net={netns} {ip} link set {SANDBOX_IFNAME} netns {name} && {ip} -n {name} "
+        + _configure(ip, slot).removeprefix(f"{ip} ")
+    )
+    subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30, check=False)

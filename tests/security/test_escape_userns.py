@@ -1,0 +1,349 @@
+"""User namespaces (``--userns``): root inside an OCI sandbox is an unprivileged uid outside.
+
+A server of its own with user namespaces on (whatever the default), so these run on any host
+where the OCI backends do. Escape attempts first, then the features that must keep working with
+them: exec, the filesystem API, terminals, pause (CRIU checkpoint) and snapshot forks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests._support import api
+from tests._support.server import ServerProcess, spare_server
+from tests.security.conftest import Blocked
+
+pytestmark = [pytest.mark.privileged]
+
+BASE = 0x7000_0000  # this test server's ranges: far from any other server's default
+RANGE = 65536
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.fixture(scope="module")
+def userns_server() -> Iterator[ServerProcess]:
+    if os.environ.get("ATOLL_TEST_RUNTIME") == "runsc":
+        pytest.skip("user namespaces are for the OCI backends (gVisor maps ids in its own kernel)")
+    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-userns-", dir="/var/tmp"))
+    server = spare_server(
+        data_dir,
+        "--userns",
+        "--userns-base",
+        str(BASE),
+        "--warm-pool-size",
+        "0",
+        "--runtime",
+        "runc",
+        tag="u",
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.delete_everything()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def uhttp(userns_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=userns_server.base_url, headers=userns_server.headers, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def sandbox(uhttp: httpx.Client) -> Iterator[str]:
+    sid = api.create(uhttp)["id"]
+    try:
+        yield sid
+    finally:
+        uhttp.delete(f"/v1/sandbox/{sid}/")
+
+
+def init_pid(server: ServerProcess, sid: str) -> int:
+    return int((Path("/run/atoll") / server.instance / "runc" / f"{sid}.init.pid").read_text())
+
+
+def host_uids(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uid of a host process, as the host sees them."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def mapped_base(uhttp: httpx.Client, sid: str) -> int:
+    r = api.run(uhttp, sid, "cat /proc/self/uid_map")
+    inside, outside, size = (int(x) for x in r["stdout"].split())
+    assert (inside, size) == (0, RANGE), r
+    return outside
+
+
+def test_health_says_user_namespaces_are_on(uhttp: httpx.Client, server: ServerProcess) -> None:
+    assert uhttp.get("/v1/health").json()["userns"] is True
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=30) as default:
+        assert isinstance(default.get("/v1/health").json()["userns"], bool)
+
+
+@pytest.mark.attempt("root inside a sandbox is root on the host (user namespaces on)")
+def test_root_inside_is_an_unprivileged_uid_outside(
+    uhttp: httpx.Client, userns_server: ServerProcess, sandbox: str, blocked: Blocked
+) -> None:
+    base = mapped_base(uhttp, sandbox)
+    assert base >= BASE and (base - BASE) % RANGE == 0  # not the identity map
+    r = api.run(uhttp, sandbox, "id -u; sleep 30 & echo $!")
+    assert r["stdout"].split()[0] == "0"  # still root inside
+    pid = init_pid(userns_server, sandbox)
+    assert host_uids(pid) == [base] * 4
+    procs = api.cgroup_file(userns_server.instance, sandbox, v1=("pids", "cgroup.procs"), v2="cgroup.procs")
+    for member in procs.read_text().split():
+        assert all(base <= uid < base + RANGE for uid in host_uids(int(member))), member
+    # the host's root has no identity inside: its files show as the overflow uid (nobody)
+    r = api.run(uhttp, sandbox, "stat -c %u /proc/sys/kernel/hostname /sys/kernel/mm")
+    assert r["stdout"].split() == ["65534", "65534"], r
+    blocked(f"user namespace: root inside is host uid {base}, the host's root is unmapped")
+
+
+def claimed_sandboxes() -> dict[str, int]:
+    """sandbox id -> first host id of its range, from the host-wide claims."""
+    from atoll.runtime.userns import CLAIMS_DIR
+
+    return {p.read_text().split("\n")[1]: int(p.name) for p in CLAIMS_DIR.iterdir()}
+
+
+def test_ranges_do_not_overlap_and_are_released(uhttp: httpx.Client, userns_server: ServerProcess) -> None:
+    ids = [api.create(uhttp)["id"] for _ in range(2)]
+    try:
+        bases = [mapped_base(uhttp, sid) for sid in ids]
+        assert abs(bases[0] - bases[1]) >= RANGE
+        claimed = claimed_sandboxes()  # host-wide: every server's claims in one directory
+        assert {claimed[sid] for sid in ids} == set(bases), claimed
+    finally:
+        for sid in ids:
+            api.delete(uhttp, sid)
+    assert not claimed_sandboxes().keys() & set(ids)  # released with the sandboxes
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if ids[0] in line]
+
+
+@pytest.mark.attempt("plant a setuid-root binary, run it as an unprivileged host user (user namespaces on)")
+def test_planted_setuid_binary_stays_unprivileged(
+    uhttp: httpx.Client, userns_server: ServerProcess, sandbox: str, blocked: Blocked
+) -> None:
+    planted = "usr/local/bin/atoll-suid-id"
+    r = api.run(uhttp, sandbox, f"cp /usr/bin/id /{planted} && chmod 4755 /{planted} && ls -ln /{planted}")
+    assert r["exit_code"] == 0 and r["stdout"].startswith("-rwsr-xr-x 1 0 0"), r
+    base = mapped_base(uhttp, sandbox)
+    # as the host sees it through the sandbox's root: owned by the mapped root, not by root
+    seen = Path(f"/proc/{init_pid(userns_server, sandbox)}/root") / planted
+    info = seen.stat()
+    assert info.st_uid == base and info.st_mode & stat.S_ISUID
+    fd = os.open(seen, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        shell = ["/bin/sh", "-c", 'exec "$@"', "sh"]
+        done = subprocess.run(
+            [*NOBODY, *shell, f"/proc/self/fd/{fd}", "-u"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=(fd,),
+        )
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done
+    assert done.stdout.strip() != "0"  # nosuid (65534), and at worst the unprivileged base
+    blocked("the file belongs to the sandbox's mapped root (an unprivileged uid); mounts nosuid")
+
+
+@pytest.mark.attempt("unshare -U inside a sandbox to regain capabilities on the host")
+def test_unshare_user_namespace_gains_nothing(uhttp: httpx.Client, sandbox: str, blocked: Blocked) -> None:
+    r = api.run(
+        uhttp, sandbox, "unshare -Ur sh -c 'cat /proc/self/uid_map; mount -t tmpfs x /mnt && echo MOUNTED'"
+    )
+    assert "MOUNTED" not in r["stdout"], r
+    assert r["exit_code"] != 0, r
+    # and no capability over what the host's root owns, from the sandbox's own namespace
+    r = api.run(uhttp, sandbox, "echo x > /proc/sys/kernel/hostname; echo rc=$?")
+    assert "rc=0" not in r["stdout"], r
+    blocked("seccomp refuses unshare/clone(CLONE_NEWUSER); the sandbox's root holds no host capability")
+
+
+# what must keep working -----------------------------------------------------------------------
+def test_exec_network_and_files_created_by_the_api_belong_to_the_mapped_root(
+    uhttp: httpx.Client, sandbox: str
+) -> None:
+    r = api.run(uhttp, sandbox, "cat /sys/class/net/eth0/operstate; awk 'NR > 1 {print $2}' /proc/net/route")
+    assert r["stdout"].split()[:2] == ["up", "00000000"], r  # the pool's interface, with its default route
+    resp = uhttp.post(
+        f"/v1/sandbox/{sandbox}/filesystem/write-file",
+        params={"path": "/root/from-api.txt"},
+        content=b"hello\n",
+    )
+    assert resp.status_code == 204, resp.text
+    resp = uhttp.post(
+        f"/v1/sandbox/{sandbox}/filesystem/mkdir", json={"path": "/srv/made/by/api", "recursive": True}
+    )
+    assert resp.status_code in (200, 201, 204), resp.text
+    r = api.run(
+        uhttp, sandbox, "stat -c '%u:%g %n' /root/from-api.txt /srv/made/by/api; cat /root/from-api.txt"
+    )
+    assert r["stdout"].splitlines() == ["0:0 /root/from-api.txt", "0:0 /srv/made/by/api", "hello"], r
+    api.run(uhttp, sandbox, "echo inside > /root/from-inside.txt")
+    resp = uhttp.post(f"/v1/sandbox/{sandbox}/filesystem/read-file", json={"path": "/root/from-inside.txt"})
+    assert resp.status_code == 200 and b"inside" in resp.content, resp.text
+
+
+def test_terminal(uhttp: httpx.Client, userns_server: ServerProcess, sandbox: str) -> None:
+    r = uhttp.post(f"/v1/sandbox/{sandbox}/pty", json={"id": "t", "cols": 80, "rows": 24})
+    assert r.status_code == 201, r.text
+    url = userns_server.base_url.replace("http://", "ws://") + f"/v1/sandbox/{sandbox}/pty/t/connect"
+    with connect(url, additional_headers=userns_server.headers, open_timeout=30) as conn:
+        conn.send(b"echo uid=$(id -u) map=$(awk '{print $2}' /proc/self/uid_map)\n")
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"map=" + str(BASE)[:3].encode() not in seen and time.monotonic() < deadline:
+            message = conn.recv(timeout=max(0.1, deadline - time.monotonic()))
+            seen += message if isinstance(message, bytes) else message.encode()
+    assert b"uid=0 map=" in seen and b"map=0\r\n" not in seen, seen[-300:]
+    assert uhttp.delete(f"/v1/sandbox/{sandbox}/pty/t").status_code == 204
+
+
+def test_snapshot_fork_then_pause_checkpoint_and_resume(uhttp: httpx.Client, sandbox: str) -> None:
+    if not uhttp.get("/v1/health").json()["checkpoint"]:
+        pytest.skip("no checkpointing runtime (runc and CRIU) on this host")
+    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.1; done"
+    api.run(uhttp, sandbox, f"nohup sh -c '{loop}' >/dev/null 2>&1 &")
+    api.run(uhttp, sandbox, "echo kept > /root/kept && chown 1000:1000 /root/kept")
+    time.sleep(0.5)
+    r = uhttp.post(f"/v1/sandbox/{sandbox}/snapshot/create", json={"name": f"userns-{sandbox}"})
+    assert r.status_code == 201, r.text
+    snapshot = r.json()["id"]
+    try:
+        r = uhttp.post("/v1/snapshot/restore", json={"snapshot_name": f"userns-{sandbox}"})
+        assert r.status_code == 201, r.text
+        fork = r.json()["id"]
+        try:
+            # another range, the same files and owners (stored in the ids seen inside), and
+            # the counter runs on in the fork
+            assert mapped_base(uhttp, fork) != mapped_base(uhttp, sandbox)
+            out = api.run(
+                uhttp, fork, "stat -c '%u:%g' /root/kept; cat /root/kept; cat /sys/class/net/eth0/operstate"
+            )
+            assert out["stdout"].split() == ["1000:1000", "kept", "up"], out
+            first = int(api.run(uhttp, fork, "cat /tmp/n")["stdout"])
+            assert int(api.run(uhttp, fork, "sleep 0.5; cat /tmp/n")["stdout"]) > first
+        finally:
+            uhttp.delete(f"/v1/sandbox/{fork}/")
+    finally:
+        uhttp.delete(f"/v1/snapshot/{snapshot}")
+    # the source ran on; now pause it to disk (CRIU) and resume it on request
+    before = int(api.run(uhttp, sandbox, "cat /tmp/n")["stdout"])
+    paused = uhttp.post(f"/v1/sandbox/{sandbox}/pause").json()
+    assert paused["pause_kind"] == "checkpoint", paused
+    after = int(api.run(uhttp, sandbox, "sleep 0.3; cat /tmp/n")["stdout"])
+    assert before < after < before + 30, (before, after)
+    assert mapped_base(uhttp, sandbox) >= BASE
+    out = api.run(uhttp, sandbox, "cat /sys/class/net/eth0/operstate; stat -c %u:%g /root/kept")
+    assert out["stdout"].split() == ["up", "1000:1000"], (
+        out
+    )  # the network moved into the restored sandbox too
+
+
+@pytest.mark.attempt("trace or read the agent of a restored sandbox (user namespaces on)")
+def test_restored_sandbox_checkpoints_again_and_its_agent_stays_untraceable(
+    uhttp: httpx.Client, sandbox: str, blocked: Blocked
+) -> None:
+    """The agent is dumpable in a user namespace (CRIU could not dump a restored one otherwise)
+    and kept out of reach by a capability nothing else inside has (agent.c)."""
+    probe = (
+        "python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); "
+        "print(l.ptrace(16, 1, 0, 0), ctypes.get_errno())'; "
+        "cat /proc/1/environ >/dev/null 2>&1 || echo environ-denied; "
+        "cat /proc/1/maps >/dev/null 2>&1 || echo maps-denied"
+    )
+    for round_ in range(3):  # boot, then two restores: each is checkpointed, none is traceable
+        assert api.run(uhttp, sandbox, probe)["stdout"].split() == [
+            "-1",
+            "1",
+            "environ-denied",
+            "maps-denied",
+        ], round_  # PTRACE_ATTACH: EPERM
+        paused = uhttp.post(f"/v1/sandbox/{sandbox}/pause").json()
+        assert paused["pause_kind"] == "checkpoint", (round_, paused)
+    blocked("PTRACE_ATTACH EPERM and /proc/1 environ, maps EACCES before and after each restore")
+
+
+# pure logic: no server ---------------------------------------------------------------------------
+def test_ranges_are_exclusive_persistent_and_reclaimed(tmp_path: Path) -> None:
+    from atoll.runtime.userns import Ranges, RangesExhausted
+
+    ranges = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x")
+    a, b = ranges.claim("a", lambda o, s: True), ranges.claim("b", lambda o, s: True)
+    assert {a.base, b.base} == {BASE, BASE + RANGE} and ranges.claim("a", lambda o, s: True) == a
+    with pytest.raises(RangesExhausted):
+        ranges.claim("c", lambda o, s: True)  # both holders still run
+    again = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x")  # a restarted server sees the claims
+    assert again.of("a") == a and again.of("b") == b
+    assert again.claim("c", lambda o, s: s != "a") == a  # a's sandbox is gone: its range is reused
+    again.release("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(a.base)]
+    with pytest.raises(ValueError):
+        Ranges(tmp_path, base=BASE + 1, count=2, owner="atoll-x")  # would straddle others' ranges
+
+
+def test_ranges_are_host_wide(tmp_path: Path) -> None:
+    """Two servers (instances) on one host, same base, one claims directory: never one range for
+    two sandboxes, and neither drops a claim of the other's that still runs."""
+    from atoll.runtime.userns import Ranges, RangesExhausted
+
+    one = Ranges(tmp_path, base=BASE, count=3, owner="atoll-one")
+    two = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two")
+    running = {("atoll-one", "a"), ("atoll-two", "a"), ("atoll-two", "b")}
+    alive = lambda o, s: (o, s) in running  # noqa: E731
+    got = [one.claim("a", alive), two.claim("a", alive), two.claim("b", alive)]
+    assert len({r.base for r in got}) == 3
+    with pytest.raises(RangesExhausted):
+        one.claim("c", alive)  # all three run, whoever's they are
+    running.discard(("atoll-two", "b"))  # two's b died without a release (its server killed)
+    c = one.claim("c", alive)
+    assert c == got[2]
+    two.release("b")  # late: the claim is one's now and stays
+    assert (tmp_path / str(c.base)).read_text() == "atoll-one\nc"
+    assert Ranges(tmp_path, base=BASE, count=3, owner="atoll-one").of("c") == c
+    restarted = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two")
+    restarted.sweep(lambda o, s: False)  # its a ended while it was down; one's c is not its to drop
+    assert restarted.of("a") is None and sorted(p.read_text() for p in tmp_path.iterdir()) == [
+        "atoll-one\na",
+        "atoll-one\nc",
+    ]
+
+
+def test_checkpoint_image_gets_the_new_range(tmp_path: Path) -> None:
+    from atoll.runtime.userns import IdRange, image_for_range
+
+    image = tmp_path / "image"
+    image.mkdir()
+    # userns-14.img as CRIU 4.2 wrote it for base 0x70000000 (two magics, a size, the entry)
+    entry = bytes.fromhex("0a0c080010808080800718808004120c080010808080800718808004")
+    (image / "userns-14.img").write_bytes(
+        bytes.fromhex("1943565464947551") + len(entry).to_bytes(4, "little") + entry
+    )
+    (image / "pages-1.img").write_bytes(b"pages")
+    view = image_for_range(image, tmp_path / "view", IdRange(0x7000_0000))
+    assert (view / "userns-14.img").read_bytes() == (
+        image / "userns-14.img"
+    ).read_bytes()  # same range: same bytes
+    view = image_for_range(image, tmp_path / "view", IdRange(0x7001_0000))
+    rewritten = (view / "userns-14.img").read_bytes()
+    assert rewritten[:8] == (image / "userns-14.img").read_bytes()[:8] and rewritten != entry
+    assert (0x7001_0000).to_bytes(4, "little") not in rewritten  # varints, not fixed ints
+    assert (view / "pages-1.img").read_bytes() == b"pages" and (view / "pages-1.img").stat().st_nlink == 2
