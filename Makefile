@@ -46,10 +46,15 @@ $(STAMPS)/dashboard: atoll/dashboard/frontend/package-lock.json
 	cd atoll/dashboard/frontend && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(STAMPS)/leap0:
+$(STAMPS)/leap0: Makefile
 	@mkdir -p $(STAMPS)
 	[ -x $(LEAP0_VENV)/bin/python ] || "$$(bash scripts/find-python312.sh)" -m venv $(LEAP0_VENV)
 	$(LEAP0_VENV)/bin/pip install -q "leap0==0.8.0"
+	@# what is built on the SDK (tests/conformance/test_langchain_leap0.py, test_leap0_adk.py) and
+	@# LangChain's standard sandbox suite; a second step so leap0's own pins are resolved first.
+	@# langchain-tests 1.1.5 is the newest whose suite imports with deepagents<0.5 (langchain-leap0's pin)
+	$(LEAP0_VENV)/bin/pip install -q "langchain-leap0==0.2.0" "deepagents==0.4.12" \
+		"langchain-tests==1.1.5" "leap0-adk==0.1.0" "google-adk==2.13.0"
 	@touch $@
 
 # the default template; `make serve`'s server builds the others (code interpreter) in the background
