@@ -49,7 +49,8 @@ class RuntimeBackend(Protocol):
     async def pause(self, sandbox_id: str) -> None:
         """Stop compute; memory stays resident."""
 
-    async def resume(self, sandbox_id: str) -> None: ...
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a frozen sandbox; one that already runs is fine (a freeze or a resume cut short)."""
 
     async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
         """Save processes, memory and open files; without ``leave_running`` they end."""

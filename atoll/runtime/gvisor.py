@@ -53,7 +53,7 @@ from typing import Any
 
 from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, reaping
 from atoll.runtime._proc import CommandFailed, run
-from atoll.runtime.oci import mark_checkpoint_complete, user_file, user_options
+from atoll.runtime.oci import mark_checkpoint_complete, resume_frozen, user_file, user_options
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
 
 PLATFORM = "systrap"
@@ -169,7 +169,7 @@ class GVisorBackend:
         self._paused.add(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> None:
-        await run(self._argv("resume", sandbox_id), timeout=30)
+        await resume_frozen(self._argv, sandbox_id)
         self._paused.discard(sandbox_id)
 
     async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from atoll.runtime import agent, cgroups, criu, lxcfs, oci_config, overlay, reaping, userns, userns_net
@@ -39,6 +40,22 @@ async def _remove_work_dir(work: Path) -> None:
 
 def checkpoint_complete(image_dir: Path) -> bool:
     return (image_dir / CHECKPOINT_COMPLETE).is_file()
+
+
+async def resume_frozen(argv: Callable[..., list[str]], sandbox_id: str) -> None:
+    """Resume a frozen sandbox; one already running (a freeze, or a resume, cut short) is fine.
+    Whether it runs is asked of the runtime (``state``), never read from its error message:
+    runc and runsc word "not paused" differently."""
+    try:
+        await run(argv("resume", sandbox_id), timeout=30)
+    except CommandFailed:
+        rc, out, _ = await run(argv("state", sandbox_id), timeout=30, check=False)
+        try:
+            status = json.loads(out).get("status") if rc == 0 else None
+        except ValueError:
+            status = None
+        if status != "running":
+            raise
 
 
 def mark_checkpoint_complete(image_dir: Path) -> None:
@@ -336,7 +353,7 @@ class OCIBackend:
         await run(self._argv("pause", sandbox_id), timeout=30)
 
     async def resume(self, sandbox_id: str) -> None:
-        await run(self._argv("resume", sandbox_id), timeout=30)
+        await resume_frozen(self._argv, sandbox_id)
 
     async def halt(self, spec: SandboxSpec) -> None:
         await self.halt_by_id(spec.sandbox_id)

@@ -193,12 +193,9 @@ async def reconcile(manager: SandboxManager) -> Report:
 
 async def _finish_cut_short(manager: SandboxManager, row: SandboxRow, state: State) -> None:
     """A pause-ending or a snapshot was cut short with the container alive: it may be frozen or
-    not (a kill between the record and the freeze); resume, and "not paused" is fine."""
-    try:
-        await manager.backend_for(row).resume(row.id)
-    except Exception as exc:
-        if "not paused" not in str(exc):
-            raise
+    not (a kill between the record and the freeze); resume (a running one is fine: ``resume``
+    asks the runtime)."""
+    await manager.backend_for(row).resume(row.id)
     event = Event.RESUMED if state == State.UNPAUSING else Event.FAILED
     await manager.repo.update_sandbox(row.id, state=next_state(state, event), pause_kind=None)
 

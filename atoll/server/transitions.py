@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from atoll._exceptions import APIError, CapacityError, ServerError
 from atoll._states import Event
-from atoll.runtime._proc import CommandFailed
 from atoll.store.models import SandboxRow
 
 if TYPE_CHECKING:
@@ -101,12 +100,9 @@ async def quarantine(
 
 
 async def thaw(manager: SandboxManager, row: SandboxRow) -> None:
-    """Resume a frozen sandbox; one that is not frozen (a freeze or resume cut short) is fine."""
-    try:
-        await manager.backend_for(row).resume(row.id)
-    except CommandFailed as exc:
-        if "not paused" not in str(exc):
-            raise
+    """Resume a frozen sandbox; one that is not frozen (a freeze or resume cut short) is fine:
+    the backends' ``resume`` asks the runtime whether it still runs."""
+    await manager.backend_for(row).resume(row.id)
 
 
 async def undo_pause(manager: SandboxManager, row: SandboxRow, reason: str) -> None:

@@ -103,7 +103,11 @@ def test_a_busy_loop_shows_as_one_full_vcpu(http: httpx.Client, sandbox: str) ->
     finally:
         assert http.delete(f"/v1/sandbox/{sandbox}/process/{pid}").status_code == 204
     shown = sum(s["cpu_used_pct"] for s in busy) / len(busy)
-    assert abs(shown - got_pct) < 25, (shown, got_pct, busy)
+    if os.environ.get("ATOLL_TEST_RUNTIME") == "runsc":
+        # the cgroup also holds gVisor's sentry, whose work for the loop its /proc does not count
+        assert shown > got_pct - 25, (shown, got_pct, busy)
+    else:
+        assert abs(shown - got_pct) < 25, (shown, got_pct, busy)
     assert shown > 2 * max(10.0, min(s["cpu_used_pct"] for s in idle)), (idle, busy)
     assert all(s["cpu_used_pct"] <= 100 for s in busy), busy
 
