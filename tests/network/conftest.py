@@ -68,12 +68,7 @@ def server(lab: Lab) -> Iterator[ServerProcess]:
     try:
         yield proc
     finally:
-        try:
-            with httpx.Client(base_url=proc.base_url, headers=proc.headers, timeout=60) as http:
-                for item in http.get("/v1/sandboxes", params={"page-size": 100}).json().get("items", []):
-                    http.delete(f"/v1/sandbox/{item['id']}/")
-        except httpx.HTTPError:
-            pass
+        proc.delete_everything()
         proc.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
