@@ -20,9 +20,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ORDER = (
     "lifecycle", "burst", "snapshots", "density", "router", "egress", "code_interpreter", "processes",
-    "dev_services", "desktop",
+    "dev_services", "desktop", "dashboard",
 )  # fmt: skip
 TIMEOUT_S = 1800
+STOP_GRACE_S = 120  # for a benchmark stopped at its timeout to clean up
 
 
 def machine() -> str:
@@ -36,13 +37,22 @@ def machine() -> str:
 
 def run(name: str) -> tuple[str, float, int]:
     started = time.monotonic()
-    try:
-        done = subprocess.run(
-            [sys.executable, str(BENCH / f"{name}.py")], capture_output=True, text=True, timeout=TIMEOUT_S
-        )
-        output, rc = done.stdout.strip() or done.stderr.strip()[-3000:], done.returncode
-    except subprocess.TimeoutExpired:
-        output, rc = f"(did not finish within {TIMEOUT_S} s)", -1
+    with subprocess.Popen(
+        [sys.executable, str(BENCH / f"{name}.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+            output, rc = stdout.strip() or stderr.strip()[-3000:], proc.returncode
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: a benchmark removes its servers and sandboxes on it (SIGKILL would
+            # leave them running); SIGKILL only if it does not end in time
+            proc.terminate()
+            try:
+                proc.communicate(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            output, rc = f"(did not finish within {TIMEOUT_S} s)", -1
     return output, time.monotonic() - started, rc
 
 
@@ -100,7 +110,11 @@ def main() -> None:
             "```",
             "",
         ]
-        body = [line for n in ORDER for line in sections.get(n, kept.get(n, []))]
+        if args.only != ",".join(ORDER):  # read again: another run may have written meanwhile
+            kept = earlier_sections(Path(args.out))
+        # a benchmark not in ORDER still gets its section (after the others), never dropped
+        names = [*ORDER, *(n for n in wanted if n not in ORDER)]
+        body = [line for n in names for line in sections.get(n, kept.get(n, []))]
         Path(args.out).write_text("\n".join(lines + body))  # as it goes: a late failure keeps the rest
         print(f"{name}: exit {rc} in {seconds:.0f} s", flush=True)
     if failed:

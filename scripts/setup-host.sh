@@ -19,6 +19,7 @@ PACKAGES=(
   ffmpeg                  # ffprobe reads the desktop's screen recordings (tests/services/test_desktop.py)
   openssh-client sshpass tmux  # the SSH gateway's tests drive the real OpenSSH client (tests/ssh)
   git                     # the git tests' server (git http-backend, tests/services/test_git.py)
+  postgresql              # the cluster store's tests: each run starts its own throwaway server (initdb, no service)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -14,6 +14,7 @@ import pytest
 
 from tests._support import api
 from tests._support.leaks import assert_no_leaks
+from tests._support.postgres import PostgresServer, running_postgres
 from tests._support.server import ServerProcess
 
 # What no backend changes: the SDK against its mock transport, the dashboard's pages, the router's
@@ -41,7 +42,12 @@ BACKEND_NEUTRAL = (
     "tests/reliability/test_deep_trees.py::test_snapshot_of_a_deep_tree_then_restart",
     "tests/reliability/test_disk_full.py",
     "tests/server/test_snapshots_copy.py",
+    "tests/server/test_openapi_responses.py",
+    "tests/server/test_settings_serve.py",
     "tests/ssh/test_bounds.py",
+    # the store on SQLite and PostgreSQL, cluster membership and the Kubernetes manifests
+    "tests/store/",
+    "tests/cluster/",
 )
 
 
@@ -56,9 +62,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerProcess]:
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-", dir="/var/tmp"))
-    proc = ServerProcess(data_dir=data_dir)
+    database_url = None
+    if os.environ.get("ATOLL_TEST_DATABASE", "sqlite") == "postgresql":  # the suite on PostgreSQL
+        database_url = request.getfixturevalue("postgres").create_database()
+    proc = ServerProcess(data_dir=data_dir, database_url=database_url)
     proc.start()
     try:
         yield proc
@@ -89,3 +98,13 @@ def sandbox(server: ServerProcess) -> Iterator[str]:
         sid = api.create(client)["id"]
         yield sid
         client.delete(f"/v1/sandbox/{sid}/")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server (Debian's binaries, a cluster under /var/tmp, a unix socket
+    only), for the store's and the cluster's tests; each test makes its own database in it."""
+    if os.geteuid() != 0:
+        pytest.skip("PostgreSQL runs as the postgres user: needs root to start it")
+    with running_postgres() as server:
+        yield server

@@ -62,9 +62,10 @@ def _event(html: str) -> str:
     return "event: rows\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
 
 
-def hub_for(state: object) -> ChangeHub:
+def hub_for(state: object, repo: ObservedRepository) -> ChangeHub:
+    """The dashboard's one hub, made on first use and kept on the app's ``state``."""
     hub: ChangeHub | None = getattr(state, "dashboard_hub", None)
     if hub is None:
-        hub = ChangeHub(state.repo)  # type: ignore[attr-defined]
+        hub = ChangeHub(repo)
         state.dashboard_hub = hub  # type: ignore[attr-defined]
     return hub

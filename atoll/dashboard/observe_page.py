@@ -17,9 +17,10 @@ from atoll._exceptions import ConflictError
 from atoll._states import State
 from atoll.dashboard.pages import checked_form, manager, signed_in
 from atoll.dashboard.web import DashboardRoute, render
+from atoll.server.revocable import until_revoked
 from atoll.server.routes import observe, presigned
 from atoll.server.routes import process as process_routes
-from atoll.server.settings import Settings
+from atoll.server.state import services
 from atoll.store.models import SandboxRow
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
@@ -35,7 +36,7 @@ def is_desktop(row: SandboxRow) -> bool:
 
 def desktop_frame_src(request: Request) -> str:
     """The CSP source of presigned sandbox URLs (``{scheme}://{token}.{domain}[:{port}]``)."""
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     domain = settings.presigned_domain or settings.sandbox_host
     default = {"http": 80, "https": 443}.get(settings.sandbox_scheme)
     port = "" if settings.sandbox_url_port == default else f":{settings.sandbox_url_port}"
@@ -47,7 +48,7 @@ async def metrics(sandbox_id: str, request: Request, since: SinceQ = None) -> Re
     """The API's samples (JSON) for the page's graphs, which poll this every interval."""
     session = signed_in(request)
     body = await observe.metrics(sandbox_id, session.org_id, request, since)
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     body["interval_s"] = settings.metrics_interval_s
     return JSONResponse(body, headers={"cache-control": "no-store"})
 
@@ -84,7 +85,8 @@ async def process_events(
     stream = await process_routes.service(request).open_events(
         session.org_id, sandbox_id, pid, since, binary=False, follow=True
     )
-    return StreamingResponse(stream, media_type="text/event-stream", headers=process_routes.SSE_HEADERS)
+    body = until_revoked(request, stream, key_hash=session.key_hash)  # ends with the session's key
+    return StreamingResponse(body, media_type="text/event-stream", headers=process_routes.SSE_HEADERS)
 
 
 @router.post("/ui/sandboxes/{sandbox_id}/desktop")

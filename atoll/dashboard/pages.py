@@ -1,6 +1,6 @@
 """Sign-in, the sandboxes list (live), creating sandboxes and their lifecycle buttons.
 
-Everything calls what the API routes call (the manager on ``app.state``, the API's schemas for
+Everything calls what the API routes call (the manager among ``AppServices``, the API's schemas for
 validation), with the org of the signed-in session."""
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from atoll.dashboard import live, sessions
 from atoll.dashboard.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Session
 from atoll.dashboard.web import DashboardRoute, message_fragment, render
 from atoll.server.manager import CreateParams, SandboxManager
+from atoll.server.revocable import until_revoked
 from atoll.server.routes import snapshots as snapshot_routes
 from atoll.server.routes import templates as template_routes
 from atoll.server.schemas import CreateSandboxBody, CreateSnapshotBody, list_item
+from atoll.server.state import services
 from atoll.store.repo import hash_key
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME
 
@@ -33,7 +35,7 @@ Order = Literal["asc", "desc"]
 
 
 def manager(request: Request) -> SandboxManager:
-    return request.app.state.manager  # type: ignore[no-any-return]
+    return services(request).manager
 
 
 def signed_in(request: Request) -> Session:
@@ -82,7 +84,7 @@ async def login(request: Request) -> Response:
     if not sessions.same(request.cookies.get(LOGIN_CSRF_COOKIE, ""), fields.get("csrf")):
         raise sessions.CsrfRefused
     raw_key = fields.get("api_key", "").strip()
-    org_id = await request.app.state.repo.org_for_key(raw_key)
+    org_id = await services(request).repo.org_for_key(raw_key)
     if org_id is None:
         token = secrets.token_urlsafe(24)
         failed = render(request, "login.html", 401, csrf=token, error="invalid API key", session=None)
@@ -158,7 +160,7 @@ async def events(
     request: Request, state: StateQ = None, sort: Sort = "created_at", order: Order = "desc"
 ) -> Response:
     session = signed_in(request)
-    hub = live.hub_for(request.app.state)
+    hub = live.hub_for(request.app.state, services(request).repo)
     if hub.full:
         raise APIError("too many open dashboards", status_code=503)
 
@@ -167,7 +169,7 @@ async def events(
         return bytes(render(request, "_rows.html", **listing).body).decode()
 
     return StreamingResponse(
-        hub.stream(rendered),
+        until_revoked(request, hub.stream(rendered), key_hash=session.key_hash),  # ends with the key
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )
@@ -218,7 +220,6 @@ def create_body(fields: dict[str, str]) -> CreateSandboxBody:
 async def create(request: Request) -> Response:
     session, fields = await checked_form(request)
     body = create_body(fields)
-    policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
     row = await manager(request).create(
         session.org_id,
         CreateParams(
@@ -228,7 +229,7 @@ async def create(request: Request) -> Response:
             timeout=body.timeout,
             auto_pause=body.auto_pause,
             env_vars=dict(body.env_vars or {}),
-            network_policy=policy,
+            network_policy=body.network_policy,
         ),
     )
     return render(request, "_message.html", message=f"created {row.id}", errors=[], kind="ok", link=row.id)

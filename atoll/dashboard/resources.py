@@ -15,6 +15,8 @@ from atoll.dashboard.pages import checked_form, signed_in
 from atoll.dashboard.web import DashboardRoute, render, validation_messages
 from atoll.server.routes import health, snapshots, templates
 from atoll.server.schemas import RestoreSnapshotBody
+from atoll.server.state import services
+from atoll.store.models import KEY_NAME_MAX_CHARS
 from atoll.store.repo import new_api_key
 from atoll.templates import oci
 
@@ -42,7 +44,7 @@ async def import_template(request: Request) -> Response:
         body = templates.CreateTemplateBody.model_validate(
             {"name": fields.get("name", ""), "uri": fields.get("uri", "").strip()}
         )
-        settings = request.app.state.settings
+        settings = services(request).settings
         await oci.check_source(body.uri, settings.import_dirs, settings.template_registries)
     except ValidationError as exc:
         errors = validation_messages(exc)
@@ -116,19 +118,44 @@ async def host_page(request: Request) -> Response:
     return render(request, "host.html", health=await health.health(request))
 
 
-async def _keys_page(request: Request, *, created: str | None = None, message: str | None = None) -> Response:
+async def _keys_page(
+    request: Request,
+    *,
+    created: str | None = None,
+    message: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+) -> Response:
     session = signed_in(request)
-    keys = await request.app.state.repo.list_keys(session.org_id)
+    keys = await services(request).repo.list_keys(session.org_id)
     items = [
         {
             "id": k.id,
+            "name": k.name or "",
             "prefix": k.prefix,
             "created_at": k.created_at,
             "current": k.key_hash == session.key_hash,
         }
         for k in keys
     ]
-    return render(request, "keys.html", created=created, keys=items, message=message)
+    status_code = 400 if errors else 200
+    return render(
+        request,
+        "keys.html",
+        status_code,
+        created=created,
+        keys=items,
+        message=message,
+        errors=errors or [],
+        name_max_chars=KEY_NAME_MAX_CHARS,
+    )
+
+
+def _key_name(fields: dict[str, str]) -> tuple[str | None, list[dict[str, str]]]:
+    """The form's ``name`` (None when blank) or the error naming the field."""
+    name = " ".join(fields.get("name", "").split())  # no control characters, one space each
+    if len(name) > KEY_NAME_MAX_CHARS:
+        return None, [{"field": "name", "error": f"at most {KEY_NAME_MAX_CHARS} characters"}]
+    return name or None, []
 
 
 @router.get("/ui/keys")
@@ -139,10 +166,25 @@ async def keys_page(request: Request) -> Response:
 @router.post("/ui/keys")
 async def create_key(request: Request) -> Response:
     """A new key of the session's org, shown once (the store keeps only its hash)."""
-    session, _ = await checked_form(request)
+    session, fields = await checked_form(request)
+    name, errors = _key_name(fields)
+    if errors:
+        return await _keys_page(request, errors=errors)
     key = new_api_key()
-    await request.app.state.repo.add_key(session.org_id, key)
+    await services(request).repo.add_key(session.org_id, key, name)
     return await _keys_page(request, created=key)
+
+
+@router.post("/ui/keys/{key_id}/name")
+async def rename_key(key_id: str, request: Request) -> Response:
+    """Name one of the org's keys (a blank name removes it)."""
+    session, fields = await checked_form(request)
+    name, errors = _key_name(fields)
+    if errors:
+        return await _keys_page(request, errors=errors)
+    if not await services(request).repo.rename_key(session.org_id, key_id, name):
+        raise NotFoundError(f"API key {key_id} not found")
+    return await _keys_page(request, message=f"renamed {key_id}")
 
 
 @router.post("/ui/keys/{key_id}/revoke")
@@ -150,7 +192,7 @@ async def revoke_key(key_id: str, request: Request) -> Response:
     """Revoke one of the org's keys: the API refuses it from the next request on, and the
     dashboard sessions signed in with it end (this one too, when it is the session's own)."""
     session, _ = await checked_form(request)
-    digest = await request.app.state.repo.revoke_key(session.org_id, key_id)
+    digest = await services(request).repo.revoke_key(session.org_id, key_id)
     if digest is None:
         raise NotFoundError(f"API key {key_id} not found")
     sessions.store(request).drop_key(digest)

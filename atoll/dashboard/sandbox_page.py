@@ -20,11 +20,11 @@ from atoll.dashboard import observe_page, sessions
 from atoll.dashboard.pages import checked_form, manager, signed_in
 from atoll.dashboard.web import DashboardRoute, render
 from atoll.server import fs_schemas
-from atoll.server.pty import PtyManager
+from atoll.server.revocable import close_when_revoked
 from atoll.server.routes import filesystem, presigned
 from atoll.server.routes import pty as pty_routes
 from atoll.server.schemas import sandbox_body
-from atoll.server.settings import Settings
+from atoll.server.state import services
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 ws_router = APIRouter(include_in_schema=False)  # WebSockets: errors are close codes, not pages
@@ -33,7 +33,7 @@ PathQ = Annotated[str, Query(min_length=1, max_length=4096)]
 
 
 def _urls(request: Request, sandbox_id: str) -> dict[str, str]:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     domain = f"{settings.sandbox_host}:{settings.sandbox_url_port}"
     return {
         "invoke_url": f"{settings.sandbox_scheme}://{sandbox_id}.{domain}",
@@ -71,7 +71,7 @@ async def presigned_url(sandbox_id: str, request: Request) -> Response:
 @router.post("/ui/sandboxes/{sandbox_id}/pty")
 async def create_pty(sandbox_id: str, request: Request) -> Response:
     session, fields = await checked_form(request)
-    ptys: PtyManager = request.app.state.ptys
+    ptys = services(request).ptys
     cols = min(max(_int(fields.get("cols"), 80), 1), 1000)
     rows = min(max(_int(fields.get("rows"), 24), 1), 1000)
     created = await ptys.create(
@@ -83,7 +83,7 @@ async def create_pty(sandbox_id: str, request: Request) -> Response:
 @router.post("/ui/sandboxes/{sandbox_id}/pty/{session_id}/resize")
 async def resize_pty(sandbox_id: str, session_id: str, request: Request) -> Response:
     session, fields = await checked_form(request)
-    ptys: PtyManager = request.app.state.ptys
+    ptys = services(request).ptys
     cols = min(max(_int(fields.get("cols"), 80), 1), 1000)
     rows = min(max(_int(fields.get("rows"), 24), 1), 1000)
     await ptys.resize(session.org_id, sandbox_id, session_id, cols=cols, rows=rows)
@@ -104,7 +104,7 @@ def _same_origin(websocket: WebSocket) -> bool:
 
 @ws_router.websocket("/ui/sandboxes/{sandbox_id}/pty/{session_id}/connect")
 async def connect_pty(websocket: WebSocket, sandbox_id: str, session_id: str) -> None:
-    ptys: PtyManager = websocket.app.state.ptys
+    ptys = services(websocket).ptys
     store = getattr(websocket.app.state, "dashboard_sessions", None)
     signed = store.get(websocket.cookies.get(sessions.SESSION_COOKIE)) if store else None
     try:
@@ -120,7 +120,9 @@ async def connect_pty(websocket: WebSocket, sandbox_id: str, session_id: str) ->
     await websocket.accept()
     try:
         await ptys.attach(pty, websocket)
-        await pty_routes._relay_input(ptys, pty, websocket)
+        relay = pty_routes._relay_input(ptys, pty, websocket)
+        # closed (1008) when the key the session signed in with is revoked
+        await close_when_revoked(websocket, relay, key_hash=signed.key_hash)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

@@ -17,8 +17,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from atoll._exceptions import APIError, NotFoundError, status_for
+from atoll._exceptions import APIError, NotFoundError, OperationFailure, status_for
 from atoll.dashboard.sessions import CsrfRefused, SignInRequired
+from atoll.server.errors import http_error
 
 log = logging.getLogger("atoll.dashboard")
 HERE = Path(__file__).parent
@@ -188,5 +189,7 @@ class DashboardRoute(APIRoute):
                 return await handler(request)
             except (APIError, SignInRequired, CsrfRefused, ValidationError) as exc:
                 return error_response(request, exc)
+            except OperationFailure as exc:  # typed below the server (e.g. a file): its API answer
+                return error_response(request, http_error(exc))
 
         return handle

@@ -7,48 +7,37 @@ resolver, the egress proxy and the counters, behind the hooks the sandbox manage
     reconcile(adopted)   at start-up: re-attach surviving sandboxes, remove any other s<N>_ object
 
 The instance table is rebuilt at start-up, so after a crash nothing stale survives it; what a
-sandbox had learned from DNS is lost then (it resolves again). See docs/egress.md."""
+sandbox had learned from DNS is lost then (it resolves again). See docs/egress.md.
+
+Beside it: ``egress_sandbox`` (one attached sandbox as the resolver and proxy see it),
+``egress_trust`` (the sandbox's CA for transforms), ``egress_slots`` (a slot's objects found and
+removed by listing the table), ``egress_rules`` (the nftables text)."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from atoll._exceptions import APIError
 from atoll._tasks import cancel_and_wait
-from atoll.network import egress_rules, hostnet
+from atoll.network import egress_rules, egress_slots, egress_trust, hostnet
 from atoll.network.addressing import Slot
-from atoll.network.ca import CertificateAuthority
+from atoll.network.egress_sandbox import SandboxEgress, Stats
 from atoll.network.firewall import closed_update, service_address, table_name
 from atoll.network.nftables import Nft, NftError
 from atoll.network.policy import PRIVATE_V4, AddressGuard, EgressPolicy
 from atoll.network.proxy import EgressProxy
 from atoll.network.resolver import Resolver, parse_upstream
-from atoll.runtime import confined
-from atoll.runtime.spec import upper_dir
+
+__all__ = ["Attachment", "EgressConfig", "EgressService", "SandboxEgress", "Stats"]
 
 log = logging.getLogger("atoll.egress")
 
-MIN_LEARNED_TIMEOUT = 60  # seconds an address stays allowed after an answer, whatever its TTL
 LOCAL_ADDRESSES_TTL = 30.0
-# where the sandbox's CA lands inside it (Debian layout; the env vars make it work elsewhere)
-GUEST_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
-GUEST_CA = "usr/local/share/ca-certificates/atoll-egress.crt"
-CA_ENV_BUNDLE = (
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "PIP_CERT",
-    "AWS_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,115 +54,9 @@ class EgressConfig:
 class Attachment:
     sandbox_id: str
     org_id: str
-    # an EgressPolicy; the stored dict is still accepted from callers that do not pass the object
-    # yet (server/reconcile.py) and compiled here, once: read it as ``egress_policy``
-    policy: EgressPolicy | Mapping[str, Any] | None
+    policy: EgressPolicy  # the sandbox's NetworkPolicy, compiled (EgressPolicy.compile)
     slot: Slot
     sandbox_dir: Path
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.policy, EgressPolicy):
-            object.__setattr__(self, "policy", EgressPolicy.from_wire(self.policy))
-
-    @property
-    def egress_policy(self) -> EgressPolicy:
-        return cast(EgressPolicy, self.policy)  # compiled by __post_init__
-
-
-@dataclass
-class Stats:
-    dns_allowed: int = 0
-    dns_denied: int = 0
-    proxied_allowed: int = 0
-    proxied_denied: int = 0
-    transformed: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-
-class SandboxEgress:
-    """One attached sandbox, as the resolver and the proxy see it."""
-
-    def __init__(self, service: EgressService, attachment: Attachment, policy: EgressPolicy) -> None:
-        self._service = service
-        self.sandbox_id = attachment.sandbox_id
-        self.org_id = attachment.org_id
-        self.slot = attachment.slot
-        self.policy = policy
-        self.ca_dir = attachment.sandbox_dir / "egress"
-        self.stats = Stats()
-        self.learned: dict[ipaddress.IPv4Address, dict[str, float]] = {}
-        self._contexts: dict[str, tuple[ssl.SSLContext, float]] = {}
-        self._ca: CertificateAuthority | None = None
-        self._pruned = time.monotonic()
-
-    # resolver side
-    def dns_answered(self, *, allowed: bool) -> None:
-        if allowed:
-            self.stats.dns_allowed += 1
-        else:
-            self.stats.dns_denied += 1
-
-    async def learn(self, name: str, addresses: Sequence[tuple[ipaddress.IPv4Address, int]]) -> None:
-        """Remember that ``name`` resolved to ``addresses`` and open them in the firewall; the
-        resolver awaits this before it answers, so a connection right after the answer passes."""
-        now = time.monotonic()
-        if now - self._pruned > 60:
-            self._prune(now)
-        updates = []
-        for address, ttl in addresses:
-            timeout = max(ttl, MIN_LEARNED_TIMEOUT)
-            names = self.learned.setdefault(address, {})
-            known = max(names.values(), default=0.0)
-            names[name] = max(names.get(name, 0.0), now + timeout)
-            if now + timeout > known + 1:
-                updates.append((str(address), timeout))
-        if updates:
-            await self._service.learn(self, updates)
-
-    def _prune(self, now: float) -> None:
-        self._pruned = now
-        for address in list(self.learned):
-            names = {n: t for n, t in self.learned[address].items() if t > now}
-            if names:
-                self.learned[address] = names
-            else:
-                del self.learned[address]
-
-    # proxy side
-    def learned_for(self, name: str, address: ipaddress.IPv4Address) -> bool:
-        return self.learned.get(address, {}).get(name, 0.0) > time.monotonic()
-
-    def learned_any(self, address: ipaddress.IPv4Address) -> bool:
-        now = time.monotonic()
-        return any(t > now for t in self.learned.get(address, {}).values())
-
-    def connection(self, *, allowed: bool, transformed: bool = False) -> None:
-        if allowed:
-            self.stats.proxied_allowed += 1
-            self.stats.transformed += transformed
-        else:
-            self.stats.proxied_denied += 1
-
-    def traffic(self, *, sent: int = 0, received: int = 0) -> None:
-        self.stats.bytes_sent += sent
-        self.stats.bytes_received += received
-
-    def server_context(self, name: str) -> ssl.SSLContext:
-        cached = self._contexts.get(name)
-        if cached is not None and cached[1] > time.time() + 3600:
-            return cached[0]
-        if self._ca is None:
-            self._ca = CertificateAuthority.load(self.ca_dir)
-        issued = self._ca.issue(name)
-        path = self.ca_dir / f"leaf-{name}.pem"
-        path.write_bytes(issued.cert_pem + issued.key_pem)
-        path.chmod(0o600)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(path)
-        context.set_alpn_protocols(["http/1.1"])
-        self._contexts[name] = (context, issued.not_after.timestamp())
-        return context
 
 
 class EgressService:
@@ -273,40 +156,11 @@ class EgressService:
 
     @staticmethod
     def sandbox_env(policy: EgressPolicy) -> dict[str, str]:
-        """Environment for a sandbox whose policy terminates TLS: every common CA-bundle variable
-        points at the trust store that includes the sandbox's CA."""
-        if not policy.transforms:
-            return {}
-        return {**{k: f"/{GUEST_BUNDLE}" for k in CA_ENV_BUNDLE}, "NODE_EXTRA_CA_CERTS": f"/{GUEST_CA}"}
+        return egress_trust.sandbox_env(policy)
 
-    def prepare(self, policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None) -> None:
-        """Before boot: for transforms, create (once) the sandbox's CA on the host and install its
-        certificate in the sandbox's trust store (written into the root's upper layer)."""
-        if not policy.transforms:
-            return
-        ca = CertificateAuthority.load_or_create(
-            sandbox_dir / "egress",
-            f"Atoll egress CA {sandbox_dir.name}",
-            permitted=[t.domain for t in policy.transforms],
-        )
-        pem = ca.cert_pem
-        upper = upper_dir(sandbox_dir)
-        upper.mkdir(parents=True, exist_ok=True)
-        # the upper dir is the sandbox's to change and an imported template's rootfs its author's:
-        # resolve links inside them, never on the host (a planted link must not reach host files)
-        current = confined.read_in_layer(str(upper), GUEST_BUNDLE)
-        if current is not None and pem in current:
-            return
-        if current is None and template_rootfs is not None:
-            current = confined.read_in_layer(str(template_rootfs), GUEST_BUNDLE)
-        existing = current or b""
-        for path, data in ((GUEST_BUNDLE, existing.rstrip(b"\n") + b"\n" + pem), (GUEST_CA, pem)):
-            try:
-                confined.replace_in_layer(str(upper), path, data.lstrip(b"\n"))
-            except (OSError, APIError) as exc:  # the sandbox broke its own trust store: boot anyway
-                log.warning(
-                    "sandbox %s: could not install its egress CA at /%s: %s", sandbox_dir.name, path, exc
-                )
+    @staticmethod
+    def prepare(policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None) -> None:
+        egress_trust.install_ca(policy, sandbox_dir, template_rootfs)
 
     def _rules(self, slot: Slot, policy: EgressPolicy) -> str:
         return egress_rules.attach(
@@ -337,7 +191,7 @@ class EgressService:
             await asyncio.to_thread(self.nft.run, batch)
 
     async def attach(self, attachment: Attachment) -> None:
-        policy = attachment.egress_policy
+        policy = attachment.policy
         slot = attachment.slot
         installed = self._installed.pop(slot.index, None)
         batch = self._rules(slot, policy)
@@ -387,50 +241,10 @@ class EgressService:
         return removed
 
     def _slot_objects(self) -> dict[int, str | None]:
-        """Slots that have any per-sandbox object in the table -> the ifname in the maps, if any."""
-        found: dict[int, str | None] = {}
-        for item in self.nft.query(f"list table inet {self.table}"):
-            for kind in ("chain", "set", "counter"):
-                if kind in item:
-                    index = egress_rules.slot_of_object(item[kind]["name"])
-                    if index is not None:
-                        found.setdefault(index, None)
-            if "map" in item and item["map"]["name"] in egress_rules.MAPS:
-                for element in item["map"].get("elem", []):
-                    key, verdict = element
-                    target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
-                    index = egress_rules.slot_of_object(target)
-                    if index is not None:
-                        found[index] = key
-        return found
+        return egress_slots.slot_objects(self.nft, self.table)
 
     def _remove_slot_objects(self, index: int, ifname: str | None) -> None:
-        """Remove whatever exists of slot ``index``, one command at a time (some may be gone)."""
-        prefix = egress_rules.prefix(index)
-        listing = self.nft.query(f"list table inet {self.table}")
-        names = {kind: set() for kind in ("chain", "set", "counter")}  # type: dict[str, set[str]]
-        maps = []
-        for item in listing:
-            for kind in names:
-                if kind in item and item[kind]["name"].startswith(prefix):
-                    names[kind].add(item[kind]["name"][len(prefix) :])
-            if "map" in item and ifname is not None:
-                if any(element[0] == ifname for element in item["map"].get("elem", [])):
-                    maps.append(item["map"]["name"])
-        batch = egress_rules.detach(
-            self.table,
-            index=index,
-            ifname=ifname or "",
-            maps=maps,
-            chains=names["chain"],
-            sets=names["set"],
-            counters=names["counter"],
-        )
-        for line in batch.splitlines():
-            try:
-                self.nft.run(line)
-            except NftError as exc:
-                log.debug("egress cleanup of slot %d: %s", index, exc)
+        egress_slots.remove_slot_objects(self.nft, self.table, index, ifname)
 
     async def learn(self, state: SandboxEgress, addresses: Sequence[tuple[str, int]]) -> None:
         if self._by_id.get(state.sandbox_id) is not state:

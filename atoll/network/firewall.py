@@ -26,7 +26,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from atoll.network.policy import PRIVATE_V4
-from atoll.runtime._proc import run
+from atoll.runtime.commands import run
 
 ALWAYS_DENIED_V4 = ("169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")
 ALWAYS_DENIED_V6 = ("fe80::/10", "fc00::/7", "fd00:ec2::254/128", "ff00::/8")

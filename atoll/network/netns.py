@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 from atoll.network.addressing import NETNS_DIR, Slot
+from atoll.runtime import userns_slot
+from atoll.runtime.userns import IdRange
 
 SYS_CLASS_NET = Path("/sys/class/net")
 
@@ -34,12 +36,17 @@ def _write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def create(slot: Slot) -> None:
+def create(slot: Slot, id_range: IdRange | None = None) -> None:
+    """``id_range``: the netns is made inside a user namespace of its own mapping that range
+    (``atoll.runtime.userns_slot``), for sandboxes in user namespaces."""
     if slot.netns_path.exists() or (SYS_CLASS_NET / slot.host_ifname).exists():
         remove(slot)  # a leftover from a crash must not make the slot unusable
     host, name = slot.host_ifname, slot.netns_name
     try:
-        _ip(batch=f"netns add {name}\nlink add {host} type veth peer name eth0 netns {name}\n")
+        add_netns = f"netns add {name}\n" if id_range is None else ""
+        if id_range is not None:
+            userns_slot.create(slot.netns_path, id_range)
+        _ip(batch=f"{add_netns}link add {host} type veth peer name eth0 netns {name}\n")
         # no IPv6 on the host end (set while it is down, before it has a link-local address):
         # link-local addresses would be a second way to the host
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
@@ -68,6 +75,12 @@ def remove(slot: Slot) -> None:
         lines.append(f"netns del {slot.netns_name}")
     if lines:
         _ip("-force", batch="\n".join(lines) + "\n", check=False)
+    userns_slot.remove(slot.netns_path)  # its user namespace, if it has one
+
+
+def remove_named(name: str) -> None:
+    """Remove the named netns ``name`` (one no slot describes)."""
+    _ip("-force", batch=f"netns del {name}\n", check=False)
 
 
 def existing_netns() -> list[str]:

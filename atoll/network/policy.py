@@ -1,7 +1,7 @@
 """A sandbox's egress policy: the request's ``network_policy`` as pydantic validates it
-(``NetworkPolicy``, the one definition the API and the store share), compiled into the
-``EgressPolicy`` the resolver, the proxy and the nftables rules use; and the address guard every
-egress path shares. Pure: no I/O.
+(``NetworkPolicy`` in atoll._policy: the one frozen type the API, the create parameters and the
+store's rows carry), compiled into the ``EgressPolicy`` the resolver, the proxy and the nftables
+rules use; and the address guard every egress path shares. Pure: no I/O.
 
 Semantics (wire-protocol section 3):
 - omitted or ``allow-all``: everything but the always-denied ranges; ``transforms`` still apply;
@@ -16,17 +16,16 @@ name itself.
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from atoll._policy import Mode, NetworkPolicy, Transform, check_domain
 
-Mode = Literal["allow-all", "deny-all", "custom"]
-_DOMAIN = re.compile(
-    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I
-)
+__all__ = [
+    "ALWAYS_FORBIDDEN_V4", "PRIVATE_V4", "AddressGuard", "EgressPolicy", "Mode", "NetworkPolicy",
+    "Transform", "TransformRule", "check_domain", "domain_matches", "normalise_name",
+]  # fmt: skip
+
 IPv4 = ipaddress.IPv4Address
 
 # Never reachable from a sandbox, whatever its policy (the firewall's always-denied ranges plus
@@ -54,46 +53,6 @@ def domain_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("*."):
         return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
     return name == pattern
-
-
-def check_domain(value: str) -> str:
-    """A domain pattern as the wire protocol allows it (``api.example.com``, ``*.example.com``)."""
-    if ":" in value or not _DOMAIN.match(value):
-        raise ValueError("must be a domain name like 'api.example.com' or '*.example.com' (no port)")
-    return value.lower()
-
-
-# the request's shape (wire-protocol section 3); the store keeps ``model_dump(exclude_unset=True)``
-class Transform(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: str
-    inject_headers: dict[str, str] | None = None
-    strip_headers: list[str] | None = None
-
-    _check_domain = field_validator("domain")(classmethod(lambda cls, v: check_domain(v)))
-
-
-class NetworkPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Mode
-    allow_domains: Annotated[list[str], Field(max_length=50)] | None = None
-    allow_cidrs: Annotated[list[str], Field(max_length=10)] | None = None
-    transforms: Annotated[list[Transform], Field(max_length=20)] | None = None
-
-    @field_validator("allow_domains")
-    @classmethod
-    def _domains(cls, values: list[str] | None) -> list[str] | None:
-        return [check_domain(v) for v in values] if values is not None else None
-
-    @field_validator("allow_cidrs")
-    @classmethod
-    def _cidrs(cls, values: list[str] | None) -> list[str] | None:
-        for value in values or ():
-            try:
-                ipaddress.IPv4Network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IPv4 address or CIDR") from None
-        return values
 
 
 @dataclass(frozen=True)
@@ -145,12 +104,6 @@ class EgressPolicy:
             cidrs=tuple(ipaddress.IPv4Network(c, strict=False) for c in policy.allow_cidrs or ()),
             transforms=transforms,
         )
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any] | None) -> EgressPolicy:
-        """A policy as the store keeps it (the request's ``network_policy``, dumped), read back
-        through the same model that validated it; None or empty: allow-all."""
-        return cls.compile(NetworkPolicy.model_validate(data) if data else None)
 
     @property
     def learns_names(self) -> bool:

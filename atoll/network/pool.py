@@ -2,7 +2,11 @@
 
 Slots are handed out by index; a released slot's netns is torn down before its index is reused.
 Refill runs in the background, one slot at a time, and never holds up an acquire: when the pool
-is empty, ``acquire`` builds a slot itself."""
+is empty, ``acquire`` builds a slot itself.
+
+With ``ranges`` (user namespaces on), each slot also claims a range of host ids and its netns is
+made inside a user namespace mapping it (``atoll.runtime.userns_slot``); the claim is released
+once the slot is torn down."""
 
 from __future__ import annotations
 
@@ -10,18 +14,22 @@ import asyncio
 import logging
 from collections import deque
 
-from atoll._exceptions import CapacityError
+from atoll._exceptions import HostCapacityExhausted
 from atoll._tasks import cancel_and_wait
 from atoll.network import netns
 from atoll.network.addressing import AddressPlan, Slot
+from atoll.runtime import userns_slot
+from atoll.runtime.userns import Ranges, RangesExhausted
+from atoll.runtime.userns_net import HOLDING_SUFFIX
 
 log = logging.getLogger("atoll.network")
 
 
 class NetworkPool:
-    def __init__(self, plan: AddressPlan, *, target_size: int) -> None:
+    def __init__(self, plan: AddressPlan, *, target_size: int, ranges: Ranges | None = None) -> None:
         self.plan = plan
         self.target_size = target_size
+        self.ranges = ranges
         self._ready: deque[Slot] = deque()
         self._taken: set[int] = set()  # indices held by sandboxes, the pool, or in teardown
         self._wake = asyncio.Event()
@@ -47,6 +55,9 @@ class NetworkPool:
             index = self.plan.index_of_netns(name)
             if index is not None and index not in keep:
                 stale.add(index)
+            elif name.startswith(self.plan.netns_prefix) and name.endswith(HOLDING_SUFFIX):
+                netns.remove_named(name)  # a checkpoint's, cut short by a crash (userns_net.park)
+                removed.append(name)
         for name in netns.existing_ifnames():
             index = self.plan.index_of_ifname(name)
             if index is not None and index not in keep:
@@ -54,16 +65,40 @@ class NetworkPool:
         for index in sorted(stale):
             if 1 <= index <= self.plan.capacity:
                 slot = self.plan.slot(index)
-                netns.remove(slot)
+                self._remove(slot)
                 removed.append(slot.netns_name)
+        if self.ranges is not None:  # claims of slots gone while the server was down
+            self.ranges.sweep(_slot_alive)
         return removed
+
+    def _create(self, slot: Slot) -> None:
+        """Blocking: the slot's netns (and user namespace, claiming a range for it)."""
+        if self.ranges is None:
+            netns.create(slot)
+            return
+        try:
+            id_range = self.ranges.claim(slot.netns_name, _slot_alive)
+        except RangesExhausted:
+            raise HostCapacityExhausted(
+                "every user-namespace id range is in use; raise --userns-ranges"
+            ) from None
+        try:
+            netns.create(slot, id_range)
+        except BaseException:
+            self.ranges.release(slot.netns_name)
+            raise
+
+    def _remove(self, slot: Slot) -> None:
+        netns.remove(slot)
+        if self.ranges is not None:
+            self.ranges.release(slot.netns_name)
 
     def _next_index(self) -> int:
         for index in range(1, self.plan.capacity + 1):
             if index not in self._taken:
                 self._taken.add(index)
                 return index
-        raise CapacityError("no free sandbox network address; widen the sandbox subnet")
+        raise HostCapacityExhausted("no free sandbox network address; widen the sandbox subnet")
 
     async def acquire(self) -> Slot:
         self._wake.set()
@@ -72,7 +107,7 @@ class NetworkPool:
         index = self._next_index()
         slot = self.plan.slot(index)
         try:
-            await asyncio.to_thread(netns.create, slot)
+            await asyncio.to_thread(self._create, slot)
         except BaseException:
             self._taken.discard(index)
             raise
@@ -84,7 +119,7 @@ class NetworkPool:
 
     async def release(self, slot: Slot) -> None:
         try:
-            await asyncio.to_thread(netns.remove, slot)
+            await asyncio.to_thread(self._remove, slot)
         finally:
             self._taken.discard(slot.index)
             self._wake.set()
@@ -96,11 +131,11 @@ class NetworkPool:
             while len(self._ready) < self.target_size:
                 try:
                     index = self._next_index()
-                except CapacityError:
+                except HostCapacityExhausted:
                     break
                 slot = self.plan.slot(index)
                 try:
-                    await asyncio.to_thread(netns.create, slot)
+                    await asyncio.to_thread(self._create, slot)
                 except Exception:
                     log.exception("could not prepare network slot %d", index)
                     self._taken.discard(index)
@@ -112,3 +147,8 @@ class NetworkPool:
         await cancel_and_wait(self._refiller)
         while self._ready:
             await self.release(self._ready.popleft())
+
+
+def _slot_alive(owner: str, netns_name: str) -> bool:
+    """A range claim's slot still exists (whichever server on the host made it)."""
+    return userns_slot.exists(netns_name)

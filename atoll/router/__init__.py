@@ -6,7 +6,9 @@ One small module per concern, composed in ``_server``:
     _names      which sandbox and port a request is for (Host or headers); public URLs
     _lookup     API key / presigned token -> org -> running sandbox -> address (cached)
     _presigned  presigned-URL tokens: minting, hashing, storage
-    _proxy      one client connection: parse request heads, stream bodies, relay responses
+    _context    what all client connections of one router share (lookup, names, timeouts)
+    _request    request heads read (llhttp) and rewritten for the sandbox; body pieces
+    _proxy      one client connection: send requests (queued or at once), relay responses
     _framing    where each response ends in the relayed byte stream
     _upstream   the connection to the sandbox port (fast 502 when nothing listens)
     _responses  the router's own JSON errors

@@ -1,9 +1,8 @@
 """One client connection to the router.
 
-Requests are parsed with llhttp (httptools) only as far as routing needs: the head is rewritten
-(the API key and routing headers are removed, ``X-Forwarded-*`` added) and the body is passed on
-as it arrives, never buffered whole (a chunked body is re-chunked as it streams). Responses come
-back byte for byte; ``ResponseFraming`` only watches where each one ends.
+Requests are read by ``_request`` (llhttp, only as far as routing needs: the head rewritten, the
+body passed on as it arrives, never buffered whole). Responses come back byte for byte;
+``ResponseFraming`` only watches where each one ends.
 
 Each request is routed on its own, so one keep-alive connection can reach many sandboxes
 (header routing). A request for the sandbox port the connection already talks to goes out at
@@ -18,86 +17,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
 
 from atoll._exceptions import APIError, BadRequestError, ServerError
-from atoll.router._lookup import Destination, Lookup
-from atoll.router._names import ID_HEADER, PORT_HEADER, Names, Target
+from atoll.router._context import ProxyContext
+from atoll.router._lookup import Destination
+from atoll.router._request import Exchange, RequestReader
 from atoll.router._responses import BadGateway, error_response
 from atoll.router._upstream import WRITE_HIGH_WATER, UpstreamConnection, open_upstream
 
 log = logging.getLogger("atoll.router")
 
 HTTP, UPGRADING, TUNNEL, OPAQUE = range(4)  # client connection modes
-AUTH_HEADERS = (b"authorization", b"leap0-authorization")
-# credentials for Atoll or for a proxy on the way: never the sandbox's to see
-NEVER_FORWARDED = (b"proxy-authorization", b"x-api-key")
-STRIPPED = frozenset((*AUTH_HEADERS, *NEVER_FORWARDED, ID_HEADER, PORT_HEADER))
 DRAIN_S = 10.0  # how long an answered-early request may keep sending its body
-# a request line and headers not complete this long after their first byte: a slow-loris (408)
-HEAD_TIMEOUT_S = 10.0
 MAX_HEAD = 64 * 1024  # request line + headers
 
 
-@dataclass(eq=False)
-class ProxyContext:
-    """What every connection of one router shares."""
-
-    lookup: Lookup
-    names: Names
-    scheme: str = "http"
-    connect_timeout: float = 5.0
-    idle_timeout: float = 75.0
-    head_timeout: float = HEAD_TIMEOUT_S
-    connections: set[ClientConnection] = field(default_factory=set)
-    all_closed: asyncio.Event | None = None  # set by the router while it stops
-    proto_header: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.proto_header = f"X-Forwarded-Proto: {self.scheme}\r\n".encode()
-
-
-class Exchange:
-    """One request and, once answered, its place in line for the response."""
-
-    __slots__ = (
-        "api_key", "body_done", "chunked", "dest", "error", "exclusive", "head", "is_head",
-        "keep_alive", "pending", "sent", "target", "upgrade",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.target: Target | None = None
-        self.api_key: str | None = None
-        self.dest: Destination | None = None
-        self.error: APIError | None = None
-        self.head = b""
-        self.pending: list[bytes] = []  # body received before the request could go out
-        self.sent = False
-        self.body_done = False
-        self.chunked = False
-        self.keep_alive = True
-        self.is_head = False
-        self.upgrade = False
-        self.exclusive = False  # HEAD and upgrades travel alone: their responses end differently
-
-
-def api_key(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if value[:7].lower() == b"bearer ":
-        value = value[7:].strip()
-    return value.decode("latin-1") or None
+__all__ = ["ClientConnection", "ProxyContext"]
 
 
 class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = RequestReader(self, ctx.names, ctx.proto_header)
+        self.parser = self.reader.parser
         self.transport: asyncio.Transport | None = None
         self.peer = b""
         self.mode = HTTP
@@ -119,21 +65,6 @@ class ClientConnection(asyncio.Protocol):
         self._held: list[bytes] = []  # client bytes after an upgrade request, until its answer
         self._timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
-        self._reset_head()
-
-    def _reset_head(self) -> None:
-        self._url: list[bytes] = []
-        self._headers: list[bytes] = []
-        self._trailers: list[bytes] = []
-        self._host: bytes | None = None
-        self._hosts = 0
-        self._auth: bytes | None = None
-        self._auth_alt: bytes | None = None
-        self._sid: bytes | None = None
-        self._port: bytes | None = None
-        self._chunked = False
-        self._xff: bytes | None = None  # what the client sent; the router appends its peer
-        self._xfp = False
 
     # asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,111 +147,24 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
 
-    # llhttp callbacks (request side) ------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_head()
-
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if self.receiving is not None:  # trailers after a chunked body
-            if lname not in STRIPPED:
-                self._trailers.append(name + b": " + value + b"\r\n")
-            return
-        if lname in STRIPPED:
-            if lname == b"authorization":
-                self._auth = value
-            elif lname == b"leap0-authorization":
-                self._auth_alt = value
-            elif lname == ID_HEADER:
-                self._sid = value
-            elif lname == PORT_HEADER:
-                self._port = value
-            return
-        if lname == b"host":
-            self._host = value
-            self._hosts += 1
-        elif lname == b"transfer-encoding":
-            self._chunked = b"chunked" in value.lower()
-        elif lname == b"x-forwarded-for":
-            self._xff = value if self._xff is None else self._xff + b", " + value
-            return
-        elif lname == b"x-forwarded-proto":
-            self._xfp = True
-        self._headers.append(name + b": " + value + b"\r\n")
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
+    # requests, as the reader (``_request``) parses them -----------------------------------
+    def request_head(self, ex: Exchange) -> None:
         self._head_bytes = 0
         self._cancel_head_timer()
-        ex = Exchange()
-        method = parser.get_method()
-        ex.is_head = method == b"HEAD"
-        ex.upgrade = parser.should_upgrade()
-        ex.exclusive = ex.is_head or ex.upgrade
-        ex.keep_alive = parser.should_keep_alive()
-        ex.chunked = self._chunked
-        ex.api_key = api_key(self._auth if self._auth is not None else self._auth_alt)
-        url = b"".join(self._url)
-        if method == b"CONNECT":
-            ex.error = APIError("CONNECT is not supported by the sandbox router", status_code=405)
-        elif self._hosts > 1:
-            ex.error = BadRequestError("more than one Host header")
-        else:
-            try:
-                url = self._origin_form(url)
-                ex.target = self.ctx.names.target(self._host, self._sid, self._port)
-            except APIError as err:
-                ex.error = err
-        head = [method, b" ", url, b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
-        head += self._headers
-        if self._xff is None:
-            head.append(b"X-Forwarded-For: " + self.peer + b"\r\n")
-        else:
-            head.append(b"X-Forwarded-For: " + self._xff + b", " + self.peer + b"\r\n")
-        if not self._xfp:
-            head.append(self.ctx.proto_header)
-        head.append(b"\r\n")
-        ex.head = b"".join(head)
         self.receiving = ex
         if not self.closing:
             self._dispatch(ex)
 
-    def _origin_form(self, url: bytes) -> bytes:
-        """An absolute-form target (``http://host/path``) must name the host the ``Host`` header
-        names (which routes the request); the sandbox gets the origin form (``/path``)."""
-        if url[:7].lower() != b"http://" and url[:8].lower() != b"https://":
-            return url
-        try:
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserInvalidURLError:
-            raise BadRequestError("invalid request target") from None
-        authority = (parsed.host or b"") + (b":%d" % parsed.port if parsed.port else b"")
-        if self._host is None or authority.lower() != self._host.strip().lower():
-            raise BadRequestError("the request target's host and the Host header differ")
-        path = parsed.path or b"/"
-        return path + (b"?" + parsed.query if parsed.query else b"")
+    def request_body(self, ex: Exchange, pieces: tuple[bytes, ...]) -> None:
+        if not self.closing:
+            self._body_out(ex, pieces)
 
-    def on_body(self, body: bytes) -> None:
-        ex = self.receiving
-        if ex is None or ex.error is not None or self.closing:
-            return
-        if ex.chunked:
-            self._body_out(ex, (b"%x\r\n" % len(body), body, b"\r\n"))
-        else:
-            self._body_out(ex, (body,))
-
-    def on_message_complete(self) -> None:
-        ex, self.receiving = self.receiving, None
-        if ex is None:
-            return
-        ex.body_done = True
+    def request_end(self, ex: Exchange, pieces: tuple[bytes, ...]) -> None:
+        self.receiving = None
         if self.closing:
             self._close()
-        elif ex.chunked and ex.error is None:
-            self._body_out(ex, (b"0\r\n", *self._trailers, b"\r\n"))
+        elif pieces:
+            self._body_out(ex, pieces)
 
     # sending requests ---------------------------------------------------------------------
     def _body_out(self, ex: Exchange, pieces: tuple[bytes, ...]) -> None:

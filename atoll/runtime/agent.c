@@ -21,7 +21,7 @@
  *   request:  "ATL1" u32le(length) then length bytes of NUL-terminated strings:
  *             cwd, max_output_bytes, argc, argv[0..argc), then "KEY=VALUE" env overrides
  *   reply:    "R pid\n"                 the command started (pid in the sandbox)
- *             "E message\n"             it could not start (e.g. chdir failed); nothing ran
+ *             "E errno step message\n"  it could not start (e.g. chdir failed); nothing ran
  *   then:     "X status outlen errlen\n" followed by outlen + errlen bytes of output
  *   Atoll may send "K" (or close the connection) while the command runs: its whole session is
  *   killed, then the reply goes on as above.
@@ -31,6 +31,11 @@
  * running in the background holds no descriptor leading out of the sandbox, so the call returns
  * when the command ends and the sandbox stays checkpointable. Everything here runs inside the
  * sandbox with its privileges only: Atoll treats every byte it receives as untrusted.
+ *
+ * Every failure is answered "E errno step message": a decimal errno saying why, the step that
+ * failed (request, cwd, exec, fork, spool, table, pid, stdin) and text for people. Atoll types
+ * the failure by errno and step (atoll/runtime/agent_errors.py), never by the text. Agents from
+ * before (still PID 1 of sandboxes restored from old checkpoints) answer "E keyword ...".
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -125,6 +130,25 @@ static void reply(int conn, const char *fmt, ...) {
     va_end(ap);
     if (n > 0)
         write_all(conn, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* a failure: "E errno step message" (see the top of this file), on one line */
+static void reply_error(int conn, int code, const char *step, const char *fmt, ...) {
+    char message[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    message[strcspn(message, "\n")] = '\0';
+    reply(conn, "E %d %s %s\n", code, step, message);
+}
+
+/* what a process's own error code means (the replies of stdin, signal, events) */
+static const char *process_error(int code) {
+    return code == ESRCH    ? "no such process"
+           : code == ECHILD ? "the process has ended"
+           : code == EBADF  ? "the process was started without stdin"
+                            : "the process is not reading its stdin (its pipe stayed full)";
 }
 
 /* SIGKILL every process of session `sid`, again and again until a scan finds none: a fork bomb
@@ -361,7 +385,8 @@ static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, cha
  *   stdin  pid eof(0|1) DATA (the rest of the payload, raw)  -> "R"
  *   signal pid signo       -> "R" (SIGKILL: the whole session, as a timeout kill)
  *   list                   -> "P pid running code started_ms ended_ms metalen" + meta, ..., "."
- * Errors: "E unknown" (no such pid), "E nostdin", "E ended", "E busy" (table full), "E ...".
+ * Errors ("E errno step ..."): ESRCH (no such pid), EBADF (no stdin), ECHILD (ended), EBUSY
+ * (table full), ETIMEDOUT (stdin not read), else as for a command.
  * With `pace`, every `pace` bytes of reply wait for one "A" from Atoll, counted over the whole
  * connection (so a paced reader acknowledges at fixed offsets, whatever the framing). */
 #define MAX_PROCS 128 /* tracked: running and recently ended */
@@ -370,6 +395,7 @@ static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, cha
 #define MIN_RING (256u << 10)
 #define MAX_RING (64u << 20)
 #define CHUNK 65536
+#define PIPE_BYTES (1 << 20) /* a background process's stdout pipe (the default is 64 KiB) */
 #define REC_HEADER 16 /* u64 seq, u32 len, u8 type, padding */
 #define DRAIN_READS 16
 #define MAX_HOLDERS 8 /* readers whose cursor a "hold" process waits for */
@@ -509,9 +535,10 @@ static struct proc *find_proc(pid_t pid) {
     return found;
 }
 
-/* all of `len` bytes to a process's stdin, unless it stops reading for STDIN_WAIT_MS */
+/* all of `len` bytes to a process's stdin, unless it stops reading for STDIN_WAIT_MS; 0, or
+ * ECHILD (it has ended) or ETIMEDOUT (it does not read) */
 #define STDIN_WAIT_MS 10000
-static const char *feed_stdin(int fd, const char *data, size_t len) {
+static int feed_stdin(int fd, const char *data, size_t len) {
     fcntl(fd, F_SETFL, O_NONBLOCK);
     while (len > 0) {
         ssize_t n = write(fd, data, len);
@@ -523,12 +550,12 @@ static const char *feed_stdin(int fd, const char *data, size_t len) {
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno != EAGAIN)
-            return "ended";
+            return ECHILD;
         struct pollfd p = {.fd = fd, .events = POLLOUT};
         if (poll(&p, 1, STDIN_WAIT_MS) == 0)
-            return "full: the process is not reading its stdin";
+            return ETIMEDOUT;
     }
-    return NULL;
+    return 0;
 }
 
 /* Connection output, paced as the comment above says. */
@@ -694,7 +721,7 @@ static void start_process(int conn, char **fields, size_t n) {
     int flags = atoi(fields[3]), want_stdin = flags & 1;
     int64_t timeout_ms = (int64_t)strtoull(fields[4], NULL, 10) * 1000;
     if (argc == 0 || argc > n - 7 || strlen(meta) > MAX_META) {
-        reply(conn, "E bad request\n");
+        reply_error(conn, EINVAL, "request", "bad request");
         return;
     }
     ring = ring < MIN_RING ? MIN_RING : ring > MAX_RING ? MAX_RING : ring;
@@ -705,30 +732,31 @@ static void start_process(int conn, char **fields, size_t n) {
     struct pump_args *args = malloc(sizeof(*args));
     char path[4096];
     if (argv == NULL || env == NULL || args == NULL) {
-        reply(conn, "E fork: %s\n", strerror(ENOMEM));
+        reply_error(conn, ENOMEM, "fork", "fork: %s", strerror(ENOMEM));
         goto fail;
     }
     memcpy(argv, fields + 7, argc * sizeof(char *));
     int bad_cwd = directory_error(cwd);
     if (bad_cwd != 0) {
-        reply(conn, "E chdir %s: %s\n", cwd, strerror(bad_cwd));
+        reply_error(conn, bad_cwd, "cwd", "chdir %s: %s", cwd, strerror(bad_cwd));
         goto fail;
     }
     int rc = resolve(argv[0], env, path, sizeof(path));
     if (rc != 0) {
-        reply(conn, "E exec %s: %s\n", argv[0], strerror(rc));
+        reply_error(conn, rc, "exec", "exec %s: %s", argv[0], strerror(rc));
         goto fail;
     }
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(notify, O_CLOEXEC) < 0 ||
         (want_stdin && pipe2(in, O_CLOEXEC) < 0)) {
-        reply(conn, "E fork: %s\n", strerror(errno));
+        int code = errno;
+        reply_error(conn, code, "fork", "pipe: %s", strerror(code));
         goto fail;
     }
     pthread_mutex_lock(&proc_lock);
     p = take_slot();
     pthread_mutex_unlock(&proc_lock);
     if (p == NULL) {
-        reply(conn, "E busy: at most %d processes run at once\n", MAX_PROCS_RUNNING);
+        reply_error(conn, EBUSY, "table", "busy: at most %d processes run at once", MAX_PROCS_RUNNING);
         goto fail;
     }
     p->ring = mmap(NULL, ring, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -736,7 +764,7 @@ static void start_process(int conn, char **fields, size_t n) {
     if (p->ring == MAP_FAILED || p->meta == NULL) {
         if (p->ring == MAP_FAILED)
             p->ring = NULL;
-        reply(conn, "E fork: %s\n", strerror(ENOMEM));
+        reply_error(conn, ENOMEM, "fork", "fork: %s", strerror(ENOMEM));
         goto fail;
     }
     p->ring_size = ring;
@@ -747,14 +775,19 @@ static void start_process(int conn, char **fields, size_t n) {
     p->started_ms = now_ms(CLOCK_REALTIME);
     pid_t child = 0;
     rc = spawn(&child, cwd, path, argv, env, in[0], out[1], err[1], notify[1]);
-    if (rc != 0) {
-        reply(conn, "E fork: %s\n", strerror(rc));
+    if (rc != 0) { /* no room for a process, or (an absolute path is not resolved) no program */
+        int no_room = rc == EAGAIN || rc == ENOMEM;
+        reply_error(conn, rc, no_room ? "fork" : "exec", "%s %s: %s", no_room ? "fork" : "exec", argv[0],
+                    strerror(rc));
         goto fail;
     }
     close(out[1]);
     close(err[1]);
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     fcntl(err[0], F_SETFL, O_NONBLOCK);
+    /* room for a fast writer to run ahead of the pump (fewer wake-ups on a busy host): best effort,
+     * the host's pipe-max-size or the user's pipe quota may refuse it */
+    fcntl(out[0], F_SETPIPE_SZ, PIPE_BYTES);
     if (in[0] >= 0)
         close(in[0]);
     *args = (struct pump_args){.p = p, .pid = child, .out = out[0], .err = err[0], .timeout_ms = timeout_ms};
@@ -773,7 +806,7 @@ static void start_process(int conn, char **fields, size_t n) {
         /* no thread to watch it: it must not run unwatched */
         kill_session(child);
         pump(args); /* records its exit (status arrives through notify) */
-        reply(conn, "E fork: %s\n", strerror(EAGAIN));
+        reply_error(conn, EAGAIN, "fork", "thread: %s", strerror(EAGAIN));
     } else if (flags & 4) { /* and its events on this connection (one round trip, not two) */
         pthread_attr_destroy(&attr);
         free(env);
@@ -824,7 +857,7 @@ static void send_events(struct out *o, pid_t pid, uint64_t since, int follow) {
     struct proc *p = find_proc(pid);
     if (p == NULL) {
         pthread_mutex_unlock(&proc_lock);
-        reply(conn, "E unknown\n");
+        reply_error(conn, ESRCH, "pid", "%s", process_error(ESRCH));
         free(buf);
         return;
     }
@@ -927,13 +960,13 @@ static void send_stdin(int conn, const char *payload, size_t len) {
     pthread_mutex_lock(&proc_lock);
     struct proc *p = find_proc(pid);
     int fd = p != NULL && p->stdin_fd >= 0 ? dup(p->stdin_fd) : -1;
-    const char *error = p == NULL ? "unknown" : !p->running ? "ended" : fd < 0 ? "nostdin" : NULL;
+    int error = p == NULL ? ESRCH : !p->running ? ECHILD : fd < 0 ? EBADF : 0;
     pthread_mutex_unlock(&proc_lock);
-    if (error == NULL && data_len > 0)
+    if (error == 0 && data_len > 0)
         error = feed_stdin(fd, data, data_len);
     if (fd >= 0)
         close(fd);
-    if (error == NULL && eof) {
+    if (error == 0 && eof) {
         pthread_mutex_lock(&proc_lock);
         if (p->pid == pid && p->stdin_fd >= 0) {
             close(p->stdin_fd);
@@ -941,8 +974,8 @@ static void send_stdin(int conn, const char *payload, size_t len) {
         }
         pthread_mutex_unlock(&proc_lock);
     }
-    if (error != NULL)
-        reply(conn, "E %s\n", error);
+    if (error != 0)
+        reply_error(conn, error, "stdin", "%s", process_error(error));
     else
         reply(conn, "R\n");
 }
@@ -954,10 +987,10 @@ static void send_signal(int conn, char **fields, size_t n) {
     int sig = atoi(fields[2]);
     pthread_mutex_lock(&proc_lock);
     struct proc *p = find_proc(pid);
-    const char *error = p == NULL ? "unknown" : !p->running ? "ended" : NULL;
+    int error = p == NULL ? ESRCH : !p->running ? ECHILD : 0;
     pthread_mutex_unlock(&proc_lock);
-    if (error != NULL) {
-        reply(conn, "E %s\n", error);
+    if (error != 0) {
+        reply_error(conn, error, "pid", "%s", process_error(error));
         return;
     }
     if (sig == SIGKILL)
@@ -1073,13 +1106,14 @@ static void handle(int conn) {
 
     int bad_cwd = directory_error(cwd);
     if (bad_cwd != 0) {
-        reply(conn, "E chdir %s: %s\n", cwd, strerror(bad_cwd));
+        reply_error(conn, bad_cwd, "cwd", "chdir %s: %s", cwd, strerror(bad_cwd));
         goto done;
     }
     out = anonymous_file();
     err = anonymous_file();
     if (out < 0 || err < 0 || pipe2(notify, O_CLOEXEC) < 0) {
-        reply(conn, "E spool: %s\n", strerror(errno));
+        int code = errno;
+        reply_error(conn, code, "spool", "spool: %s", strerror(code));
         goto done;
     }
     char path[4096];
@@ -1089,7 +1123,7 @@ static void handle(int conn) {
         rc = spawn(&child, cwd, path, argv, env, -1, out, err, notify[1]);
     int code, status = 0;
     if (rc == EAGAIN || rc == ENOMEM) {
-        reply(conn, "E fork: %s\n", strerror(rc));
+        reply_error(conn, rc, "fork", "fork: %s", strerror(rc));
         goto done;
     }
     if (rc != 0) { /* as a shell reports a command it cannot run */
@@ -1282,7 +1316,12 @@ int main(int argc, char **argv) {
         if (rc != 0) {
             /* the process limit is used up (e.g. by a fork bomb): reported like any command
              * that could not start, which Atoll answers with "try again later" */
-            reply(conn, "E fork: %s\n", strerror(rc));
+            reply_error(conn, rc, "fork", "fork: %s", strerror(rc));
+            /* the request is unread: closing with it queued would reset the connection (a unix
+             * socket's peer then reads ECONNRESET, not the reply), so take what has arrived */
+            char discard[4096];
+            while (recv(conn, discard, sizeof(discard), MSG_DONTWAIT) > 0)
+                ;
             close(conn);
         }
     }

@@ -11,9 +11,10 @@ In an OCI sandbox the socket is a file on the sandbox's private tmpfs, reached t
 ``/proc/<init>/root`` with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)``: a sandbox that
 replaces it with a link cannot point Atoll at any other socket, and whatever answers is parsed as
 untrusted input. When there is no socket (a sandbox started before the agent existed), ``run``
-returns ``None`` and the caller falls back to the runtime's own exec. An agent that cannot start
-a thread or a process (a fork bomb has used up the process limit) says so ("E fork: ..."), which
-the server answers with 503 and Retry-After.
+returns ``None`` and the caller falls back to the runtime's own exec. A command the agent cannot
+start is answered with an errno (``agent_errors``): e.g. no thread or process (a fork bomb has
+used up the process limit) raises ``ProcessLimitReached``, which the server answers with 503 and
+Retry-After.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from atoll.runtime import confined, oci_config
-from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
+from atoll.runtime import agent_errors, confined, oci_config
+from atoll.runtime.spec import ExecRequest, ExecResult
 
 log = logging.getLogger("atoll.agent")
 SOURCE = Path(__file__).with_name("agent.c")
@@ -130,16 +131,18 @@ async def converse(
     when the agent did not take it (nothing ran). ``pace``: the agent sends its output in chunks
     of that many bytes, each to be acknowledged (``agent.c``, gVisor sandboxes)."""
     sock.setblocking(False)
+    unsent = send_early(sock, encode(request))
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
     try:
-        writer.write(encode(request))
+        if unsent:
+            writer.write(unsent)
         try:
             started = await asyncio.wait_for(reader.readline(), START_TIMEOUT_S)
         except (TimeoutError, ValueError, ConnectionError) as exc:
             log.info("agent of %s did not take a command: %r", who, exc)
             return None
         if started.startswith(b"E "):
-            raise ExecSetupFailed(started[2:].decode(errors="replace").strip())
+            raise agent_errors.parse(started[2:])
         if not started.startswith(b"R "):
             log.info("agent of %s did not take a command: %r", who, started[:100])
             return None  # the agent could not fork (process limit) or is not ours to trust
@@ -166,6 +169,19 @@ async def converse(
         err += f"\nprocess timed out after {request.timeout:g}s and was killed\n".encode()
         return ExecResult(exit_code=124, stdout=out, stderr=err, timed_out=True)
     return ExecResult(exit_code=code, stdout=out, stderr=err)
+
+
+def send_early(sock: socket.socket, data: bytes) -> bytes:
+    """Send what the socket takes now, before the stream exists; returns the rest. An agent with
+    no room for a handler (the process limit used up) answers ``E`` and closes at once: a send
+    into the closed connection would make the stream drop that answer unread (a write error
+    closes it), so a failed send here just leaves the answer to be read."""
+    try:
+        return data[sock.send(data) :]
+    except BlockingIOError:
+        return data
+    except OSError:  # EPIPE, ECONNRESET: the agent has answered and closed
+        return b""
 
 
 async def _result(

@@ -21,30 +21,19 @@ import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from atoll.runtime.spec import ExecSetupFailed
+from atoll._exceptions import AgentProtocolError
+from atoll.runtime import agent_errors
+from atoll.runtime.agent import send_early
 
 MAX_LINE = 4096
 MAX_EVENT_BYTES = 65536  # agent.c CHUNK: one pipe read (or several, merged while unread)
 READ_BYTES = 262144  # one socket read, unpaced: a few whole events (the buffer holds at most that)
+# what the event loop reads ahead of the relay (it pauses the socket past twice that): enough
+# that a busy host's scheduling delays do not stall the agent behind a full socket
+READ_AHEAD_BYTES = 262144
 MAX_META_BYTES = 16384  # agent.c MAX_META
 MAX_PROCESSES = 128  # agent.c MAX_PROCS
 REPLY_TIMEOUT_S = 30.0
-
-
-class ProcessUnknown(LookupError):
-    """No process with that pid is tracked by the sandbox's agent."""
-
-
-class ProcessStateConflict(RuntimeError):
-    """The process cannot take the request (it has ended, or has no stdin)."""
-
-
-class ProcessTableFull(RuntimeError):
-    """The agent already runs as many background processes as it tracks."""
-
-
-class AgentProtocolError(RuntimeError):
-    """The agent said something that is not the protocol (treated as a failed request)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,9 +90,13 @@ class AgentLink:
 
     async def send(self, fields: Sequence[bytes], raw: bytes = b"") -> None:
         self._sock.setblocking(False)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._writer.write(_payload(fields, raw))
-        await self._writer.drain()
+        unsent = send_early(self._sock, _payload(fields, raw))
+        self._reader, self._writer = await asyncio.open_unix_connection(
+            sock=self._sock, limit=READ_AHEAD_BYTES
+        )
+        if unsent:
+            self._writer.write(unsent)
+            await self._writer.drain()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -129,6 +122,16 @@ class AgentLink:
                 self._writer.write(b"A")
                 self._unacked = 0
 
+    def buffered_line(self) -> bytes | None:
+        """The next line if it is already here, without waiting (most event headers are: an
+        event's reading then costs no task for a timeout, ``events``)."""
+        end = self._buffer.find(b"\n", 0, MAX_LINE + 1)
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
     async def readline(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
             if len(self._buffer) > MAX_LINE:
@@ -147,28 +150,14 @@ class AgentLink:
         return data
 
     async def answer(self) -> bytes:
-        """The first reply line: ``R ...`` gives what follows R; ``E ...`` raises."""
+        """The first reply line: ``R ...`` gives what follows R; ``E ...`` raises the failure's
+        type (``agent_errors``)."""
         line = await asyncio.wait_for(self.readline(), REPLY_TIMEOUT_S)
         if line == b"R" or line.startswith(b"R "):
             return line[2:]
         if line.startswith(b"E "):
-            raise _error(line[2:].decode(errors="replace"))
+            raise agent_errors.parse(line[2:])
         raise AgentProtocolError(f"unexpected reply {line[:80]!r}")
-
-
-def _error(message: str) -> Exception:
-    word = message.split(" ", 1)[0].rstrip(":")
-    if word == "unknown":
-        return ProcessUnknown("no such process")
-    if word == "nostdin":
-        return ProcessStateConflict("the process was started without stdin")
-    if word == "ended":
-        return ProcessStateConflict("the process has ended")
-    if word == "full":
-        return ProcessStateConflict("the process is not reading its stdin (its pipe stayed full)")
-    if word == "busy":
-        return ProcessTableFull(message)
-    return ExecSetupFailed(message)  # chdir, exec, fork: as for a foreground command
 
 
 async def start(link: AgentLink, request: StartRequest, *, follow: bool = False) -> int:
@@ -227,7 +216,7 @@ async def list_processes(link: AgentLink) -> list[ProcessInfo]:
 
 async def open_events(link: AgentLink, pid: int, since: int, *, follow: bool = True) -> None:
     """Ask for ``pid``'s events after ``since`` (live until it ends, or without ``follow`` only
-    what is kept now); raises ``ProcessUnknown`` before any is read."""
+    what is kept now); raises ``ProcessNotFound`` before any is read."""
     await link.send([b"events", str(pid).encode(), str(since).encode(), b"1" if follow else b"0"])
     await link.answer()
 
@@ -239,7 +228,9 @@ async def events(link: AgentLink, *, keepalive_s: float | None = None) -> AsyncI
     loses nothing: the link's buffer changes only once a read has returned)."""
     while True:
         try:
-            line = await asyncio.wait_for(link.readline(), keepalive_s)
+            line = link.buffered_line()
+            if line is None:
+                line = await asyncio.wait_for(link.readline(), keepalive_s)
         except TimeoutError:
             yield Event(type="keepalive")
             continue

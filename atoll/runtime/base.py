@@ -3,14 +3,25 @@
 A backend turns a ``SandboxSpec`` into running processes and back. It owns the root filesystem
 mount, the container and its cgroups; the network namespace is made by ``atoll.network`` and
 handed in through the spec, so egress rules hold whatever the backend.
+
+``CgroupBackend`` is what the two backends (``oci``, ``gvisor``) share: a sandbox is a runtime's
+container in a cgroup of its own under ``cgroup_parent``, on an overlay root, so halting it,
+pausing and resuming it, killing its processes, finding leftover cgroups and marking a
+checkpoint image complete work the same way for both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Literal, Protocol
 
+from atoll.runtime import cgroups, overlay, reaping
+from atoll.runtime.commands import CommandFailed, run
 from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
 BackendName = Literal["auto", "crun", "runc", "runsc"]
@@ -70,3 +81,89 @@ class RuntimeBackend(Protocol):
 
     async def orphan_cgroups(self, known: set[str]) -> list[str]:
         """Remove cgroups of sandboxes not in ``known``; returns what was removed."""
+
+
+# written last, atomically, once CRIU has succeeded: after a crash only an image with it is
+# restored (a dump cut short leaves files but never this one)
+CHECKPOINT_COMPLETE = "atoll-complete"
+
+
+def checkpoint_complete(image_dir: Path) -> bool:
+    return (image_dir / CHECKPOINT_COMPLETE).is_file()
+
+
+def mark_checkpoint_complete(image_dir: Path) -> None:
+    """The marker, durable: on ext4 (data=ordered) its fsync commits the image's data first."""
+    temporary = image_dir / f"{CHECKPOINT_COMPLETE}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"complete\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, image_dir / CHECKPOINT_COMPLETE)
+    fd = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CgroupBackend:
+    """The halt, pause and cgroup handling the OCI and gVisor backends share. A subclass sets
+    ``binary``, ``state_root`` and ``cgroup_parent`` and gives the runtime's argv (``_argv``) and
+    its own ``halt_by_id`` (which calls ``kill_cgroup``, then removes what its runtime keeps)."""
+
+    name: str
+    binary: str
+    state_root: Path
+    cgroup_parent: str
+    # what the sandbox's commands have; a terminal takes it too. None: the runtime's own (gVisor's
+    # sentry gives its processes 0 inside; the host's OOM score is the sentry's, from the spec)
+    command_oom_score_adj: int | None = None
+
+    def _argv(self, *args: str) -> list[str]:
+        raise NotImplementedError
+
+    async def halt_by_id(self, sandbox_id: str) -> None:
+        raise NotImplementedError
+
+    async def halt(self, spec: SandboxSpec) -> None:
+        await self.halt_by_id(spec.sandbox_id)
+        overlay.unmount(spec.rootfs)
+        with contextlib.suppress(FileNotFoundError):
+            (spec.sandbox_dir / "config.json").unlink()
+
+    async def pause(self, sandbox_id: str) -> None:
+        await run(self._argv("pause", sandbox_id), timeout=30)
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Resume a frozen sandbox; one already running (a freeze, or a resume, cut short) is fine.
+        Whether it runs is asked of the runtime (``state``), never read from its error message:
+        runc and runsc word "not paused" differently."""
+        try:
+            await run(self._argv("resume", sandbox_id), timeout=30)
+        except CommandFailed:
+            rc, out, _ = await run(self._argv("state", sandbox_id), timeout=30, check=False)
+            try:
+                status = json.loads(out).get("status") if rc == 0 else None
+            except ValueError:
+                status = None
+            if status != "running":
+                raise
+
+    async def kill_cgroup(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox through its cgroup (it works on frozen sandboxes
+        too, and a runtime's forced delete of a live one spends seconds freezing and polling),
+        and reap those the runtime's ``run --detach`` orphaned to us (see reaping.py)."""
+        members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
+        cgroups.kill_group(self.cgroup_parent, sandbox_id)
+        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+
+    async def orphan_cgroups(self, known: set[str]) -> list[str]:
+        """Remove cgroups of sandboxes not in ``known``; returns what was removed."""
+        removed = []
+        for name in cgroups.children(self.cgroup_parent) - known:
+            cgroups.remove_group(self.cgroup_parent, name)
+            removed.append(name)
+        return removed

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from atoll.runtime import oci_config
-from atoll.runtime._proc import run_sync
+from atoll.runtime.commands import run_sync
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = (
@@ -57,6 +57,21 @@ def children(parent: str) -> set[str]:
         if d.is_dir():
             names.update(p.name for p in d.iterdir() if p.is_dir())
     return names
+
+
+def forks_refused(parent: str, name: str) -> int:
+    """How often the group's pids limit has refused a fork or clone (``pids.events``: max); 0 when
+    the group or its pids controller is missing."""
+    base = CGROUP_ROOT if is_v2() else CGROUP_ROOT / "pids"
+    try:
+        text = (base / parent.strip("/") / name / "pids.events").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "max" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def pids_in_group(parent: str, name: str) -> list[int]:

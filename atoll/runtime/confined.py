@@ -23,12 +23,13 @@ import stat
 from collections.abc import Iterator
 
 from atoll._exceptions import (
-    APIError,
-    BadRequestError,
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServerError,
+    FileAccessDenied,
+    FileConflict,
+    FileFailure,
+    FileNotFound,
+    FileRequestInvalid,
+    FileStorageFull,
+    FilesystemNotMounted,
 )
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -70,22 +71,22 @@ def open_beneath(dirfd: int, path: str, flags: int, mode: int = 0, *, resolve: i
     raise OSError(errno.EAGAIN, "path resolution kept racing with renames", path)
 
 
-_STATUS: dict[int, type[APIError]] = {
-    errno.ENOENT: NotFoundError,
-    errno.ENOTDIR: NotFoundError,
-    errno.EEXIST: ConflictError,
-    errno.ENOTEMPTY: ConflictError,
-    errno.ETXTBSY: ConflictError,
-    errno.EBUSY: ConflictError,
-    errno.EACCES: PermissionDeniedError,
-    errno.EPERM: PermissionDeniedError,
-    errno.EXDEV: PermissionDeniedError,
-    errno.EROFS: PermissionDeniedError,
-    errno.EISDIR: BadRequestError,
-    errno.ELOOP: BadRequestError,
-    errno.EINVAL: BadRequestError,
-    errno.ENAMETOOLONG: BadRequestError,
-    errno.ENXIO: BadRequestError,
+_KIND: dict[int, type[FileFailure]] = {
+    errno.ENOENT: FileNotFound,
+    errno.ENOTDIR: FileNotFound,
+    errno.EEXIST: FileConflict,
+    errno.ENOTEMPTY: FileConflict,
+    errno.ETXTBSY: FileConflict,
+    errno.EBUSY: FileConflict,
+    errno.EACCES: FileAccessDenied,
+    errno.EPERM: FileAccessDenied,
+    errno.EXDEV: FileAccessDenied,
+    errno.EROFS: FileAccessDenied,
+    errno.EISDIR: FileRequestInvalid,
+    errno.ELOOP: FileRequestInvalid,
+    errno.EINVAL: FileRequestInvalid,
+    errno.ENAMETOOLONG: FileRequestInvalid,
+    errno.ENXIO: FileRequestInvalid,
 }
 _WHAT: dict[int, str] = {
     errno.ENOENT: "no such file or directory",
@@ -98,41 +99,38 @@ _WHAT: dict[int, str] = {
 }
 
 
-def api_error(exc: OSError, path: str) -> APIError:
-    """The API error for an OSError raised while working on ``path`` (a sandbox path)."""
+def file_error(exc: OSError, path: str) -> FileFailure:
+    """The typed failure for an OSError raised while working on ``path`` (a sandbox path), by its
+    errno (``server/errors.py`` answers each type)."""
     code = exc.errno or 0
-    cls = _STATUS.get(code)
     what = _WHAT.get(code) or os.strerror(code)
-    if cls is None:
-        error = ServerError(f"{path}: {what}")
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            error.status_code = 507
-        return error
-    return cls(f"{path}: {what}")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return FileStorageFull(f"{path}: {what}", errno=code)
+    return _KIND.get(code, FileFailure)(f"{path}: {what}", errno=code)
 
 
 @contextlib.contextmanager
 def mapped(path: str) -> Iterator[None]:
-    """Turn an OSError inside the block into the API error it means."""
+    """Turn an OSError inside the block into the typed failure it means (``file_error``)."""
     try:
         yield
     except OSError as exc:
-        raise api_error(exc, path) from None
+        raise file_error(exc, path) from None
 
 
 def normalize(path: object, *, base: str = "/") -> str:
     """An absolute, lexically clean sandbox path. Relative paths start at ``base``; a ``..``
     that would climb above ``/`` is refused (403) rather than silently clamped."""
     if not isinstance(path, str) or not path:
-        raise BadRequestError("path must be a non-empty string")
+        raise FileRequestInvalid("path must be a non-empty string")
     if "\x00" in path:
-        raise BadRequestError("path must not contain NUL bytes")
+        raise FileRequestInvalid("path must not contain NUL bytes")
     try:  # \udc80-\udcff stand for the bytes of a non-UTF-8 name; other surrogates are nothing
         size = len(path.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:
-        raise BadRequestError("path must be valid Unicode text (no lone surrogates)") from None
+        raise FileRequestInvalid("path must be valid Unicode text (no lone surrogates)") from None
     if size > PATH_MAX:
-        raise BadRequestError("path is too long")
+        raise FileRequestInvalid("path is too long")
     full = path if path.startswith("/") else posixpath.join(base, path)
     parts: list[str] = []
     for part in full.split("/"):
@@ -140,7 +138,7 @@ def normalize(path: object, *, base: str = "/") -> str:
             continue
         if part == "..":
             if not parts:
-                raise PermissionDeniedError(f"{path}: escapes the sandbox root")
+                raise FileAccessDenied(f"{path}: escapes the sandbox root")
             parts.pop()
             continue
         parts.append(part)
@@ -160,9 +158,9 @@ def _relative(path: str) -> str:
 def check_writable(path: str) -> None:
     """Refuse changes to the root itself and to Atoll's helper layer."""
     if path == "/":
-        raise PermissionDeniedError("/: the sandbox root cannot be replaced, moved or deleted")
+        raise FileAccessDenied("/: the sandbox root cannot be replaced, moved or deleted")
     if path == PROTECTED or path.startswith(PROTECTED + "/"):
-        raise PermissionDeniedError(f"{path}: belongs to Atoll's runtime helpers and is read-only")
+        raise FileAccessDenied(f"{path}: belongs to Atoll's runtime helpers and is read-only")
 
 
 class Root:
@@ -179,7 +177,7 @@ class Root:
             parent = os.stat(posixpath.dirname(host_path.rstrip("/")))
             if require_mount and os.fstat(fd).st_dev == parent.st_dev:
                 # not a mount point: the sandbox's root filesystem is not mounted (stopped sandbox)
-                raise ConflictError("the sandbox's filesystem is not mounted; start the sandbox first")
+                raise FilesystemNotMounted("the sandbox's filesystem is not mounted; start the sandbox first")
         except BaseException:
             os.close(fd)
             raise
@@ -214,7 +212,7 @@ class Root:
         """(fd of the parent directory, last component) of a normalized non-root path."""
         parent, name = split(path)
         if not name:
-            raise PermissionDeniedError("/: not allowed on the sandbox root")
+            raise FileAccessDenied("/: not allowed on the sandbox root")
         fd = self.open_dir(parent)
         try:
             yield fd, name
@@ -255,7 +253,7 @@ class Root:
         if target == root:
             return "/"
         if not target.startswith(root.rstrip("/") + "/"):
-            raise PermissionDeniedError("path resolved outside the sandbox root")
+            raise FileAccessDenied("path resolved outside the sandbox root")
         return target[len(root.rstrip("/")) :]
 
     # opening files -------------------------------------------------------------------------
@@ -265,9 +263,9 @@ class Root:
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
-                raise BadRequestError(f"{path}: is a directory")
+                raise FileRequestInvalid(f"{path}: is a directory")
             if not stat.S_ISREG(info.st_mode):
-                raise BadRequestError(f"{path}: not a regular file")
+                raise FileRequestInvalid(f"{path}: not a regular file")
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -326,7 +324,7 @@ def read_in_layer(layer: str, path: str) -> bytes | None:
     try:
         with Root.open(layer, require_mount=False) as root:
             fd = root.open_regular(normalize(path), os.O_RDONLY)
-    except (OSError, APIError):
+    except (OSError, FileFailure):
         return None
     with os.fdopen(fd, "rb") as f:
         return f.read()

@@ -6,7 +6,7 @@ import functools
 import shutil
 from pathlib import Path
 
-from atoll.runtime._proc import CommandFailed, CommandTimeout, run_sync
+from atoll.runtime.commands import CommandFailed, CommandTimeout, run_sync
 
 # lines CRIU logs as errors that say nothing about why an operation failed
 _NOISE = ("Can't setup RLIMIT_NOFILE",)

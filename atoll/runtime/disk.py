@@ -37,7 +37,7 @@ from pathlib import Path
 
 from atoll._tasks import cancel_and_wait
 from atoll.runtime import overlay
-from atoll.runtime._proc import run
+from atoll.runtime.commands import run
 from atoll.runtime.trees import remove_host_tree
 
 log = logging.getLogger("atoll.disk")

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from atoll._exceptions import BadRequestError
+from atoll._exceptions import FileRequestInvalid
 from atoll.runtime.confined import Root
 from atoll.runtime.files import Accounts, FileInfo, info_of
 from atoll.runtime.trees import MAX_DEPTH, MAX_DIR_ENTRIES
@@ -84,7 +84,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(f"(?s:{_translate(pattern)})\\Z")
     except re.error as exc:
-        raise BadRequestError(f"invalid pattern {pattern!r}: {exc}") from None
+        raise FileRequestInvalid(f"invalid pattern {pattern!r}: {exc}") from None
 
 
 def glob_depth(pattern: str) -> int | None:
@@ -133,7 +133,7 @@ def walk(
                 continue  # removed while we looked
             count += 1
             if count > limit:
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     f"more than {limit} entries under {top} (the limit of one call): "
                     "narrow the path, depth or exclude"
                 )
@@ -154,7 +154,7 @@ def walk(
                 raise
             if entries and depth >= MAX_DEPTH:
                 os.close(child)
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     f"{top}: the tree is deeper than {MAX_DEPTH} levels (the depth limit of a walk): "
                     "narrow the path or pass a max_depth"
                 )
@@ -172,7 +172,7 @@ def _sorted_entries(dir_fd: int) -> list[os.DirEntry[str]]:
         for entry in scan:
             entries.append(entry)
             if len(entries) > MAX_DIR_ENTRIES:
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     f"a directory with more than {MAX_DIR_ENTRIES} entries (the limit of a walk): "
                     "narrow the path"
                 )
@@ -211,7 +211,7 @@ def tree(root: Root, path: str, *, max_depth: int | None, exclude: Sequence[str]
 
 def glob(root: Root, path: str, pattern: str, *, exclude: Sequence[str]) -> list[str]:
     if not pattern.strip("/"):
-        raise BadRequestError("pattern must not be empty")
+        raise FileRequestInvalid("pattern must not be empty")
     regex = glob_regex(pattern)
     depth = glob_depth(pattern)
     return [
@@ -227,7 +227,7 @@ def grep(
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise BadRequestError(f"invalid pattern {pattern!r}: {exc}") from None
+        raise FileRequestInvalid(f"invalid pattern {pattern!r}: {exc}") from None
     deadline = time.monotonic() + GREP_DEADLINE_S
     matches: list[dict[str, object]] = []
     info = root.stat(path)
@@ -247,7 +247,7 @@ def grep(
         full = _join(path, entry.rel)
         try:
             fd = root.open_regular(full, os.O_RDONLY | os.O_NOFOLLOW)
-        except (OSError, BadRequestError):
+        except (OSError, FileRequestInvalid):
             continue
         if not _grep_fd(fd, full, regex, matches) or time.monotonic() > deadline:
             break

@@ -15,9 +15,9 @@ import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError
+from atoll._exceptions import FileAccessDenied, FileConflict, FileNotFound, FileRequestInvalid
 from atoll.runtime import idmap
-from atoll.runtime.confined import Root, api_error, check_writable, chmod_fd, split
+from atoll.runtime.confined import Root, check_writable, chmod_fd, file_error, split
 from atoll.runtime.replace import NewVersion, new_version, write_all
 from atoll.runtime.trees import remove_tree
 
@@ -52,7 +52,7 @@ def parse_mode(value: str, field: str = "mode") -> int:
     """``"755"`` / ``"0644"`` / ``"4755"`` to an int; anything else is a 400."""
     text = value.strip()
     if not MODE_RE.match(text):
-        raise BadRequestError(
+        raise FileRequestInvalid(
             f"invalid {field}", errors=[{"field": field, "error": "must be an octal mode like '755'"}]
         )
     return int(text, 8)
@@ -73,7 +73,7 @@ class Accounts:
     def _read(self, path: str) -> list[list[str]]:
         try:
             fd = self._root.open_regular(path, os.O_RDONLY)
-        except (OSError, BadRequestError):
+        except (OSError, FileRequestInvalid):
             return []
         with os.fdopen(fd, "rb") as f:
             text = f.read(ACCOUNT_FILE_MAX).decode("utf-8", "replace")
@@ -103,7 +103,7 @@ class Accounts:
         for entry in self.passwd:
             if len(entry) > 2 and entry[0] == name and _numeric(entry[2], "owner", quiet=True):
                 return int(entry[2])
-        raise BadRequestError(
+        raise FileRequestInvalid(
             f"owner {name!r}: no such user in the sandbox's /etc/passwd",
             errors=[{"field": "owner", "error": "no such user in the sandbox"}],
         )
@@ -114,7 +114,7 @@ class Accounts:
         for entry in self.group:
             if len(entry) > 2 and entry[0] == name and _numeric(entry[2], "group", quiet=True):
                 return int(entry[2])
-        raise BadRequestError(
+        raise FileRequestInvalid(
             f"group {name!r}: no such group in the sandbox's /etc/group",
             errors=[{"field": "group", "error": "no such group in the sandbox"}],
         )
@@ -135,7 +135,7 @@ def _numeric(value: str, field: str, *, quiet: bool = False) -> bool:
     if int(value) > MAX_ID:
         if quiet:
             return False
-        raise BadRequestError(
+        raise FileRequestInvalid(
             f"invalid {field}: {value} is past the largest id ({MAX_ID})",
             errors=[{"field": field, "error": f"must be at most {MAX_ID}"}],
         )
@@ -174,7 +174,7 @@ def mkdir(root: Root, path: str, *, recursive: bool, permissions: str | None) ->
     check_writable(path)
     mode = parse_mode(permissions, "permissions") if permissions is not None else None
     if root.exists(path):
-        raise ConflictError(f"{path}: already exists")
+        raise FileConflict(f"{path}: already exists")
     parent, _ = split(path)
     if recursive:
         root.makedirs(parent)
@@ -212,7 +212,7 @@ def set_permissions(
     root: Root, path: str, *, mode: str | None, owner: str | None, group: str | None, accounts: Accounts
 ) -> None:
     if mode is None and owner is None and group is None:
-        raise BadRequestError("set-permissions needs at least one of mode, owner, group")
+        raise FileRequestInvalid("set-permissions needs at least one of mode, owner, group")
     check_writable(path)
     new_mode = parse_mode(mode) if mode is not None else None
     uid = accounts.uid(owner) if owner is not None else -1
@@ -231,16 +231,16 @@ def set_permissions(
 def _read_text(fd: int, path: str) -> str:
     size = os.fstat(fd).st_size
     if size > EDIT_MAX_BYTES:
-        raise BadRequestError(f"{path}: too large to edit ({size} bytes, at most {EDIT_MAX_BYTES})")
+        raise FileRequestInvalid(f"{path}: too large to edit ({size} bytes, at most {EDIT_MAX_BYTES})")
     data = b""
     while chunk := os.read(fd, READ_CHUNK):
         data += chunk
         if len(data) > EDIT_MAX_BYTES:
-            raise BadRequestError(f"{path}: too large to edit")
+            raise FileRequestInvalid(f"{path}: too large to edit")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequestError(f"{path}: not a UTF-8 text file") from None
+        raise FileRequestInvalid(f"{path}: not a UTF-8 text file") from None
 
 
 def _write_text(root: Root, path: str, text: str) -> None:
@@ -265,12 +265,12 @@ def edit_file(root: Root, path: str, edits: Sequence[tuple[str, str]]) -> tuple[
         total = 0
         for index, (find, replace) in enumerate(edits):
             if not find:
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     "invalid edit", errors=[{"field": f"edits.{index}.find", "error": "must not be empty"}]
                 )
             count = after.count(find)
             if count == 0:
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     f"{path}: edit {index}: text not found; nothing was changed",
                     errors=[{"field": f"edits.{index}.find", "error": "not found in the file"}],
                 )
@@ -294,14 +294,14 @@ def edit_file(root: Root, path: str, edits: Sequence[tuple[str, str]]) -> tuple[
 def edit_files(root: Root, paths: Sequence[str], find: str, replace: str) -> list[dict[str, object]]:
     """Replace ``find`` in each file; one result per file, a failure never stops the others."""
     if not find:
-        raise BadRequestError("invalid edit", errors=[{"field": "find", "error": "must not be empty"}])
+        raise FileRequestInvalid("invalid edit", errors=[{"field": "find", "error": "must not be empty"}])
     results: list[dict[str, object]] = []
     for path in paths:
         try:
             edit_file(root, path, [(find, replace)])
             results.append({"file": path, "success": True})
-        except (BadRequestError, NotFoundError, PermissionDeniedError, ConflictError) as exc:
+        except (FileRequestInvalid, FileNotFound, FileAccessDenied, FileConflict) as exc:
             results.append({"file": path, "success": False, "error": exc.message})
         except OSError as exc:
-            results.append({"file": path, "success": False, "error": api_error(exc, path).message})
+            results.append({"file": path, "success": False, "error": file_error(exc, path).message})
     return results

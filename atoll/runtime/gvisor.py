@@ -31,7 +31,7 @@ adapted where gVisor differs:
   ends the sentry, i.e. the whole sandbox (google/gvisor#2533).
 
 Checkpoint and restore are runsc's own (no CRIU). As on OCI, an image gets the completion marker
-(``oci.mark_checkpoint_complete``) only once ``runsc checkpoint`` has succeeded and every file
+(``base.mark_checkpoint_complete``) only once ``runsc checkpoint`` has succeeded and every file
 of the image has been fsynced (``sync_image``): after a crash, start-up reconciliation pauses a
 sandbox on a marked image and removes any other. gVisor's network stack cannot save a TCP
 connection. Without ``--net-disconnect-ok`` a save fails on one (even in TIME_WAIT, up to 60 s
@@ -48,12 +48,14 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, reaping
-from atoll.runtime._proc import CommandFailed, run
-from atoll.runtime.oci import mark_checkpoint_complete, resume_frozen, user_file, user_options
+from atoll.runtime import cgroups, gvisor_exec, oci_config, overlay, procfs, reaping, terminal
+from atoll.runtime.base import CgroupBackend, mark_checkpoint_complete
+from atoll.runtime.commands import CommandFailed, run
+from atoll.runtime.oci import user_file, user_options
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, ExecSetupFailed, SandboxSpec
 
 PLATFORM = "systrap"
@@ -99,7 +101,7 @@ def adapt_config(config: dict[str, Any], spec: SandboxSpec, *, own_tmp: bool) ->
     return config
 
 
-class GVisorBackend:
+class GVisorBackend(CgroupBackend):
     def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
         self.name = "runsc"
         self.binary = binary
@@ -165,11 +167,11 @@ class GVisorBackend:
         cgroups.set_limits(self.cgroup_parent, sandbox_id, vcpu=vcpu, memory_mib=memory_mib)
 
     async def pause(self, sandbox_id: str) -> None:
-        await run(self._argv("pause", sandbox_id), timeout=30)
+        await super().pause(sandbox_id)
         self._paused.add(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> None:
-        await resume_frozen(self._argv, sandbox_id)
+        await super().resume(sandbox_id)
         self._paused.discard(sandbox_id)
 
     async def checkpoint(self, sandbox_id: str, image_dir: Path, *, leave_running: bool) -> None:
@@ -242,19 +244,11 @@ class GVisorBackend:
             await self.halt(spec)
             raise
 
-    async def halt(self, spec: SandboxSpec) -> None:
-        await self.halt_by_id(spec.sandbox_id)
-        overlay.unmount(spec.rootfs)
-        with contextlib.suppress(FileNotFoundError):
-            (spec.sandbox_dir / "config.json").unlink()
-
     async def halt_by_id(self, sandbox_id: str) -> None:
         # the sentry, the gofer and the stubs are all in the cgroup; the first two were
-        # orphaned by `run --detach` and are ours to reap (see reaping.py)
+        # orphaned by `run --detach` and are ours to reap
         self._paused.discard(sandbox_id)
-        members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
-        cgroups.kill_group(self.cgroup_parent, sandbox_id)
-        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+        await self.kill_cgroup(sandbox_id)
         # a sentry that died before (the host's OOM killer) left the cgroup as a zombie, and so
         # did the stubs it had forked: runsc would wait for them
         reap_dead_sandbox_processes()
@@ -281,23 +275,26 @@ class GVisorBackend:
                 alive.add(str(state["id"]))
         return alive
 
-    async def orphan_cgroups(self, known: set[str]) -> list[str]:
-        removed = []
-        for name in cgroups.children(self.cgroup_parent) - known:
-            cgroups.remove_group(self.cgroup_parent, name)
-            removed.append(name)
-        return removed
-
     # terminals --------------------------------------------------------------------------
     def terminal_argv(
-        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+        self,
+        *,
+        sandbox_id: str,
+        console_socket: Path,
+        pid_file: Path,
+        log_file: Path,
+        process_file: Path,
+        cwd: str,
+        env: Mapping[str, str],
+        command: Sequence[str],
     ) -> list[str]:
-        """``runsc exec`` options for a detached process on a new terminal (no ``--tty``: a
-        console socket implies one), as the sandbox's user (the image's USER)."""
+        """``runsc exec`` of ``command`` detached on a new terminal (no ``--tty``: a console
+        socket implies one), as the sandbox's user (the image's USER)."""
         identity = user_options(self.state_root, sandbox_id, gids_flag="--additional-gids", joined=True)
         return self._argv(
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
-            "--pid-file", str(pid_file), "--cwd", cwd, *identity,
+            "--pid-file", str(pid_file), "--cwd", cwd, *identity, *terminal.env_options(env),
+            sandbox_id, *command,
         )  # fmt: skip
 
 
@@ -343,22 +340,12 @@ def reap_dead_sandbox_processes() -> list[int]:
     """Reap our zombie children that were gVisor sandbox processes (the sentry, the gofer and
     systrap's stubs all run as ``exe``; the server never starts a program of that name, so
     none of these is a child the event loop waits for). They became ours as orphans."""
-    me = str(os.getpid())
-    reaped = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")]
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if comm == b"exe" and fields[0] == b"Z" and fields[1].decode() == me:
-            if reaping.try_reap(int(entry.name)):
-                reaped.append(int(entry.name))
-    return reaped
+    me = os.getpid()
+    return [
+        stat.pid
+        for stat in procfs.processes()
+        if stat.comm == "exe" and stat.state == "Z" and stat.ppid == me and reaping.try_reap(stat.pid)
+    ]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -27,12 +27,17 @@ that is a no-op, except that the agent passes SIGCONT on to the template's main 
 A timeout kill is the agent's own (a request on the open connection), so it needs no new process,
 which a fork bomb would not leave room for; a fork the agent cannot make is reported, and becomes
 "try again later".
+
+Failures are typed (``atoll._exceptions``): a control socket that cannot be reached is
+``SandboxNotRunning`` (the sentry is gone), a port forward the sentry refuses is
+``AgentUnavailable``, the agent's own answers are typed by ``agent_errors``.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import json
 import logging
 import socket
@@ -40,8 +45,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from atoll._exceptions import (
+    AgentUnavailable,
+    ExecSetupFailed,
+    ProcessLimitReached,
+    SandboxFailure,
+    SandboxNotRunning,
+)
 from atoll.runtime import agent
-from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
+from atoll.runtime.spec import ExecRequest, ExecResult
 
 log = logging.getLogger("atoll.gvisor")
 
@@ -63,7 +75,7 @@ def agent_args(main_command: Sequence[str] | None) -> list[str]:
     return agent.init_args(main_command, tcp_port=AGENT_PORT)
 
 
-class ControlError(RuntimeError):
+class ControlError(SandboxFailure):
     """The sandbox's control server refused a call (its message is gVisor's own)."""
 
 
@@ -111,7 +123,8 @@ class Executor:
         return bool(self.in_flight.get(sandbox_id))
 
     async def connect_agent(self, sandbox_id: str) -> socket.socket:
-        """A stream to the sandbox's agent (ExecSetupFailed when nothing listens there)."""
+        """A stream to the sandbox's agent: ``SandboxNotRunning`` when its control socket does not
+        answer (the sentry is gone), ``AgentUnavailable`` when nothing listens on the agent's port."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             args = {"ContainerID": sandbox_id, "Port": AGENT_PORT}
@@ -119,10 +132,10 @@ class Executor:
             await call(self.control_socket(sandbox_id), method, args, [theirs.fileno()])
         except ControlError as exc:
             ours.close()
-            raise ExecSetupFailed(f"the sandbox's agent does not answer: {exc}") from None
+            raise AgentUnavailable(f"the sandbox's agent does not answer: {exc}") from None
         except OSError as exc:
             ours.close()
-            raise ExecSetupFailed(f"the sandbox is not running ({exc.strerror})") from None
+            raise SandboxNotRunning(f"the sandbox is not running ({exc.strerror})", errno=exc.errno) from None
         finally:
             theirs.close()
         return ours
@@ -170,5 +183,5 @@ class Executor:
             if not self.in_flight[sandbox_id]:
                 del self.in_flight[sandbox_id]
         if result is None:  # it closed the connection unanswered: its handler could not start
-            raise ExecSetupFailed("the sandbox's agent could not take the command: try again")
+            raise ProcessLimitReached("the sandbox's agent could not take the command", errno=errno.EAGAIN)
         return result

@@ -60,8 +60,16 @@ def _check(rc: int, what: str) -> int:
 
 
 @contextlib.contextmanager
-def userns_fd(base: int, size: int) -> Iterator[int]:
-    """An fd of a fresh user namespace mapping ids ``0..size-1`` to host ``base..base+size-1``."""
+def userns_fd(base: int, size: int, existing: Path | None = None) -> Iterator[int]:
+    """An fd of a fresh user namespace mapping ids ``0..size-1`` to host ``base..base+size-1``
+    (or of ``existing``, one that maps them already: no process to start)."""
+    if existing is not None:
+        fd = os.open(existing, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+        return
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     # `cat` blocks on its stdin until we close it: the child lives exactly as long as needed
     child = subprocess.Popen([unshare, "--user", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -87,9 +95,10 @@ def userns_fd(base: int, size: int) -> Iterator[int]:
         os.close(fd)
 
 
-def attach_idmapped(source: Path, target: Path, ns_fd: int, *, read_only: bool) -> None:
-    """Mount ``source`` (one mount, not its submounts) at ``target`` through ``ns_fd``'s mapping,
-    nosuid and nodev."""
+def open_idmapped(source: Path, ns_fd: int, *, read_only: bool) -> int:
+    """A detached copy of mount ``source`` (not its submounts) seen through ``ns_fd``'s mapping,
+    nosuid and nodev: an fd, usable as a path through ``/proc/self/fd/<fd>`` (``overlay``) or
+    attached with ``move_tree``. Closing it unmounts it unless it was attached."""
     tree = _check(
         _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(source).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
         f"open_tree {source}",
@@ -103,13 +112,19 @@ def attach_idmapped(source: Path, target: Path, ns_fd: int, *, read_only: bool) 
             ),
             f"idmap {source}",
         )
-        target.mkdir(parents=True, exist_ok=True)
-        _check(
-            _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, str(target).encode(), MOVE_MOUNT_F_EMPTY_PATH),
-            f"move_mount {source} to {target}",
-        )
-    finally:
+    except BaseException:
         os.close(tree)
+        raise
+    return tree
+
+
+def move_tree(tree: int, target: Path) -> None:
+    """Attach the detached mount ``tree`` (``open_idmapped``) at ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    _check(
+        _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, str(target).encode(), MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount to {target}",
+    )
 
 
 class _CapHeader(ctypes.Structure):

@@ -13,21 +13,29 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from atoll.runtime import agent, cgroups, criu, lxcfs, oci_config, overlay, reaping, userns, userns_net
-from atoll.runtime._proc import CommandFailed, run
+from atoll.runtime import (
+    agent,
+    cgroups,
+    criu,
+    lxcfs,
+    oci_config,
+    overlay,
+    reaping,
+    userns,
+    userns_net,
+    userns_slot,
+)
+from atoll.runtime.base import CgroupBackend, mark_checkpoint_complete
+from atoll.runtime.commands import CommandFailed, run
 from atoll.runtime.oci_exec import run_exec
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
 from atoll.runtime.trees import remove_host_tree
 
 log = logging.getLogger("atoll.oci")
 SWEEP_LOOKS = 6  # further looks for crun's orphans after each detaching call, 0.5 s apart
-
-# written last, atomically, once CRIU has succeeded: after a crash only an image with it is
-# restored (a dump cut short leaves files but never this one)
-CHECKPOINT_COMPLETE = "atoll-complete"
 
 
 async def _remove_work_dir(work: Path) -> None:
@@ -36,43 +44,6 @@ async def _remove_work_dir(work: Path) -> None:
         await asyncio.to_thread(remove_host_tree, work)
     except OSError:
         log.exception("removing %s failed", work)
-
-
-def checkpoint_complete(image_dir: Path) -> bool:
-    return (image_dir / CHECKPOINT_COMPLETE).is_file()
-
-
-async def resume_frozen(argv: Callable[..., list[str]], sandbox_id: str) -> None:
-    """Resume a frozen sandbox; one already running (a freeze, or a resume, cut short) is fine.
-    Whether it runs is asked of the runtime (``state``), never read from its error message:
-    runc and runsc word "not paused" differently."""
-    try:
-        await run(argv("resume", sandbox_id), timeout=30)
-    except CommandFailed:
-        rc, out, _ = await run(argv("state", sandbox_id), timeout=30, check=False)
-        try:
-            status = json.loads(out).get("status") if rc == 0 else None
-        except ValueError:
-            status = None
-        if status != "running":
-            raise
-
-
-def mark_checkpoint_complete(image_dir: Path) -> None:
-    """The marker, durable: on ext4 (data=ordered) its fsync commits the image's data first."""
-    temporary = image_dir / f"{CHECKPOINT_COMPLETE}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, b"complete\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, image_dir / CHECKPOINT_COMPLETE)
-    fd = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def user_file(state_root: Path, sandbox_id: str) -> Path:
@@ -96,7 +67,9 @@ def user_options(state_root: Path, sandbox_id: str, *, gids_flag: str | None, jo
     return options
 
 
-class OCIBackend:
+class OCIBackend(CgroupBackend):
+    command_oom_score_adj = oci_config.OOM_SCORE_ADJ
+
     def __init__(self, *, binary: str, state_root: Path, cgroup_parent: str) -> None:
         self.name = Path(binary).name
         self.binary = binary
@@ -110,30 +83,37 @@ class OCIBackend:
         self._init_pids: dict[str, int] = {}  # sandbox id -> host pid of its PID 1 (the agent)
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_wanted = False
-        self.userns: userns.Ranges | None = None  # set by use_userns (settings.userns)
+        self.userns: userns.RangeRecords | None = None  # set by use_userns (settings.userns)
 
-    def use_userns(self, ranges: userns.Ranges) -> None:
-        """Run every sandbox booted from now on in a user namespace of its own."""
-        self.userns = ranges
-        ranges.sweep(lambda owner, s: bool(cgroups.pids_in_group(owner, s)))
+    def use_userns(self) -> None:
+        """Run every sandbox booted from now on in its network slot's user namespace (the
+        network pool makes them: ``NetworkPool(ranges=...)``)."""
+        self.userns = userns.RangeRecords(self.state_root)
 
     @property
     def _instance(self) -> str:
         return self.state_root.parent.name  # <run dir>/<runtime>: the run dir is per instance
 
-    def _id_range(self, sandbox_id: str) -> userns.IdRange | None:
+    def _slot_userns(self, spec: SandboxSpec) -> tuple[Path, userns.IdRange] | None:
+        """The user namespace (and its range) made with the sandbox's network slot."""
         if self.userns is None:
             return None
-        return self.userns.claim(sandbox_id, lambda owner, s: bool(cgroups.pids_in_group(owner, s)))
+        found = userns_slot.of(spec.netns_path)
+        if found is None:  # never run as the host's root when user namespaces are on
+            raise RuntimeError(f"sandbox {spec.sandbox_id}: its network slot has no user namespace")
+        return found
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_root), *args]
 
-    def _prepare_bundle(self, spec: SandboxSpec) -> None:
-        id_range = self._id_range(spec.sandbox_id)
-        if id_range is None:
+    def _prepare_bundle(self, spec: SandboxSpec, *, restoring: bool = False) -> None:
+        slot_userns = self._slot_userns(spec)
+        if slot_userns is None:
             overlay.mount_overlay(spec.lower_dirs, spec.upper_dir, spec.work_dir, spec.rootfs)
         else:
+            userns_path, id_range = slot_userns
+            assert self.userns is not None
+            self.userns.record(spec.sandbox_id, id_range)
             overlay.mount_overlay_idmapped(
                 spec.lower_dirs,
                 spec.upper_dir,
@@ -141,6 +121,7 @@ class OCIBackend:
                 spec.rootfs,
                 base=id_range.base,
                 size=id_range.size,
+                userns_path=userns_path,
             )
             for bind in spec.binds:  # the generated /etc files: the sandbox's root may edit them
                 if not bind.read_only:
@@ -152,24 +133,26 @@ class OCIBackend:
             # the server's LXCFS (lxcfs.py) lives beside the runtimes' state dirs
             proc_binds=lxcfs.binds(self.state_root.parent),
         )
-        if id_range is not None:
-            hook = None
-            if spec.netns_path is not None:
-                hook = userns_net.network_hook(spec.netns_path, self._net_file(spec.sandbox_id))
+        if slot_userns is not None:
             rootfs = userns.show_root(spec.rootfs, self._instance, spec.sandbox_id, id_range)
-            userns.expose_bind_sources(config["mounts"], self._instance, spec.sandbox_id)
-            oci_config.apply_userns(
-                config,
-                id_range.mappings(),
-                hook,
-                rootfs=rootfs,
-            )
+            if restoring:  # runc and crun open bind sources before they join the user namespace
+                userns.expose_bind_sources(config["mounts"], self._instance, spec.sandbox_id)
+            if restoring and spec.netns_path is not None:
+                # CRIU makes a user namespace of its own, which cannot join the slot's network
+                # namespace: the runtime makes one inside it and the hook moves eth0 in
+                hook = userns_net.network_hook(spec.netns_path, self._net_file(spec.sandbox_id))
+                oci_config.apply_userns(config, id_range.mappings(), hook, rootfs=rootfs)
+                self._slot_file(spec.sandbox_id).unlink(missing_ok=True)
+            else:
+                oci_config.join_userns(config, id_range.mappings(), userns_path, rootfs=rootfs)
+                if spec.netns_path is not None:
+                    self._slot_file(spec.sandbox_id).write_text(str(spec.netns_path))
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
         user_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["user"]))
 
     def _user_options(self, sandbox_id: str) -> list[str]:
-        # crun's exec has no option for supplementary groups: it sets none (terminals and the
-        # fallback exec there get the primary group only)
+        # crun's exec has no option for supplementary groups: it sets none (its fallback exec
+        # gets the primary group only; terminals name them in a process file, terminal_process)
         flag = "--additional-gids" if self.name == "runc" else None
         return user_options(self.state_root, sandbox_id, gids_flag=flag, joined=False)
 
@@ -259,12 +242,18 @@ class OCIBackend:
         netns_fd = await self._hold_netns(sandbox_id)
         init_pid = await self._init_pid(sandbox_id)
         await self._return_network(sandbox_id, netns_fd, ended=True, close=False)
+        parked = None
+        if netns_fd is None:  # still in its slot's namespaces (not restored)?
+            state = self.state_root / sandbox_id / "state.json"
+            parked = await asyncio.to_thread(userns_net.park_for_dump, self._slot_file(sandbox_id), state)
         try:
             await run([*argv, sandbox_id], timeout=600)
         except CommandFailed as exc:
             raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
         finally:
             await _remove_work_dir(work)
+            if parked is not None:
+                await asyncio.to_thread(userns_net.unpark, *parked)
             if netns_fd is not None:
                 os.close(netns_fd)
                 if init_pid is not None and cgroups.pids_in_group(self.cgroup_parent, sandbox_id):
@@ -279,7 +268,7 @@ class OCIBackend:
         view = spec.sandbox_dir / "restore.image"  # user namespaces: userns.image_for_range
         self._init_pids.pop(spec.sandbox_id, None)
         try:
-            self._prepare_bundle(spec)
+            self._prepare_bundle(spec, restoring=True)
             if (id_range := self.userns.of(spec.sandbox_id) if self.userns else None) is not None:
                 image_dir = userns.image_for_range(image_dir, view, id_range)
                 config = json.loads((spec.sandbox_dir / "config.json").read_text())
@@ -321,7 +310,11 @@ class OCIBackend:
         for key, value in request.env.items():
             argv += ["--env", f"{key}={value}"]
         try:
-            return await run_exec([*argv, sandbox_id], pid_file, request)
+            refused = cgroups.forks_refused(self.cgroup_parent, sandbox_id)
+            return await run_exec(
+                [*argv, sandbox_id], pid_file, request, init_pid=init_pid,
+                forks_refused=lambda: cgroups.forks_refused(self.cgroup_parent, sandbox_id) > refused,
+            )  # fmt: skip
         finally:
             self.reap_runtime_orphans()
 
@@ -349,18 +342,6 @@ class OCIBackend:
     async def set_limits(self, sandbox_id: str, *, vcpu: int, memory_mib: int) -> None:
         cgroups.set_limits(self.cgroup_parent, sandbox_id, vcpu=vcpu, memory_mib=memory_mib)
 
-    async def pause(self, sandbox_id: str) -> None:
-        await run(self._argv("pause", sandbox_id), timeout=30)
-
-    async def resume(self, sandbox_id: str) -> None:
-        await resume_frozen(self._argv, sandbox_id)
-
-    async def halt(self, spec: SandboxSpec) -> None:
-        await self.halt_by_id(spec.sandbox_id)
-        overlay.unmount(spec.rootfs)
-        with contextlib.suppress(FileNotFoundError):
-            (spec.sandbox_dir / "config.json").unlink()
-
     async def halt_by_id(self, sandbox_id: str) -> None:
         netns_fd = await self._hold_netns(sandbox_id)
         self._init_pids.pop(sandbox_id, None)
@@ -368,12 +349,7 @@ class OCIBackend:
             self._init_pid_file(sandbox_id).unlink()
         with contextlib.suppress(FileNotFoundError):
             user_file(self.state_root, sandbox_id).unlink()
-        # Kill through the cgroup first: it works on frozen sandboxes too, and `runc delete
-        # --force` on a live container spends seconds freezing and polling.
-        members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
-        cgroups.kill_group(self.cgroup_parent, sandbox_id)
-        # the init was orphaned by `run --detach` and is ours to reap (see reaping.py)
-        await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+        await self.kill_cgroup(sandbox_id)  # first: then `delete --force` finds nothing to freeze
         await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
         # a runtime killed mid-create leaves its state dir without the state file, which delete
         # does not know: it would stay, and keep lxcfs running (lxcfs.stop_if_unused)
@@ -383,9 +359,13 @@ class OCIBackend:
         await self._return_network(sandbox_id, netns_fd, ended=True)
         if self.userns is not None:
             userns.hide_root(self._instance, sandbox_id)
-            self.userns.release(sandbox_id)
-            with contextlib.suppress(FileNotFoundError):
-                self._net_file(sandbox_id).unlink()
+            self.userns.forget(sandbox_id)
+            self._net_file(sandbox_id).unlink(missing_ok=True)
+            self._slot_file(sandbox_id).unlink(missing_ok=True)
+
+    def _slot_file(self, sandbox_id: str) -> Path:
+        """The network slot whose namespaces a sandbox joined (``oci_config.join_userns``)."""
+        return self.state_root / f"{sandbox_id}.slot"
 
     def _net_file(self, sandbox_id: str) -> Path:
         """What ``userns_net.network_hook`` moved into the sandbox (for ``userns_net.return_network``)."""
@@ -423,19 +403,24 @@ class OCIBackend:
             return set()
         return {line.strip() for line in out.decode().splitlines() if line.strip()}
 
-    async def orphan_cgroups(self, known: set[str]) -> list[str]:
-        removed = []
-        for name in cgroups.children(self.cgroup_parent) - known:
-            cgroups.remove_group(self.cgroup_parent, name)
-            removed.append(name)
-        return removed
-
     # terminals --------------------------------------------------------------------------
     def terminal_argv(
-        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+        self,
+        *,
+        sandbox_id: str,
+        console_socket: Path,
+        pid_file: Path,
+        log_file: Path,
+        process_file: Path,
+        cwd: str,
+        env: Mapping[str, str],
+        command: Sequence[str],
     ) -> list[str]:
-        """``exec`` options for a detached process on a new terminal, as the sandbox's user."""
-        return self._argv(
-            "--log", str(log_file), "exec", "--detach", "--tty", "--console-socket", str(console_socket),
-            "--pid-file", str(pid_file), "--no-new-privs", "--cwd", cwd, *self._user_options(sandbox_id),
+        """``exec`` of ``command`` detached on a new terminal, as the sandbox's user."""
+        argv = self._argv(
+            "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
+            "--pid-file", str(pid_file),
         )  # fmt: skip
+        process = oci_config.terminal_process(user_file(self.state_root, sandbox_id), cwd, env, command)
+        process_file.write_text(json.dumps(process))
+        return [*argv, "--process", str(process_file), sandbox_id]

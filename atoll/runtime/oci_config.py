@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import resource
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
 
 # the path inside the sandbox where Atoll's static helpers are bind-mounted
+OOM_SCORE_ADJ = 500  # the sandbox's processes go before the host's when memory runs out
 HELPER_DIR = "/.atoll"
 INIT_PATH = f"{HELPER_DIR}/init"
 BUSYBOX_PATH = f"{HELPER_DIR}/busybox"
@@ -44,6 +47,12 @@ BUSYBOX_PATH = f"{HELPER_DIR}/busybox"
 
 def env_list(env: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
+
+
+def _rlimits() -> list[dict[str, Any]]:
+    # never above the server's own hard limit: raising it needs CAP_SYS_RESOURCE, not always held
+    nofile = min(MAX_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    return [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
 
 
 def process_user(spec: SandboxSpec) -> dict[str, Any]:
@@ -122,8 +131,6 @@ def build(
     """``init_args`` is the sandbox's PID 1; it defaults to the reaping init in pause mode.
     ``proc_binds`` are (host file, path inside) read-only binds over /proc files."""
     args = init_args or [INIT_PATH, "-P"]
-    # never above the server's own hard limit: raising it needs CAP_SYS_RESOURCE, not always held
-    nofile = min(MAX_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.netns_path is not None:
         namespaces.append({"type": "network", "path": str(spec.netns_path)})
@@ -139,9 +146,9 @@ def build(
             "env": env_list(spec.env),
             "cwd": spec.workdir,
             "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "rlimits": _rlimits(),
             "noNewPrivileges": True,
-            "oomScoreAdj": 500,
+            "oomScoreAdj": OOM_SCORE_ADJ,
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
@@ -171,7 +178,47 @@ def build(
     }
 
 
+def terminal_process(
+    user_file: Path, cwd: str, env: Mapping[str, str], command: Sequence[str]
+) -> dict[str, Any]:
+    """An OCI ``process`` for ``exec --process`` on a terminal, as the user ``user_file``
+    recorded (``OCIBackend._prepare_bundle``) with its supplementary groups (root for a sandbox
+    booted before its user was recorded, as it always ran) and the capabilities and limits its
+    commands get. Named in full: crun's options cannot name supplementary groups, and without a
+    list both runtimes would hand the terminal PID 1's, which in a user namespace include the
+    agent's own CAP_SETPCAP (``apply_userns``)."""
+    identity: dict[str, Any] = {"uid": 0, "gid": 0}
+    try:
+        user = json.loads(user_file.read_text())
+        groups = [int(gid) for gid in user.get("additionalGids", [])]
+        identity = {"uid": int(user["uid"]), "gid": int(user["gid"]), "additionalGids": groups}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {
+        "terminal": True,
+        "user": identity,
+        "args": list(command),
+        "env": [f"{key}={value}" for key, value in env.items()],
+        "cwd": cwd,
+        "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
+        "rlimits": _rlimits(),
+        "noNewPrivileges": True,
+        "oomScoreAdj": OOM_SCORE_ADJ,
+    }
+
+
 POOL_NETNS_ANNOTATION = "org.atoll.pool-netns"
+
+
+def join_userns(
+    config: dict[str, Any], mappings: list[dict[str, int]], userns_path: Path, *, rootfs: Path
+) -> dict[str, Any]:
+    """``config`` in the user namespace made with its network slot (``atoll.runtime.userns_slot``),
+    joined by path like the slot's network namespace, which it owns: nothing to move or set up
+    at boot. ``mappings`` are the ones that user namespace has (runc and crun set up the
+    rootfs with them; they do not write them when joining)."""
+    config["linux"]["namespaces"].append({"type": "user", "path": str(userns_path)})
+    return _in_userns(config, mappings, rootfs)
 
 
 def apply_userns(
@@ -181,26 +228,31 @@ def apply_userns(
     *,
     rootfs: Path,
 ) -> dict[str, Any]:
-    """``config`` in a user namespace of its own (see ``atoll.runtime.userns``).
+    """``config`` in a user namespace the runtime makes (a restore: CRIU makes the namespaces).
 
-    Its network namespace is then made by the runtime, inside the user namespace: one made
-    outside (the network pool's) would be owned by the host's, and from inside it neither sysfs
-    can be mounted nor ``<runtime> exec`` join it. ``prestart_hook`` moves the pool's interface
-    into it before anything runs (and again on restore, see ``userns_net.network_hook``)."""
-    config["root"]["path"] = str(rootfs)  # userns.show_root
+    Its network namespace is then made by the runtime too, inside the user namespace: the
+    slot's, owned by another user namespace, could not be joined from it, and from inside
+    neither sysfs could be mounted nor ``<runtime> exec`` join it. ``prestart_hook`` moves the
+    slot's interface into it before anything runs (see ``userns_net.network_hook``)."""
     linux = config["linux"]
     pool_netns = [ns["path"] for ns in linux["namespaces"] if ns["type"] == "network" and "path" in ns]
     if pool_netns:  # where the interface comes from, for people and tools reading the config
         config.setdefault("annotations", {})[POOL_NETNS_ANNOTATION] = pool_netns[0]
     linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
     linux["namespaces"] += [{"type": "network"}, {"type": "user"}]
+    if prestart_hook is not None:
+        config.setdefault("hooks", {}).setdefault("prestart", []).append(prestart_hook)
+    return _in_userns(config, mappings, rootfs)
+
+
+def _in_userns(config: dict[str, Any], mappings: list[dict[str, int]], rootfs: Path) -> dict[str, Any]:
+    config["root"]["path"] = str(rootfs)  # userns.show_root
+    linux = config["linux"]
     linux["uidMappings"] = mappings
     linux["gidMappings"] = mappings
     # the range is read in the user namespace that owns the network namespace: the sandbox's
     size = mappings[0]["size"]
     linux.setdefault("sysctl", {})["net.ipv4.ping_group_range"] = f"0 {size - 1}"
-    if prestart_hook is not None:
-        config.setdefault("hooks", {}).setdefault("prestart", []).append(prestart_hook)
     # the agent's alone (agent.c drops it from the bounding set at start): what keeps it
     # untraceable from inside while it stays dumpable for CRIU (see agent.c's main)
     caps = config["process"]["capabilities"]

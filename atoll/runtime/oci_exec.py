@@ -16,20 +16,29 @@ runs under a tiny busybox shell wrapper that
   not streamed;
 - reports the exit status on its stdin, a socket only Atoll and the wrapper hold (a background
   job's stdin is /dev/null by POSIX rule, so the command never sees the socket).
+
+The runtime says why an ``exec`` failed only in prose, so a failure is typed by looking: a fork
+the sandbox's pids limit refused meanwhile is ``ProcessLimitReached`` (the runtime's own process
+could not start its threads); then ``_failure``: no PID 1 is ``SandboxNotRunning``; a working
+directory that does not open as a directory inside the sandbox's root is ``BadWorkingDirectory``
+with the errno of that open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-from atoll.runtime import oci_config, reaping
-from atoll.runtime.spec import ExecRequest, ExecResult, ExecSetupFailed
+from atoll._exceptions import BadWorkingDirectory, ExecSetupFailed, ProcessLimitReached, SandboxNotRunning
+from atoll.runtime import confined, oci_config, procfs, reaping
+from atoll.runtime.spec import ExecRequest, ExecResult
 
 RUN_DIR = f"{oci_config.HELPER_DIR}/run"
 WRAPPER = (
@@ -44,8 +53,17 @@ def wrapped(argv: tuple[str, ...]) -> list[str]:
     return [busybox, "sh", "-c", WRAPPER.format(busybox=busybox, run=RUN_DIR), "atoll-exec", *argv]
 
 
-async def run_exec(runtime_argv: list[str], pid_file: Path, request: ExecRequest) -> ExecResult:
-    """``runtime_argv`` is the runtime's ``exec --detach --pid-file PID_FILE ... ID``."""
+async def run_exec(
+    runtime_argv: list[str],
+    pid_file: Path,
+    request: ExecRequest,
+    *,
+    init_pid: int | None = None,
+    forks_refused: Callable[[], bool] = lambda: False,
+) -> ExecResult:
+    """``runtime_argv`` is the runtime's ``exec --detach --pid-file PID_FILE ... ID``. To tell why
+    an exec failed: ``init_pid``, the host pid of the sandbox's PID 1 (None: not found), and
+    ``forks_refused``, whether the sandbox's pids limit refused a fork meanwhile."""
     ours, theirs = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -71,7 +89,9 @@ async def run_exec(runtime_argv: list[str], pid_file: Path, request: ExecRequest
         if runtime_rc != 0 or not pid_file.exists():
             await asyncio.wait(readers, timeout=1)
             message = err.decode(errors="replace").strip() or f"exec failed with {runtime_rc}"
-            raise ExecSetupFailed(message)
+            if forks_refused():  # the runtime could not even start its own threads in there
+                raise ProcessLimitReached(message[-500:], errno=errno.EAGAIN)
+            raise _failure(message[-500:], init_pid, request.cwd)
         try:
             status = await asyncio.wait_for(status_reader.readline(), request.timeout)
         except TimeoutError:
@@ -102,6 +122,26 @@ async def run_exec(runtime_argv: list[str], pid_file: Path, request: ExecRequest
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _failure(message: str, init_pid: int | None, cwd: str) -> ExecSetupFailed:
+    """Why the runtime could not start the command, found by looking rather than by its text."""
+    if init_pid is None:
+        return SandboxNotRunning(message)
+    try:
+        root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return SandboxNotRunning(message, errno=exc.errno)
+    try:
+        resolve = confined.RESOLVE_IN_ROOT | confined.RESOLVE_NO_MAGICLINKS
+        flags = os.O_PATH | os.O_DIRECTORY
+        found = confined.open_beneath(root, cwd.lstrip("/") or ".", flags, resolve=resolve)
+        os.close(found)
+    except OSError as exc:
+        return BadWorkingDirectory(message, errno=exc.errno)
+    finally:
+        os.close(root)
+    return ExecSetupFailed(message)
 
 
 def _reap_wrapper(pid_file: Path) -> None:
@@ -158,16 +198,4 @@ def kill_command(pid_file: Path, *, wrapper_too: bool = False, rounds: int = 50)
 
 def _process_table() -> dict[int, tuple[int, int]]:
     """pid -> (ppid, session) for every process on the host."""
-    processes: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the fields after the ")" that closes comm: state ppid pgrp session ...
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        processes[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return processes
+    return {stat.pid: (stat.ppid, stat.session) for stat in procfs.processes()}

@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import os
 
+from atoll.runtime import procfs
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -61,7 +63,7 @@ async def reap_when_exits(pid: int, timeout: float = 10.0) -> None:
     try_reap(pid)
 
 
-def _zombie_children(names: frozenset[str] | None) -> set[tuple[int, str]]:
+def _zombie_children(names: frozenset[str] | None) -> set[tuple[int, int]]:
     """(pid, start time) of our zombie children whose command name is in ``names`` (None: all)."""
     found = set()
     for task in os.scandir("/proc/self/task"):
@@ -70,16 +72,9 @@ def _zombie_children(names: frozenset[str] | None) -> set[tuple[int, str]]:
                 pids = f.read().split()
         except OSError:
             continue
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] == b"Z" and (names is None or comm in names):
-                found.add((int(pid), fields[19].decode()))
+        for stat in procfs.processes(pids):
+            if stat.state == "Z" and (names is None or stat.comm in names):
+                found.add((stat.pid, stat.start_ticks))
     return found
 
 
@@ -104,7 +99,7 @@ class ZombieSweep:
     before the next cycle, which runs on the same loop (issue 15: no zombie outlives a cycle)."""
 
     def __init__(self) -> None:
-        self._seen: set[tuple[int, str]] = set()
+        self._seen: set[tuple[int, int]] = set()
 
     def sweep(self) -> list[int]:
         now = _zombie_children(None)

@@ -16,7 +16,7 @@ import posixpath
 import secrets
 import stat
 
-from atoll._exceptions import BadRequestError, ConflictError
+from atoll._exceptions import FileConflict, FileRequestInvalid
 from atoll.runtime.confined import DIR_FLAGS, RENAME_NOREPLACE, Root, check_writable, libc, split
 from atoll.runtime.trees import COPY_MAX_ENTRIES, MAX_DEPTH, remove_tree
 
@@ -106,9 +106,9 @@ def _target(root: Root, path: str) -> tuple[str, os.stat_result | None]:
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
-                raise BadRequestError(f"{path}: is a directory")
+                raise FileRequestInvalid(f"{path}: is a directory")
             if not stat.S_ISREG(info.st_mode):
-                raise BadRequestError(f"{path}: not a regular file")
+                raise FileRequestInvalid(f"{path}: not a regular file")
             if info.st_nlink == 0:  # removed since the open: the write creates it again
                 return path, None
             return root.host_path_of(fd), info
@@ -206,9 +206,9 @@ def move(root: Root, src: str, dst: str, *, overwrite: bool) -> None:
         root.rename(src, dst, overwrite=overwrite)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
-            raise BadRequestError(f"cannot move {src} into itself ({dst})") from None
+            raise FileRequestInvalid(f"cannot move {src} into itself ({dst})") from None
         if exc.errno == errno.EEXIST:
-            raise ConflictError(f"{dst}: already exists (pass overwrite to replace it)") from None
+            raise FileConflict(f"{dst}: already exists (pass overwrite to replace it)") from None
         raise
 
 
@@ -229,17 +229,17 @@ def copy(root: Root, src: str, dst: str, *, recursive: bool, overwrite: bool) ->
     try:
         src_stat = os.fstat(src_fd)
         if stat.S_ISDIR(src_stat.st_mode) and not recursive:
-            raise BadRequestError(f"{src}: is a directory (pass recursive to copy it)")
+            raise FileRequestInvalid(f"{src}: is a directory (pass recursive to copy it)")
         src_real = root.host_path_of(src_fd)
     finally:
         os.close(src_fd)
     with root.parent(dst) as (dst_parent, _):
         dst_real = root.host_path_of(dst_parent).rstrip("/") + "/" + split(dst)[1]
     if dst_real == src_real or dst_real.startswith(src_real.rstrip("/") + "/"):
-        raise BadRequestError(f"cannot copy {src} into itself ({dst})")
+        raise FileRequestInvalid(f"cannot copy {src} into itself ({dst})")
     exists = root.exists(dst)
     if exists and not overwrite:
-        raise ConflictError(f"{dst}: already exists (pass overwrite to replace it)")
+        raise FileConflict(f"{dst}: already exists (pass overwrite to replace it)")
     with root.parent(dst) as (dst_dir, name):
         fresh = _fresh_name()
         try:
@@ -331,7 +331,7 @@ def _copy_tree(src_dir: int, dst_parent: int, name: str, mode: int, src: str) ->
             entry = pending.pop()
             count += 1
             if count > COPY_MAX_ENTRIES:
-                raise BadRequestError(
+                raise FileRequestInvalid(
                     f"{src}: more than {COPY_MAX_ENTRIES} entries (the limit of one copy); nothing was copied"
                 )
             try:
@@ -342,7 +342,7 @@ def _copy_tree(src_dir: int, dst_parent: int, name: str, mode: int, src: str) ->
                 os.symlink(os.readlink(entry, dir_fd=s_fd), entry, dir_fd=d_fd)
             elif stat.S_ISDIR(info.st_mode):
                 if len(stack) >= MAX_DEPTH:
-                    raise BadRequestError(
+                    raise FileRequestInvalid(
                         f"{src}: the tree is deeper than {MAX_DEPTH} levels (the depth limit of a copy); "
                         "nothing was copied"
                     )

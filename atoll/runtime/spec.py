@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# a command that could not start: its typed subclasses are in atoll._exceptions
+from atoll._exceptions import ExecSetupFailed as ExecSetupFailed
+
 
 @dataclass(frozen=True, kw_only=True)
 class BindMount:
@@ -74,10 +77,6 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
-
-
-class ExecSetupFailed(RuntimeError):
-    """The command could not be started at all (e.g. its working directory is missing)."""
 
 
 class CheckpointFailed(RuntimeError):

@@ -25,15 +25,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from atoll.runtime import oci_config, reaping
-from atoll.runtime._proc import run
+from atoll._exceptions import TerminalStartFailed
+from atoll.runtime import oci_config, procfs, reaping
+from atoll.runtime.commands import run
 
 START_TIMEOUT_S = 15.0
 KILL_WAIT_S = 5.0
 READ_SIZE = 65536
 # The runtime creates the terminal at 0x0 and we size it right after; a shell already running by
 # then would get a SIGWINCH mid-start-up (and readline can drop what was typed meanwhile). So the
-# shell starts only once the terminal has its size (or after 5 s at worst).
+# shell starts only once the terminal has its size (or after 5 s at worst). First it takes the
+# OOM score the sandbox's other processes have (crun's exec leaves the server's; raising it needs
+# no privilege).
+TAKE_OOM_SCORE = "echo {oom} > /proc/self/oom_score_adj 2>/dev/null; "
 SIZE_WAIT = (
     'i=0; while [ "$({bb} stty size 2>/dev/null)" = "0 0" ] && [ $i -lt 500 ]; do '
     '{bb} usleep 10000; i=$((i+1)); done; exec "$@"'
@@ -42,15 +46,27 @@ _reapers: set[asyncio.Task[None]] = set()
 
 
 class ExecCommand(Protocol):
-    """A runtime's ``exec`` argv (up to the environment options) for a detached terminal."""
+    """A runtime's whole ``exec`` argv for a detached terminal running ``command`` with ``env``.
+    A runtime that takes the process as a file (runc and crun: ``oci_config.terminal_process``)
+    writes it to ``process_file``, which ``open_terminal`` removes afterwards."""
 
     def __call__(
-        self, *, sandbox_id: str, console_socket: Path, pid_file: Path, log_file: Path, cwd: str
+        self,
+        *,
+        sandbox_id: str,
+        console_socket: Path,
+        pid_file: Path,
+        log_file: Path,
+        process_file: Path,
+        cwd: str,
+        env: Mapping[str, str],
+        command: Sequence[str],
     ) -> list[str]: ...
 
 
-class TerminalStartFailed(RuntimeError):
-    """The runtime could not start the terminal's process (no such cwd, sandbox gone)."""
+def env_options(env: Mapping[str, str]) -> list[str]:
+    """``--env KEY=VALUE`` for each variable (runc, crun and runsc spell it alike)."""
+    return [option for key, value in env.items() for option in ("--env", f"{key}={value}")]
 
 
 def set_size(fd: int, cols: int, rows: int) -> None:
@@ -161,18 +177,10 @@ def _reap(pid: int) -> int:
 
 def _kill_session(session: int) -> None:
     """SIGKILL every process in ``session`` (the shell leads it: the runtime made it so)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()  # state ppid pgrp session ...
-        if len(fields) > 3 and int(fields[3]) == session:
+    for stat in procfs.processes():
+        if stat.session == session:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(stat.pid, signal.SIGKILL)
 
 
 async def open_terminal(
@@ -186,13 +194,17 @@ async def open_terminal(
     rows: int,
     socket_dir: Path,
     exec_command: ExecCommand | None = None,
+    oom_score_adj: int | None = oci_config.OOM_SCORE_ADJ,
 ) -> Terminal:
     """Start ``argv`` on a new terminal in the sandbox. ``runtime_argv`` is the runtime binary
     with its global options (``crun --root …``); a runtime whose ``exec`` takes other options
-    (runsc) gives ``exec_command`` instead."""
+    (runsc) gives ``exec_command`` instead. ``oom_score_adj`` is what the sandbox's commands
+    have (None: leave what the runtime gives, as gVisor's sentry gives commands)."""
     token = os.urandom(6).hex()
-    base = socket_dir / f"{sandbox_id}.pty.{token}"
-    sock_path, pid_file, log_file = (base.with_suffix(s) for s in (".sock", ".pid", ".log"))
+    base = socket_dir / f"{sandbox_id}-{token}.pty"  # with_suffix replaces ".pty": the token stays
+    sock_path, pid_file, log_file, process_file = (
+        base.with_suffix(s) for s in (".sock", ".pid", ".log", ".process.json")
+    )
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     master = -1
     try:
@@ -200,18 +212,20 @@ async def open_terminal(
         os.chmod(sock_path, 0o600)
         server.listen(1)
         server.setblocking(False)
+        busybox = oci_config.BUSYBOX_PATH
+        wait = SIZE_WAIT.format(bb=busybox)
+        if oom_score_adj is not None:
+            wait = TAKE_OOM_SCORE.format(oom=oom_score_adj) + wait
+        shell = [busybox, "sh", "-c", wait, "atoll-pty", *argv]
         if exec_command is not None:
             command = exec_command(
-                sandbox_id=sandbox_id, console_socket=sock_path, pid_file=pid_file, log_file=log_file, cwd=cwd
-            )
+                sandbox_id=sandbox_id, console_socket=sock_path, pid_file=pid_file, log_file=log_file,
+                process_file=process_file, cwd=cwd, env=env, command=shell,
+            )  # fmt: skip
         else:
             command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
             command += ["--console-socket", str(sock_path), "--pid-file", str(pid_file)]
-            command += ["--no-new-privs", "--cwd", cwd]
-        for key, value in env.items():
-            command += ["--env", f"{key}={value}"]
-        busybox = oci_config.BUSYBOX_PATH
-        command += [sandbox_id, busybox, "sh", "-c", SIZE_WAIT.format(bb=busybox), "atoll-pty", *argv]
+            command += ["--no-new-privs", "--cwd", cwd, *env_options(env), sandbox_id, *shell]
         # the runtime connects and sends the terminal before it exits: the connection waits in
         # the listen backlog, so its exit comes first and tells whether it all worked
         rc, _, err = await run(command, timeout=START_TIMEOUT_S, check=False, error_log=log_file)
@@ -237,6 +251,6 @@ async def open_terminal(
         raise
     finally:
         server.close()
-        for path in (sock_path, pid_file, log_file):
+        for path in (sock_path, pid_file, log_file, process_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

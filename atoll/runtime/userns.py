@@ -1,13 +1,14 @@
 """User namespaces for OCI sandboxes: root inside is an unprivileged uid outside.
 
-Each running sandbox holds one range of ``RANGE_SIZE`` host uids and gids (the same numbers for
-both), ``base + index * RANGE_SIZE`` for an index no other running sandbox holds. A claim is a
-file ``CLAIMS_DIR/<first host id>`` naming the server's cgroup and the sandbox, created with
-O_EXCL. The directory is one for the whole host, so every server on it (each instance) draws from
-the same pool and two sandboxes never share a range, whatever server runs them; claims survive a
-restart of the server (its sandboxes keep running). A claim is released when the sandbox halts;
-one whose sandbox has no process left (e.g. a server was killed) is reclaimed when the ranges run
-out, by whichever server runs out.
+Each network slot (``atoll.network.pool``) holds one range of ``RANGE_SIZE`` host uids and gids
+(the same numbers for both), ``base + index * RANGE_SIZE`` for an index no other slot holds, and
+a user namespace mapping it that owns the slot's network namespace (``userns_slot``): a sandbox
+joins both. A claim is a file ``CLAIMS_DIR/<first host id>`` naming the server's cgroup and the
+slot, created with O_EXCL. The directory is one for the whole host, so every server on it (each
+instance) draws from the same pool and two slots never share a range, whatever server made
+them; claims survive a restart of the server (its sandboxes keep running). A claim is released
+when its slot is torn down; one whose slot is gone (e.g. a server was killed and the host
+rebooted) is reclaimed when the ranges run out, by whichever server runs out.
 
 Nothing on disk carries the host uids: template layers, upper dirs and snapshots keep the ids
 seen inside (``0`` for root) and are shown through idmapped mounts (``idmap``, ``overlay``), so a
@@ -44,6 +45,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 ROOTS_DIR = Path("/run/atoll-userns")
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+MAX_STACKED = 8
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
@@ -56,10 +58,12 @@ def show_root(rootfs: Path, instance: str, sandbox_id: str, id_range: IdRange) -
     """Bind ``rootfs`` (a mount) where the sandbox's root can reach it; returns that path. The
     bind keeps the overlay's nosuid and nodev."""
     target = runtime_root(instance, sandbox_id)
-    hide_root(instance, sandbox_id)  # a leftover of a crash
+    if target.parent.exists():  # a leftover of a crash (see hide_root)
+        hide_root(instance, sandbox_id)
     for directory in (ROOTS_DIR, ROOTS_DIR / instance):
-        directory.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(directory, 0o711)
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+            os.chmod(directory, 0o711)  # whatever the umask
     target.parent.mkdir(mode=0o700, exist_ok=True)
     os.chown(target.parent, id_range.base, id_range.base)
     target.mkdir(mode=0o700, exist_ok=True)
@@ -70,21 +74,22 @@ def show_root(rootfs: Path, instance: str, sandbox_id: str, id_range: IdRange) -
 
 
 def hide_root(instance: str, sandbox_id: str) -> None:
-    """Undo ``show_root`` and ``expose_bind_sources`` (idempotent)."""
+    """Undo ``show_root`` and ``expose_bind_sources`` (idempotent). Their mount points are known:
+    no look at mountinfo, which with thousands of mounts on a host costs tens of ms."""
     top = runtime_root(instance, sandbox_id).parent
-    prefix = f"{top}/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-    for point in sorted(points, key=len, reverse=True):
-        _libc.umount2(point.encode(), MNT_DETACH)
-    if top.is_dir():
-        for directory in sorted(
-            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+    binds = top / "binds"
+    try:
+        shown = sorted(binds.iterdir(), reverse=True)
+    except OSError:
+        shown = []
+    points = [*shown, top / "rootfs"]
+    for point in points:
+        for _ in range(MAX_STACKED):  # a crash may have left one bound over another
+            if _libc.umount2(str(point).encode(), MNT_DETACH) != 0:
+                break  # EINVAL: not (any more) a mount point; ENOENT: never made
+    for directory in (*points, binds, top):
         with contextlib.suppress(OSError):
-            top.rmdir()
+            directory.rmdir()
     with contextlib.suppress(OSError):  # the instance's dir, once it holds no sandbox (same thread
         top.parent.rmdir()  # as show_root: the event loop's, so no sandbox comes in between)
 
@@ -114,6 +119,31 @@ def expose_bind_sources(mounts: list[dict[str, Any]], instance: str, sandbox_id:
         mount["source"] = str(shown[parent] / source.name)
 
 
+class RangeRecords:
+    """The range each sandbox of a backend runs under (its slot's), kept beside the runtime's
+    state so that it survives a restart of the server: the filesystem API creates files as the
+    sandbox's mapped root (``idmap.FS_OWNER``)."""
+
+    def __init__(self, state_root: Path) -> None:
+        self.state_root = state_root
+
+    def _path(self, sandbox_id: str) -> Path:
+        return self.state_root / f"{sandbox_id}.userns"
+
+    def record(self, sandbox_id: str, id_range: IdRange) -> None:
+        self._path(sandbox_id).write_text(str(id_range.base))
+
+    def of(self, sandbox_id: str) -> IdRange | None:
+        try:
+            return IdRange(int(self._path(sandbox_id).read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def forget(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(sandbox_id).unlink()
+
+
 class RangesExhausted(RuntimeError):
     """Every range is held by a running sandbox."""
 
@@ -129,8 +159,9 @@ class IdRange:
 
 
 class Ranges:
-    """Allocates ``count`` ranges from host id ``base`` for the server whose sandboxes' cgroups
-    are below ``owner``; claims recorded in ``claims_dir`` (host-wide, see the module's doc)."""
+    """Allocates ``count`` ranges from host id ``base`` to the slots (named by their netns) of
+    the server whose sandboxes' cgroups are below ``owner``; claims recorded in ``claims_dir``
+    (host-wide, see the module's doc)."""
 
     def __init__(self, claims_dir: Path, *, base: int, count: int, owner: str) -> None:
         if base < RANGE_SIZE or base + count * RANGE_SIZE > 2**32 - 2:
@@ -143,10 +174,10 @@ class Ranges:
         self.owner = owner
         self._lock = threading.Lock()
         claims_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._held: dict[str, int] = {}  # sandbox id -> index
-        for index, (claim_owner, sandbox_id) in self._claims().items():
+        self._held: dict[str, int] = {}  # holder (a slot's netns name) -> index
+        for index, (claim_owner, holder) in self._claims().items():
             if claim_owner == owner and 0 <= index < count:
-                self._held[sandbox_id] = index
+                self._held[holder] = index
 
     def _range(self, index: int) -> IdRange:
         return IdRange(self.base + index * RANGE_SIZE)
@@ -155,39 +186,39 @@ class Ranges:
         return self.claims_dir / str(self.base + index * RANGE_SIZE)
 
     def _claims(self) -> dict[int, tuple[str, str]]:
-        """Every claim in the directory within this server's ranges: index -> (owner, sandbox)."""
+        """Every claim in the directory within this server's ranges: index -> (owner, holder)."""
         found: dict[int, tuple[str, str]] = {}
         for entry in self.claims_dir.iterdir():
             if not entry.name.isdigit() or (int(entry.name) - self.base) % RANGE_SIZE:
                 continue
             try:
-                claim_owner, sandbox_id = entry.read_text().split("\n")[:2]
+                claim_owner, holder = entry.read_text().split("\n")[:2]
             except (OSError, ValueError):
                 continue
-            found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, sandbox_id)
+            found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, holder)
         return found
 
-    def of(self, sandbox_id: str) -> IdRange | None:
-        index = self._held.get(sandbox_id)
+    def of(self, holder: str) -> IdRange | None:
+        index = self._held.get(holder)
         return None if index is None else self._range(index)
 
-    def claim(self, sandbox_id: str, is_alive: Callable[[str, str], bool]) -> IdRange:
-        """The sandbox's range (the one it holds, or a free one). ``is_alive(owner, sandbox)``
-        tells whether a claim's sandbox still runs, for reclaiming leftovers when none is free."""
+    def claim(self, holder: str, is_alive: Callable[[str, str], bool]) -> IdRange:
+        """The holder's range (the one it holds, or a free one). ``is_alive(owner, holder)``
+        tells whether a claim's holder (a slot) still exists, for reclaiming leftovers when none is free."""
         with self._lock:
-            if (index := self._held.get(sandbox_id)) is not None:
+            if (index := self._held.get(holder)) is not None:
                 return self._range(index)
             for attempt in range(2):
                 taken = set(self._held.values())
                 for index in range(self.count):
-                    if index not in taken and self._write_claim(index, sandbox_id):
-                        self._held[sandbox_id] = index
+                    if index not in taken and self._write_claim(index, holder):
+                        self._held[holder] = index
                         return self._range(index)
                 if attempt == 0:
                     self._reclaim_dead(is_alive)
             raise RangesExhausted(f"all {self.count} user-namespace id ranges are in use")
 
-    def _write_claim(self, index: int, sandbox_id: str) -> bool:
+    def _write_claim(self, index: int, holder: str) -> bool:
         try:
             fd = os.open(self._path(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -195,39 +226,39 @@ class Ranges:
                 return False
             raise
         try:
-            os.write(fd, f"{self.owner}\n{sandbox_id}".encode())
+            os.write(fd, f"{self.owner}\n{holder}".encode())
         finally:
             os.close(fd)
         return True
 
     def _reclaim_dead(self, is_alive: Callable[[str, str], bool]) -> None:
-        for index, (claim_owner, sandbox_id) in self._claims().items():
-            if not is_alive(claim_owner, sandbox_id):
+        for index, (claim_owner, holder) in self._claims().items():
+            if not is_alive(claim_owner, holder):
                 if claim_owner == self.owner:
-                    self._held.pop(sandbox_id, None)
-                self._unlink_if(index, claim_owner, sandbox_id)
+                    self._held.pop(holder, None)
+                self._unlink_if(index, claim_owner, holder)
 
     def sweep(self, is_alive: Callable[[str, str], bool]) -> None:
-        """Drop this server's claims whose sandbox has no process left (e.g. ended while the
+        """Drop this server's claims whose holder is gone (e.g. removed while the
         server was down); other servers' are left to them until the ranges run out."""
         with self._lock:
-            for sandbox_id, index in list(self._held.items()):
-                if not is_alive(self.owner, sandbox_id):
-                    del self._held[sandbox_id]
-                    self._unlink_if(index, self.owner, sandbox_id)
+            for holder, index in list(self._held.items()):
+                if not is_alive(self.owner, holder):
+                    del self._held[holder]
+                    self._unlink_if(index, self.owner, holder)
 
-    def release(self, sandbox_id: str) -> None:
+    def release(self, holder: str) -> None:
         with self._lock:
-            index = self._held.pop(sandbox_id, None)
+            index = self._held.pop(holder, None)
             if index is not None:
-                self._unlink_if(index, self.owner, sandbox_id)
+                self._unlink_if(index, self.owner, holder)
 
-    def _unlink_if(self, index: int, owner: str, sandbox_id: str) -> None:
-        """Remove claim ``index`` if it still names ``owner``'s ``sandbox_id`` (another server may
+    def _unlink_if(self, index: int, owner: str, holder: str) -> None:
+        """Remove claim ``index`` if it still names ``owner``'s ``holder`` (another server may
         have reclaimed it and claimed it again since)."""
         path = self._path(index)
         with contextlib.suppress(OSError):
-            if path.read_text() == f"{owner}\n{sandbox_id}":
+            if path.read_text() == f"{owner}\n{holder}":
                 path.unlink()
 
 

@@ -1,10 +1,13 @@
-"""The network of a sandbox in a user namespace of its own (``atoll.runtime.userns``).
+"""The network of a sandbox in a user namespace (``atoll.runtime.userns``).
 
-A network namespace made outside (the network pool's) belongs to the host's user namespace: from
-inside the sandbox's, sysfs cannot be mounted and ``<runtime> exec`` cannot join it. So the
-runtime makes the sandbox's network namespace inside its user namespace, and the pool's ``eth0``
-is moved into it by an OCI prestart hook (``network_hook``), and back into the pool's namespace
-before a checkpoint and when the sandbox halts (``return_network``).
+A sandbox boots in its network slot's user and network namespaces, made together by the pool
+(``userns_slot``): nothing here runs then. A *restored* one cannot: CRIU makes a user namespace
+of its own, from which the slot's network namespace (owned by the slot's user namespace) cannot
+be joined, nor would sysfs mount or ``<runtime> exec`` join it. So on restore the runtime makes
+the sandbox's network namespace inside CRIU's user namespace, and the slot's ``eth0`` is moved
+into it by an OCI prestart hook (``network_hook``), and back into the slot's namespace before a
+checkpoint and when the sandbox halts (``return_network``). For the checkpoint of a sandbox still
+in its slot's namespaces, ``park`` and ``unpark`` take ``eth0`` out for the dump.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from atoll.runtime.spec import CheckpointFailed
 
 CLONE_NEWNET = 0x40000000
 SIOCGIFADDR = 0x8915
@@ -151,3 +156,77 @@ def return_network(saved: Path, netns: Path) -> None:
         + _configure(ip, slot).removeprefix(f"{ip} ")
     )
     subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30, check=False)
+
+
+HOLDING_SUFFIX = "-hold"  # no pool slot's netns name ends so (theirs end in their index)
+
+
+def _holding_netns(netns_name: str) -> str:
+    return f"{netns_name}{HOLDING_SUFFIX}"
+
+
+def park(netns_path: Path) -> SlotAddress:
+    """Move ``eth0`` out of ``netns_path`` into a holding namespace of its own, for a dump of
+    the sandbox inside (CRIU cannot save a veth whose peer is outside). Returns its set-up."""
+    slot = _in_netns(netns_path, _read_address)
+    ip, _ = _tools()
+    name, hold = netns_path.name, _holding_netns(netns_path.name)
+    subprocess.run([ip, "netns", "del", hold], capture_output=True, timeout=30, check=False)
+    subprocess.run([ip, "netns", "add", hold], capture_output=True, timeout=30, check=True)
+    subprocess.run(
+        [ip, "-n", name, "link", "set", SANDBOX_IFNAME, "netns", hold],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return slot
+
+
+def unpark(netns_path: Path, slot: SlotAddress) -> None:
+    """Undo ``park``: ``eth0`` back in ``netns_path``, set up as it was. Best effort: a slot
+    left without it is rebuilt by the pool when released."""
+    ip, _ = _tools()
+    name, hold = netns_path.name, _holding_netns(netns_path.name)
+    script = f"{ip} -n {hold} link set {SANDBOX_IFNAME} netns {name} && {ip} -n {name} " + _configure(
+        ip, slot
+    ).removeprefix(f"{ip} ")
+    subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30, check=False)
+    subprocess.run([ip, "netns", "del", hold], capture_output=True, timeout=30, check=False)
+
+
+def save_netns_with_sandbox(state_file: Path) -> None:
+    """Tell runc (its ``state.json``) that the sandbox's network namespace is its own: runc
+    saves one named by path as external, which a restore in a user namespace of CRIU's making
+    could not join; once ``eth0`` is parked, CRIU saves it whole (a loopback) and the restore
+    makes it anew."""
+    state = json.loads(state_file.read_text())
+    for namespace in state.get("config", {}).get("namespaces", []):
+        if namespace.get("type") == "NEWNET":
+            namespace["path"] = ""
+    temporary = state_file.with_name(state_file.name + ".atoll")
+    temporary.write_text(json.dumps(state))
+    os.replace(temporary, state_file)
+
+
+def drop_holding(netns_path: Path) -> None:
+    """After a ``park`` that failed: its holding namespace gone (``eth0`` never left: moving it
+    is ``park``'s last step)."""
+    ip, _ = _tools()
+    hold = _holding_netns(netns_path.name)
+    subprocess.run([ip, "netns", "del", hold], capture_output=True, timeout=30, check=False)
+
+
+def park_for_dump(slot_file: Path, state_file: Path) -> tuple[Path, SlotAddress] | None:
+    """Before a checkpoint of a sandbox in its slot's namespaces (``slot_file`` names the
+    slot's netns; none: it is not): ``save_netns_with_sandbox`` and ``park``. Returns what
+    ``unpark`` needs afterwards."""
+    try:
+        netns_path = Path(slot_file.read_text())
+    except OSError:
+        return None
+    try:
+        save_netns_with_sandbox(state_file)
+        return netns_path, park(netns_path)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        drop_holding(netns_path)
+        raise CheckpointFailed(f"could not take the sandbox's network out for the dump: {exc}") from None

@@ -1,5 +1,6 @@
 """The control plane application: one lifespan that starts the pieces in order (store, host
-network rules, runtime, network pool, reconciliation, timeout reaper) and stops them in reverse.
+network rules, runtime, network pool, reconciliation, timeout reaper) and stops them in reverse,
+also when the start-up fails half-way; the routes reach them as ``AppServices`` (``state.py``).
 
 Sandboxes outlive the server process: a restart reconciles and adopts them."""
 
@@ -11,7 +12,7 @@ import functools
 import importlib
 import logging
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,15 +29,18 @@ from atoll.runtime import helpers, hostlimits, lxcfs, reaping
 from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
 from atoll.runtime.disk import DiskPool
-from atoll.server import errors
+from atoll.runtime.userns import CLAIMS_DIR, Ranges
+from atoll.server import cluster_role, errors
 from atoll.server.activity import Activity, ActivityMiddleware
 from atoll.server.disk_budget import DiskBudget
 from atoll.server.disk_watermark import DiskWatermark
+from atoll.server.host import SandboxHost
 from atoll.server.host_cleanup import clean_host_if_unused
 from atoll.server.limits import BodyLimitMiddleware
 from atoll.server.lsp import LspService
 from atoll.server.manager import SandboxManager
 from atoll.server.metrics import LatencyMiddleware, MetricsService, StateCounter
+from atoll.server.processes import ProcessService
 from atoll.server.pty import PtyManager
 from atoll.server.ratelimit import RateLimitMiddleware
 from atoll.server.reconcile import reconcile
@@ -58,8 +62,10 @@ from atoll.server.routes import (
 )
 from atoll.server.settings import Settings
 from atoll.server.snapshots import SnapshotService
+from atoll.server.state import AppServices
 from atoll.server.template_builds import TemplateBuilds
 from atoll.server.warm import WarmPool
+from atoll.server.watch import WatchService
 from atoll.ssh import routes as ssh_routes
 from atoll.ssh.gateway import start_gateway as start_ssh_gateway
 from atoll.store import db
@@ -88,17 +94,19 @@ def load_backend(settings: Settings, name: str | None = None) -> RuntimeBackend:
         binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
     )
     if settings.userns and name in ("crun", "runc"):  # gVisor maps ids in its own kernel (docs/security.md)
-        from atoll.runtime import userns
-
-        ranges = userns.Ranges(
-            userns.CLAIMS_DIR,
-            base=settings.userns_base,
-            count=settings.userns_ranges,
-            owner=settings.cgroup_parent,
-        )
-        backend.use_userns(ranges)  # type: ignore[attr-defined]
+        backend.use_userns()  # type: ignore[attr-defined]  # in its slot's (userns_ranges)
     log.info("runtime %s (checkpoint %s)", name, "available" if backend.can_checkpoint else "unavailable")
     return backend
+
+
+def userns_ranges(settings: Settings) -> Ranges | None:
+    """With user namespaces on, each network slot claims a range of host ids and is made in a
+    user namespace mapping it (``atoll.runtime.userns_slot``), which its sandbox joins."""
+    if not settings.userns:
+        return None
+    return Ranges(
+        CLAIMS_DIR, base=settings.userns_base, count=settings.userns_ranges, owner=settings.cgroup_parent
+    )
 
 
 async def bootstrap_keys(repo: Repository, settings: Settings) -> str | None:
@@ -123,26 +131,50 @@ async def _reap_forever(manager: SandboxManager, interval: float) -> None:
             log.exception("timeout reaper failed")
 
 
+async def _closing(what: str, close: Callable[[], Awaitable[object]]) -> None:
+    """One step of the unwinding; each runs even when an earlier one failed (a half shutdown leaks)."""
+    try:
+        await close()
+    except Exception:
+        log.exception("shutdown step %s failed", what)
+
+
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+async def lifespan(app: FastAPI, *, settings: Settings, activity: Activity) -> AsyncIterator[None]:
+    """Everything the server runs, started in order; each piece's undoing goes on one exit stack
+    the moment it exists, so a shutdown, or a start-up that fails half-way, undoes in reverse
+    exactly what was started (nothing stays running or set up on the host)."""
+    async with contextlib.AsyncExitStack() as stack:
+        app.state.services = await _start(stack, settings, activity)  # routes: state.services()
+        yield
+
+
+async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity: Activity) -> AppServices:
+    def undo(what: str, close: Callable[[], Awaitable[object]]) -> None:
+        stack.push_async_callback(_closing, what, close)
+
     for directory in settings.private_dirs:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)  # sandbox content below: no host user may reach it (docs/security.md)
     helpers.prepare(settings.helpers_dir)
     reaping.become_subreaper()
     hostlimits.raise_shared_tables()  # sandboxes share them: let memory cgroups bound each one
+    undo("lxcfs", functools.partial(lxcfs.stop_if_unused, settings.run_dir))
     if settings.lxcfs:  # /proc/meminfo etc. of OCI sandboxes show their limits
         await lxcfs.start(settings.run_dir)
     await asyncio.to_thread(db.upgrade, settings.db_url)
-    engine = db.make_engine(settings.db_url)
-    repo = ObservedRepository(db.sessions(engine))  # tells the router's cache about state changes
+    engine = db.make_engine(settings.db_url, application_name=cluster_role.node_identity(settings))
+    undo("the store", engine.dispose)
+    # tells the router's cache about state changes; in a cluster, scoped to this node's sandboxes
+    repo = ObservedRepository(db.sessions(engine), node_id=cluster_role.node_identity(settings))
     minted = await bootstrap_keys(repo, settings)
     if minted:
         print(
             f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n",
             flush=True,
         )
+    # no sandbox left: no litter on the host (firewall table, cgroup parents, run directory)
+    undo("host clean-up", functools.partial(clean_host_if_unused, settings, repo))
     egress = EgressService(
         EgressConfig(
             instance=settings.instance,
@@ -153,6 +185,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             upstream_ca_bundle=settings.egress_ca_bundle,
         )
     )
+    undo("egress", egress.close)
     await egress.start()  # binds the resolver and the proxy: the firewall redirects to their ports
     await firewall.apply(
         instance=settings.instance,
@@ -165,32 +198,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closed_cidrs=egress.closed_cidrs,
     )
     plan = AddressPlan(settings.subnet, instance=settings.instance, iface_prefix=settings.iface_prefix)
-    pool = NetworkPool(plan, target_size=settings.netns_pool_size)
-    manager = SandboxManager(
-        settings=settings,
-        repo=repo,
-        backend=load_backend(settings),
-        pool=pool,
-        templates=TemplateRegistry(settings.templates_dir, user_root=settings.user_templates_dir),
-        load_backend=functools.partial(load_backend, settings),
-    )
-    for name in BACKENDS:  # a runtime with state on this host may hold leftovers to reconcile
-        if (settings.run_dir / name).is_dir() and name not in manager.backends:
-            with contextlib.suppress(ServerError):
-                manager.backend_named(name)
-    manager.egress = egress
-    manager.disk_budget = DiskBudget(
-        settings.data_dir,
-        (settings.sandboxes_dir, settings.disk_pool_dir),
-        ratio=settings.disk_overcommit_ratio,
-        reserve_mib=settings.disk_reserve_mib,
-    )
-    app.state.disk_watermark = disk_watermark = DiskWatermark(manager.disk_budget)
-    app.state.egress = egress
-    snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
-    report = await reconcile(manager)
-    report.removed += await snapshots_service.sweep()
-    activity: Activity = app.state.activity
+    pool = NetworkPool(plan, target_size=settings.netns_pool_size, ranges=userns_ranges(settings))
+    undo("network pool", pool.close)
     disks = None
     if settings.disk_quota:  # started even when off: it removes a crashed server's pooled disks
         disks = DiskPool(
@@ -199,74 +208,107 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             blank_dir=settings.blank_disks_dir,
             target_size=settings.disk_pool_size,
         )
-        report.removed += await disks.start()
-        manager.disks = disks if settings.disk_pool_size > 0 else None
-    app.state.repo = repo
-    app.state.manager = manager
-    app.state.ptys = ptys = PtyManager(manager)
-    app.state.lsp = lsp_service = LspService(manager)
-    app.state.templates = TemplateCatalog(
-        repo.sessions, manager.templates, max_per_org=settings.max_templates_per_org
+        undo("disk pool", disks.close)
+    host = SandboxHost(
+        settings=settings,
+        backend=load_backend(settings),
+        pool=pool,
+        templates=TemplateRegistry(settings.templates_dir, user_root=settings.user_templates_dir),
+        egress=egress,
+        disks=disks if settings.disk_pool_size > 0 else None,
+        load_backend=functools.partial(load_backend, settings),
     )
-    await app.state.templates.recover()
-    app.state.snapshots = snapshots_service
-    app.state.metrics = metrics = MetricsService(manager, interval_s=settings.metrics_interval_s)
+    for name in BACKENDS:  # a runtime with state on this host may hold leftovers to reconcile
+        if (settings.run_dir / name).is_dir() and name not in host.backends:
+            with contextlib.suppress(ServerError):
+                host.backend_named(name)
+    warm = WarmPool(
+        host, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
+    )
+    undo("warm pool", warm.close)
+    builds = TemplateBuilds(host.templates, on_built=warm.wake) if settings.build_templates else None
+    disk_budget = DiskBudget(
+        settings.data_dir,
+        (settings.sandboxes_dir, settings.disk_pool_dir),
+        ratio=settings.disk_overcommit_ratio,
+        reserve_mib=settings.disk_reserve_mib,
+    )
+    manager = SandboxManager(
+        settings=settings,
+        repo=repo,
+        host=host,
+        warm=warm,
+        disk_budget=disk_budget,
+        template_gate=builds.check if builds is not None else None,  # 503 while one builds
+    )
+    snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
+    report = await reconcile(manager)
+    report.removed += await snapshots_service.sweep()
+    if disks is not None:
+        report.removed += await disks.start()
+    ptys, lsp_service, processes = PtyManager(manager), LspService(manager), ProcessService(manager)
+    undo("language servers", lsp_service.close)
+    undo("terminals", ptys.close)
+    catalog = TemplateCatalog(repo.sessions, host.templates, max_per_org=settings.max_templates_per_org)
+    await catalog.recover()
+    metrics = MetricsService(manager, interval_s=settings.metrics_interval_s)
+    undo("metrics", metrics.close)
     metrics.start()
     repo.subscribe(StateCounter(manager))
-    app.state.reconcile_report = report
     router = build_router(settings, manager, repo)
+    if router.presigned is None:  # build_router always gives it one; a bare Router (tests) has none
+        raise RuntimeError("the sandbox router has no presigned-URL store")
+    presigned = router.presigned
+    undo("router", router.stop)
     await router.start()
-    app.state.presigned = router.presigned
     reaper = asyncio.create_task(_reap_forever(manager, settings.reaper_interval_s))
+    undo("timeout reaper", functools.partial(cancel_and_wait, reaper))
+    disk_watermark = DiskWatermark(disk_budget)
     watermark = asyncio.create_task(disk_watermark.run_forever())
-    manager.warm = warm = WarmPool(
-        manager, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
-    )
+    undo("disk watermark", functools.partial(cancel_and_wait, watermark))
     warm.start()
-    builds = TemplateBuilds(manager.templates, on_built=warm.wake) if settings.build_templates else None
-    app.state.template_builds = builds
+    cluster = await cluster_role.start(  # registers and heartbeats on PostgreSQL (docs/cluster.md)
+        settings, engine, repo, manager.capacity,
+        template_names=host.templates.names, warm_ready=lambda: warm.ready_count,
+    )  # fmt: skip
+    undo("cluster membership", cluster.close)
     if builds is not None:
-        manager.template_gate = builds.check
+        undo("template builds", builds.close)
         builds.start()  # in a thread, in the background: the server answers meanwhile
-    ssh_gateway = await start_ssh_gateway(app.state, settings)
-    try:
-        yield
-    finally:
-        await cancel_and_wait(reaper)
-        await metrics.close()
-        await cancel_and_wait(watermark)
-        if builds is not None:
-            await builds.close()
-        # in order, and each step even when an earlier one failed: a half shutdown leaks
-        steps = [*([ssh_gateway.close] if ssh_gateway else []), router.stop, ptys.close, lsp_service.close]
-        steps += [warm.close]
-        steps += [*([disks.close] if disks else []), pool.close]
-
-        async def cleanup() -> None:  # no sandbox left: no litter on the host
-            await clean_host_if_unused(settings, repo)
-
-        for step in (*steps, egress.close, cleanup, engine.dispose):
-            try:
-                await step()
-            except Exception:
-                log.exception("shutdown step %s failed", getattr(step, "__qualname__", step))
-        try:
-            await lxcfs.stop_if_unused(settings.run_dir)
-        except Exception:
-            log.exception("shutdown step lxcfs failed")
+    ssh_gateway = await start_ssh_gateway(manager=manager, ptys=ptys, processes=processes, settings=settings)
+    if ssh_gateway is not None:
+        undo("ssh gateway", ssh_gateway.close)
+    return AppServices(
+        settings=settings,
+        activity=activity,
+        repo=repo,
+        manager=manager,
+        egress=egress,
+        disk_watermark=disk_watermark,
+        ptys=ptys,
+        lsp=lsp_service,
+        processes=processes,
+        watches=WatchService(manager),
+        templates=catalog,
+        template_imports=asyncio.Semaphore(templates.IMPORT_SLOTS),
+        snapshots=snapshots_service,
+        metrics=metrics,
+        presigned=presigned,
+        reconcile_report=report,
+        template_builds=builds,
+        ssh_access=ssh_gateway.store if ssh_gateway is not None else None,
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
+    activity = Activity()  # what the middleware sees; the warm pool refills only in its lulls
     app = FastAPI(
         title="Atoll",
         version="0.1.0",
         summary="Self-hosted sandboxes for AI agents (leap0-compatible wire protocol)",
-        lifespan=lifespan,
+        lifespan=functools.partial(lifespan, settings=settings, activity=activity),
         redirect_slashes=False,
     )
-    app.state.settings = settings
-    app.state.activity = activity = Activity()
-    app.state.template_builds = None  # the lifespan starts them when settings.build_templates
     errors.install(app)
     app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
     app.add_middleware(ActivityMiddleware, activity=activity)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from atoll._exceptions import AuthenticationError
+from atoll.server.state import services
 
 AUTH_HEADERS = ("authorization", "leap0-authorization")
 
@@ -26,7 +27,7 @@ async def require_org(request: Request) -> str:
     raw = key_from_headers(request.headers)
     if raw is None:
         raise AuthenticationError("missing API key: send 'authorization: Bearer <key>'")
-    org_id = await request.app.state.repo.org_for_key(raw)
+    org_id = await services(request).repo.org_for_key(raw)
     if org_id is None:
         raise AuthenticationError("invalid API key")
     return str(org_id)

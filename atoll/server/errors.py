@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,39 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from atoll._exceptions import APIError, status_for
+from atoll._exceptions import (
+    AgentProtocolError,
+    AgentUnavailable,
+    APIError,
+    BadRequestError,
+    BadWorkingDirectory,
+    CapacityError,
+    ConflictError,
+    ExecSetupFailed,
+    FileAccessDenied,
+    FileConflict,
+    FileFailure,
+    FileNotFound,
+    FileRequestInvalid,
+    FileStorageFull,
+    HostCapacityExhausted,
+    ImageRejected,
+    NotFoundError,
+    OperationFailure,
+    PermissionDeniedError,
+    ProcessLimitReached,
+    ProcessNotFound,
+    ProcessStateConflict,
+    ProcessTableFull,
+    SandboxFailure,
+    SandboxNotRunning,
+    ServerError,
+    TemplateConflict,
+    TemplateFailure,
+    TemplateNotFound,
+    TerminalStartFailed,
+    status_for,
+)
 
 log = logging.getLogger("atoll.server")
 
@@ -42,6 +75,66 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=status_for(exc), headers=headers)
 
 
+# The one table from the typed failures below the server (``atoll._exceptions``: OperationFailure)
+# to HTTP; the most specific class of the failure's MRO decides. ``subject`` names what could not
+# start ("process", "PTY") in the messages.
+_RETRY_AFTER_S = 1  # a process limit or table frees up as soon as something in the sandbox ends
+_FAILURES: dict[type[OperationFailure], Callable[[OperationFailure, str], APIError]] = {
+    BadWorkingDirectory: lambda _, subject: BadRequestError(
+        f"invalid {subject} parameters", errors=[{"field": "cwd", "error": "directory does not exist"}]
+    ),
+    # EAGAIN: the sandbox's own process limit is used up (e.g. by a fork bomb still being
+    # reaped); transient, and the sandbox's doing, not the server's
+    ProcessLimitReached: lambda _, __: CapacityError(
+        "the sandbox has no room for a new process (its process limit is reached); retry",
+        retry_after=_RETRY_AFTER_S,
+    ),
+    ProcessTableFull: lambda _, __: CapacityError(
+        "the sandbox runs as many background processes as it can track; end one and retry",
+        retry_after=_RETRY_AFTER_S,
+    ),
+    # its runtime ended under it (e.g. the host's OOM killer ended a gVisor sentry that went past
+    # its memory limit): the sandbox's state, not a server failure
+    SandboxNotRunning: lambda _, __: ConflictError(
+        "the sandbox's runtime is no longer running (it may have run out of memory); delete the sandbox"
+    ),
+    AgentUnavailable: lambda _, __: ConflictError(
+        "the sandbox's agent does not answer (it may have been stopped or ended); delete the sandbox"
+    ),
+    ProcessNotFound: lambda _, __: NotFoundError("process not found"),
+    ProcessStateConflict: lambda exc, _: ConflictError(exc.message),
+    TerminalStartFailed: lambda exc, _: ServerError(f"could not start the terminal: {exc.message}"),
+    AgentProtocolError: lambda exc, _: ServerError(f"the sandbox's agent failed the request: {exc.message}"),
+    ExecSetupFailed: lambda exc, subject: ServerError(f"could not start the {subject}: {exc.message}"),
+    FileRequestInvalid: lambda exc, _: BadRequestError(exc.message, errors=getattr(exc, "errors", None)),
+    FileNotFound: lambda exc, _: NotFoundError(exc.message),
+    FileConflict: lambda exc, _: ConflictError(exc.message),
+    FileAccessDenied: lambda exc, _: PermissionDeniedError(exc.message),
+    FileStorageFull: lambda exc, _: ServerError(exc.message, status_code=507),
+    FileFailure: lambda exc, _: ServerError(exc.message),
+    SandboxFailure: lambda exc, _: ServerError(exc.message),
+    TemplateNotFound: lambda exc, _: NotFoundError(exc.message),
+    TemplateConflict: lambda exc, _: ConflictError(exc.message),
+    ImageRejected: lambda exc, _: BadRequestError(exc.message, errors=getattr(exc, "errors", None)),
+    TemplateFailure: lambda exc, _: ServerError(exc.message),
+    HostCapacityExhausted: lambda exc, _: CapacityError(exc.message),
+    OperationFailure: lambda exc, _: ServerError(exc.message),
+}
+
+
+def http_error(exc: OperationFailure, *, subject: str = "process") -> APIError:
+    """The API error a failure below the server answers with."""
+    for kind in type(exc).__mro__:
+        if kind in _FAILURES:
+            return _FAILURES[kind](exc, subject)
+    return ServerError(exc.message)  # unreachable: OperationFailure is in the table
+
+
+async def _operation_failure(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OperationFailure)
+    return await _api_error(request, http_error(exc))
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
@@ -55,6 +148,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(OperationFailure, _operation_failure)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
     _document(app)

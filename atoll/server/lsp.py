@@ -25,9 +25,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from atoll._exceptions import BadRequestError, ConflictError, ServerError
+from atoll._exceptions import BadRequestError, ConflictError, SandboxFailure, ServerError
 from atoll.runtime import confined
-from atoll.runtime.spec import ExecRequest, ExecSetupFailed
+from atoll.runtime.spec import ExecRequest
+from atoll.server.errors import http_error
 from atoll.server.lsp_rpc import Connection, LspGone
 from atoll.server.manager import SandboxManager
 from atoll.services import lsp_bridge
@@ -122,8 +123,8 @@ class LspService:
         self.manager = manager
         self._sessions: dict[str, dict[Key, Session]] = {}
         self._starting: dict[tuple[str, Key], asyncio.Lock] = {}
-        manager.teardown_hooks.append(self.end_sandbox)
-        manager.checkpoint_vetoes.append(self.has_live_sessions)
+        manager.host.teardown_hooks.append(self.end_sandbox)
+        manager.host.checkpoint_vetoes.append(self.has_live_sessions)
 
     def has_live_sessions(self, sandbox_id: str) -> bool:
         return any(s.connection.gone is None for s in self._sessions.get(sandbox_id, {}).values())
@@ -179,7 +180,7 @@ class LspService:
                 self._starting.pop((row.id, key), None)
 
     def _check_project(self, row: SandboxRow, project: str) -> None:
-        root = confined.Root.open(str(self.manager.sandbox_dir(row.id) / "rootfs"))
+        root = confined.Root.open(str(self.manager.host.sandbox_dir(row.id) / "rootfs"))
         try:
             with confined.mapped(project):
                 info = root.stat(project)
@@ -213,9 +214,9 @@ class LspService:
             max_output_bytes=65536,
         )
         try:
-            result = await self.manager.backend_for(row).exec(row.id, request)
-        except ExecSetupFailed as exc:
-            raise ServerError(f"could not start the language server's bridge: {exc}") from None
+            result = await self.manager.host.backend_for(row).exec(row.id, request)
+        except SandboxFailure as exc:
+            raise http_error(exc, subject="language server's bridge") from None
         output = (result.stdout + result.stderr).decode(errors="replace").strip()
         if result.exit_code == 127:
             missing = command[0] if "python3" not in output else "python3"
@@ -299,7 +300,7 @@ class LspService:
         await session.connection.notify("textDocument/didOpen", {"textDocument": document})
 
     def _read_document(self, sandbox_id: str, path: str) -> str:
-        root = confined.Root.open(str(self.manager.sandbox_dir(sandbox_id) / "rootfs"))
+        root = confined.Root.open(str(self.manager.host.sandbox_dir(sandbox_id) / "rootfs"))
         try:
             with confined.mapped(path):
                 fd = root.open_regular(path, os.O_RDONLY)

@@ -243,7 +243,7 @@ class MetricsService:
             used_s = max(0, reading.cpu_ns - history.last_cpu[1]) / 1e9
             cpu_pct = min(100.0, 100.0 * used_s / ((now - history.last_cpu[0]) * max(1, row.vcpu)))
         history.last_cpu = (now, reading.cpu_ns)
-        disk_used, disk_total = read_disk(self.manager.sandbox_dir(row.id), row.disk)
+        disk_used, disk_total = read_disk(self.manager.host.sandbox_dir(row.id), row.disk)
         slot = self.manager.slot_of(row)
         rx, tx = read_net(slot.host_ifname if slot else None)
         limit = reading.memory_limit_bytes

@@ -17,8 +17,6 @@ it runs (it is paused by freezing), as a plain ``execute`` does.
 from __future__ import annotations
 
 import asyncio
-import base64
-import codecs
 import contextlib
 import datetime as dt
 import json
@@ -27,12 +25,20 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
-from atoll._exceptions import BadRequestError, CapacityError, ConflictError, NotFoundError, ServerError
+from atoll._exceptions import (
+    AgentProtocolError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    SandboxFailure,
+    ServerError,
+)
 from atoll.runtime import agent, agent_processes, gvisor_exec
-from atoll.runtime.agent_processes import AgentLink, Event, ProcessInfo, StartRequest
+from atoll.runtime.agent_processes import AgentLink, ProcessInfo, StartRequest
 from atoll.runtime.oci import OCIBackend
-from atoll.runtime.spec import ExecSetupFailed
+from atoll.server.errors import http_error
 from atoll.server.manager import SandboxManager
+from atoll.server.process_frames import EventEncoder, FrameEncoder
 from atoll.store.models import SandboxRow
 
 log = logging.getLogger("atoll.processes")
@@ -75,53 +81,27 @@ def describe(info: ProcessInfo) -> dict[str, Any]:
     }
 
 
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-class EventEncoder:
-    """Events as SSE frames: text decoded per stream (a character split between two pipe reads
-    stays whole), or base64 with ``binary``."""
-
-    def __init__(self, *, binary: bool) -> None:
-        self.binary = binary
-        self._decoders = {t: codecs.getincrementaldecoder("utf-8")("replace") for t in ("stdout", "stderr")}
-
-    def encode(self, event: Event) -> bytes:
-        payload: dict[str, Any] = {"type": event.type}
-        if event.seq is not None:
-            payload["seq"] = event.seq
-        if event.type in self._decoders:
-            if self.binary:
-                payload["data"] = base64.b64encode(event.data).decode()
-            else:
-                payload["data"] = self._decoders[event.type].decode(event.data)
-        if event.type == "exit":
-            payload["exit_code"] = event.exit_code
-        return sse(payload)
-
-
 class ProcessService:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
         self._streams: dict[str, set[AgentLink]] = {}  # open event streams, per sandbox
         self._foreground: dict[str, int] = {}  # running execute/stream commands, per sandbox
-        manager.checkpoint_vetoes.append(lambda sandbox_id: bool(self._foreground.get(sandbox_id)))
-        manager.before_checkpoint.append(self.end_streams)
+        manager.host.checkpoint_vetoes.append(lambda sandbox_id: bool(self._foreground.get(sandbox_id)))
+        manager.host.before_checkpoint.append(self.end_streams)
 
     # connections --------------------------------------------------------------------------
     async def _running(self, org: str, sandbox_id: str) -> SandboxRow:
         return await self.manager.ensure_running(await self.manager.get(org, sandbox_id))
 
     async def _link(self, row: SandboxRow) -> AgentLink:
-        backend = self.manager.backend_for(row)
+        backend = self.manager.host.backend_for(row)
         executor = getattr(backend, "executor", None)
         try:
             if isinstance(executor, gvisor_exec.Executor):
                 sock = await executor.connect_agent(row.id)
                 return AgentLink(sock, pace=gvisor_exec.OUTPUT_PACE)
-        except ExecSetupFailed as exc:
-            raise _setup_error(exc) from None
+        except SandboxFailure as exc:
+            raise http_error(exc) from None
         init_pid = await backend._init_pid(row.id) if isinstance(backend, OCIBackend) else None
         found = agent._connect_fd(init_pid) if init_pid is not None else None
         if found is None:
@@ -143,18 +123,9 @@ class ProcessService:
         """The agent's answers as API errors."""
         try:
             yield
-        except agent_processes.ProcessUnknown:
-            raise NotFoundError("process not found") from None
-        except agent_processes.ProcessStateConflict as exc:
-            raise ConflictError(str(exc)) from None
-        except agent_processes.ProcessTableFull:
-            raise CapacityError(
-                "the sandbox runs as many background processes as it can track; end one and retry",
-                retry_after=1,
-            ) from None
-        except ExecSetupFailed as exc:
-            raise _setup_error(exc) from None
-        except (agent_processes.AgentProtocolError, ConnectionError, TimeoutError) as exc:
+        except SandboxFailure as exc:  # typed by the runtime; errors.py picks the status
+            raise http_error(exc) from None
+        except (ConnectionError, TimeoutError) as exc:
             raise ServerError(f"the sandbox's agent failed the request: {exc}") from None
 
     # operations ---------------------------------------------------------------------------
@@ -242,9 +213,18 @@ class ProcessService:
             await agent_processes.send_signal(link, pid, SIGNALS[name])
 
     async def open_events(
-        self, org: str, sandbox_id: str, pid: int, since: int, *, binary: bool, follow: bool = True
+        self,
+        org: str,
+        sandbox_id: str,
+        pid: int,
+        since: int,
+        *,
+        binary: bool,
+        follow: bool = True,
+        frames: bool = False,
     ) -> AsyncIterator[bytes]:
-        """The SSE body of ``pid``'s events after ``since``; errors (404) raise before it starts."""
+        """The SSE body of ``pid``'s events after ``since`` (``frames``: the framed binary form,
+        ``process_frames``); errors (404) raise before it starts."""
         row = await self._running(org, sandbox_id)
         link = await self._link(row)
         try:
@@ -253,14 +233,16 @@ class ProcessService:
         except BaseException:
             link.close()
             raise
-        return self._relay(row.id, link, EventEncoder(binary=binary))
+        return self._relay(row.id, link, FrameEncoder() if frames else EventEncoder(binary=binary))
 
-    async def _relay(self, sandbox_id: str, link: AgentLink, encoder: EventEncoder) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, sandbox_id: str, link: AgentLink, encoder: EventEncoder | FrameEncoder
+    ) -> AsyncIterator[bytes]:
         self._streams.setdefault(sandbox_id, set()).add(link)
         try:
             async for event in agent_processes.events(link, keepalive_s=KEEPALIVE_S):
-                yield b": keepalive\n\n" if event.type == "keepalive" else encoder.encode(event)
-        except agent_processes.AgentProtocolError as exc:
+                yield encoder.encode(event)
+        except AgentProtocolError as exc:
             log.warning("event stream of sandbox %s ended: %s", sandbox_id, exc)
         finally:
             self._forget(sandbox_id, link)
@@ -282,8 +264,10 @@ class ProcessService:
         cwd: str | None,
         envs: dict[str, str],
         timeout_s: int,
+        frames: bool = False,
     ) -> AsyncIterator[bytes]:
-        """A foreground command's events; it is killed when the client goes before its end."""
+        """A foreground command's events (``frames``: the framed binary form); it is killed when
+        the client goes before its end."""
         self._foreground[sandbox_id] = self._foreground.get(sandbox_id, 0) + 1
         try:
             row = await self._running(org, sandbox_id)
@@ -299,20 +283,24 @@ class ProcessService:
         except BaseException:
             self._release_foreground(sandbox_id)
             raise
-        body = self._relay(row.id, link, EventEncoder(binary=False))
-        return self._follow_foreground(org, sandbox_id, pid, body)
+        encoder = FrameEncoder() if frames else EventEncoder(binary=False)
+        body = self._relay(row.id, link, encoder)
+        return self._follow_foreground(org, sandbox_id, pid, body, encoder)
 
     async def _follow_foreground(
-        self, org: str, sandbox_id: str, pid: int, body: AsyncIterator[bytes]
+        self,
+        org: str,
+        sandbox_id: str,
+        pid: int,
+        body: AsyncIterator[bytes],
+        encoder: EventEncoder | FrameEncoder,
     ) -> AsyncIterator[bytes]:
-        ended = False
         try:
             async for frame in body:
-                ended = frame.startswith(b'data: {"type":"exit"')
                 yield frame
         finally:
             self._release_foreground(sandbox_id)
-            if not ended:  # the client left (or the stream broke): the command goes too
+            if not encoder.ended:  # the client left (or the stream broke): the command goes too
                 task = asyncio.ensure_future(self._kill_quietly(org, sandbox_id, pid))
                 _background.add(task)
                 task.add_done_callback(_background.discard)
@@ -336,18 +324,3 @@ class ProcessService:
 
 
 _background: set[asyncio.Task[None]] = set()
-
-
-def _setup_error(exc: ExecSetupFailed) -> Exception:
-    message = str(exc)
-    if "chdir" in message:
-        return BadRequestError(
-            "invalid process parameters", errors=[{"field": "cwd", "error": "directory does not exist"}]
-        )
-    if any(word in message.lower() for word in ("fork", "try again", "temporarily unavailable")):
-        return CapacityError(
-            "the sandbox has no room for a new process (its process limit is reached); retry", retry_after=1
-        )
-    if "not running" in message or "does not answer" in message:
-        return ConflictError("the sandbox's runtime is no longer running; delete the sandbox")
-    return ServerError(f"could not start the process: {message}")

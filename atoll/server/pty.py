@@ -22,9 +22,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from atoll._exceptions import BadRequestError, ConflictError, NotFoundError, ServerError
+from atoll._exceptions import (
+    BadRequestError,
+    ConflictError,
+    FileRequestInvalid,
+    NotFoundError,
+    SandboxFailure,
+)
 from atoll._tasks import cancel_and_wait
-from atoll.runtime import confined, terminal
+from atoll.runtime import confined, oci_config, terminal
+from atoll.runtime.spec import ExecRequest
+from atoll.server.errors import http_error
 from atoll.server.manager import SandboxManager
 from atoll.store.models import SandboxRow
 
@@ -94,7 +102,7 @@ def _workdir(cwd: str | None, *, base: str) -> str:
         return base
     try:
         return confined.normalize(cwd, base=base)
-    except BadRequestError as exc:
+    except FileRequestInvalid as exc:
         raise BadRequestError(
             f"invalid cwd: {exc.message}", errors=[{"field": "cwd", "error": exc.message}]
         ) from None
@@ -104,8 +112,8 @@ class PtyManager:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
         self._sessions: dict[str, dict[str, PtySession]] = {}
-        manager.teardown_hooks.append(self.end_sandbox)
-        manager.checkpoint_vetoes.append(self.has_live_sessions)
+        manager.host.teardown_hooks.append(self.end_sandbox)
+        manager.host.checkpoint_vetoes.append(self.has_live_sessions)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     def has_live_sessions(self, sandbox_id: str) -> bool:
@@ -182,7 +190,7 @@ class PtyManager:
 
     # terminals ----------------------------------------------------------------------------
     def _shell(self, row: SandboxRow) -> list[str]:
-        root = confined.Root.open(str(self.manager.sandbox_dir(row.id) / "rootfs"))
+        root = confined.Root.open(str(self.manager.host.sandbox_dir(row.id) / "rootfs"))
         try:
             for shell in SHELLS:
                 with contextlib.suppress(OSError, BadRequestError):
@@ -198,13 +206,15 @@ class PtyManager:
                 return
             template = self.manager.template_for(row)
             env = {**template.sandbox_env(), "TERM": "xterm-256color", **row.env_vars, **session.envs}
-            backend: Any = self.manager.backend_for(row)
+            backend: Any = self.manager.host.backend_for(row)
             shell = await asyncio.to_thread(self._shell, row)
             try:
+                await _check_cwd(backend, row.id, session.cwd)
                 session.terminal = await terminal.open_terminal(
                     [backend.binary, "--root", str(backend.state_root)],
                     row.id,
                     exec_command=getattr(backend, "terminal_argv", None),
+                    oom_score_adj=backend.command_oom_score_adj,
                     argv=shell,
                     env=env,
                     cwd=session.cwd,
@@ -212,13 +222,8 @@ class PtyManager:
                     rows=session.rows,
                     socket_dir=backend.state_root,
                 )
-            except terminal.TerminalStartFailed as exc:
-                if any(word in str(exc) for word in ("chdir", "cwd", "working directory")):
-                    raise BadRequestError(
-                        "invalid PTY parameters",
-                        errors=[{"field": "cwd", "error": "directory does not exist"}],
-                    ) from None
-                raise ServerError(f"could not start the terminal: {exc}") from None
+            except SandboxFailure as exc:  # typed by the runtime; errors.py picks the status
+                raise http_error(exc, subject="PTY") from None
             finally:
                 if reap := getattr(backend, "reap_runtime_orphans", None):
                     reap()
@@ -321,3 +326,11 @@ class PtyManager:
 
     async def _end_all(self, sessions: Iterable[PtySession]) -> None:
         await asyncio.gather(*(self._end(s) for s in sessions), return_exceptions=True)
+
+
+async def _check_cwd(backend: Any, sandbox_id: str, cwd: str) -> None:
+    """A runtime tells why a terminal did not start only in prose, and runsc starts one whose cwd
+    is a file: so the agent first runs a no-op in ``cwd``, which fails typed (``BadWorkingDirectory``
+    with the errno, ``SandboxNotRunning`` ...). One agent round trip, a millisecond or two."""
+    probe = ExecRequest(argv=(oci_config.BUSYBOX_PATH, "true"), env={}, cwd=cwd, timeout=10)
+    await backend.exec(sandbox_id, probe)

@@ -6,7 +6,11 @@ state with processes (or about to have them: ``starting``), or brand-new and sti
 before its record exists. Admission is check-then-claim under one lock, so concurrent creates,
 starts and restores never all see the same free room; the claim is held until the sandbox's
 record counts for itself (or it failed, and the room is free again). A claimed sandbox whose
-record already counts is counted once."""
+record already counts is counted once.
+
+On PostgreSQL (a cluster) the claims are rows every process sees, taken under a row lock on the
+organisation (``atoll.store.claims``), so the limit holds across processes; on SQLite (one
+process) they stay in memory."""
 
 from __future__ import annotations
 
@@ -19,11 +23,15 @@ from sqlalchemy import select
 
 from atoll._exceptions import APIError, ConflictError, RateLimitError
 from atoll._states import RESTING_WITHOUT_PROCESSES, State
+from atoll.store.claims import SharedClaims
 from atoll.store.models import SandboxRow
 from atoll.store.repo import Repository
 
 # a record in one of these states does not count toward the limit
 NOT_COUNTED = frozenset({State.DELETED, *RESTING_WITHOUT_PROCESSES})
+# a shared claim whose process died is let go after this (a claim is held only while a sandbox
+# boots, which its transition timeout bounds)
+SHARED_CLAIM_TTL_S = 900.0
 
 
 @dataclass(eq=False)  # claims are told apart by identity
@@ -38,6 +46,12 @@ class OrgQuota:
         self.limit = limit
         self._admission = asyncio.Lock()
         self._claims: list[Claim] = []
+        bind = repo.sessions.kw.get("bind")
+        self._shared = (
+            SharedClaims(repo.sessions, ttl_s=SHARED_CLAIM_TTL_S)
+            if bind is not None and bind.dialect.name == "postgresql"
+            else None
+        )
 
     async def _counted_ids(self, org_id: str) -> set[str]:
         async with self.repo.sessions() as s:
@@ -63,6 +77,15 @@ class OrgQuota:
         claim = Claim(org_id, sandbox_id)
         if self.limit is None:
             yield claim
+            return
+        if self._shared is not None:
+            claim_id = await self._shared.claim(org_id, sandbox_id, self.limit, NOT_COUNTED)
+            if claim_id is None:
+                raise self._refusal(retry_after_s)
+            try:
+                yield claim
+            finally:
+                await self._shared.release(claim_id)
             return
         async with self._admission:
             if await self.count(org_id) >= self.limit:

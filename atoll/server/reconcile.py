@@ -1,8 +1,9 @@
 """Start-up reconciliation: make the host match the records after a crash.
 
-Sandboxes whose processes survived are adopted. Half-done transitions are finished (a create
-that never booted is deleted, a delete or stop is completed; a pause cut short after CRIU wrote
-a complete image, marked so, is paused, and any other checkpoint image is removed). Anything of
+Sandboxes whose processes survived are adopted. Half-done transitions are finished, each
+through the state table (``SandboxManager.move``): a start cut short is stopped with its disk
+kept, as a failed start would be; a delete or stop is completed; a pause cut short after CRIU
+wrote a complete image, marked so, is paused, and any other checkpoint image is removed. Anything of
 this instance on the host that no record owns (containers, cgroups, mounts, network namespaces,
 veths, sandbox directories) is removed. The network pool's own sweep covers netns and veths.
 
@@ -20,10 +21,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from atoll._exceptions import ServerError
-from atoll._states import LIVE_STATES, Event, State, next_state
+from atoll._states import LIVE_STATES, Event, State
 from atoll.network.egress import Attachment
+from atoll.network.policy import EgressPolicy
 from atoll.runtime import overlay
-from atoll.runtime.oci import checkpoint_complete
+from atoll.runtime.base import checkpoint_complete
 from atoll.runtime.trees import remove_host_tree
 from atoll.server import transitions
 from atoll.server.manager import SandboxManager
@@ -52,13 +54,14 @@ async def _quarantine(manager: SandboxManager, row: SandboxRow, reason: str, rep
 
 async def reconcile(manager: SandboxManager) -> Report:
     report = Report()
+    host = manager.host
     # every backend a record names, or that has state on this host, is swept
     for row in await manager.repo.not_deleted():
         try:
-            manager.backend_for(row)
+            host.backend_for(row)
         except ServerError as exc:
             log.error("sandbox %s: %s", row.id, exc)
-    backends = list(manager.backends.values())
+    backends = list(host.backends.values())
     alive_on = {backend.name: await backend.running_ids() for backend in backends}
     alive = set().union(*alive_on.values())
     keep: set[str] = set()
@@ -67,22 +70,20 @@ async def reconcile(manager: SandboxManager) -> Report:
 
     for row in await manager.repo.not_deleted():
         state = State(row.state)
-        if state == State.RUNNING and checkpoint_complete(manager.checkpoint_dir(row.id)):
+        if state == State.RUNNING and checkpoint_complete(host.checkpoint_dir(row.id)):
             # killed while pausing, after the save had finished: the image is whole, so it is
             # paused. gVisor saves a paused sandbox and halts it after: a kill in between leaves
             # it alive (and paused), which the image supersedes.
             if row.id in alive and await _attempt(
-                f"halting {row.id} after its checkpoint", manager.backend_for(row).halt_by_id(row.id)
+                f"halting {row.id} after its checkpoint", host.backend_for(row).halt_by_id(row.id)
             ):
                 alive.discard(row.id)
             if row.id not in alive:
-                row = await manager.repo.update_sandbox(
-                    row.id, state=next_state(state, Event.PAUSE), pause_kind="checkpoint"
-                )
+                row = await manager.move(row, Event.PAUSE, pause_kind="checkpoint")
                 state = State(row.state)
                 log.warning("sandbox %s: its pause was cut short after the checkpoint; it is paused", row.id)
         if state == State.PAUSED and row.pause_kind == "checkpoint":
-            work = manager.checkpoint_dir(row.id).with_name("checkpoint.work")
+            work = host.checkpoint_dir(row.id).with_name("checkpoint.work")
             await _attempt(f"removing {work}", asyncio.to_thread(remove_host_tree, work))
             keep.add(row.id)  # no processes on purpose: its memory is on disk
             if row.net_slot:
@@ -104,22 +105,20 @@ async def reconcile(manager: SandboxManager) -> Report:
     for row in await manager.repo.not_deleted():
         if row.id not in keep or row.pause_kind != "checkpoint":
             # a checkpoint no paused sandbox stands on: cut short (no marker), or already used
-            if manager.checkpoint_dir(row.id).exists():
+            if host.checkpoint_dir(row.id).exists():
                 what = f"checkpoint of {row.id}"
-                if await _attempt(
-                    f"removing the {what}", asyncio.to_thread(manager.discard_checkpoint, row.id)
-                ):
+                if await _attempt(f"removing the {what}", asyncio.to_thread(host.discard_checkpoint, row.id)):
                     report.removed.append(what)
-    report.removed += await manager.pool.start(held_slots)
-    if manager.egress is not None:  # per-sandbox egress rules: the adopted get theirs again, no other stays
-        report.removed += await manager.egress.reconcile(
+    report.removed += await host.pool.start(held_slots)
+    if host.egress is not None:  # per-sandbox egress rules: the adopted get theirs again, no other stays
+        report.removed += await host.egress.reconcile(
             [
                 Attachment(
                     sandbox_id=row.id,
                     org_id=row.org_id,
-                    policy=row.network_policy,
-                    slot=manager.pool.plan.slot(row.net_slot),
-                    sandbox_dir=manager.sandbox_dir(row.id),
+                    policy=EgressPolicy.compile(row.network_policy),
+                    slot=host.pool.plan.slot(row.net_slot),
+                    sandbox_dir=host.sandbox_dir(row.id),
                 )
                 for row in await manager.repo.not_deleted()
                 if row.id in keep and row.net_slot
@@ -137,16 +136,17 @@ async def reconcile(manager: SandboxManager) -> Report:
             continue
         # starting (never finished), deleting, stopping, or live but its processes are gone
         try:
-            if state in (State.STARTING, State.DELETING):
-                await manager.repo.update_sandbox(row.id, state=State.DELETING)
-                await manager._teardown(row, keep_disk=False)
-                await manager.repo.update_sandbox(row.id, state=State.DELETED, net_slot=None, timeout_at=None)
+            if state == State.DELETING:
+                await host.teardown(row, keep_disk=False)
+                await manager.move(row, Event.DELETED, net_slot=None, timeout_at=None)
+            elif state == State.STARTING:  # a start cut short: as a failed start, its disk kept
+                await host.teardown(row, keep_disk=True)
+                reason = "the server stopped while it was starting"
+                await manager.move(row, Event.FAILED, reason=reason, net_slot=None, timeout_at=None)
             else:
                 # the host lost its processes (e.g. a reboot): memory is gone, the disk is kept
-                await manager._teardown(row, keep_disk=True)
-                await manager.repo.update_sandbox(
-                    row.id, state=next_state(state, Event.LOST), net_slot=None, timeout_at=None
-                )
+                await host.teardown(row, keep_disk=True)
+                await manager.move(row, Event.LOST, net_slot=None, timeout_at=None)
         except Exception as exc:
             await _quarantine(manager, row, f"{type(exc).__name__}: {exc}", report)
             continue
@@ -162,11 +162,11 @@ async def reconcile(manager: SandboxManager) -> Report:
             report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
         except Exception:
             log.exception("removing %s's orphan cgroups failed", backend.name)
-    sandboxes_dir = manager.settings.sandboxes_dir
+    sandboxes_dir = host.settings.sandboxes_dir
     mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):
         sandbox_id = mount_point.relative_to(sandboxes_dir).parts[0]
-        if sandbox_id in keep and mount_point == manager.sandbox_dir(sandbox_id) / "disk":
+        if sandbox_id in keep and mount_point == host.sandbox_dir(sandbox_id) / "disk":
             continue  # its own filesystem (a sandbox paused by checkpoint keeps it mounted)
         if sandbox_id not in mounted:
             try:
@@ -195,9 +195,9 @@ async def _finish_cut_short(manager: SandboxManager, row: SandboxRow, state: Sta
     """A pause-ending or a snapshot was cut short with the container alive: it may be frozen or
     not (a kill between the record and the freeze); resume (a running one is fine: ``resume``
     asks the runtime)."""
-    await manager.backend_for(row).resume(row.id)
+    await manager.host.thaw(row)
     event = Event.RESUMED if state == State.UNPAUSING else Event.FAILED
-    await manager.repo.update_sandbox(row.id, state=next_state(state, event), pause_kind=None)
+    await manager.move(row, event, pause_kind=None)
 
 
 async def _attempt(what: str, work: Awaitable[object]) -> bool:

@@ -103,7 +103,7 @@ def sandbox_body(row: SandboxRow, *, with_policy: bool) -> dict[str, Any]:
         "timeout_at": int(row.timeout_at.timestamp()) if row.timeout_at else None,
     }
     if with_policy:
-        body["network_policy"] = row.network_policy
+        body["network_policy"] = row.network_policy.wire() if row.network_policy else None
     return body
 
 
@@ -134,6 +134,6 @@ def snapshot_body(row: SnapshotRow) -> dict[str, Any]:
         "state": row.state,
         "size_bytes": row.size_bytes,  # blocks the copy uses (not apparent sizes)
         "inodes": row.inodes,  # files and directories the copy uses; null for an old snapshot
-        "network_policy": row.network_policy,
+        "network_policy": row.network_policy.wire() if row.network_policy else None,
         "created_at": iso(row.created_at),
     }

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atoll.runtime._proc import CommandFailed, run
+from atoll.runtime.commands import CommandFailed, c_locale, reported_errnos, run
 from atoll.runtime.confined import libc
 from atoll.runtime.trees import remove_host_tree
 
@@ -37,7 +37,6 @@ from atoll.runtime.trees import remove_host_tree
 # before pass 1 began count as changed
 CLOCK_SLACK_NS = 1_000_000_000
 ARGV_BATCH_BYTES = 64 * 1024  # source paths per `cp` call, well below the kernel's ARG_MAX
-VANISHED = "No such file or directory"
 COPY_TIMEOUT_S = 3600.0  # the snapshot's own timeout (``snapshot_timeout_s``) is the real bound
 
 
@@ -72,11 +71,11 @@ async def pre_copy(source: Path, copy: Path) -> None:
     finally:
         os.close(fd)
     argv = ["cp", "-a", "--reflink=auto", str(source), str(copy)]
-    rc, _, stderr = await run(argv, timeout=COPY_TIMEOUT_S, check=False)
-    # the sandbox runs: what it removed while being copied is missing (pass 2 sees to it), any
-    # other error (no space, a path too long) is the snapshot's
-    errors = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-    if rc != 0 and (not errors or any(VANISHED not in line for line in errors)):
+    rc, _, stderr = await run(argv, timeout=COPY_TIMEOUT_S, check=False, env=c_locale())
+    # the sandbox runs: what it removed while being copied is missing (ENOENT: pass 2 sees to
+    # it), any other error (no space, a path too long) is the snapshot's
+    codes = reported_errnos(stderr.decode(errors="replace"))
+    if rc != 0 and (not codes or any(code != errno.ENOENT for code in codes)):
         raise CommandFailed(argv, rc, stderr)
 
 
@@ -86,7 +85,7 @@ async def catch_up(source: Path, copy: Path, since_ns: int) -> CatchUp:
     for target, sources in found.to_copy.items():
         for batch in _batches(sources):
             argv = ["cp", "-a", "--reflink=auto", "--remove-destination", "-t", str(target), "--"]
-            await run([*argv, *map(str, batch)], timeout=COPY_TIMEOUT_S)
+            await run([*argv, *map(str, batch)], timeout=COPY_TIMEOUT_S, env=c_locale())
     for target, (atime_ns, mtime_ns) in found.times.items():  # as the layer has them
         os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=False)
     return found

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from atoll._exceptions import ConflictError
-from atoll.runtime._proc import run
+from atoll.runtime.commands import run
 from atoll.store.models import SnapshotRow
 from atoll.store.repo import SnapshotRepository
 

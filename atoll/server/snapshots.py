@@ -25,13 +25,15 @@ from atoll._exceptions import (
     NotFoundError,
     ServerError,
 )
+from atoll._policy import NetworkPolicy
 from atoll._states import Event, State
-from atoll.runtime._proc import CommandFailed, CommandTimeout, run
 from atoll.runtime.base import RuntimeBackend
+from atoll.runtime.commands import CommandFailed, CommandTimeout, reported_errnos, run
 from atoll.runtime.spec import CheckpointFailed, upper_dir
 from atoll.runtime.trees import remove_host_tree
 from atoll.server import snapshot_copy, snapshot_quota, transitions
-from atoll.server.manager import SandboxManager, new_sandbox_id
+from atoll.server.host import new_sandbox_id
+from atoll.server.manager import SandboxManager
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
 from atoll.store.repo import SnapshotRepository
 
@@ -67,7 +69,7 @@ class SnapshotService:
         self, org_id: str, sandbox_id: str, *, name: str | None, kill_after: bool
     ) -> SnapshotRow:
         manager = self.manager
-        self._require_checkpointing(manager.backend_for(await manager.get(org_id, sandbox_id)))
+        self._require_checkpointing(manager.host.backend_for(await manager.get(org_id, sandbox_id)))
         row = await manager.ensure_running(await manager.get(org_id, sandbox_id))
         name = name or f"{sandbox_id}-{utcnow():%Y%m%d%H%M%S%f}"
         if await self.repo.by_name(org_id, name) is not None:
@@ -81,7 +83,7 @@ class SnapshotService:
         }
         # before anything is copied: the source's disk layer is what the copy will cost
         used = await snapshot_quota.org_usage(self.repo, self.root, org_id)
-        source = await snapshot_quota.measure(upper_dir(manager.sandbox_dir(row.id)))
+        source = await snapshot_quota.measure(upper_dir(manager.host.sandbox_dir(row.id)))
         snapshot_quota.check(used, source, **quotas)
         async with manager.transition(row.id):
             row = await manager.move(await manager.get(org_id, sandbox_id), Event.SNAPSHOT)
@@ -131,8 +133,8 @@ class SnapshotService:
         manager = self.manager
         await remove_dir(directory)
         try:
-            await manager.bounded("resuming after the snapshot", transitions.thaw(manager, row))
-            alive = row.id in await manager.backend_for(row).running_ids()
+            await manager.bounded("resuming after the snapshot", manager.host.thaw(row))
+            alive = row.id in await manager.host.backend_for(row).running_ids()
         except Exception as exc:
             await transitions.quarantine(manager, row, f"{reason}; it could not be resumed: {exc}")
             return
@@ -151,10 +153,10 @@ class SnapshotService:
         """Copy the disk layer while the sandbox runs, then freeze, bring the copy up to date
         (only what changed: ``snapshot_copy``) and checkpoint memory: both describe the same
         instant, and the sandbox is frozen for the catching up, not for the whole copy."""
-        backend = self.manager.backend_for(row)
+        backend = self.manager.host.backend_for(row)
         directory.mkdir(parents=True)
         (directory / "parent").write_text(row.base_snapshot_id or "")
-        upper = upper_dir(self.manager.sandbox_dir(row.id))
+        upper = upper_dir(self.manager.host.sandbox_dir(row.id))
         since_ns = snapshot_copy.start_time_ns()
         await snapshot_copy.pre_copy(upper, directory / "upper")
         await backend.pause(row.id)
@@ -164,7 +166,7 @@ class SnapshotService:
             await backend.checkpoint(row.id, directory / "image", leave_running=not kill_after)
         finally:
             if not kill_after:  # not frozen (a freeze cut short by the timeout) is fine
-                await transitions.thaw(self.manager, row)
+                await self.manager.host.thaw(row)
         log.info(
             "snapshot of %s: frozen %.2f s; %d entries checked, %d copied again, %d removed",
             row.id, time.monotonic() - frozen_at, found.checked, found.copied, found.removed,
@@ -180,15 +182,15 @@ class SnapshotService:
         *,
         auto_pause: bool,
         timeout: int,
-        network_policy: dict[str, Any] | None,
+        network_policy: NetworkPolicy | None,
     ) -> SandboxRow:
         snapshot = await self.repo.by_name(org_id, snapshot_name)
         if snapshot is None:
             raise NotFoundError(f"snapshot {snapshot_name!r} not found")
         manager = self.manager
         # an image is restorable only by the runtime that wrote it
-        self._require_checkpointing(manager.backend_named(snapshot.runtime))
-        templates = manager.templates
+        self._require_checkpointing(manager.host.backend_named(snapshot.runtime))
+        templates = manager.host.templates
         template = templates.by_id(snapshot.template_id) or templates.get(snapshot.template_name)
         if template is None:
             raise ConflictError(f"template {snapshot.template_name!r} of the snapshot is gone")
@@ -197,7 +199,7 @@ class SnapshotService:
             org_id=org_id,
             template_id=snapshot.template_id,
             template_name=snapshot.template_name,
-            runtime=manager.backend_named(snapshot.runtime).name,
+            runtime=manager.host.backend_named(snapshot.runtime).name,
             vcpu=snapshot.vcpu,
             memory=snapshot.memory,
             disk=snapshot.disk,
@@ -237,16 +239,27 @@ class SnapshotService:
         return removed
 
 
+def _errnos(exc: BaseException) -> set[int]:
+    """The errno codes behind a failed capture: an OSError's own, those ``cp`` (``CommandFailed``)
+    or CRIU (``CheckpointFailed``, its log's error lines) reported (``commands.reported_errnos``)."""
+    if isinstance(exc, OSError):
+        return {exc.errno} if exc.errno is not None else set()
+    if isinstance(exc, CommandFailed):
+        return exc.errnos
+    return {code for code in reported_errnos(str(exc)) if code is not None}
+
+
 def capture_error(exc: BaseException) -> APIError:
     """What a failed capture tells the caller: 507 when the snapshot store is full, 400 when the
     sandbox's own files cannot be copied by path (a name longer than PATH_MAX)."""
     reason = str(exc).strip() or type(exc).__name__
-    if "File name too long" in reason or getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+    codes = _errnos(exc)
+    if errno.ENAMETOOLONG in codes:
         return BadRequestError(
             "snapshot failed: the sandbox's disk holds a path longer than 4096 bytes "
             "(the limit of a snapshot); nothing was kept"
         )
-    if "No space left" in reason or getattr(exc, "errno", None) == errno.ENOSPC:
+    if errno.ENOSPC in codes:
         error = ServerError("snapshot failed: no space left on the server's snapshot store; nothing was kept")
         error.status_code = 507
         return error

@@ -72,7 +72,7 @@ async def fall_back(manager: SandboxManager, row: SandboxRow, reason: str) -> Sa
     ``failed`` event back to a resting state, with the reason. When even that clean-up fails, it
     is quarantined."""
     try:
-        await manager.bounded("cleaning up", manager._teardown(row, keep_disk=True))
+        await manager.bounded("cleaning up", manager.host.teardown(row, keep_disk=True))
     except Exception as exc:
         return await quarantine(manager, row, f"{reason}; cleaning up failed: {exc}", clean_up=False)
     return await manager.move(
@@ -91,7 +91,7 @@ async def quarantine(
     cleaned = False
     if clean_up:
         try:
-            await manager.bounded("removing its processes", manager._teardown(row, keep_disk=True))
+            await manager.bounded("removing its processes", manager.host.teardown(row, keep_disk=True))
             cleaned = True
         except Exception:
             log.exception("sandbox %s: teardown during quarantine failed", row.id)
@@ -99,19 +99,13 @@ async def quarantine(
     return await manager.move(row, Event.QUARANTINE, reason=reason, timeout_at=None, pause_kind=None, **slot)
 
 
-async def thaw(manager: SandboxManager, row: SandboxRow) -> None:
-    """Resume a frozen sandbox; one that is not frozen (a freeze or resume cut short) is fine:
-    the backends' ``resume`` asks the runtime whether it still runs."""
-    await manager.backend_for(row).resume(row.id)
-
-
 async def undo_pause(manager: SandboxManager, row: SandboxRow, reason: str) -> None:
     """A pause timed out (it has no state of its own: the sandbox is still ``running``): resumed
     and its image removed, with the reason; one that cannot be resumed is quarantined."""
     try:
-        await manager.bounded("resuming after the pause", thaw(manager, row))
+        await manager.bounded("resuming after the pause", manager.host.thaw(row))
     except Exception as exc:
         await quarantine(manager, row, f"{reason}; it could not be resumed: {exc}")
         return
-    await asyncio.to_thread(manager.discard_checkpoint, row.id)
+    await asyncio.to_thread(manager.host.discard_checkpoint, row.id)
     await manager.repo.update_sandbox(row.id, state_reason=reason[:500])  # running, but says why

@@ -33,19 +33,16 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from atoll._policy import NetworkPolicy
 from atoll._states import State
 from atoll._tasks import cancel_and_wait
 from atoll.network.addressing import Slot
-from atoll.runtime import disk
 from atoll.runtime.trees import remove_host_tree
+from atoll.server.host import SandboxHost, new_sandbox_id
 from atoll.store.models import SandboxRow
 from atoll.templates.desktop import NAME as DESKTOP_TEMPLATE
 from atoll.templates.registry import SYSTEM_PREFIX, Template
-
-if TYPE_CHECKING:
-    from atoll.server.manager import SandboxManager
 
 log = logging.getLogger("atoll.warm")
 WARM_VCPU = 8
@@ -60,10 +57,10 @@ class WarmSandbox:
 
 
 def claimable(
-    template: Template, network_policy: dict[str, Any] | None, env_vars: dict[str, str] | None = None
+    template: Template, network_policy: NetworkPolicy | None, env_vars: dict[str, str] | None = None
 ) -> bool:
     """Whether a warm sandbox of ``template`` can serve a create with these parameters."""
-    if (network_policy or {}).get("transforms"):
+    if network_policy is not None and network_policy.transforms:
         return False
     if not template.cmd:
         return True
@@ -76,15 +73,15 @@ def claimable(
 class WarmPool:
     def __init__(
         self,
-        manager: SandboxManager,
+        host: SandboxHost,
         *,
         size: int,
         template_names: tuple[str, ...],
         quiet: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.manager = manager
+        self.host = host
         self.size = size
-        desktops = manager.settings.warm_desktop_pool_size if size > 0 else 0
+        desktops = host.settings.warm_desktop_pool_size if size > 0 else 0
         self.template_names = template_names
         # how many of each to keep ready
         self.sizes = {name: desktops if name == DESKTOP_TEMPLATE else size for name in template_names}
@@ -110,7 +107,7 @@ class WarmPool:
     def take(
         self,
         template: Template,
-        network_policy: dict[str, Any] | None,
+        network_policy: NetworkPolicy | None,
         env_vars: dict[str, str] | None = None,
     ) -> WarmSandbox | None:
         queue = self._ready.get(template.name)
@@ -126,16 +123,16 @@ class WarmPool:
         return warm
 
     def _transient_row(self, sandbox_id: str, template: Template) -> SandboxRow:
-        """What the manager needs to lay out a sandbox; never stored (a claim stores its own)."""
+        """What the host needs to lay out a sandbox; never stored (a claim stores its own)."""
         return SandboxRow(
             id=sandbox_id,
             org_id="",
             template_id=template.id,
             template_name=template.name,
-            runtime=self.manager.backend_named(template.runtime).name,
+            runtime=self.host.backend_named(template.runtime).name,
             vcpu=WARM_VCPU,
             memory=WARM_MEMORY_MIB,
-            disk=self.manager.settings.disk_mib,
+            disk=self.host.settings.disk_mib,
             timeout=0,
             auto_pause=False,
             state=State.STARTING,
@@ -145,32 +142,30 @@ class WarmPool:
         )
 
     async def _boot_one(self, template: Template) -> WarmSandbox:
-        from atoll.server.manager import new_sandbox_id
-
-        manager = self.manager
+        host = self.host
         row = self._transient_row(new_sandbox_id(), template)
-        slot = await manager.pool.acquire()
+        slot = await host.pool.acquire()
         try:
-            await manager.attach_disk(row)
-            manager.write_etc(row, slot)
-            if manager.egress is not None:  # the default policy's rules: a claim that wants
-                await manager.egress.preinstall(slot, None)  # them has no rules left to write
-            await manager.boot_ready(row, template, manager.spec_for(row, template, slot), slot)
+            await host.attach_disk(row)
+            host.write_etc(row, slot)
+            if host.egress is not None:  # the default policy's rules: a claim that wants
+                await host.egress.preinstall(slot, None)  # them has no rules left to write
+            await host.boot_ready(row, template, host.spec_for(row, template, slot), slot)
         except BaseException:
             await self.discard(WarmSandbox(row.id, template, slot))
             raise
         return WarmSandbox(row.id, template, slot)
 
     async def discard(self, warm: WarmSandbox) -> None:
-        manager = self.manager
+        host = self.host
         row = self._transient_row(warm.sandbox_id, warm.template)
-        await manager.backend_for(row).halt(manager.spec_for(row, warm.template, warm.slot))
-        if manager.egress is not None:
-            await manager.egress.detach(warm.sandbox_id, warm.slot)
-        disk.detach(manager.disk_of(row))
-        await manager.pool.release(warm.slot)
+        await host.backend_for(row).halt(host.spec_for(row, warm.template, warm.slot))
+        if host.egress is not None:
+            await host.egress.detach(warm.sandbox_id, warm.slot)
+        host.detach_disk(row)
+        await host.pool.release(warm.slot)
         try:  # the sandbox may have written to its disk layer: a tree of any depth
-            await asyncio.to_thread(remove_host_tree, manager.sandbox_dir(warm.sandbox_id))
+            await asyncio.to_thread(remove_host_tree, host.sandbox_dir(warm.sandbox_id))
         except OSError:
             log.exception("removing warm sandbox %s's directory failed", warm.sandbox_id)
 
@@ -182,7 +177,7 @@ class WarmPool:
                 while len(self._ready[name]) < self.sizes[name]:
                     if self.quiet is not None:
                         await self.quiet()
-                    template = self.manager.templates.get(name)
+                    template = self.host.templates.get(name)
                     if template is None or not claimable(template, None):
                         break
                     try:

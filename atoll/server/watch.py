@@ -39,7 +39,7 @@ from atoll._exceptions import BadRequestError, CapacityError
 from atoll.runtime import confined
 from atoll.runtime.confined import Root
 from atoll.server.manager import SandboxManager
-from atoll.server.processes import sse
+from atoll.server.process_frames import sse
 
 MAX_STREAMS = 64  # inotify instances are a per-user resource of the host (fs.inotify.max_user_instances)
 MAX_STREAMS_PER_SANDBOX = 8
@@ -177,7 +177,7 @@ class WatchService:
         target = confined.normalize(path, base=workdir)
         if self.open_streams() >= MAX_STREAMS or self._streams.get(row.id, 0) >= MAX_STREAMS_PER_SANDBOX:
             raise CapacityError("too many filesystem watches are open; close one and retry", retry_after=1)
-        rootfs = str(self.manager.sandbox_dir(row.id) / "rootfs")
+        rootfs = str(self.manager.host.sandbox_dir(row.id) / "rootfs")
         try:
             watch = _Watch(_inotify(), row.id, recursive)
         except OSError as exc:  # the host's inotify instances (or descriptors) are used up

@@ -362,32 +362,29 @@ async def forget_accesses(manager: SandboxManager, store: AccessStore, sandbox_i
     return True
 
 
-async def start_gateway(state: Any, settings: Any) -> Gateway | None:
-    """The lifespan's part: the access store on ``state.ssh_access`` (the routes use it) and the
-    gateway listening, or None when ``ssh_port`` is 0. A port that cannot be bound is logged
-    and leaves the API up without the gateway (the routes then answer 501)."""
-    manager: SandboxManager = state.manager
+async def start_gateway(
+    *, manager: SandboxManager, ptys: PtyManager, processes: ProcessService, settings: Any
+) -> Gateway | None:
+    """The lifespan's part: the gateway listening (its ``store`` is the one the routes use), or
+    None when ``ssh_port`` is 0. A port that cannot be bound is logged and leaves the API up
+    without the gateway (the routes then answer 501)."""
     store = AccessStore(manager.repo.sessions, ttl_s=settings.ssh_access_ttl_s)
     if not settings.ssh_port:  # accesses made while a gateway ran still go with their sandbox
 
         async def forget(sandbox_id: str) -> None:
             await forget_accesses(manager, store, sandbox_id)
 
-        manager.teardown_hooks.append(forget)
+        manager.host.teardown_hooks.append(forget)
         return None
-    processes = getattr(state, "processes", None)
-    if processes is None:
-        processes = state.processes = ProcessService(manager)
     gateway = Gateway(
-        manager=manager, store=store, ptys=state.ptys, processes=processes,
+        manager=manager, store=store, ptys=ptys, processes=processes,
         data_dir=settings.data_dir, host=settings.ssh_host, port=settings.ssh_port,
         limits=GatewayLimits.from_settings(settings),
     )  # fmt: skip
-    manager.teardown_hooks.append(gateway.forget_sandbox)
+    manager.host.teardown_hooks.append(gateway.forget_sandbox)
     try:
         await gateway.start()
     except OSError as exc:
         log.error("the SSH gateway could not listen on port %s: %s", settings.ssh_port, exc)
         return None
-    state.ssh_access = store
     return gateway

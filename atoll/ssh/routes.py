@@ -8,8 +8,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from atoll._exceptions import APIError, ConflictError, NotFoundError
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
+from atoll.server.response_models import answers
 from atoll.server.schemas import Text, iso
+from atoll.server.state import services
 from atoll.ssh.access import AccessStore, matches
 from atoll.store.models import SshAccessRow
 
@@ -24,14 +27,14 @@ class ValidateBody(BaseModel):
 
 
 def _store(request: Request) -> AccessStore:
-    store: AccessStore | None = getattr(request.app.state, "ssh_access", None)
+    store = services(request).ssh_access
     if store is None:
         raise APIError("ssh is not available on this server", status_code=501)
     return store
 
 
 def ssh_command(request: Request, access_id: str) -> str:
-    settings = request.app.state.settings
+    settings = services(request).settings
     host = settings.ssh_public_host or request.url.hostname or "localhost"
     return f"ssh -p {settings.ssh_port} {access_id}@{host}"
 
@@ -49,17 +52,17 @@ def _body(request: Request, row: SshAccessRow, password: str) -> dict[str, Any]:
 
 
 async def _access(request: Request, org: str, sandbox_id: str, ssh_id: str) -> SshAccessRow:
-    await request.app.state.manager.get(org, sandbox_id)  # 404 for a sandbox that is not the org's
+    await services(request).manager.get(org, sandbox_id)  # 404 for a sandbox that is not the org's
     row = await _store(request).find(org, sandbox_id, ssh_id)
     if row is None:
         raise NotFoundError("ssh access not found")
     return row
 
 
-@router.post("/access", status_code=201)
+@router.post("/access", status_code=201, **answers(rm.SshAccess))
 async def create_access(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     store = _store(request)
-    row = await request.app.state.manager.get(org, sandbox_id)
+    row = await services(request).manager.get(org, sandbox_id)
     if await store.count_for_sandbox(row.id) >= MAX_ACCESSES_PER_SANDBOX:
         raise ConflictError(f"at most {MAX_ACCESSES_PER_SANDBOX} ssh accesses per sandbox: delete one")
     access, password = await store.create(org, row.id)
@@ -73,7 +76,7 @@ async def delete_access(sandbox_id: str, ssh_id: str, org: Org, request: Request
     return Response(status_code=204)
 
 
-@router.post("/{ssh_id}/validate")
+@router.post("/{ssh_id}/validate", **answers(rm.SshValidation))
 async def validate_access(
     sandbox_id: str, ssh_id: str, body: ValidateBody, org: Org, request: Request
 ) -> dict[str, Any]:
@@ -81,7 +84,7 @@ async def validate_access(
     return {"valid": matches(row, body.password), "sandbox_id": row.sandbox_id}
 
 
-@router.post("/{ssh_id}/regen")
+@router.post("/{ssh_id}/regen", **answers(rm.SshAccess))
 async def regen_access(sandbox_id: str, ssh_id: str, org: Org, request: Request) -> dict[str, Any]:
     row = await _access(request, org, sandbox_id, ssh_id)
     access, password = await _store(request).regen(row)

@@ -1,10 +1,13 @@
 """SFTP (and so ``scp``, which speaks SFTP since OpenSSH 9) for the SSH gateway: asyncssh's SFTP
 server over the sandbox's root filesystem as the host sees it, every path resolved through
 ``atoll.runtime.confined.Root`` (``openat2`` beneath the root: a symlink inside the sandbox can
-never lead to a host file). Relative paths start at the template's working directory."""
+never lead to a host file). Relative paths start at the template's working directory. In a
+user namespace, files are created as the sandbox's mapped root (as the filesystem API does,
+``atoll.runtime.idmap.fs_owner``) and owners are shown as the sandbox sees them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import stat
@@ -13,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from atoll._exceptions import AtollError, NotFoundError
+from atoll._exceptions import AtollError, FileAccessDenied, FileNotFound, NotFoundError, PermissionDeniedError
+from atoll.runtime import idmap
 from atoll.runtime.confined import Root, check_writable, normalize
 
 if TYPE_CHECKING:
@@ -26,14 +30,25 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
-def _attrs(info: os.stat_result) -> asyncssh.SFTPAttrs:
-    return asyncssh.SFTPAttrs.from_local(info)
+def _attrs(info: os.stat_result, base: int | None = None) -> asyncssh.SFTPAttrs:
+    """``info`` for the client; ``base``: the sandbox's mapped root, whose range shows as 0..65535."""
+    attrs = asyncssh.SFTPAttrs.from_local(info)
+    if base is not None:
+        attrs.uid, attrs.gid = (
+            i - base if base <= i < base + idmap.MAPPED_IDS else i for i in (info.st_uid, info.st_gid)
+        )
+    return attrs
+
+
+def _as_owner(base: int, operation: Any, root: Root, path: str) -> Any:
+    with idmap.fs_owner(base, base):  # per thread: called in a worker thread
+        return operation(root, path)
 
 
 def _sftp_error(exc: AtollError) -> asyncssh.SFTPError:
-    if isinstance(exc, NotFoundError):
+    if isinstance(exc, (NotFoundError, FileNotFound)):
         return asyncssh.SFTPNoSuchFile(str(exc))
-    if "permission" in type(exc).__name__.lower():
+    if isinstance(exc, (PermissionDeniedError, FileAccessDenied)):
         return asyncssh.SFTPPermissionDenied(str(exc))
     return asyncssh.SFTPFailure(str(exc))
 
@@ -61,6 +76,7 @@ class SandboxSFTP(asyncssh.SFTPServer):
         self.access = getattr(owner, "access", None)
         self._touch = getattr(owner, "touch", lambda: None)  # the gateway's idle deadline
         self.workdir = "/"
+        self.base: int | None = None  # the sandbox's mapped root, when it runs in a user namespace
 
     async def _root(self) -> Root:
         if self.access is None:
@@ -69,7 +85,10 @@ class SandboxSFTP(asyncssh.SFTPServer):
         try:
             row = await self.gateway.running(self.access)
             self.workdir = self.gateway.manager.template_for(row).workdir or "/"
-            rootfs = self.gateway.manager.sandbox_dir(row.id) / "rootfs"
+            ranges = getattr(self.gateway.manager.host.backend_for(row), "userns", None)
+            id_range = ranges.of(row.id) if ranges is not None else None
+            self.base = id_range.base if id_range is not None else None
+            rootfs = self.gateway.manager.host.sandbox_dir(row.id) / "rootfs"
             return Root.open(str(rootfs))
         except AtollError as exc:
             raise _sftp_error(exc) from None
@@ -83,7 +102,10 @@ class SandboxSFTP(asyncssh.SFTPServer):
     async def _on_root(self, path: bytes, operation: Any) -> Any:
         with await self._root() as root:
             try:
-                return operation(root, self._path(path))
+                if self.base is None:
+                    return operation(root, self._path(path))
+                # through the idmapped layers only an id of the sandbox's range may create files
+                return await asyncio.to_thread(_as_owner, self.base, operation, root, self._path(path))
             except AtollError as exc:
                 raise _sftp_error(exc) from None
 
@@ -93,20 +115,22 @@ class SandboxSFTP(asyncssh.SFTPServer):
             return self._path(path).encode("utf-8", "surrogateescape")
 
     async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
-        return _attrs(await self._on_root(path, lambda root, p: root.stat(p)))
+        return _attrs(await self._on_root(path, lambda root, p: root.stat(p)), self.base)
 
     async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
-        return _attrs(await self._on_root(path, lambda root, p: root.lstat(p)))
+        return _attrs(await self._on_root(path, lambda root, p: root.lstat(p)), self.base)
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
         def entries(root: Root, directory: str) -> list[asyncssh.SFTPName]:
             fd = root.open_path(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                found = [asyncssh.SFTPName(b".", attrs=_attrs(os.fstat(fd)))]
+                found = [asyncssh.SFTPName(b".", attrs=_attrs(os.fstat(fd), self.base))]
                 for name in os.listdir(fd):
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     found.append(
-                        asyncssh.SFTPName(name.encode("utf-8", "surrogateescape"), attrs=_attrs(info))
+                        asyncssh.SFTPName(
+                            name.encode("utf-8", "surrogateescape"), attrs=_attrs(info, self.base)
+                        )
                     )
                 return found
             finally:
@@ -162,7 +186,7 @@ class SandboxSFTP(asyncssh.SFTPServer):
 
     def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
         assert isinstance(file_obj, int)
-        return _attrs(os.fstat(file_obj))
+        return _attrs(os.fstat(file_obj), self.base)
 
     def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
         assert isinstance(file_obj, int)

@@ -1,5 +1,6 @@
-"""Database engine and migrations. SQLite by default; any SQLAlchemy async URL works
-(``postgresql+asyncpg://...``) when several control planes share state."""
+"""Database engine and migrations. SQLite by default (one host); PostgreSQL
+(``postgresql+psycopg://user@/db?host=/socket/dir`` or ``...@host:port/db``, psycopg 3) when
+several processes share state (docs/cluster.md). One set of Alembic migrations serves both."""
 
 from __future__ import annotations
 
@@ -14,7 +15,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # the async drivers we support and their blocking twins, which Alembic runs with
-_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite", "postgresql+asyncpg": "postgresql+psycopg"}
+# (psycopg 3 is both: SQLAlchemy picks its async or blocking side by the engine kind)
+_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+# the URLs ``make_engine`` accepts: what else is named is refused before anything connects
+SUPPORTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+psycopg", "postgresql")
+
+
+class UnsupportedDatabase(ValueError):
+    """A database URL of a kind Atoll does not run on."""
+
+
+def check_url(url: str) -> str:
+    """``url`` itself when Atoll runs on it (``postgresql://`` is taken as psycopg 3)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SUPPORTED_SCHEMES:
+        raise UnsupportedDatabase(
+            f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///PATH or "
+            "postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DB (or ?host=/socket/dir)"
+        )
+    return ("postgresql+psycopg" if scheme == "postgresql" else scheme) + sep + rest
+
+
+def is_postgresql(url: str) -> bool:
+    return url.startswith("postgresql")
 
 
 def sync_url(url: str) -> str:
@@ -26,15 +49,21 @@ def upgrade(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", sync_url(url))
+    # configparser interpolates "%": a password or socket path with one must survive it
+    config.set_main_option("sqlalchemy.url", sync_url(check_url(url)).replace("%", "%%"))
     command.upgrade(config, "head")
 
 
-def make_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+def make_engine(url: str, *, application_name: str | None = None) -> AsyncEngine:
+    """``application_name`` names this process's connections on PostgreSQL (``pg_stat_activity``:
+    which node holds which lock)."""
+    url = check_url(url)
     if url.startswith("sqlite"):
+        engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+        return engine
+    connect_args = {"application_name": application_name[:63]} if application_name else {}
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -51,4 +80,13 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-__all__ = ["Engine", "make_engine", "sessions", "sync_url", "upgrade"]
+__all__ = [
+    "Engine",
+    "UnsupportedDatabase",
+    "check_url",
+    "is_postgresql",
+    "make_engine",
+    "sessions",
+    "sync_url",
+    "upgrade",
+]

@@ -19,9 +19,27 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from atoll._policy import NetworkPolicy
+
+KEY_NAME_MAX_CHARS = 64  # an API key's name (the dashboard's form says so too)
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class PolicyJSON(TypeDecorator[NetworkPolicy]):
+    """A network policy, stored as the JSON the request gave (``NetworkPolicy.wire``) and read
+    back as the same frozen type: no layer above handles it as a dict."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: NetworkPolicy | None, dialect: Dialect) -> dict[str, Any] | None:
+        return value.wire() if value is not None else None
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> NetworkPolicy | None:
+        return NetworkPolicy.model_validate(value) if value else None
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -56,6 +74,8 @@ class ApiKey(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key is never stored
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart in listings
+    # what a person calls it (e.g. "ci"), set in the dashboard; None for unnamed ones
+    name: Mapped[str | None] = mapped_column(String(KEY_NAME_MAX_CHARS), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -76,7 +96,7 @@ class SandboxRow(Base):
     # out or failed); cleared by the next transition that gives none
     state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    network_policy: Mapped[NetworkPolicy | None] = mapped_column(PolicyJSON, nullable=True)
     net_slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pause_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "freeze" for now
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -85,6 +105,8 @@ class SandboxRow(Base):
     timeout_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
     # a sandbox restored from a snapshot runs over the snapshot's disk layers
     base_snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the node whose host runs it (``NodeRow.id``); None on a single host (SQLite)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class PresignedUrl(Base):
@@ -135,7 +157,7 @@ class SnapshotRow(Base):
     memory: Mapped[int] = mapped_column(Integer)
     disk: Mapped[int] = mapped_column(Integer)
     env_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    network_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    network_policy: Mapped[NetworkPolicy | None] = mapped_column(PolicyJSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="ready")
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # blocks used, not apparent sizes
     inodes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: made before counted
@@ -154,3 +176,38 @@ class SshAccessRow(Base):
     expires_at: Mapped[dt.datetime] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NodeRow(Base):
+    """A host that runs sandboxes in a cluster (docs/cluster.md): what it offers, written by the
+    node at start-up and on every heartbeat; ``state`` is ``down`` once it went silent."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # "all" (one host doing everything) or "node"
+    hostname: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))  # its API, for the API replicas to reach
+    state: Mapped[str] = mapped_column(String(16), index=True)  # up | down
+    state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    vcpu_budget: Mapped[int] = mapped_column(Integer)
+    memory_mib_budget: Mapped[int] = mapped_column(Integer)
+    vcpu_used: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib_used: Mapped[int] = mapped_column(Integer, default=0)
+    templates: Mapped[list[str]] = mapped_column(JSON, default=list)  # cached on its host
+    pools: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # warm sandboxes by template
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # the database's clock, not the node's: nodes' clocks may disagree, the database's is one
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class AdmissionClaimRow(Base):
+    """Room an organisation's sandbox holds from admission until its record counts for itself
+    (``atoll.server.quota``), kept here so that every process of a cluster sees it. A process
+    that dies holding one leaves it until ``expires_at``."""
+
+    __tablename__ = "admission_claims"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    sandbox_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

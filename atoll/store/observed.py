@@ -32,6 +32,11 @@ class ObservedRepository(Repository):
             except Exception:
                 log.exception("sandbox change listener failed")
 
+    def changed(self, sandbox_id: str) -> None:
+        """Tell the listeners of a change written around this repository (the cluster's
+        liveness job fails a dead node's sandboxes in one statement)."""
+        self._notify(sandbox_id)
+
     async def add_sandbox(self, row: SandboxRow) -> None:
         await super().add_sandbox(row)
         self._notify(row.id)  # a new sandbox: the dashboard's live lists show it at once

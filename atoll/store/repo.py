@@ -11,10 +11,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._states import State
+from atoll.store.key_streams import KeyStreams
 from atoll.store.models import ApiKey, Org, SandboxRow, SnapshotRow, utcnow
 
 KEY_PREFIX = "atl_"
@@ -49,9 +50,14 @@ def _is_sqlite(sessions: async_sessionmaker[AsyncSession]) -> bool:
 
 
 class Repository:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, node_id: str | None = None) -> None:
         self.sessions = sessions
+        # In a cluster (PostgreSQL) each node owns the sandboxes its host runs: new rows carry
+        # its id, and what concerns its host (reconciliation, expiry, its budget) sees only
+        # those. Reads by id and the org's listings stay cluster-wide. None: one host, all rows.
+        self.node_id = node_id
         self._key_cache: dict[str, tuple[str, float]] = {}  # key hash -> (org id, valid until)
+        self.key_streams = KeyStreams()  # what each key has open; revoking one ends them
         # SQLite has one writer at a time, and a connection that finds the database locked
         # sleeps in its busy handler, backing off up to 100 ms a try: under a burst of creates
         # those sleeps were most of the latency. Sandbox writes of this process take turns here
@@ -86,15 +92,24 @@ class Repository:
             if await s.get(Org, org_id) is None:
                 s.add(Org(id=org_id, name=name))
 
-    async def add_key(self, org_id: str, raw_key: str) -> bool:
-        """Register ``raw_key`` for the org; False when it already exists."""
+    async def add_key(self, org_id: str, raw_key: str, name: str | None = None) -> bool:
+        """Register ``raw_key`` for the org, called ``name`` if given; False when it already
+        exists."""
         digest = hash_key(raw_key)
         async with self._writing() as s:
             if await s.scalar(select(ApiKey).where(ApiKey.key_hash == digest)) is not None:
                 return False
-            s.add(
-                ApiKey(id="key_" + secrets.token_hex(8), org_id=org_id, key_hash=digest, prefix=raw_key[:8])
-            )
+            key_id = "key_" + secrets.token_hex(8)
+            s.add(ApiKey(id=key_id, org_id=org_id, key_hash=digest, prefix=raw_key[:8], name=name))
+            return True
+
+    async def rename_key(self, org_id: str, key_id: str, name: str | None) -> bool:
+        """Name (or, with None, unname) the org's key ``key_id``; False when it has no such key."""
+        async with self._writing() as s:
+            row = await s.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.org_id == org_id))
+            if row is None:
+                return False
+            row.name = name
             return True
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:
@@ -116,6 +131,7 @@ class Repository:
             digest = row.key_hash
             await s.delete(row)
         self._key_cache.pop(digest, None)
+        self.key_streams.revoke(digest)
         return digest
 
     async def count_keys(self) -> int:
@@ -140,7 +156,13 @@ class Repository:
         return str(row)
 
     # sandboxes --------------------------------------------------------------------------
+    def _on_this_node(self) -> ColumnElement[bool]:
+        """The rows this node's host holds (every row when not in a cluster)."""
+        return true() if self.node_id is None else SandboxRow.node_id == self.node_id
+
     async def add_sandbox(self, row: SandboxRow) -> None:
+        if row.node_id is None:
+            row.node_id = self.node_id
         async with self._writing() as s:
             s.add(row)
         self._track(row)
@@ -185,12 +207,14 @@ class Repository:
         """(vCPUs, MiB) claimed by sandboxes whose processes exist (see ``atoll.server.capacity``)."""
         if not self._single_writer:
             async with self.sessions() as s:
-                return await _usage(s)
+                return await _usage(s, self._on_this_node())
         if self._holding is None:
             async with self._write_turn:  # no write lands between the load and the ledger
                 if self._holding is None:
                     async with self.sessions() as s:
-                        query = select(SandboxRow).where(SandboxRow.state != State.DELETED)
+                        query = select(SandboxRow).where(
+                            SandboxRow.state != State.DELETED, self._on_this_node()
+                        )
                         rows = (await s.scalars(query)).all()
                     self._holding = {
                         r.id: (r.vcpu, r.memory) for r in rows if holds_resources(r.state, r.pause_kind)
@@ -208,7 +232,8 @@ class Repository:
 
     async def not_deleted(self) -> Sequence[SandboxRow]:
         async with self.sessions() as s:
-            return (await s.scalars(select(SandboxRow).where(SandboxRow.state != State.DELETED))).all()
+            query = select(SandboxRow).where(SandboxRow.state != State.DELETED, self._on_this_node())
+            return (await s.scalars(query)).all()
 
     async def expired(self) -> Sequence[SandboxRow]:
         now = utcnow()
@@ -217,6 +242,7 @@ class Repository:
                 SandboxRow.timeout_at.is_not(None),
                 SandboxRow.timeout_at <= now,
                 SandboxRow.state.in_([State.RUNNING, State.PAUSED]),
+                self._on_this_node(),
             )
             return (await s.scalars(query)).all()
 
@@ -289,7 +315,7 @@ class SnapshotRepository:
             return set((await s.scalars(select(SnapshotRow.id))).all())
 
 
-async def _usage(session: AsyncSession) -> tuple[int, int]:
+async def _usage(session: AsyncSession, scope: ColumnElement[bool]) -> tuple[int, int]:
     holding = or_(
         SandboxRow.state.in_(
             [
@@ -307,7 +333,7 @@ async def _usage(session: AsyncSession) -> tuple[int, int]:
         await session.execute(
             select(
                 func.coalesce(func.sum(SandboxRow.vcpu), 0), func.coalesce(func.sum(SandboxRow.memory), 0)
-            ).where(holding)
+            ).where(holding, scope)
         )
     ).one()
     return int(row[0]), int(row[1])

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from atoll._exceptions import ConflictError, NotFoundError
+from atoll._exceptions import TemplateConflict, TemplateNotFound
 from atoll._states import State
 from atoll.store.models import SandboxRow, SnapshotRow, TemplateRow
 from atoll.templates.registry import TemplateRegistry
@@ -63,7 +63,7 @@ class TemplateCatalog:
         async with self.sessions() as s:
             row = await s.get(TemplateRow, template_id)
         if row is None or row.org_id != org_id or row.state != READY:
-            raise NotFoundError(f"template {template_id!r} not found")
+            raise TemplateNotFound(f"template {template_id!r} not found")
         return row
 
     async def of_org(self, org_id: str) -> Sequence[TemplateRow]:
@@ -81,12 +81,12 @@ class TemplateCatalog:
                         select(func.count()).select_from(TemplateRow).where(TemplateRow.org_id == org_id)
                     )
                     if int(count or 0) >= self.max_per_org:
-                        raise ConflictError(
+                        raise TemplateConflict(
                             f"organisation limit reached: at most {self.max_per_org} templates"
                         )
                 s.add(row)
         except IntegrityError:
-            raise ConflictError(f"a template named {name!r} already exists") from None
+            raise TemplateConflict(f"a template named {name!r} already exists") from None
         return row
 
     async def finish(self, template_id: str, *, digest: str, image_config: dict[str, Any]) -> TemplateRow:
@@ -111,7 +111,7 @@ class TemplateCatalog:
             async with self.sessions.begin() as s:
                 await s.execute(update(TemplateRow).where(TemplateRow.id == template_id).values(name=name))
         except IntegrityError:
-            raise ConflictError(f"a template named {name!r} already exists") from None
+            raise TemplateConflict(f"a template named {name!r} already exists") from None
 
     async def users(self, template_id: str) -> list[str]:
         """Sandboxes and snapshots that still need the template's layer."""
@@ -128,7 +128,7 @@ class TemplateCatalog:
         users = await self.users(template_id)
         if users:
             shown = ", ".join(users[:5]) + (" …" if len(users) > 5 else "")
-            raise ConflictError(f"template is in use by {len(users)} sandbox(es) or snapshot(s): {shown}")
+            raise TemplateConflict(f"template is in use by {len(users)} sandbox(es) or snapshot(s): {shown}")
         async with self.sessions.begin() as s:
             await s.execute(delete(TemplateRow).where(TemplateRow.id == template_id))
         await self._remove_files(template_id)

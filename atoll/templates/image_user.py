@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atoll._exceptions import BadRequestError
+from atoll._exceptions import ImageRejected
 from atoll.runtime.confined import Root
 from atoll.runtime.files import MAX_ID, Accounts
 
@@ -36,8 +36,8 @@ def _number(value: str) -> int | None:
     return None
 
 
-def _refuse(user: str, error: str) -> BadRequestError:
-    return BadRequestError(
+def _refuse(user: str, error: str) -> ImageRejected:
+    return ImageRejected(
         f"the image's USER {user!r}: {error}", errors=[{"field": "uri", "error": f"image USER: {error}"}]
     )
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from atoll._exceptions import BadRequestError, ServerError
-from atoll.runtime._proc import CommandFailed, CommandTimeout
+from atoll._exceptions import ImageRejected, TemplateFailure
+from atoll.runtime.commands import CommandFailed, CommandTimeout
 from atoll.runtime.confined import Root
 from atoll.templates import image_user
 from atoll.templates.import_guard import ImportGuard
@@ -112,14 +112,14 @@ def source_ref(uri: str, import_dirs: Sequence[Path]) -> tuple[str, bool]:
     if uri.startswith("docker://"):
         reference = uri[len("docker://") :]
     elif "://" in uri or uri.split(":", 1)[0] in ("containers-storage", "docker-daemon", "ostree", "sif"):
-        raise BadRequestError(
+        raise ImageRejected(
             "unsupported image source",
             errors=[{"field": "uri", "error": "use docker://, a registry reference, or a local archive"}],
         )
     else:
         reference = uri
     if not _REFERENCE.match(reference):
-        raise BadRequestError(
+        raise ImageRejected(
             "invalid image reference", errors=[{"field": "uri", "error": f"{reference!r} is not a reference"}]
         )
     return "docker://" + reference, True
@@ -144,14 +144,14 @@ def _allowed_path(raw: str, import_dirs: Sequence[Path]) -> Path:
                 raise _uri_error(f"{raw}: no such file or directory", "no such file or directory")
             return path
     allowed = ", ".join(str(d) for d in import_dirs)
-    raise BadRequestError(
+    raise ImageRejected(
         "local image source outside the import directories",
         errors=[{"field": "uri", "error": f"local sources must be under {allowed}"}],
     )
 
 
-def _uri_error(message: str, error: str) -> BadRequestError:
-    return BadRequestError(message, errors=[{"field": "uri", "error": error}])
+def _uri_error(message: str, error: str) -> ImageRejected:
+    return ImageRejected(message, errors=[{"field": "uri", "error": error}])
 
 
 def _split_host_port(host: str) -> str:
@@ -247,7 +247,7 @@ async def _run_lines(
     pass_fds: Sequence[int] = (),
 ) -> None:
     """Run a host command, handing each output line to ``on_line``; CommandFailed on failure.
-    (``atoll.runtime._proc.run`` collects output at the end; progress needs it as it comes.)"""
+    (``atoll.runtime.commands.run`` collects output at the end; progress needs it as it comes.)"""
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -317,14 +317,14 @@ def _read_layout(layout: Path) -> tuple[str, dict[str, Any]]:
     def blob(digest: str) -> dict[str, Any]:
         algorithm, _, hexdigest = digest.partition(":")
         if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[a-f0-9]+", hexdigest):
-            raise ServerError(f"malformed digest {digest!r} in the image")
+            raise TemplateFailure(f"malformed digest {digest!r} in the image")
         data: dict[str, Any] = json.loads((layout / "blobs" / algorithm / hexdigest).read_bytes())
         return data
 
     index = json.loads((layout / "index.json").read_bytes())
     manifests = index.get("manifests") or []
     if not manifests:
-        raise BadRequestError("the image has no manifest")
+        raise ImageRejected("the image has no manifest")
     digest = str(manifests[0]["digest"])
     manifest = blob(digest)
     return digest, blob(str(manifest["config"]["digest"]))
@@ -394,7 +394,7 @@ async def import_image(
         try:
             await asyncio.to_thread(_prepare_rootfs, staging / "rootfs")
         except OSError as exc:
-            raise BadRequestError(f"the image's root filesystem is unusable here: {exc.strerror}") from None
+            raise ImageRejected(f"the image's root filesystem is unusable here: {exc.strerror}") from None
         user = await asyncio.to_thread(image_user.resolve, staging / "rootfs", image.user)
         await asyncio.to_thread(shutil.rmtree, staging / "layout")
         template = Template(

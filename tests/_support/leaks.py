@@ -217,6 +217,26 @@ def api_snapshots(server: ServerProcess) -> set[str]:
         page += 1
 
 
+def userns_slot_leaks(instance: str, netns: set[str]) -> list[str]:
+    """With user namespaces on, each slot's netns has its user namespace and its range claim
+    (``atoll.runtime.userns_slot``), and nothing else of the instance's does."""
+    from atoll.runtime.userns import CLAIMS_DIR
+    from atoll.runtime.userns_slot import SLOT_DIR
+
+    prefix = f"atoll-{instance}-"
+    users = {p.name for p in SLOT_DIR.glob(f"{prefix}*") if not p.name.endswith(".base")}
+    claims = set()
+    for claim in CLAIMS_DIR.iterdir() if CLAIMS_DIR.is_dir() else ():
+        holder = claim.read_text().partition("\n")[2]
+        if holder.startswith(prefix):
+            claims.add(holder)
+    return [
+        f"{what} {sorted(found)} for netns {sorted(netns)}"
+        for what, found in (("slot user namespaces", users), ("range claims", claims))
+        if found != netns
+    ]
+
+
 def leaks(server: ServerProcess) -> list[str]:
     sandboxes = api_sandboxes(server)
     live = {i for i, s in sandboxes.items() if s in ("running", "paused")}
@@ -252,6 +272,8 @@ def leaks(server: ServerProcess) -> list[str]:
         )
     if len(view.veths) != len(view.netns):
         problems.append(f"{len(view.veths)} veths for {len(view.netns)} netns")
+    if health.get("userns"):
+        problems += userns_slot_leaks(option(server, "--instance", INSTANCE), view.netns)
     if view.loops - live:
         problems.append(f"disk images still on loop devices: {sorted(view.loops - live)}")
     # pooled disks belong to no sandbox; there are never more than the pool says it holds

@@ -52,6 +52,7 @@ class ServerProcess:
     subnet: str = SUBNET
     runtime: str = RUNTIME
     extra_args: tuple[str, ...] = ()
+    database_url: str | None = None  # None: SQLite in data_dir (tests/conftest.py: ATOLL_TEST_DATABASE)
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "server.log"
@@ -89,6 +90,7 @@ class ServerProcess:
             "--ssh-port", "0",  # no SSH gateway (tests/ssh passes a port of its own: the last one wins)
             *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
+            *(["--database-url", self.database_url] if self.database_url else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -142,6 +144,7 @@ class ServerProcess:
                 org,
                 "--data-dir",
                 str(self.data_dir),
+                *(["--database-url", self.database_url] if self.database_url else []),
             ],
             capture_output=True,
             text=True,

@@ -15,7 +15,7 @@ import pytest
 from atoll.network.addressing import Slot
 from atoll.network.egress import Attachment, EgressConfig, EgressService, SandboxEgress
 from atoll.network.nftables import Nft
-from atoll.network.policy import EgressPolicy
+from atoll.network.policy import EgressPolicy, NetworkPolicy
 
 HELD_S = 0.4
 
@@ -33,7 +33,7 @@ def service() -> EgressService:
 
 async def test_learn_does_not_block_the_event_loop(service: EgressService, tmp_path: Path) -> None:
     slot = Slot(1, "10.250.0.1", "10.250.0.2", 30, "learntest-ns1", "learntest1")
-    policy = EgressPolicy.from_wire({"mode": "custom", "allow_domains": ["a.example"]})
+    policy = EgressPolicy.compile(NetworkPolicy(mode="custom", allow_domains=("a.example",)))
     attachment = Attachment(sandbox_id="sbx1", org_id="org1", policy=policy, slot=slot, sandbox_dir=tmp_path)
     state = SandboxEgress(service, attachment, policy)
     service._by_id["sbx1"] = state  # attached (the table itself need not exist: a failure is logged)

@@ -7,9 +7,11 @@ import socket
 import ssl
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy.dialects import sqlite
 
 from atoll.network import egress_rules
 from atoll.network.addressing import Slot
@@ -17,6 +19,12 @@ from atoll.network.egress import Attachment
 from atoll.network.policy import AddressGuard, EgressPolicy, NetworkPolicy, TransformRule, domain_matches
 from atoll.network.sniff import Sniffed, sniff
 from atoll.network.transform import mask, rewrite_request_headers
+from atoll.store.models import PolicyJSON
+
+
+def compiled(data: dict[str, Any] | None) -> EgressPolicy:
+    """The policy a request's ``network_policy`` (as JSON) means."""
+    return EgressPolicy.compile(NetworkPolicy.model_validate(data) if data else None)
 
 
 @pytest.mark.parametrize(
@@ -36,10 +44,10 @@ def test_domain_patterns(pattern: str, name: str, expected: bool) -> None:
 
 
 def test_policy_modes() -> None:
-    assert EgressPolicy.from_wire(None).mode == "allow-all"
-    deny = EgressPolicy.from_wire({"mode": "deny-all", "allow_cidrs": ["1.2.3.0/24"]})
+    assert compiled(None).mode == "allow-all"
+    deny = compiled({"mode": "deny-all", "allow_cidrs": ["1.2.3.0/24"]})
     assert not deny.allows_name("a.b") and not deny.learns_names and not deny.cidrs
-    custom = EgressPolicy.from_wire(
+    custom = compiled(
         {"mode": "custom", "allow_domains": ["a.example"], "transforms": [{"domain": "t.example"}]}
     )
     assert custom.allows_name("t.example") and custom.allows_name("a.example")
@@ -48,8 +56,7 @@ def test_policy_modes() -> None:
 
 
 def test_the_request_model_compiles_to_the_policy() -> None:
-    # what the API validated is compiled as it is (no dict in between); what the store keeps
-    # (its dump) reads back to the same policy, through the same model
+    # what the API validated is compiled as it is (no dict in between)
     request = NetworkPolicy.model_validate(
         {
             "mode": "custom",
@@ -64,25 +71,36 @@ def test_the_request_model_compiles_to_the_policy() -> None:
     assert policy.mode == "custom" and policy.domains == ("a.example", "*.b.example")
     assert policy.cidrs == (ipaddress.IPv4Network("10.20.0.0/16"),)
     assert policy.transforms == (TransformRule("t.example", (("X-K", "v"),), frozenset({"cookie"})),)
-    assert EgressPolicy.from_wire(request.model_dump(exclude_unset=True)) == policy
-    assert EgressPolicy.compile(None) == EgressPolicy.from_wire(None) == EgressPolicy()
-    with pytest.raises(ValidationError):  # a stored dict is held to the request's rules too
-        EgressPolicy.from_wire({"mode": "custom", "allow_domains": ["no-dot"]})
+    assert EgressPolicy.compile(None) == EgressPolicy()
 
 
-def test_attachment_compiles_a_stored_policy_once() -> None:
+def test_the_policy_is_one_frozen_type_through_the_store() -> None:
+    given = {"mode": "custom", "allow_domains": ["a.example"], "transforms": [{"domain": "t.example"}]}
+    policy = NetworkPolicy.model_validate(given)
+    with pytest.raises(ValidationError):  # frozen: nobody changes it on the way
+        policy.mode = "allow-all"
+    assert isinstance(policy.allow_domains, tuple) and isinstance(policy.transforms, tuple)
+    assert policy.wire() == given  # the wire and stored form: what the request gave, nothing more
+    column = PolicyJSON()
+    stored = column.process_bind_param(policy, sqlite.dialect())
+    assert stored == given
+    read = column.process_result_value(stored, sqlite.dialect())
+    assert read == policy and read is not None and read.wire() == given  # unset fields stay unset
+    assert column.process_bind_param(None, sqlite.dialect()) is None
+    assert column.process_result_value(None, sqlite.dialect()) is None
+    with pytest.raises(ValidationError):  # a stored policy is held to the request's rules too
+        column.process_result_value({"mode": "custom", "allow_domains": ["no-dot"]}, sqlite.dialect())
+
+
+def test_attachment_carries_the_compiled_policy() -> None:
     slot = Slot(1, "10.250.0.1", "10.250.0.2", 30, "ns1", "if1")
-    policy = EgressPolicy.from_wire({"mode": "deny-all"})
+    policy = compiled({"mode": "deny-all"})
     typed = Attachment(sandbox_id="s", org_id="o", policy=policy, slot=slot, sandbox_dir=Path("/nowhere"))
-    assert typed.egress_policy is policy
-    stored = Attachment(
-        sandbox_id="s", org_id="o", policy={"mode": "deny-all"}, slot=slot, sandbox_dir=Path("/nowhere")
-    )
-    assert stored.egress_policy == policy
+    assert typed.policy is policy
 
 
 def test_transform_repr_hides_secrets() -> None:
-    policy = EgressPolicy.from_wire(
+    policy = compiled(
         {"mode": "custom", "transforms": [{"domain": "t.example", "inject_headers": {"A": "s3cret"}}]}
     )
     assert "s3cret" not in repr(policy)
@@ -100,8 +118,8 @@ def test_guard_closes_private_ranges_unless_opened_and_named() -> None:
     def ip(a: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(a)
 
-    allow_all = EgressPolicy.from_wire(None)
-    naming = EgressPolicy.from_wire({"mode": "custom", "allow_cidrs": ["10.20.0.0/16"]})
+    allow_all = compiled(None)
+    naming = compiled({"mode": "custom", "allow_cidrs": ["10.20.0.0/16"]})
     guard = AddressGuard(subnet="10.9.0.0/16", opened=["10.20.0.0/16"]).with_local([], ["203.0.113.0/24"])
     for address in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1", "203.0.113.7"):
         assert guard.forbidden(ip(address)), address
@@ -148,7 +166,7 @@ def test_sniff_tls_and_http() -> None:
 
 
 def test_header_rewrite_and_mask() -> None:
-    policy = EgressPolicy.from_wire(
+    policy = compiled(
         {
             "mode": "custom",
             "transforms": [
@@ -176,9 +194,7 @@ def test_header_rewrite_and_mask() -> None:
 
 
 def test_rule_batches_name_only_their_slot() -> None:
-    policy = EgressPolicy.from_wire(
-        {"mode": "custom", "allow_cidrs": ["1.2.3.0/24"], "allow_domains": ["a.b"]}
-    )
+    policy = compiled({"mode": "custom", "allow_cidrs": ["1.2.3.0/24"], "allow_domains": ["a.b"]})
     text = egress_rules.attach("atoll_x", index=7, ifname="atx7", policy=policy, proxy_port=4242)
     assert "redirect to :4242" in text and "1.2.3.0/24" in text
     objects = egress_rules.objects(policy)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from atoll._conn_guard import PER_ADDRESS_MAX
-from atoll.router._proxy import HEAD_TIMEOUT_S
+from atoll.router._context import HEAD_TIMEOUT_S
 from atoll.server.limits import HEADER_TIMEOUT_S
 from tests._support import api
 from tests._support.server import ServerProcess

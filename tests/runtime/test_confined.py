@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from atoll import _multipart as multipart
-from atoll._exceptions import BadRequestError, ConflictError, PermissionDeniedError
+from atoll._exceptions import FileAccessDenied, FileConflict, FileRequestInvalid
 from atoll.runtime import file_walk, files, replace
 from atoll.runtime.confined import Root, normalize
 
@@ -39,10 +39,10 @@ def test_normalize() -> None:
     assert normalize("a/b/../c", base="/work") == "/work/a/c"
     assert normalize("/") == "/"
     for path in ("/..", "/a/../..", "../x"):
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(FileAccessDenied):
             normalize(path)
     for bad in ("", "a\x00b", "x" * 5000):
-        with pytest.raises(BadRequestError):
+        with pytest.raises(FileRequestInvalid):
             normalize(bad)
 
 
@@ -107,7 +107,7 @@ def test_operations_on_a_plain_tree(layout: tuple[Root, Path, Path]) -> None:
     root, top, _ = layout
     accounts = files.Accounts(root)
     files.mkdir(root, "/a/b", recursive=True, permissions="700")
-    with pytest.raises(ConflictError):
+    with pytest.raises(FileConflict):
         files.mkdir(root, "/a/b", recursive=True, permissions=None)
     version = files.open_for_write(root, "/a/b/f.txt", permissions="640")
     replace.write_all(version.fd, b"one\ntwo\nthree\n")
@@ -132,7 +132,7 @@ def test_operations_on_a_plain_tree(layout: tuple[Root, Path, Path]) -> None:
     files.delete(root, "/a", recursive=True)
     assert not (top / "a").exists()
     for path in ("/", "/.atoll/busybox"):
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(FileAccessDenied):
             files.delete(root, path, recursive=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll._exceptions import BadRequestError
+from atoll._exceptions import FileRequestInvalid
 from atoll.runtime import file_walk, files, replace, trees
 from atoll.runtime.confined import Root
 
@@ -68,13 +68,13 @@ def test_walks_and_copies_stop_at_the_depth_limit(root: Root, tmp_path: Path) ->
         lambda: file_walk.glob(root, "/deep", "**/f0", exclude=()),
         lambda: file_walk.grep(root, "/deep", "x", include=None, exclude=()),
     ):
-        with pytest.raises(BadRequestError, match="deeper than 256 levels"):
+        with pytest.raises(FileRequestInvalid, match="deeper than 256 levels"):
             walk()
     assert [i.name for i in file_walk.ls(root, "/deep", recursive=False, exclude=(), accounts=accounts)] == [
         "d",
         "f0",
     ]
-    with pytest.raises(BadRequestError, match="deeper than 256 levels"):
+    with pytest.raises(FileRequestInvalid, match="deeper than 256 levels"):
         replace.copy(root, "/deep", "/copy", recursive=True, overwrite=False)
     assert sorted(os.listdir(tmp_path / "rootfs")) == ["deep"]  # nothing of the copy is left
     files.delete(root, "/deep", recursive=True)

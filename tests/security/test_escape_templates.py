@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from atoll._exceptions import BadRequestError
+from atoll._exceptions import ImageRejected
 from atoll.network.ca import CertificateAuthority
 from atoll.network.firewall import service_address
 from atoll.templates.import_guard import ImportGuard
@@ -94,7 +94,7 @@ def test_import_from_a_local_registry(
 def refused(uri: str, registries: tuple[str, ...] = ()) -> str | None:
     try:
         asyncio.run(check_source(uri, [Path("/nonexistent")], registries))
-    except BadRequestError as exc:
+    except ImageRejected as exc:
         assert exc.errors and exc.errors[0]["field"] == "uri"
         return exc.message
     return None

@@ -95,6 +95,24 @@ def test_health_says_user_namespaces_are_on(uhttp: httpx.Client, server: ServerP
         assert isinstance(default.get("/v1/health").json()["userns"], bool)
 
 
+def test_on_by_default(http: httpx.Client, server: ServerProcess) -> None:
+    """The session's server runs with the defaults: its OCI sandboxes are in user namespaces
+    (``--no-userns``, ``ATOLL_USERNS=0``, turns them off; gVisor maps ids in its own kernel)."""
+    if os.environ.get("ATOLL_USERNS", "").lower() in ("0", "false", "f", "n", "no", "off"):
+        pytest.skip("this run turned user namespaces off (ATOLL_USERNS)")
+    health = http.get("/v1/health").json()
+    if health["runtime"] == "runsc":
+        assert health["userns"] is False  # the sentry's own kernel maps ids (docs/security.md)
+        return
+    assert health["userns"] is True, health
+    sid = api.create(http)["id"]
+    try:
+        inside, outside, size = api.run(http, sid, "cat /proc/self/uid_map")["stdout"].split()
+        assert (inside, size) == ("0", str(RANGE)) and int(outside) >= RANGE, (inside, outside, size)
+    finally:
+        api.delete(http, sid)
+
+
 @pytest.mark.attempt("root inside a sandbox is root on the host (user namespaces on)")
 def test_root_inside_is_an_unprivileged_uid_outside(
     uhttp: httpx.Client, userns_server: ServerProcess, sandbox: str, blocked: Blocked
@@ -114,25 +132,56 @@ def test_root_inside_is_an_unprivileged_uid_outside(
     blocked(f"user namespace: root inside is host uid {base}, the host's root is unmapped")
 
 
-def claimed_sandboxes() -> dict[str, int]:
-    """sandbox id -> first host id of its range, from the host-wide claims."""
+def claimed_ranges() -> dict[str, int]:
+    """holder (a network slot's netns name) -> first host id of its range, from the host-wide
+    claims."""
     from atoll.runtime.userns import CLAIMS_DIR
 
     return {p.read_text().split("\n")[1]: int(p.name) for p in CLAIMS_DIR.iterdir()}
 
 
+def slot_of(server: ServerProcess, sid: str) -> str:
+    """The network slot whose namespaces the sandbox joined (its netns name)."""
+    return Path((Path("/run/atoll") / server.instance / "runc" / f"{sid}.slot").read_text()).name
+
+
 def test_ranges_do_not_overlap_and_are_released(uhttp: httpx.Client, userns_server: ServerProcess) -> None:
+    from atoll.runtime import userns_slot
+
     ids = [api.create(uhttp)["id"] for _ in range(2)]
     try:
         bases = [mapped_base(uhttp, sid) for sid in ids]
         assert abs(bases[0] - bases[1]) >= RANGE
-        claimed = claimed_sandboxes()  # host-wide: every server's claims in one directory
-        assert {claimed[sid] for sid in ids} == set(bases), claimed
+        claimed = claimed_ranges()  # host-wide: every server's claims in one directory
+        assert {claimed[slot_of(userns_server, sid)] for sid in ids} == set(bases), claimed
     finally:
         for sid in ids:
             api.delete(uhttp, sid)
-    assert not claimed_sandboxes().keys() & set(ids)  # released with the sandboxes
+    # released with the slots (torn down with their sandboxes): each claim of this server names
+    # a slot that exists, ready in the pool
+    prefix = f"atoll-{userns_server.instance}-"
+    mine = [holder for holder in claimed_ranges() if holder.startswith(prefix)]
+    assert mine and all(userns_slot.exists(holder) for holder in mine), mine
+    assert not (Path("/run/atoll") / userns_server.instance / "runc" / f"{ids[0]}.slot").exists()
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if ids[0] in line]
+
+
+def test_sandbox_joins_its_slots_namespaces_nothing_moved(
+    uhttp: httpx.Client, userns_server: ServerProcess, sandbox: str
+) -> None:
+    """The network pool makes each slot's user namespace with its network namespace inside it
+    (``userns_slot``); a sandbox joins both by path: no interface moved, no hook."""
+    from atoll.runtime import userns_slot
+
+    slot = slot_of(userns_server, sandbox)
+    pid = init_pid(userns_server, sandbox)
+    assert os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat(userns_slot.userns_path(slot)).st_ino
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(Path("/run/netns") / slot).st_ino
+    assert claimed_ranges()[slot] == mapped_base(uhttp, sandbox)
+    state = Path("/run/atoll") / userns_server.instance / "runc"
+    assert not (state / f"{sandbox}.net.json").exists()  # no prestart hook moved eth0 in
+    r = api.run(uhttp, sandbox, "cat /sys/class/net/eth0/operstate; ls /sys/class/net")
+    assert r["stdout"].split() == ["up", "eth0", "lo"], r
 
 
 @pytest.mark.attempt("plant a setuid-root binary, run it as an unprivileged host user (user namespaces on)")
@@ -206,14 +255,20 @@ def test_terminal(uhttp: httpx.Client, userns_server: ServerProcess, sandbox: st
     r = uhttp.post(f"/v1/sandbox/{sandbox}/pty", json={"id": "t", "cols": 80, "rows": 24})
     assert r.status_code == 201, r.text
     url = userns_server.base_url.replace("http://", "ws://") + f"/v1/sandbox/{sandbox}/pty/t/connect"
+    bounding = "awk '/^CapBnd/ {print $2}' /proc/self/status"
     with connect(url, additional_headers=userns_server.headers, open_timeout=30) as conn:
-        conn.send(b"echo uid=$(id -u) map=$(awk '{print $2}' /proc/self/uid_map)\n")
+        conn.send(
+            f"echo uid=$(id -u) bnd=$({bounding}) map=$(awk '{{print $2}}' /proc/self/uid_map)\n".encode()
+        )
         seen = b""
         deadline = time.monotonic() + 15
         while b"map=" + str(BASE)[:3].encode() not in seen and time.monotonic() < deadline:
             message = conn.recv(timeout=max(0.1, deadline - time.monotonic()))
             seen += message if isinstance(message, bytes) else message.encode()
-    assert b"uid=0 map=" in seen and b"map=0\r\n" not in seen, seen[-300:]
+    assert b"uid=0 bnd=" in seen and b"map=0\r\n" not in seen, seen[-300:]
+    # no more capabilities than a command gets: CAP_SETPCAP stays the agent's (agent.c)
+    command_bounding = api.run(uhttp, sandbox, bounding)["stdout"].strip()
+    assert f"bnd={command_bounding} map=".encode() in seen, (command_bounding, seen[-300:])
     assert uhttp.delete(f"/v1/sandbox/{sandbox}/pty/t").status_code == 204
 
 

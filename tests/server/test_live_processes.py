@@ -207,8 +207,9 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.parametrize("accept", ["text/event-stream", "application/octet-stream"])  # SSE, frames
 def test_slow_reader_of_yes_keeps_server_memory_flat(
-    http: httpx.Client, sandbox: str, server: ServerProcess
+    http: httpx.Client, sandbox: str, server: ServerProcess, accept: str
 ) -> None:
     pid = start(http, sandbox, "yes")
     assert server.proc is not None
@@ -217,8 +218,8 @@ def test_slow_reader_of_yes_keeps_server_memory_flat(
     peak = baseline
     received = 0
     deadline = time.monotonic() + 30
-    with http.stream("GET", f"/v1/sandbox/{sandbox}/process/{pid}/events") as r:
-        assert r.status_code == 200
+    with http.stream("GET", f"/v1/sandbox/{sandbox}/process/{pid}/events", headers={"accept": accept}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith(accept)
         for chunk in r.iter_raw(4096):
             received += len(chunk)
             time.sleep(0.01)  # about 400 KB/s, while yes writes far faster

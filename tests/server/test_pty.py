@@ -76,6 +76,26 @@ def test_echo_resize_list_delete(http: httpx.Client, server: ServerProcess, sand
     assert "bash" not in api.run(http, sandbox, "ps -eo comm")["stdout"]  # the shell is gone
 
 
+def test_terminal_has_what_commands_have_and_no_more(
+    http: httpx.Client, server: ServerProcess, sandbox: str
+) -> None:
+    """A terminal runs as commands do: same ids and groups, same capabilities and limits. PID 1's
+    own (with user namespaces on, the agent's CAP_SETPCAP that keeps it untraceable) stay its."""
+    probe = "echo ID=$(id -u):$(id -G | tr ' ' ,):$(awk '/^Cap(Bnd|Eff|Prm)/ {printf $2}' /proc/self/status)"
+    probe += ":$(ulimit -n):$(cat /proc/self/oom_score_adj)=END$((6*7))"  # 42: the output, not the echo
+    command = api.run(http, sandbox, probe)["stdout"].strip()
+    assert command.startswith("ID=0:0") and command.endswith("=END42"), command
+    r = http.post(f"/v1/sandbox/{sandbox}/pty", json={"id": "same", "cols": 200, "rows": 24})
+    assert r.status_code == 201, r.text
+    try:
+        with ws(server, sandbox, "same") as conn:
+            conn.send(probe.encode() + b"\n")
+            said = read_until(conn, b"=END42\r\n")
+        assert command.encode() + b"\r\n" in said, (command, said[-400:])
+    finally:
+        assert http.delete(f"/v1/sandbox/{sandbox}/pty/same").status_code == 204
+
+
 def test_lazy_start_cwd_envs_and_reconnect(http: httpx.Client, server: ServerProcess, sandbox: str) -> None:
     body = {"id": "lazy", "lazy_start": True, "cwd": "/tmp", "envs": {"GREETING": "hello"}}
     info = http.post(f"/v1/sandbox/{sandbox}/pty", json=body).json()

@@ -221,7 +221,11 @@ def test_a_browser_shows_the_desktop_through_novnc(
                     # other sandboxes' veths coming and going on this host make chromium abort
                     # a navigation or a WebSocket (ERR_NETWORK_CHANGED): that is the host, not the
                     # desktop, so the page is loaded again (at most three times in all)
-                    statuses.append(f"{type(exc).__name__}: {page.evaluate(STATUS_TEXT)}")
+                    try:
+                        status = page.evaluate(STATUS_TEXT)
+                    except sync_api.Error:  # the page is between two navigations
+                        status = "(navigating)"
+                    statuses.append(f"{type(exc).__name__}: {exc.message[:200]}; status {status}")
                     if attempt == 2:
                         raise AssertionError(f"noVNC did not connect: {statuses}") from exc
             page.wait_for_timeout(1500)  # the first full framebuffer update

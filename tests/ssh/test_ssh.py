@@ -210,6 +210,8 @@ def test_scp_both_ways_and_sftp(client: httpx.Client, sandbox: str, tmp_path: Pa
     assert up.returncode == 0, up.stderr
     digest = api.run(client, sandbox, "sha256sum /home/user/up.bin | cut -d' ' -f1")["stdout"].strip()
     assert digest == hashlib.sha256(sent.read_bytes()).hexdigest()
+    # the sandbox's root owns it (in a user namespace: its mapped root, never the unmapped host root)
+    assert api.run(client, sandbox, "stat -c %u:%g /home/user/up.bin")["stdout"] == "0:0\n"
     back = tmp_path / "down.bin"
     down = subprocess.run(
         ["sshpass", "-e", "scp", "-P", port, *options, f"{target}:/home/user/up.bin", str(back)],
@@ -222,6 +224,12 @@ def test_scp_both_ways_and_sftp(client: httpx.Client, sandbox: str, tmp_path: Pa
         input="ls -1 /home/user\nbye\n", env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert listing.returncode == 0 and "up.bin" in listing.stdout, listing
+    listing = subprocess.run(
+        ["sshpass", "-e", "sftp", "-P", port, *options, target],
+        input="ls -ln /home/user/up.bin\nbye\n", env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    entry = [line.split() for line in listing.stdout.splitlines() if line.startswith("-")]
+    assert entry and entry[0][-7:-5] == ["0", "0"], listing.stdout  # owners as the sandbox sees them
     # an absolute symlink inside the sandbox resolves inside the sandbox, never on the host
     probe = Path(f"/root/atoll-ssh-probe-{os.getpid()}")
     probe.write_text("host-side")

@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atoll.network.addressing import AddressPlan
 from atoll.server.capacity import Budget
+from atoll.server.host import SandboxHost
 from atoll.server.manager import CreateParams, SandboxManager
 from atoll.server.settings import Settings
+from atoll.server.warm import WarmPool
 from atoll.store import db
 from atoll.store.models import SandboxRow
 from atoll.store.repo import Repository, SnapshotRepository
@@ -45,6 +47,7 @@ class Host:
     pool: FakeNetworkPool
     disks: FakeDisks
     snapshots_repo: SnapshotRepository
+    warm: WarmPool | None = None  # with ``warm_pool_size`` > 0: not started (the test starts it)
 
     @property
     def repo(self) -> Repository:
@@ -76,6 +79,7 @@ MakeHost = Callable[..., Awaitable[Host]]
 @pytest.fixture
 async def make_host(tmp_path: Path, migrated_db: Path) -> AsyncIterator[MakeHost]:
     engines: list[AsyncEngine] = []
+    warm_pools: list[WarmPool] = []
 
     async def make(**overrides: Any) -> Host:
         data_dir = tmp_path / f"host{len(engines)}"
@@ -111,18 +115,25 @@ async def make_host(tmp_path: Path, migrated_db: Path) -> AsyncIterator[MakeHost
         pool = FakeNetworkPool(plan, target_size=0)
         pool.faults = Faults()
         disks = FakeDisks()
-        manager = SandboxManager(
+        sandbox_host = SandboxHost(
             settings=settings,
-            repo=repo,
             backend=backend,
             pool=pool,
             templates=templates,
+            egress=None,
             attach_disk=disks.attach,
             detach_disk=disks.detach,
         )
+        warm = None
+        if settings.warm_pool_size > 0:
+            warm = WarmPool(sandbox_host, size=settings.warm_pool_size, template_names=(TEMPLATE,))
+            warm_pools.append(warm)
+        manager = SandboxManager(settings=settings, repo=repo, host=sandbox_host, warm=warm)
         manager.capacity.budget = Budget(vcpu=10_000, memory_mib=10_000_000)  # the host's is not the point
-        return Host(manager, backend, pool, disks, SnapshotRepository(sessions))
+        return Host(manager, backend, pool, disks, SnapshotRepository(sessions), warm)
 
     yield make
+    for warm in warm_pools:
+        await warm.close()
     for engine in engines:
         await engine.dispose()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from atoll.network.addressing import Slot
 from atoll.network.pool import NetworkPool
-from atoll.runtime._proc import CommandFailed
+from atoll.runtime.commands import CommandFailed
 from atoll.runtime.disk import DiskSpec
 from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
@@ -158,6 +158,11 @@ class FakeNetworkPool(NetworkPool):
     """Slots by index, with no namespace behind them (``taken``: indices handed out)."""
 
     faults: Faults
+
+    async def start(self, held_by_sandboxes: set[int]) -> list[str]:
+        """Adopt what live sandboxes hold; no namespace to sweep, no refill."""
+        self._taken = set(held_by_sandboxes)
+        return []
 
     async def acquire(self) -> Slot:
         await self.faults.enter("acquire")

@@ -19,20 +19,21 @@ async def test_create_pause_resume_stop_start_delete_keep_the_books(make_host: M
     host = await make_host()
     row = await host.create()
     assert row.state == State.RUNNING and host.backend.running == {row.id}
-    assert host.pool.taken == {row.net_slot} and host.disks.attached == {host.manager.sandbox_dir(row.id)}
+    assert host.pool.taken == {row.net_slot}
+    assert host.disks.attached == {host.manager.host.sandbox_dir(row.id)}
     paused = await host.manager.pause(ORG, row.id)
     assert (paused.state, paused.pause_kind) == (State.PAUSED, "checkpoint")
-    assert not host.backend.holds and host.manager.checkpoint_dir(row.id).is_dir()
+    assert not host.backend.holds and host.manager.host.checkpoint_dir(row.id).is_dir()
     resumed = await host.manager.ensure_running(paused)
     assert resumed.state == State.RUNNING and host.backend.running == {row.id}
-    assert not host.manager.checkpoint_dir(row.id).exists()
+    assert not host.manager.host.checkpoint_dir(row.id).exists()
     stopped = await host.manager.stop(ORG, row.id)
     assert stopped.state == State.STOPPED and host.holds_nothing()
     started = await host.manager.start(ORG, row.id)
     assert started.state == State.RUNNING and host.backend.running == {row.id}
     await host.manager.delete(ORG, row.id)
     assert (await host.stored(row.id)).state == State.DELETED
-    assert host.holds_nothing() and not host.manager.sandbox_dir(row.id).exists()
+    assert host.holds_nothing() and not host.manager.host.sandbox_dir(row.id).exists()
 
 
 @pytest.mark.parametrize("operation", ["acquire", "boot"])
@@ -65,7 +66,7 @@ async def test_a_failed_checkpoint_pauses_by_freezing(make_host: MakeHost) -> No
     host.backend.faults.fail("checkpoint", CheckpointFailed("criu said no"))
     paused = await host.manager.pause(ORG, row.id)
     assert (paused.state, paused.pause_kind) == (State.PAUSED, "freeze")
-    assert host.backend.paused == {row.id} and not host.manager.checkpoint_dir(row.id).exists()
+    assert host.backend.paused == {row.id} and not host.manager.host.checkpoint_dir(row.id).exists()
     resumed = await host.manager.ensure_running(paused)
     assert resumed.state == State.RUNNING and host.backend.running == {row.id}
 
@@ -98,7 +99,7 @@ async def test_a_pause_whose_processes_went_with_the_checkpoint_is_quarantined(m
     assert stored.state == State.FAILED and "could not be resumed" in (stored.state_reason or "")
     assert host.holds_nothing()
     assert (await host.manager.start(ORG, row.id)).state == State.RUNNING  # over its kept disk
-    assert not host.manager.checkpoint_dir(row.id).exists()  # memory of an earlier life: gone
+    assert not host.manager.host.checkpoint_dir(row.id).exists()  # memory of an earlier life: gone
 
 
 async def test_a_failed_resume_goes_back_to_paused_with_the_reason(make_host: MakeHost) -> None:
@@ -112,7 +113,7 @@ async def test_a_failed_resume_goes_back_to_paused_with_the_reason(make_host: Ma
     stored = await host.stored(row.id)
     assert stored.state == State.PAUSED and "resuming failed" in (stored.state_reason or "")
     assert not host.backend.holds  # nothing half-restored
-    assert host.manager.checkpoint_dir(row.id).is_dir()  # kept: a later request tries again
+    assert host.manager.host.checkpoint_dir(row.id).is_dir()  # kept: a later request tries again
     resumed = await host.manager.ensure_running(await host.stored(row.id))
     assert resumed.state == State.RUNNING and resumed.state_reason is None
 
@@ -155,7 +156,7 @@ async def test_a_failed_start_is_stopped_again_with_the_reason(make_host: MakeHo
     stored = await host.stored(row.id)
     assert stored.state == State.STOPPED and "starting failed" in (stored.state_reason or "")
     assert host.holds_nothing()
-    assert host.manager.sandbox_dir(row.id).is_dir()  # its disk is kept
+    assert host.manager.host.sandbox_dir(row.id).is_dir()  # its disk is kept
     assert (await host.manager.start(ORG, row.id)).state == State.RUNNING
 
 

@@ -3,10 +3,13 @@ both by ``next_state`` and by the manager's ``move`` against the real store."""
 
 from __future__ import annotations
 
+import ast
 import itertools
+from pathlib import Path
 
 import pytest
 
+import atoll
 from atoll._exceptions import ConflictError
 from atoll._states import TRANSITIONS, Event, InvalidTransition, State, allows, next_state
 from atoll.store.models import SandboxRow
@@ -73,3 +76,23 @@ async def test_move_records_every_row_and_refuses_every_other_pair(make_host: Ma
             await manager.move(row, event)
         stored = await host.stored(row.id)
         assert stored.state == state, (state, event)  # nothing written
+
+
+def test_only_move_writes_a_state() -> None:
+    """Every state write goes through ``SandboxManager.move`` (the table): no other call of
+    ``update_sandbox`` anywhere in ``atoll/`` passes a ``state``."""
+    root = Path(atoll.__file__).parent
+    writers = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        if "update_sandbox" not in source:  # parsing only the files that may write one
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "update_sandbox"
+                and any(keyword.arg == "state" for keyword in node.keywords)
+            ):
+                writers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert len(writers) == 1 and writers[0].startswith("server/manager.py:"), writers

@@ -9,6 +9,7 @@ from typing import Any
 
 from atoll._exceptions import InvalidArgument, TransportError
 from atoll.sdk._async._transport import AsyncTransport
+from atoll.sdk._frames import FRAMES_MEDIA_TYPE, FrameDecoder
 from atoll.sdk._process_models import SIGNALS, ProcessEvent, ProcessInfo
 from atoll.sdk._sse import SSEDecoder
 from atoll.sdk._validation import process_body, sandbox_path
@@ -20,6 +21,8 @@ PROCESS_HTTP_MARGIN_S = 10.0
 # again where it stopped; this many times in a row without a new event, then it is an error
 RECONNECTS_WITHOUT_PROGRESS = 3
 OutputCallback = Callable[[str], Any]
+# the framed binary form of event streams (an Atoll extension; SSE is the spec'd default)
+_ACCEPT_FRAMES = {"accept": f"{FRAMES_MEDIA_TYPE}, text/event-stream;q=0.5"}
 
 
 def _pid(value: object) -> int:
@@ -138,10 +141,19 @@ class AsyncProcessClient:
         params: Mapping[str, Any] | None = None,
         http_timeout: float | None = None,
     ) -> AsyncIterator[ProcessEvent]:
-        decoder = SSEDecoder()
+        """The events of one response: framed binary when the server speaks it (much faster for
+        big outputs, ``atoll.sdk._frames``), SSE otherwise (a server without the extension)."""
         async with self._transport.stream(
-            method, path, json=json, params=params, timeout=http_timeout
+            method, path, json=json, params=params, headers=_ACCEPT_FRAMES, timeout=http_timeout
         ) as response:
+            if response.headers.get("content-type", "").startswith(FRAMES_MEDIA_TYPE):
+                frames = FrameDecoder()
+                async for chunk in response.aiter_bytes():
+                    for event in frames.feed(chunk):
+                        yield event
+                frames.close()
+                return
+            decoder = SSEDecoder()
             async for chunk in response.aiter_bytes():
                 for payload in decoder.feed(chunk):
                     yield ProcessEvent.from_json(payload)

@@ -24,8 +24,9 @@ from atoll._exceptions import BadRequestError
 from atoll.runtime import confined, file_walk, files, idmap, replace
 from atoll.runtime.confined import Root, normalize
 from atoll.server import fs_schemas as s
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
-from atoll.server.manager import SandboxManager
+from atoll.server.state import services
 from atoll.templates.registry import Template
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}", tags=["filesystem"])
@@ -61,12 +62,12 @@ class Sandbox:
 
 @contextlib.asynccontextmanager
 async def sandbox(request: Request, org: str, sandbox_id: str) -> AsyncIterator[Sandbox]:
-    manager: SandboxManager = request.app.state.manager
+    manager = services(request).manager
     row = await manager.ensure_running(await manager.get(org, sandbox_id))
     template = manager.template_for(row)
-    root = await asyncio.to_thread(Root.open, str(manager.sandbox_dir(row.id) / "rootfs"))
+    root = await asyncio.to_thread(Root.open, str(manager.host.sandbox_dir(row.id) / "rootfs"))
     # in a user namespace, files are created as the sandbox's mapped root (idmap.context_fs_owner)
-    ranges = getattr(manager.backend_for(row), "userns", None)
+    ranges = getattr(manager.host.backend_for(row), "userns", None)
     id_range = ranges.of(row.id) if ranges is not None else None
     owner = idmap.FS_OWNER.set(id_range.base if id_range is not None else None)
     try:
@@ -91,7 +92,7 @@ def no_content() -> Response:
 
 
 # metadata -------------------------------------------------------------------------------------
-@route("/filesystem/ls")
+@route("/filesystem/ls", **rm.answers(rm.FileList))
 async def ls(sandbox_id: str, body: s.LsBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -105,7 +106,7 @@ async def ls(sandbox_id: str, body: s.LsBody, org: Org, request: Request) -> dic
     return {"items": [item.to_dict() for item in items]}
 
 
-@route("/filesystem/stat")
+@route("/filesystem/stat", **rm.answers(rm.FileEntry))
 async def stat(sandbox_id: str, body: s.PathBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -114,7 +115,7 @@ async def stat(sandbox_id: str, body: s.PathBody, org: Org, request: Request) ->
     return info.to_dict()
 
 
-@route("/filesystem/exists")
+@route("/filesystem/exists", **rm.answers(rm.Exists))
 async def exists(sandbox_id: str, body: s.PathBody, org: Org, request: Request) -> dict[str, bool]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -122,7 +123,7 @@ async def exists(sandbox_id: str, body: s.PathBody, org: Org, request: Request) 
     return {"exists": found}
 
 
-@route("/filesystem/tree")
+@route("/filesystem/tree", **rm.answers(rm.Tree))
 async def tree(sandbox_id: str, body: s.TreeBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -132,7 +133,7 @@ async def tree(sandbox_id: str, body: s.TreeBody, org: Org, request: Request) ->
     return {"items": items}
 
 
-@route("/filesystem/glob")
+@route("/filesystem/glob", **rm.answers(rm.PathList))
 async def glob(sandbox_id: str, body: s.GlobBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -142,7 +143,7 @@ async def glob(sandbox_id: str, body: s.GlobBody, org: Org, request: Request) ->
     return {"items": items}
 
 
-@route("/filesystem/grep")
+@route("/filesystem/grep", **rm.answers(rm.GrepMatches))
 async def grep(sandbox_id: str, body: s.GrepBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -209,7 +210,7 @@ async def copy(sandbox_id: str, body: s.CopyBody, org: Org, request: Request) ->
     return no_content()
 
 
-@route("/filesystem/edit-file")
+@route("/filesystem/edit-file", **rm.answers(rm.EditResult))
 async def edit_file(sandbox_id: str, body: s.EditFileBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -218,7 +219,7 @@ async def edit_file(sandbox_id: str, body: s.EditFileBody, org: Org, request: Re
     return {"diff": diff, "replacements": count}
 
 
-@route("/filesystem/edit-files")
+@route("/filesystem/edit-files", **rm.answers(rm.EditFilesResult))
 async def edit_files(sandbox_id: str, body: s.EditFilesBody, org: Org, request: Request) -> dict[str, Any]:
     async with sandbox(request, org, sandbox_id) as sb:
         paths = [sb.path(p) for p in body.files]
@@ -360,7 +361,7 @@ async def _stream(owned: OwnedFd, start: int, end: int) -> AsyncIterator[bytes]:
         owned.close()
 
 
-@route("/filesystem/read-file")
+@route("/filesystem/read-file", **rm.streams(OCTET, "The file's bytes (or the range asked for)", binary=True))
 async def read_file(sandbox_id: str, body: s.ReadFileBody, org: Org, request: Request) -> Response:
     async with sandbox(request, org, sandbox_id) as sb:
         path = sb.path(body.path)
@@ -405,14 +406,16 @@ async def _multipart_stream(root: Root, items: list[tuple[str, str]], boundary: 
         root.close()
 
 
-@route("/filesystem/read-files")
+@route(
+    "/filesystem/read-files", **rm.streams("multipart/form-data", "One part per file, as asked", binary=True)
+)
 async def read_files(sandbox_id: str, body: s.ReadFilesBody, org: Org, request: Request) -> Response:
-    manager: SandboxManager = request.app.state.manager
+    manager = services(request).manager
     async with sandbox(request, org, sandbox_id) as sb:
         items = [(name, sb.path(name)) for name in body.paths]
         for _, path in items:  # every path is checked before the answer starts: 404 means 404
             await work(partial(_check_readable, sb.root, path), path)
-        root = await asyncio.to_thread(Root.open, str(manager.sandbox_dir(sandbox_id) / "rootfs"))
+        root = await asyncio.to_thread(Root.open, str(manager.host.sandbox_dir(sandbox_id) / "rootfs"))
     boundary = multipart.new_boundary()
     return StreamingResponse(
         _multipart_stream(root, items, boundary), media_type=f"multipart/form-data; boundary={boundary}"
@@ -429,17 +432,17 @@ def _home(root: Root, template: Template) -> str:
     return template.sandbox_env().get("HOME") or accounts.home("root") or "/root"
 
 
-@router.get("/system/user-home-dir")
-@router.get("/system/user-home-dir/", include_in_schema=False)
+@router.get("/system/user-home-dir", **rm.answers(rm.UserHomeDir))
+@router.get("/system/user-home-dir/", include_in_schema=False, **rm.answers(rm.UserHomeDir))
 async def user_home_dir(sandbox_id: str, org: Org, request: Request) -> dict[str, str]:
     async with sandbox(request, org, sandbox_id) as sb:
         home = await work(lambda: _home(sb.root, sb.template), "/etc/passwd")
     return {"user_home_dir": home}
 
 
-@router.get("/system/workdir")
-@router.get("/system/workdir/", include_in_schema=False)
+@router.get("/system/workdir", **rm.answers(rm.Workdir))
+@router.get("/system/workdir/", include_in_schema=False, **rm.answers(rm.Workdir))
 async def workdir(sandbox_id: str, org: Org, request: Request) -> dict[str, str]:
-    manager: SandboxManager = request.app.state.manager
+    manager = services(request).manager
     row = await manager.ensure_running(await manager.get(org, sandbox_id))
     return {"workdir": manager.template_for(row).workdir or "/"}

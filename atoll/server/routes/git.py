@@ -16,10 +16,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from atoll.server import git
+from atoll.server import execution, git
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
-from atoll.server.manager import SandboxManager
+from atoll.server.response_models import answers
 from atoll.server.routes.process import service
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}/git", tags=["git"])
 Org = Annotated[str, Depends(require_org)]
@@ -31,9 +33,14 @@ B = TypeVar("B", bound=BaseModel)
 async def run(request: Request, org: str, sandbox_id: str, plan: git.Plan) -> dict[str, Any]:
     timeout_s = NETWORK_TIMEOUT_S if plan.network else LOCAL_TIMEOUT_S
     if plan.credential is None:
-        manager: SandboxManager = request.app.state.manager
-        result = await manager.execute(
-            org, sandbox_id, command=plan.script(), cwd=None, envs=plan.env, timeout=timeout_s
+        result = await execution.execute(
+            services(request).manager,
+            org,
+            sandbox_id,
+            command=plan.script(),
+            cwd=None,
+            envs=plan.env,
+            timeout=timeout_s,
         )
         output = (result.stdout + result.stderr).decode(errors="replace")
         return {"output": output, "exit_code": result.exit_code}
@@ -44,7 +51,7 @@ async def _run_with_credential(
     request: Request, org: str, sandbox_id: str, plan: git.Plan, secret: str, timeout_s: int
 ) -> dict[str, Any]:
     processes = service(request)
-    limit_bytes: int = request.app.state.manager.settings.exec_max_output_bytes
+    limit_bytes = services(request).settings.exec_max_output_bytes
     started = await processes.start(
         org, sandbox_id, command=plan.script(), cwd=None, envs=plan.env, timeout_s=timeout_s,
         stdin=True, tag=None, foreground=True,
@@ -87,7 +94,7 @@ def _op(name: str, body_type: type[B], build: Callable[[B], git.Plan]) -> None:
         "sandbox_id": str, "org": Org, "request": Request, "body": body_type, "return": dict[str, Any]
     }  # fmt: skip
     endpoint.__name__ = f"git_{name.replace('-', '_')}"
-    router.add_api_route(f"/{name}", endpoint, methods=["POST"])
+    router.add_api_route(f"/{name}", endpoint, methods=["POST"], **answers(rm.GitResult))
 
 
 _OPS: list[tuple[str, type[BaseModel], Callable[[Any], git.Plan]]] = [
@@ -111,7 +118,7 @@ for _name, _body, _build in _OPS:
     _op(_name, _body, _build)
 
 
-@router.post("/commit")
+@router.post("/commit", **answers(rm.GitCommit))
 async def commit(sandbox_id: str, body: git.CommitBody, org: Org, request: Request) -> dict[str, Any]:
     result = await run(request, org, sandbox_id, git.commit(body))
     sha = None

@@ -10,7 +10,10 @@ from fastapi.responses import Response
 
 from atoll._exceptions import NotFoundError
 from atoll.router import ca_path
+from atoll.server import response_models as rm
+from atoll.server.response_models import answers
 from atoll.server.settings import Settings
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["health"])
 PEM_TYPE = "application/x-pem-file"
@@ -20,22 +23,22 @@ def _local_ca(settings: Settings) -> bool:
     return settings.tls_cert is None
 
 
-@router.get("/health")
+@router.get("/health", **answers(rm.Health))
 async def health(request: Request) -> dict[str, Any]:
-    manager = request.app.state.manager
-    settings: Settings = request.app.state.settings
+    state = services(request)
+    manager, settings = state.manager, state.settings
     return {
         "status": "ok",
-        "runtime": manager.backend.name,
-        "checkpoint": manager.backend.can_checkpoint,
+        "runtime": manager.host.backend.name,
+        "checkpoint": manager.host.backend.can_checkpoint,
         # OCI sandboxes in user namespaces of their own (root inside is an unprivileged host uid)
-        "userns": getattr(manager.backend, "userns", None) is not None,
-        "network_pool_ready": manager.pool.ready_count,
+        "userns": getattr(manager.host.backend, "userns", None) is not None,
+        "network_pool_ready": manager.host.pool.ready_count,
         "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
-        "disk_pool_ready": manager.disks.ready_count if manager.disks else 0,
+        "disk_pool_ready": manager.host.disks.ready_count if manager.host.disks else 0,
         "capacity": await manager.capacity.report(),
         # on-demand system templates being built in the background (or whose build failed)
-        "templates_building": builds.report() if (builds := request.app.state.template_builds) else {},
+        "templates_building": builds.report() if (builds := state.template_builds) else {},
         # what SDKs build sandbox URLs from: {scheme}://{id}[-{port}].{domain}
         "sandbox_url": {
             "scheme": settings.sandbox_scheme,
@@ -48,11 +51,16 @@ async def health(request: Request) -> dict[str, Any]:
 @router.get(
     "/ca.pem",
     response_class=Response,
-    responses={200: {"content": {PEM_TYPE: {}}, "description": "The local CA's certificate (PEM)"}},
+    responses={
+        200: {
+            "content": {PEM_TYPE: {"schema": {"type": "string"}}},
+            "description": "The local CA's certificate (PEM)",
+        }
+    },
 )
 async def ca_certificate(request: Request) -> Response:
     """The certificate of the CA that issued the router's, for clients to trust sandbox URLs."""
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     if not _local_ca(settings):
         raise NotFoundError("this server uses the operator's certificate for sandbox URLs: no local CA")
     try:

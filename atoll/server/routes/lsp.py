@@ -7,11 +7,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
 from atoll.server.lsp import DOCUMENT_MAX_BYTES, LspService
+from atoll.server.response_models import answers
 from atoll.server.schemas import StrictInt, Text
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}/lsp", tags=["lsp"])
 Org = Annotated[str, Depends(require_org)]
@@ -55,7 +59,7 @@ class CompletionsBody(DocumentBody):
 
 
 def service(request: Request) -> LspService:
-    found: LspService = request.app.state.lsp
+    found = services(request).lsp
     return found
 
 
@@ -68,13 +72,13 @@ def _route(path: str, **kwargs: Any) -> Callable[[F], F]:
     return register
 
 
-@_route("/start")
+@_route("/start", **answers(rm.LspSuccess))
 async def start(sandbox_id: str, body: ServerBody, org: Org, request: Request) -> dict[str, bool]:
     await service(request).start(org, sandbox_id, body.language_id, body.path_to_project)
     return {"success": True}
 
 
-@_route("/stop")
+@_route("/stop", **answers(rm.LspSuccess))
 async def stop(sandbox_id: str, body: ServerBody, org: Org, request: Request) -> dict[str, bool]:
     await service(request).stop(org, sandbox_id, body.language_id, body.path_to_project)
     return {"success": True}
@@ -100,8 +104,8 @@ async def did_close(sandbox_id: str, body: DocumentBody, org: Org, request: Requ
     return Response(status_code=204)
 
 
-@_route("/completions")
-async def completions(sandbox_id: str, body: CompletionsBody, org: Org, request: Request) -> dict[str, Any]:
+@_route("/completions", response_model=rm.LspAnswer)
+async def completions(sandbox_id: str, body: CompletionsBody, org: Org, request: Request) -> Response:
     params: dict[str, Any] = {
         "textDocument": {"uri": body.uri},
         "position": {"line": body.position.line, "character": body.position.character},
@@ -111,18 +115,23 @@ async def completions(sandbox_id: str, body: CompletionsBody, org: Org, request:
         if body.context.trigger_character is not None:
             context["triggerCharacter"] = body.context.trigger_character
         params["context"] = context
-    return await service(request).call(
-        org, sandbox_id, body.language_id, body.path_to_project, "textDocument/completion", params
+    # the language server's answer as it sent it (JSONResponse: the model documents, never rewrites)
+    return JSONResponse(
+        await service(request).call(
+            org, sandbox_id, body.language_id, body.path_to_project, "textDocument/completion", params
+        )
     )
 
 
-@_route("/document-symbols")
-async def document_symbols(sandbox_id: str, body: DocumentBody, org: Org, request: Request) -> dict[str, Any]:
-    return await service(request).call(
-        org,
-        sandbox_id,
-        body.language_id,
-        body.path_to_project,
-        "textDocument/documentSymbol",
-        {"textDocument": {"uri": body.uri}},
+@_route("/document-symbols", response_model=rm.LspAnswer)
+async def document_symbols(sandbox_id: str, body: DocumentBody, org: Org, request: Request) -> Response:
+    return JSONResponse(
+        await service(request).call(
+            org,
+            sandbox_id,
+            body.language_id,
+            body.path_to_project,
+            "textDocument/documentSymbol",
+            {"textDocument": {"uri": body.uri}},
+        )
     )

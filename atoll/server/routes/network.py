@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,9 +12,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from atoll.network.egress import EgressService
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
-from atoll.server.manager import SandboxManager
 from atoll.server.metrics import collector_for
+from atoll.server.response_models import answers
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["network"])
 Org = Annotated[str, Depends(require_org)]
@@ -23,15 +24,15 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _egress(request: Request) -> EgressService:
-    return request.app.state.egress  # type: ignore[no-any-return]
+    return services(request).egress
 
 
-@router.get("/sandbox/{sandbox_id}/network")
-@router.get("/sandbox/{sandbox_id}/network/", include_in_schema=False)
+@router.get("/sandbox/{sandbox_id}/network", **answers(rm.SandboxNetwork))
+@router.get("/sandbox/{sandbox_id}/network/", include_in_schema=False, **answers(rm.SandboxNetwork))
 async def sandbox_network(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
-    manager: SandboxManager = request.app.state.manager
+    manager = services(request).manager
     row = await manager.get(org, sandbox_id)
-    policy = copy.deepcopy(row.network_policy or {"mode": "allow-all"})
+    policy: dict[str, Any] = row.network_policy.wire() if row.network_policy else {"mode": "allow-all"}
     for transform in policy.get("transforms") or ():
         transform["inject_headers"] = {k: "***" for k in transform.get("inject_headers") or {}}
     return {"id": row.id, "state": row.state, "network_policy": policy, **_egress(request).report(row.id)}
@@ -77,5 +78,5 @@ async def metrics(org: Org, request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_EgressCollector(_egress(request).reports(org)))
     # the org's sandboxes' resource gauges, state changes and API latencies (atoll.server.metrics)
-    registry.register(await collector_for(request.app.state.metrics, org))
+    registry.register(await collector_for(services(request).metrics, org))
     return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

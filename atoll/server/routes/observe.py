@@ -11,8 +11,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from atoll._exceptions import BadRequestError
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
-from atoll.server.metrics import MetricsService
+from atoll.server.response_models import answers
+from atoll.server.revocable import until_revoked
+from atoll.server.state import services
 from atoll.server.watch import WatchService
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}", tags=["observe"])
@@ -21,14 +24,14 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def watches(request: Request) -> WatchService:
-    state = request.app.state
-    found: WatchService | None = getattr(state, "watches", None)
-    if found is None:
-        found = state.watches = WatchService(state.manager)
-    return found
+    return services(request).watches
 
 
-@router.get("/filesystem/watch")
+@router.get(
+    "/filesystem/watch",
+    response_class=StreamingResponse,
+    responses=rm.streamed("text/event-stream", "Server-sent events: one per change"),
+)
 async def watch(
     sandbox_id: str,
     org: Org,
@@ -38,11 +41,12 @@ async def watch(
 ) -> Response:
     """Changes below ``path`` (a directory), as they happen, until the client leaves."""
     stream = await watches(request).open(org, sandbox_id, path, recursive=recursive)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    body = until_revoked(request, stream)  # ends when the caller's key is revoked
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/metrics")
-@router.get("/metrics/", include_in_schema=False)
+@router.get("/metrics", **answers(rm.MetricsSamples))
+@router.get("/metrics/", include_in_schema=False, **answers(rm.MetricsSamples))
 async def metrics(
     sandbox_id: str,
     org: Org,
@@ -50,7 +54,7 @@ async def metrics(
     since: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, object]:
     """The samples kept for the sandbox (every ``metrics_interval_s`` while it runs)."""
-    row = await request.app.state.manager.get(org, sandbox_id)
+    row = await services(request).manager.get(org, sandbox_id)
     cutoff = None
     if since is not None:
         try:
@@ -62,5 +66,5 @@ async def metrics(
                 "invalid since", errors=[{"field": "since", "error": "an ISO 8601 time with a zone"}]
             )
         cutoff = cutoff.astimezone(dt.UTC)
-    service: MetricsService = request.app.state.metrics
+    service = services(request).metrics
     return {"items": service.samples(row.id, cutoff)}

@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from atoll._exceptions import NotFoundError
 from atoll.router import DEFAULT_EXPIRES_IN, PresignedStore, public_url
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
+from atoll.server.response_models import answers
 from atoll.server.schemas import StrictInt, iso
-from atoll.server.settings import Settings
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["presigned-urls"])
 Org = Annotated[str, Depends(require_org)]
@@ -28,22 +30,27 @@ class PresignedUrlBody(BaseModel):
 
 
 def _store(request: Request) -> PresignedStore:
-    return request.app.state.presigned  # type: ignore[no-any-return]
+    return services(request).presigned
 
 
-@router.post("/sandbox/{sandbox_id}/presigned-url", status_code=201)
-@router.post("/sandbox/{sandbox_id}/presigned-url/", status_code=201, include_in_schema=False)
+@router.post("/sandbox/{sandbox_id}/presigned-url", status_code=201, **answers(rm.PresignedUrl))
+@router.post(
+    "/sandbox/{sandbox_id}/presigned-url/",
+    status_code=201,
+    include_in_schema=False,
+    **answers(rm.PresignedUrl),
+)
 async def create_presigned_url(
     sandbox_id: str, body: PresignedUrlBody, org: Org, request: Request
 ) -> dict[str, Any]:
-    await request.app.state.manager.get(org, sandbox_id)  # 404 for an unknown sandbox
+    await services(request).manager.get(org, sandbox_id)  # 404 for an unknown sandbox
     row, token = await _store(request).create(
         org_id=org,
         sandbox_id=sandbox_id,
         port=body.port,
         expires_in=body.expires_in or DEFAULT_EXPIRES_IN,
     )
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     domain = settings.presigned_domain or settings.sandbox_host
     return {
         "id": row.id,

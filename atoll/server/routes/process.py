@@ -4,20 +4,36 @@ processes, their event streams, stdin and signals; see ``atoll.server.processes`
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from atoll.server import execution
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
+from atoll.server.process_frames import FRAMES_MEDIA_TYPE, wants_frames
 from atoll.server.processes import ProcessService
+from atoll.server.response_models import answers
+from atoll.server.revocable import until_revoked
 from atoll.server.schemas import Command, EnvVars, ExecuteBody, ExecuteResponse, StrictInt, Text
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["process"])
 DEFAULT_TIMEOUT_S = 30
 STDIN_MAX_CHARS = 1 << 20
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events, or binary frames with Accept: " + FRAMES_MEDIA_TYPE,
+        "content": {
+            "text/event-stream": {"schema": {"type": "string"}},
+            FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 Org = Annotated[str, Depends(require_org)]
 Pid = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
@@ -44,17 +60,14 @@ class SignalBody(BaseModel):
 
 
 def service(request: Request) -> ProcessService:
-    state = request.app.state
-    found: ProcessService | None = getattr(state, "processes", None)
-    if found is None:
-        found = state.processes = ProcessService(state.manager)
-    return found
+    return services(request).processes
 
 
 @router.post("/sandbox/{sandbox_id}/process/execute")
 @router.post("/sandbox/{sandbox_id}/process/execute/", include_in_schema=False)
 async def execute(sandbox_id: str, body: ExecuteBody, org: Org, request: Request) -> ExecuteResponse:
-    result = await request.app.state.manager.execute(
+    result = await execution.execute(
+        services(request).manager,
         org,
         sandbox_id,
         command=body.command,
@@ -69,9 +82,13 @@ async def execute(sandbox_id: str, body: ExecuteBody, org: Org, request: Request
     )
 
 
-@router.post("/sandbox/{sandbox_id}/process/execute/stream")
+@router.post(
+    "/sandbox/{sandbox_id}/process/execute/stream", response_class=StreamingResponse, responses=_STREAMED
+)
 async def execute_stream(sandbox_id: str, body: ExecuteBody, org: Org, request: Request) -> Response:
-    """``process/execute`` as an event stream: output as produced, ``exit`` last."""
+    """``process/execute`` as an event stream: output as produced, ``exit`` last (framed binary
+    with ``Accept: application/octet-stream``, ``process_frames``)."""
+    frames = wants_frames(request.headers.get("accept"))
     stream = await service(request).execute_stream(
         org,
         sandbox_id,
@@ -79,11 +96,18 @@ async def execute_stream(sandbox_id: str, body: ExecuteBody, org: Org, request: 
         cwd=body.cwd,
         envs=dict(body.envs or {}),
         timeout_s=body.timeout or DEFAULT_TIMEOUT_S,
+        frames=frames,
     )
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return _streamed(request, stream, frames=frames)
 
 
-@router.post("/sandbox/{sandbox_id}/process/start", status_code=201)
+def _streamed(request: Request, stream: AsyncIterator[bytes], *, frames: bool) -> Response:
+    """The stream as the response's body, ended when the caller's key is revoked."""
+    media_type = FRAMES_MEDIA_TYPE if frames else "text/event-stream"
+    return StreamingResponse(until_revoked(request, stream), media_type=media_type, headers=SSE_HEADERS)
+
+
+@router.post("/sandbox/{sandbox_id}/process/start", status_code=201, **answers(rm.ProcessInfo))
 async def start(sandbox_id: str, body: StartBody, org: Org, request: Request) -> dict[str, object]:
     return await service(request).start(
         org,
@@ -97,17 +121,19 @@ async def start(sandbox_id: str, body: StartBody, org: Org, request: Request) ->
     )
 
 
-@router.get("/sandbox/{sandbox_id}/process")
+@router.get("/sandbox/{sandbox_id}/process", **answers(rm.ProcessList))
 async def list_processes(sandbox_id: str, org: Org, request: Request) -> dict[str, object]:
     return {"items": await service(request).list(org, sandbox_id)}
 
 
-@router.get("/sandbox/{sandbox_id}/process/{pid}")
+@router.get("/sandbox/{sandbox_id}/process/{pid}", **answers(rm.ProcessInfo))
 async def get_process(sandbox_id: str, pid: Pid, org: Org, request: Request) -> dict[str, object]:
     return await service(request).get(org, sandbox_id, pid)
 
 
-@router.get("/sandbox/{sandbox_id}/process/{pid}/events")
+@router.get(
+    "/sandbox/{sandbox_id}/process/{pid}/events", response_class=StreamingResponse, responses=_STREAMED
+)
 async def events(
     sandbox_id: str,
     pid: Pid,
@@ -118,8 +144,11 @@ async def events(
     follow: bool = True,
 ) -> Response:
     """Events after ``since``, live until the process ends (``follow=false``: what is kept)."""
-    stream = await service(request).open_events(org, sandbox_id, pid, since, binary=binary, follow=follow)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    frames = wants_frames(request.headers.get("accept"))
+    stream = await service(request).open_events(
+        org, sandbox_id, pid, since, binary=binary, follow=follow, frames=frames
+    )
+    return _streamed(request, stream, frames=frames)
 
 
 @router.post("/sandbox/{sandbox_id}/process/{pid}/stdin", status_code=204)

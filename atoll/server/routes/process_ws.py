@@ -22,18 +22,16 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from atoll._exceptions import APIError, BadRequestError, status_for
 from atoll.server.processes import ProcessService
+from atoll.server.revocable import close_when_revoked
 from atoll.server.routes.pty import _authorize, _deny
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}/process", tags=["process"])
 MAX_STDIN_FRAME = 1 << 20
 
 
 def _service(websocket: WebSocket) -> ProcessService:
-    state = websocket.app.state
-    found: ProcessService | None = getattr(state, "processes", None)
-    if found is None:
-        found = state.processes = ProcessService(state.manager)
-    return found
+    return services(websocket).processes
 
 
 def _stdin_of(message: Mapping[str, Any]) -> tuple[bytes, bool]:
@@ -67,6 +65,13 @@ async def connect(
         await _deny(websocket, exc)
         return
     await websocket.accept()
+    # closed (1008) when the key that opened it is revoked
+    await close_when_revoked(websocket, _serve(websocket, service, org, sandbox_id, pid, stream))
+
+
+async def _serve(
+    websocket: WebSocket, service: ProcessService, org: str, sandbox_id: str, pid: int, stream: Any
+) -> None:
     sender = asyncio.create_task(_send_events(websocket, stream))
     try:
         while not sender.done():
@@ -86,7 +91,7 @@ async def connect(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
         with contextlib.suppress(Exception):
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
 
 async def _feed(

@@ -17,9 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from atoll._exceptions import APIError, AuthenticationError, ConflictError, status_for
+from atoll.server import response_models as rm
 from atoll.server.auth import key_from_headers, require_org
 from atoll.server.pty import PtyManager, PtySession
+from atoll.server.response_models import answers
+from atoll.server.revocable import close_when_revoked
 from atoll.server.schemas import EnvVars
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1/sandbox/{sandbox_id}/pty", tags=["pty"])
 Org = Annotated[str, Depends(require_org)]
@@ -45,17 +49,17 @@ class ResizeBody(BaseModel):
 
 
 def ptys(request: Request) -> PtyManager:
-    return request.app.state.ptys  # type: ignore[no-any-return]
+    return services(request).ptys
 
 
-@router.get("")
-@router.get("/", include_in_schema=False)
+@router.get("", **answers(rm.PtyList))
+@router.get("/", include_in_schema=False, **answers(rm.PtyList))
 async def list_sessions(sandbox_id: str, org: Org, request: Request) -> dict[str, Any]:
     return {"items": [s.info() for s in await ptys(request).sessions(org, sandbox_id)]}
 
 
-@router.post("", status_code=201)
-@router.post("/", status_code=201, include_in_schema=False)
+@router.post("", status_code=201, **answers(rm.PtySession))
+@router.post("/", status_code=201, include_in_schema=False, **answers(rm.PtySession))
 async def create_session(sandbox_id: str, body: CreatePtyBody, org: Org, request: Request) -> dict[str, Any]:
     session = await ptys(request).create(
         org,
@@ -70,8 +74,8 @@ async def create_session(sandbox_id: str, body: CreatePtyBody, org: Org, request
     return session.info()
 
 
-@router.get("/{session_id}")
-@router.get("/{session_id}/", include_in_schema=False)
+@router.get("/{session_id}", **answers(rm.PtySession))
+@router.get("/{session_id}/", include_in_schema=False, **answers(rm.PtySession))
 async def get_session(sandbox_id: str, session_id: str, org: Org, request: Request) -> dict[str, Any]:
     return (await ptys(request).get(org, sandbox_id, session_id)).info()
 
@@ -83,8 +87,8 @@ async def delete_session(sandbox_id: str, session_id: str, org: Org, request: Re
     return Response(status_code=204)
 
 
-@router.post("/{session_id}/resize")
-@router.post("/{session_id}/resize/", include_in_schema=False)
+@router.post("/{session_id}/resize", **answers(rm.PtySession))
+@router.post("/{session_id}/resize/", include_in_schema=False, **answers(rm.PtySession))
 async def resize_session(
     sandbox_id: str, session_id: str, body: ResizeBody, org: Org, request: Request
 ) -> dict[str, Any]:
@@ -104,7 +108,7 @@ async def _authorize(websocket: WebSocket) -> str:
     raw = key_from_headers(websocket.headers)
     if raw is None:
         raise AuthenticationError("missing API key: send 'authorization: Bearer <key>'")
-    org_id = await websocket.app.state.repo.org_for_key(raw)
+    org_id = await services(websocket).repo.org_for_key(raw)
     if org_id is None:
         raise AuthenticationError("invalid API key")
     return str(org_id)
@@ -113,7 +117,7 @@ async def _authorize(websocket: WebSocket) -> str:
 @router.websocket("/{session_id}/connect")
 @router.websocket("/{session_id}/connect/")
 async def connect(websocket: WebSocket, sandbox_id: str, session_id: str) -> None:
-    manager: PtyManager = websocket.app.state.ptys
+    manager = services(websocket).ptys
     try:
         org = await _authorize(websocket)
         session = await manager.get(org, sandbox_id, session_id)
@@ -126,7 +130,8 @@ async def connect(websocket: WebSocket, sandbox_id: str, session_id: str) -> Non
     await websocket.accept()
     try:
         await manager.attach(session, websocket)
-        await _relay_input(manager, session, websocket)
+        # closed (1008) when the key that opened it is revoked
+        await close_when_revoked(websocket, _relay_input(manager, session, websocket))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client left while output was replayed to it
     finally:

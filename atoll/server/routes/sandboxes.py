@@ -12,13 +12,14 @@ from atoll.server.auth import require_org
 from atoll.server.manager import CreateParams, SandboxManager
 from atoll.server.responses import SandboxList, SandboxResponse
 from atoll.server.schemas import MAX_PAGE, CreateSandboxBody, list_item, sandbox_body
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["sandboxes"])
 Org = Annotated[str, Depends(require_org)]
 
 
 def manager(request: Request) -> SandboxManager:
-    return request.app.state.manager  # type: ignore[no-any-return]
+    return services(request).manager
 
 
 @router.post("/sandbox", status_code=201, response_model=SandboxResponse, response_model_exclude_unset=True)
@@ -30,7 +31,6 @@ def manager(request: Request) -> SandboxManager:
     response_model_exclude_unset=True,
 )
 async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) -> dict[str, Any]:
-    policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
     row = await manager(request).create(
         org,
         CreateParams(
@@ -40,7 +40,7 @@ async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) ->
             timeout=body.timeout,
             auto_pause=body.auto_pause,
             env_vars=dict(body.env_vars or {}),
-            network_policy=policy,
+            network_policy=body.network_policy,
         ),
     )
     return sandbox_body(row, with_policy=True)

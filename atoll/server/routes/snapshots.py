@@ -17,6 +17,7 @@ from atoll.server.schemas import (
     snapshot_body,
 )
 from atoll.server.snapshots import SnapshotService
+from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["snapshots"])
 Org = Annotated[str, Depends(require_org)]
@@ -24,7 +25,7 @@ DEFAULT_TIMEOUT_S = 300
 
 
 def service(request: Request) -> SnapshotService:
-    return request.app.state.snapshots  # type: ignore[no-any-return]
+    return services(request).snapshots
 
 
 @router.post(
@@ -59,13 +60,12 @@ async def create_snapshot(
     response_model_exclude_unset=True,
 )
 async def restore_snapshot(body: RestoreSnapshotBody, org: Org, request: Request) -> dict[str, Any]:
-    policy = body.network_policy.model_dump(exclude_unset=True) if body.network_policy else None
     row = await service(request).restore(
         org,
         body.snapshot_name,
         auto_pause=body.auto_pause,
         timeout=body.timeout or DEFAULT_TIMEOUT_S,
-        network_policy=policy,
+        network_policy=body.network_policy,
     )
     return sandbox_body(row, with_policy=True)
 

@@ -20,11 +20,21 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from atoll._exceptions import APIError, BadRequestError, ConflictError, ServerError, status_for
-from atoll.runtime._proc import CommandFailed, CommandTimeout
+from atoll._exceptions import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    OperationFailure,
+    ServerError,
+    status_for,
+)
+from atoll.runtime.commands import CommandFailed, CommandTimeout
+from atoll.server import response_models as rm
 from atoll.server.auth import require_org
+from atoll.server.errors import http_error
+from atoll.server.response_models import answers
 from atoll.server.schemas import iso
-from atoll.server.settings import Settings
+from atoll.server.state import services
 from atoll.store.models import TemplateRow
 from atoll.templates import oci
 from atoll.templates.catalog import TemplateCatalog
@@ -33,6 +43,10 @@ from atoll.templates.registry import SYSTEM_PREFIX, Template
 router = APIRouter(prefix="/v1", tags=["templates"])
 Org = Annotated[str, Depends(require_org)]
 NDJSON = "application/x-ndjson"
+# with Accept: application/x-ndjson, progress lines then the template (or the error) last
+_NDJSON: dict[int | str, dict[str, Any]] = {
+    201: {"content": {NDJSON: {"schema": {"type": "string", "description": "one JSON object a line"}}}}
+}
 IMPORT_SLOTS = 2  # concurrent pulls per server
 
 
@@ -79,7 +93,7 @@ class RenameTemplateBody(BaseModel):
 
 
 def catalog(request: Request) -> TemplateCatalog:
-    return request.app.state.templates  # type: ignore[no-any-return]
+    return services(request).templates
 
 
 def template_body(row: TemplateRow) -> dict[str, Any]:
@@ -122,7 +136,7 @@ async def _import(
     request: Request, org: str, body: CreateTemplateBody, on_progress: oci.Progress | None = None
 ) -> dict[str, Any]:
     templates = catalog(request)
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     row = await templates.reserve(org, body.name, body.uri)
     credentials = (body.credentials["username"], body.credentials["password"]) if body.credentials else None
     try:
@@ -158,11 +172,7 @@ def _reason(stderr: str) -> str:
 
 
 def _slots(request: Request) -> asyncio.Semaphore:
-    state = request.app.state
-    if getattr(state, "template_import_slots", None) is None:
-        state.template_import_slots = asyncio.Semaphore(IMPORT_SLOTS)
-    slots: asyncio.Semaphore = state.template_import_slots
-    return slots
+    return services(request).template_imports
 
 
 async def _progress_stream(request: Request, org: str, body: CreateTemplateBody) -> AsyncIterator[bytes]:
@@ -182,8 +192,9 @@ async def _progress_stream(request: Request, org: str, body: CreateTemplateBody)
                 getter.cancel()
         try:
             yield (json.dumps({"template": task.result()}) + "\n").encode()
-        except APIError as exc:
-            error = {"status": status_for(exc), "message": exc.message}
+        except (APIError, OperationFailure) as exc:  # typed below the server: the image, its files
+            answer = http_error(exc) if isinstance(exc, OperationFailure) else exc
+            error = {"status": status_for(answer), "message": answer.message}
             yield (json.dumps({"error": error}) + "\n").encode()
         except Exception as exc:
             yield (json.dumps({"error": {"status": 500, "message": f"import failed: {exc}"}}) + "\n").encode()
@@ -194,10 +205,12 @@ async def _progress_stream(request: Request, org: str, body: CreateTemplateBody)
                 await task
 
 
-@router.post("/template", status_code=201)
-@router.post("/template/", status_code=201, include_in_schema=False)
+@router.post("/template", status_code=201, **answers(rm.TemplateInfo), responses=_NDJSON)
+@router.post(
+    "/template/", status_code=201, include_in_schema=False, **answers(rm.TemplateInfo), responses=_NDJSON
+)
 async def create_template(body: CreateTemplateBody, org: Org, request: Request) -> Any:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     # a refused source is a 400 even when progress would stream (checked again before the pull)
     await oci.check_source(body.uri, settings.import_dirs, settings.template_registries)
     if NDJSON in request.headers.get("accept", ""):
@@ -205,16 +218,16 @@ async def create_template(body: CreateTemplateBody, org: Org, request: Request) 
     return await _import(request, org, body)
 
 
-@router.get("/templates")
-@router.get("/templates/", include_in_schema=False)
+@router.get("/templates", **answers(rm.TemplateList))
+@router.get("/templates/", include_in_schema=False, **answers(rm.TemplateList))
 async def list_templates(org: Org, request: Request) -> dict[str, Any]:
     items = [system_body(t) for t in _system(request)]
     items += [template_body(row) for row in await catalog(request).of_org(org)]
     return {"items": items, "total_items": len(items)}
 
 
-@router.get("/template/{template_id}")
-@router.get("/template/{template_id}/", include_in_schema=False)
+@router.get("/template/{template_id}", **answers(rm.TemplateInfo))
+@router.get("/template/{template_id}/", include_in_schema=False, **answers(rm.TemplateInfo))
 async def get_template(template_id: str, org: Org, request: Request) -> dict[str, Any]:
     for template in _system(request):
         if template.id == template_id:

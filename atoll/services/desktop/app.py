@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import inputs, vnc
+from . import handlers, inputs, vnc
 from .bodies import (
     BadRequestError,
     image_format,
@@ -358,36 +358,22 @@ async def process_errors(request: Request) -> Response:
 # -- errors and the app ------------------------------------------------------------------------
 
 
-async def _bad_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BadRequestError)
-    return JSONResponse(exc.body(), status_code=400)
-
-
-def _status(code: int, message: str) -> Any:
-    async def handler(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"message": message}, status_code=code)
-
-    return handler
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"message": exc.detail}, status_code=exc.status_code)
-
-
-async def _input_failed(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"message": str(exc)}, status_code=500)
-
-
-def create_app(settings: Settings) -> Starlette:
-    x11 = X11(settings.display)
-    supervisor = Supervisor(settings, x11)
+def create_app(
+    settings: Settings, supervisor: Supervisor | None = None, starting: asyncio.Task[None] | None = None
+) -> Starlette:
+    """The service; ``supervisor`` and its ``starting`` task when the desktop was started
+    before this module was imported (``__main__``), else both are made here."""
+    if supervisor is None:
+        supervisor = Supervisor(settings, X11(settings.display))
+    x11 = supervisor.x11
     recorder = Recorder(settings.recordings_dir, settings.display)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal starting
         app.state.x11, app.state.supervisor, app.state.recorder = x11, supervisor, recorder
-        starting = asyncio.create_task(supervisor.start())
+        if starting is None:
+            starting = asyncio.create_task(supervisor.start())
         try:
             yield
         finally:
@@ -435,13 +421,13 @@ def create_app(settings: Settings) -> Starlette:
         routes=api,
         lifespan=lifespan,
         exception_handlers={
-            BadRequestError: _bad_request,
-            BodyTooLargeError: _status(413, "request body too large"),
-            UnknownRecordingError: _status(404, "no such recording"),
-            RecordingActiveError: _status(409, "a recording is active"),
-            NotRecordingError: _status(409, "no recording is active"),
-            DisplayUnavailableError: _status(503, "the display is not running"),
-            inputs.InputFailedError: _input_failed,
-            HTTPException: _http_error,
+            BadRequestError: handlers.bad_request,
+            BodyTooLargeError: handlers.status(413, "request body too large"),
+            UnknownRecordingError: handlers.status(404, "no such recording"),
+            RecordingActiveError: handlers.status(409, "a recording is active"),
+            NotRecordingError: handlers.status(409, "no recording is active"),
+            DisplayUnavailableError: handlers.status(503, "the display is not running"),
+            inputs.InputFailedError: handlers.input_failed,
+            HTTPException: handlers.http_error,
         },
     )

@@ -234,6 +234,7 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and managed.running:
             if await managed.ready():
+                log.info("%s ready in %.2f s", managed.name, time.monotonic() - managed.started_at)
                 return
             await asyncio.sleep(READY_POLL_S)
         log.warning(

@@ -9,12 +9,14 @@ import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from PIL import Image
 from Xlib import X, Xatom
 from Xlib import display as xdisplay
 from Xlib import error as xerror
+
+if TYPE_CHECKING:  # Pillow is imported on first use: the supervisor imports this module first
+    from PIL import Image
 
 T = TypeVar("T")
 _ALL_PLANES = 0xFFFFFFFF
@@ -89,6 +91,8 @@ class X11:
             else:
                 area = region
             raw = root.get_image(area.x, area.y, area.width, area.height, X.ZPixmap, _ALL_PLANES)
+            from PIL import Image
+
             return Image.frombuffer("RGB", (area.width, area.height), raw.data, "raw", "BGRX", 0, 1)
 
         return self._call(grab)

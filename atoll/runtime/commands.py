@@ -1,10 +1,16 @@
 """The one place Atoll starts host commands: every argv is logged with its rc and duration,
-bounded by a timeout, and a failure raises ``CommandFailed`` carrying stderr's tail."""
+bounded by a timeout, and a failure raises ``CommandFailed`` carrying stderr's tail.
+
+A tool that hits a system error reports it only as text, ``...: <strerror>`` (GNU tools, CRIU's
+``pr_perror``). ``reported_errnos`` turns such lines back into errno codes, by the exact text
+``os.strerror`` gives each code, so callers branch on codes, never on words; run the tool with
+``c_locale()`` so that its strerror is the same (untranslated) text."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -16,6 +22,23 @@ from typing import IO, Any
 from atoll.runtime import reaping
 
 log = logging.getLogger("atoll.proc")
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
+
+
+def c_locale() -> dict[str, str]:
+    """The server's environment with a tool's messages (and their strerror) untranslated."""
+    return {**os.environ, "LC_ALL": "C"}
+
+
+def line_errno(line: str) -> int | None:
+    """The errno a line ``...: <strerror>`` reports (None: it reports none)."""
+    _, sep, tail = line.strip().rpartition(": ")
+    return _ERRNO_BY_TEXT.get(tail) if sep else None
+
+
+def reported_errnos(text: str) -> list[int | None]:
+    """Per non-empty line of a tool's stderr, the errno it reports (None where it reports none)."""
+    return [line_errno(line) for line in text.splitlines() if line.strip()]
 
 
 class CommandFailed(RuntimeError):
@@ -25,6 +48,7 @@ class CommandFailed(RuntimeError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = tail
+        self.errnos = {code for code in reported_errnos(tail) if code is not None}
 
 
 class CommandTimeout(RuntimeError):

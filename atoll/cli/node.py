@@ -1,0 +1,64 @@
+"""``atoll node``: a cluster node (docs/cluster.md). ``atoll node run`` is ``atoll serve --role
+node``: it runs sandboxes on this host and registers and heartbeats into the shared PostgreSQL;
+``atoll node list`` shows the cluster's nodes as the database has them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atoll.cli.serve_options import settings_from_options, with_settings_options
+
+app = typer.Typer(help="Cluster nodes (docs/cluster.md).", no_args_is_help=True)
+console = Console()
+DatabaseUrl = Annotated[
+    str | None, typer.Option(help="The cluster's PostgreSQL (env ATOLL_DATABASE_URL).", show_default=False)
+]
+
+
+def register(parent: typer.Typer, serve: Callable[..., None]) -> None:
+    """``atoll node`` on ``parent``; ``serve`` is ``atoll serve``'s command (run with role node)."""
+
+    @app.command("run")
+    @with_settings_options
+    def run(
+        *,
+        build_template: Annotated[bool, typer.Option(help="Build the default template if missing.")] = True,
+        **options: Any,
+    ) -> None:
+        """Run sandboxes on this host as a node of the cluster (atoll serve --role node)."""
+        if options.get("role") not in (None, "node"):
+            raise typer.BadParameter("atoll node run is role node; use atoll serve --role ...")
+        serve(build_template=build_template, **{**options, "role": "node"})
+
+    parent.add_typer(app, name="node")
+
+
+@app.command("list")
+def list_nodes(database_url: DatabaseUrl = None) -> None:
+    """The cluster's nodes: state, heartbeat, capacity used of the budget."""
+    from atoll.cluster.registry import NodeRegistry
+    from atoll.store import db
+
+    url = settings_from_options({"database_url": database_url}).db_url
+
+    async def load() -> list[Any]:
+        engine = db.make_engine(url)
+        try:
+            return list(await NodeRegistry(db.sessions(engine)).nodes())
+        finally:
+            await engine.dispose()
+
+    table = Table("id", "role", "state", "heartbeat (UTC)", "vCPU", "memory MiB", "address", "reason")
+    for node in asyncio.run(load()):
+        table.add_row(
+            node.id, node.role, node.state, node.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{node.vcpu_used}/{node.vcpu_budget}", f"{node.memory_mib_used}/{node.memory_mib_budget}",
+            node.address, node.state_reason or "",
+        )  # fmt: skip
+    console.print(table)

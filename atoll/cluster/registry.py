@@ -1,0 +1,135 @@
+"""The cluster's node table: what each node offers, written by the node at start-up and on
+every heartbeat, and the liveness rule that marks a silent node down.
+
+Heartbeat times come from the database's clock (``clock_timestamp()`` on PostgreSQL), never a
+node's: nodes' clocks may disagree, and "silent for 10 s" must mean the same to all of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import functions
+
+from atoll._states import State
+from atoll.store.models import NodeRow, SandboxRow, utcnow
+
+UP = "up"
+DOWN = "down"
+# a sandbox in one of these states holds nothing a dead node could take with it: left as it is
+UNAFFECTED = (State.DELETED, State.STOPPED, State.FAILED)
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a node tells the cluster about itself on each heartbeat."""
+
+    vcpu_budget: int
+    memory_mib_budget: int
+    vcpu_used: int = 0
+    memory_mib_used: int = 0
+    templates: list[str] = field(default_factory=list)  # cached on its host
+    pools: dict[str, int] = field(default_factory=dict)  # warm sandboxes ready, by template
+    health: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DownedNode:
+    node_id: str
+    reason: str
+    failed_sandboxes: list[str]
+
+
+class NodeRegistry:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        self._postgresql = bind is not None and bind.dialect.name == "postgresql"
+
+    def _now(self) -> ColumnElement[dt.datetime] | dt.datetime:
+        # SQLite (one host, one process) has no other clock to disagree with
+        return functions.func.clock_timestamp() if self._postgresql else utcnow()
+
+    async def register(
+        self, node_id: str, *, role: str, hostname: str, address: str, report: NodeReport
+    ) -> None:
+        """Insert or refresh the node's row: up, heartbeating from now."""
+        async with self.sessions.begin() as s:
+            row = await s.get(NodeRow, node_id, with_for_update=self._postgresql)
+            values = _report_values(report)
+            if row is None:
+                s.add(
+                    NodeRow(
+                        id=node_id, role=role, hostname=hostname, address=address, state=UP,
+                        heartbeat_at=utcnow(), **values,
+                    )
+                )  # fmt: skip
+                await s.flush()
+            statement = update(NodeRow).where(NodeRow.id == node_id)
+            await s.execute(
+                statement.values(
+                    role=role, hostname=hostname, address=address, state=UP, state_reason=None,
+                    started_at=self._now(), heartbeat_at=self._now(), **values,
+                )
+            )  # fmt: skip
+
+    async def heartbeat(self, node_id: str, report: NodeReport) -> bool:
+        """Record that the node is alive; False when it has no row (deleted: register again).
+        A node marked down that heartbeats again is up again; its sandboxes stay ``failed``
+        (a node that restarts reconciles them at start-up)."""
+        statement = (
+            update(NodeRow)
+            .where(NodeRow.id == node_id)
+            .values(heartbeat_at=self._now(), state=UP, state_reason=None, **_report_values(report))
+        )
+        async with self.sessions.begin() as s:
+            result = await s.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def nodes(self) -> Sequence[NodeRow]:
+        async with self.sessions() as s:
+            return (await s.scalars(select(NodeRow).order_by(NodeRow.id))).all()
+
+    async def get(self, node_id: str) -> NodeRow | None:
+        async with self.sessions() as s:
+            return await s.get(NodeRow, node_id)
+
+    async def mark_silent_down(self, down_after_s: float) -> list[DownedNode]:
+        """Mark every up node silent for ``down_after_s`` down, and its sandboxes that held
+        processes or memory there ``failed`` with the reason, in one transaction (so no reader
+        sees the node down and its sandboxes still ``running``)."""
+        cutoff = self._now() - dt.timedelta(seconds=down_after_s)
+        downed: list[DownedNode] = []
+        async with self.sessions.begin() as s:
+            silent = select(NodeRow).where(NodeRow.state == UP, NodeRow.heartbeat_at < cutoff)
+            if self._postgresql:  # another process marking at once waits, then finds them down
+                silent = silent.with_for_update(skip_locked=True)
+            for node in (await s.scalars(silent)).all():
+                last = node.heartbeat_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                reason = f"node {node.id} stopped heartbeating (last heartbeat {last})"
+                node.state = DOWN
+                node.state_reason = reason
+                failed = await s.scalars(
+                    update(SandboxRow)
+                    .where(SandboxRow.node_id == node.id, SandboxRow.state.not_in(UNAFFECTED))
+                    .values(state=State.FAILED, state_reason=reason, state_change_time=utcnow())
+                    .returning(SandboxRow.id)
+                )
+                downed.append(DownedNode(node.id, reason, list(failed.all())))
+        return downed
+
+
+def _report_values(report: NodeReport) -> dict[str, Any]:
+    return {
+        "vcpu_budget": report.vcpu_budget,
+        "memory_mib_budget": report.memory_mib_budget,
+        "vcpu_used": report.vcpu_used,
+        "memory_mib_used": report.memory_mib_used,
+        "templates": list(report.templates),
+        "pools": dict(report.pools),
+        "health": dict(report.health),
+    }

@@ -1,0 +1,118 @@
+"""A network slot's own user namespace, made with its network namespace (``atoll.network.pool``).
+
+A network namespace belongs to the user namespace that was current when it was made. One made by
+the host's root (``ip netns add``) could not serve a sandbox in a user namespace: from inside,
+sysfs cannot be mounted and ``<runtime> exec`` cannot join it. So with user namespaces on, each
+slot is made as a pair: a short-lived ``unshare --user --net`` child whose id maps the server
+writes (one claimed range, ``userns.Ranges``), its user namespace bound on ``SLOT_DIR/<netns
+name>`` and its network namespace on the pool's usual ``/run/netns/<name>``. The runtime joins
+both by path (``oci_config.join_userns``): nothing is moved or set up when a sandbox boots.
+
+The range is the slot's for its whole life (a paused sandbox keeps its slot, so its range): it is
+claimed before the namespaces are made and released after they are gone (``NetworkPool``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from atoll.runtime.userns import RANGE_SIZE, IdRange
+
+SLOT_DIR = Path("/run/atoll/userns-slots")  # host-wide, like the claims: names carry the instance
+CHILD_READY_TIMEOUT_S = 5.0
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def userns_path(netns_name: str) -> Path:
+    return SLOT_DIR / netns_name
+
+
+def _base_file(netns_name: str) -> Path:
+    return SLOT_DIR / f"{netns_name}.base"
+
+
+def _bind(source: str, target: Path) -> None:
+    target.touch(mode=0o600, exist_ok=True)
+    if _libc.mount(source.encode(), str(target).encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {source} on {target}: {os.strerror(err)}")
+
+
+def _unbind(target: Path) -> None:
+    _libc.umount2(str(target).encode(), MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+
+
+def create(netns_path: Path, id_range: IdRange) -> None:
+    """Make ``netns_path`` (absent) a network namespace owned by a new user namespace mapping
+    ``id_range``; the user namespace is kept on ``userns_path(netns_path.name)``."""
+    SLOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    netns_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    # one unshare(2) with both flags: the kernel makes the user namespace first and the network
+    # namespace inside it. `cat` waits on its stdin: the child lives exactly as long as needed
+    child = subprocess.Popen(
+        [unshare, "--user", "--net", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    user = userns_path(netns_path.name)
+    if user.exists():  # a crash's leftover (a bound nsfs file cannot be opened to bind again)
+        remove(netns_path)
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        deadline = time.monotonic() + CHILD_READY_TIMEOUT_S
+        while os.stat(f"/proc/{child.pid}/ns/net").st_ino == own:  # not yet unshared
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise OSError(f"unshare --user --net did not start (exit {child.poll()})")
+            time.sleep(0.0002)
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{child.pid}/{name}", "w") as f:
+                f.write(f"0 {id_range.base} {id_range.size}\n")
+        _base_file(netns_path.name).write_text(str(id_range.base))
+        _bind(f"/proc/{child.pid}/ns/user", user)
+        _bind(f"/proc/{child.pid}/ns/net", netns_path)
+    except BaseException:
+        remove(netns_path)
+        raise
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.kill()
+        child.wait()
+
+
+def remove(netns_path: Path) -> None:
+    """Undo ``create`` (idempotent); the network namespace goes once nothing else holds it."""
+    _unbind(netns_path)
+    _unbind(userns_path(netns_path.name))
+    with contextlib.suppress(FileNotFoundError):
+        _base_file(netns_path.name).unlink()
+
+
+def exists(netns_name: str) -> bool:
+    """Whether slot ``netns_name`` (of any instance on the host) still has its user namespace."""
+    return userns_path(netns_name).exists()
+
+
+def of(netns_path: Path | None) -> tuple[Path, IdRange] | None:
+    """The user namespace made with ``netns_path`` and its range, if it was made by ``create``."""
+    if netns_path is None:
+        return None
+    try:
+        base = int(_base_file(netns_path.name).read_text())
+    except (OSError, ValueError):
+        return None
+    user = userns_path(netns_path.name)
+    return (user, IdRange(base, RANGE_SIZE)) if user.exists() else None

@@ -1,0 +1,100 @@
+"""This process's part in a cluster (docs/cluster.md), from ``Settings.role``: on PostgreSQL a
+node (role ``all`` or ``node``) registers its host and heartbeats, an API replica (``api``)
+takes no sandboxes of its own, and every process competes for the liveness job (one leads it).
+On SQLite (one host) none of it runs."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atoll.cluster.heartbeat import Heartbeat
+from atoll.cluster.leader import AdvisoryLeader
+from atoll.cluster.liveness import LivenessMonitor
+from atoll.cluster.registry import NodeRegistry, NodeReport
+from atoll.server.capacity import Budget, Capacity
+from atoll.server.settings import Settings
+from atoll.store.db import is_postgresql
+from atoll.store.observed import ObservedRepository
+
+NODE_ID_MAX = 64
+
+
+def node_identity(settings: Settings) -> str | None:
+    """The id this process's sandboxes are recorded under; None on one host (SQLite)."""
+    if not is_postgresql(settings.db_url):
+        return None
+    if settings.node_id:
+        return settings.node_id
+    prefix = "api-" if settings.role == "api" else ""
+    return f"{prefix}{settings.instance}@{socket.gethostname()}"[:NODE_ID_MAX]
+
+
+def node_address(settings: Settings) -> str:
+    if settings.node_address:
+        return settings.node_address
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else socket.gethostname()
+    return f"http://{host}:{settings.port}"
+
+
+class ClusterRole:
+    def __init__(self, heartbeat: Heartbeat | None, liveness: LivenessMonitor | None) -> None:
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+
+    async def close(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
+        if self.liveness is not None:
+            await self.liveness.close()
+
+
+async def start(
+    settings: Settings,
+    engine: AsyncEngine,
+    repo: ObservedRepository,
+    capacity: Capacity,
+    *,
+    template_names: Callable[[], list[str]],
+    warm_ready: Callable[[], int],
+) -> ClusterRole:
+    """Join the cluster (nothing on SQLite). ``template_names`` and ``warm_ready`` tell each
+    heartbeat what the host has cached and how many warm sandboxes wait."""
+    node_id = node_identity(settings)
+    if node_id is None:
+        return ClusterRole(None, None)
+    registry = NodeRegistry(repo.sessions)
+    heartbeat = None
+    if settings.role == "api":
+        # phase 1: an API replica places nothing on nodes yet, and runs nothing itself; a create
+        # through it answers 503 (no capacity) until placement sends creates to nodes
+        capacity.budget = Budget(vcpu=0, memory_mib=0)
+    else:
+
+        async def report() -> NodeReport:
+            used = await capacity.report()
+            return NodeReport(
+                vcpu_budget=used["vcpu_budget"],
+                memory_mib_budget=used["memory_mib_budget"],
+                vcpu_used=used["vcpu_used"],
+                memory_mib_used=used["memory_mib_used"],
+                templates=template_names(),
+                pools={"ready": warm_ready()},
+                health={"status": "ok"},
+            )
+
+        heartbeat = Heartbeat(
+            registry, node_id, role=settings.role, hostname=socket.gethostname(),
+            address=node_address(settings), report=report, interval_s=settings.heartbeat_interval_s,
+        )  # fmt: skip
+        await heartbeat.start()
+    liveness = LivenessMonitor(
+        registry,
+        AdvisoryLeader(engine, "liveness"),
+        down_after_s=settings.node_down_after_s,
+        on_failed=repo.changed,
+    )
+    liveness.start()
+    return ClusterRole(heartbeat, liveness)
