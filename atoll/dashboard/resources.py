@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
-from atoll._exceptions import APIError, NotFoundError, status_for
+from atoll._exceptions import APIError, NotFoundError, OperationFailure, status_for
 from atoll.dashboard import sessions
 from atoll.dashboard.pages import checked_form, signed_in
 from atoll.dashboard.web import DashboardRoute, render, validation_messages
+from atoll.server.errors import http_error
 from atoll.server.routes import health, snapshots, templates
 from atoll.server.schemas import RestoreSnapshotBody
 from atoll.server.state import services
@@ -52,6 +53,9 @@ async def import_template(request: Request) -> Response:
         return _ndjson_error(400, message)
     except APIError as exc:
         return _ndjson_error(status_for(exc), exc.message)
+    except OperationFailure as exc:  # the source refused (typed below the server)
+        answer = http_error(exc)
+        return _ndjson_error(status_for(answer), answer.message)
     return StreamingResponse(
         templates._progress_stream(request, session.org_id, body),
         media_type=templates.NDJSON,
