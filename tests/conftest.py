@@ -93,9 +93,11 @@ def no_leaks(server: ServerProcess) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def sandbox(server: ServerProcess) -> Iterator[str]:
-    """One sandbox shared by a module's tests, where isolation between them is not what is tested."""
+    """One sandbox shared by a module's tests, where isolation between them is not what is tested.
+    It lives an hour: a module can outlast the default 300 s (gVisor on a busy host), and an
+    expired sandbox would fail every test after it."""
     with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as client:
-        sid = api.create(client)["id"]
+        sid = api.create(client, timeout=3600)["id"]
         yield sid
         client.delete(f"/v1/sandbox/{sid}/")
 
