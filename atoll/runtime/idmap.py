@@ -60,6 +60,33 @@ def _check(rc: int, what: str) -> int:
 
 
 @contextlib.contextmanager
+def mapped_child(namespaces: tuple[str, ...], base: int, size: int) -> Iterator[int]:
+    """The pid of a child in new ``namespaces`` (``user`` first: one unshare(2) makes the user
+    namespace, then the others inside it), its ids ``0..size-1`` mapped to host ``base..``;
+    ended when the block ends (``cat`` waits on its stdin: it lives exactly as long as needed)."""
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    flags = [f"--{name}" for name in namespaces]
+    child = subprocess.Popen([unshare, *flags, "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        last = namespaces[-1]  # made last: once it differs, all are there
+        own = os.stat(f"/proc/self/ns/{last}").st_ino
+        deadline = time.monotonic() + CHILD_READY_TIMEOUT_S
+        while os.stat(f"/proc/{child.pid}/ns/{last}").st_ino == own:  # not yet unshared
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise OSError(f"unshare {' '.join(flags)} did not start (exit {child.poll()})")
+            time.sleep(0.0002)
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{child.pid}/{name}", "w") as f:
+                f.write(f"0 {base} {size}\n")
+        yield child.pid
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.kill()
+        child.wait()
+
+
+@contextlib.contextmanager
 def userns_fd(base: int, size: int, existing: Path | None = None) -> Iterator[int]:
     """An fd of a fresh user namespace mapping ids ``0..size-1`` to host ``base..base+size-1``
     (or of ``existing``, one that maps them already: no process to start)."""
@@ -70,25 +97,8 @@ def userns_fd(base: int, size: int, existing: Path | None = None) -> Iterator[in
         finally:
             os.close(fd)
         return
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    # `cat` blocks on its stdin until we close it: the child lives exactly as long as needed
-    child = subprocess.Popen([unshare, "--user", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    try:
-        own = os.stat("/proc/self/ns/user").st_ino
-        deadline = time.monotonic() + CHILD_READY_TIMEOUT_S
-        while os.stat(f"/proc/{child.pid}/ns/user").st_ino == own:  # not yet unshared
-            if time.monotonic() > deadline or child.poll() is not None:
-                raise OSError(f"unshare --user did not start (exit {child.poll()})")
-            time.sleep(0.0002)
-        for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{child.pid}/{name}", "w") as f:
-                f.write(f"0 {base} {size}\n")
-        fd = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.kill()
-        child.wait()
+    with mapped_child(("user",), base, size) as pid:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     try:
         yield fd
     finally:

@@ -18,15 +18,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
+from atoll.runtime import idmap
 from atoll.runtime.userns import RANGE_SIZE, IdRange
 
 SLOT_DIR = Path("/run/atoll/userns-slots")  # host-wide, like the claims: names carry the instance
-CHILD_READY_TIMEOUT_S = 5.0
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
@@ -61,36 +58,18 @@ def create(netns_path: Path, id_range: IdRange) -> None:
     ``id_range``; the user namespace is kept on ``userns_path(netns_path.name)``."""
     SLOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     netns_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    # one unshare(2) with both flags: the kernel makes the user namespace first and the network
-    # namespace inside it. `cat` waits on its stdin: the child lives exactly as long as needed
-    child = subprocess.Popen(
-        [unshare, "--user", "--net", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
     user = userns_path(netns_path.name)
     if user.exists():  # a crash's leftover (a bound nsfs file cannot be opened to bind again)
         remove(netns_path)
-    try:
-        own = os.stat("/proc/self/ns/net").st_ino
-        deadline = time.monotonic() + CHILD_READY_TIMEOUT_S
-        while os.stat(f"/proc/{child.pid}/ns/net").st_ino == own:  # not yet unshared
-            if time.monotonic() > deadline or child.poll() is not None:
-                raise OSError(f"unshare --user --net did not start (exit {child.poll()})")
-            time.sleep(0.0002)
-        for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{child.pid}/{name}", "w") as f:
-                f.write(f"0 {id_range.base} {id_range.size}\n")
-        _base_file(netns_path.name).write_text(str(id_range.base))
-        _bind(f"/proc/{child.pid}/ns/user", user)
-        _bind(f"/proc/{child.pid}/ns/net", netns_path)
-    except BaseException:
-        remove(netns_path)
-        raise
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.kill()
-        child.wait()
+    # the kernel makes the user namespace first and the network namespace inside it
+    with idmap.mapped_child(("user", "net"), id_range.base, id_range.size) as pid:
+        try:
+            _base_file(netns_path.name).write_text(str(id_range.base))
+            _bind(f"/proc/{pid}/ns/user", user)
+            _bind(f"/proc/{pid}/ns/net", netns_path)
+        except BaseException:
+            remove(netns_path)
+            raise
 
 
 def remove(netns_path: Path) -> None:

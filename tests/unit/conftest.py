@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from atoll._states import State
 from atoll.network.addressing import AddressPlan
 from atoll.server.capacity import Budget
 from atoll.server.host import SandboxHost
@@ -28,6 +29,25 @@ from tests.unit.fakes import FakeBackend, FakeDisks, FakeNetworkPool, Faults
 
 ORG = "org-unit"
 TEMPLATE = "system/debian:bookworm"
+
+
+def unit_row(sandbox_id: str, state: State, *, net_slot: int | None = None) -> SandboxRow:
+    """A sandbox record of the unit tier's template and fake runtime, in ``state``."""
+    return SandboxRow(
+        id=sandbox_id,
+        org_id=ORG,
+        template_id="tpl-unit",
+        template_name=TEMPLATE,
+        runtime="fake",
+        vcpu=1,
+        memory=256,
+        disk=1024,
+        timeout=600,
+        auto_pause=False,
+        state=state,
+        env_vars={},
+        net_slot=net_slot,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,25 +9,11 @@ from atoll.runtime.base import CHECKPOINT_COMPLETE
 from atoll.runtime.spec import SandboxSpec
 from atoll.server.reconcile import reconcile
 from atoll.store.models import SandboxRow
-from tests.unit.conftest import ORG, TEMPLATE, Host, MakeHost
+from tests.unit.conftest import Host, MakeHost, unit_row
 
 
 def _row(sandbox_id: str, state: State, *, net_slot: int | None = None) -> SandboxRow:
-    return SandboxRow(
-        id=sandbox_id,
-        org_id=ORG,
-        template_id="tpl-unit",
-        template_name=TEMPLATE,
-        runtime="fake",
-        vcpu=1,
-        memory=256,
-        disk=1024,
-        timeout=600,
-        auto_pause=False,
-        state=state,
-        env_vars={},
-        net_slot=net_slot,
-    )
+    return unit_row(sandbox_id, state, net_slot=net_slot)
 
 
 def _spec(host: Host, row: SandboxRow) -> SandboxSpec:

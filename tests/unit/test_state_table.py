@@ -13,7 +13,7 @@ import atoll
 from atoll._exceptions import ConflictError
 from atoll._states import TRANSITIONS, Event, InvalidTransition, State, allows, next_state
 from atoll.store.models import SandboxRow
-from tests.unit.conftest import ORG, TEMPLATE, MakeHost
+from tests.unit.conftest import MakeHost, unit_row
 
 REFUSED = [pair for pair in itertools.product(State, Event) if pair not in TRANSITIONS]
 
@@ -44,20 +44,7 @@ def test_deleted_is_final_and_failed_accepts_only_delete_and_start() -> None:
 
 
 def _row(index: int, state: State) -> SandboxRow:
-    return SandboxRow(
-        id=f"sbxtable{index:04d}",
-        org_id=ORG,
-        template_id="tpl-unit",
-        template_name=TEMPLATE,
-        runtime="fake",
-        vcpu=1,
-        memory=256,
-        disk=1024,
-        timeout=600,
-        auto_pause=False,
-        state=state,
-        env_vars={},
-    )
+    return unit_row(f"sbxtable{index:04d}", state)
 
 
 async def test_move_records_every_row_and_refuses_every_other_pair(make_host: MakeHost) -> None:
