@@ -30,6 +30,7 @@ status for each::
         │   ├── TemplateConflict     a name in use, the organisation's limit, still in use
         │   └── ImageRejected        the image cannot be used (``errors`` names ``uri``)
         ├── HostCapacityExhausted    the host has no network address or id range left
+        ├── ClusterCapacityExhausted no node of the cluster has room (``retry_after_s``)
         └── SandboxFailure           something in a sandbox failed
         ├── ExecSetupFailed          a command could not start; nothing ran
         │   ├── BadWorkingDirectory  its cwd is missing or not a directory
@@ -230,6 +231,15 @@ class ImageRejected(TemplateFailure):
 
 class HostCapacityExhausted(OperationFailure):
     """The host has no sandbox network address, or user-namespace id range, left."""
+
+
+class ClusterCapacityExhausted(OperationFailure):
+    """No up node of the cluster has room for the sandbox (atoll.cluster.placement);
+    ``retry_after_s`` says when asking again may find some (sandboxes end, nodes join)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class SandboxFailure(OperationFailure):

@@ -89,7 +89,8 @@ class Bench:
 
     def wait_for_warm(self, timeout_s: float = 300.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.api.get("/v1/health").json().get("warm_pool_ready", 0) < 1:
+        # the desktop's own pool: health's warm_pool_ready also counts the default template's
+        while self.api.get("/v1/health").json()["warm_pools"].get(TEMPLATE, {}).get("ready", 0) < 1:
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm pool did not fill")
             time.sleep(0.5)

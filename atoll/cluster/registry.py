@@ -30,6 +30,9 @@ class NodeReport:
 
     vcpu_budget: int
     memory_mib_budget: int
+    # the host itself, which placement over-commits (atoll.cluster.placement); 0: place nothing here
+    cpus: int = 0
+    memory_mib: int = 0
     vcpu_used: int = 0
     memory_mib_used: int = 0
     templates: list[str] = field(default_factory=list)  # cached on its host
@@ -127,6 +130,8 @@ def _report_values(report: NodeReport) -> dict[str, Any]:
     return {
         "vcpu_budget": report.vcpu_budget,
         "memory_mib_budget": report.memory_mib_budget,
+        "cpus": report.cpus,
+        "memory_mib": report.memory_mib,
         "vcpu_used": report.vcpu_used,
         "memory_mib_used": report.memory_mib_used,
         "templates": list(report.templates),

@@ -225,7 +225,10 @@ static size_t spooled(int fd, size_t cap) {
  * from Atoll before the next: runsc's port forwarding (20240729) reads the sandbox's side into a
  * 16 KiB buffer and panics, ending the whole sandbox, when more than that is waiting. 0: unpaced. */
 static size_t pace;
+static int await_ack(int conn);
 
+/* A command's output, paced as process events are (see the comment above `out_write`): each
+ * chunk starts with "+", and fillers may come while its "A" is awaited. */
 static void send_file(int conn, int fd, size_t len) {
     char buf[65536];
     size_t chunk = pace ? pace : sizeof(buf);
@@ -236,12 +239,12 @@ static void send_file(int conn, int fd, size_t len) {
             memset(buf, 0, sizeof(buf));
             n = (ssize_t)(len < chunk ? len : chunk);
         }
+        if (pace && write_all(conn, "+", 1) < 0)
+            return;
         if (write_all(conn, buf, (size_t)n) < 0)
             return;
-        char ack = 0;
-        while (pace && ack != 'A') /* (a late "K" is not one) */
-            if (read(conn, &ack, 1) != 1)
-                return;
+        if (pace && await_ack(conn) < 0) /* (a late "K" is not an "A": skipped) */
+            return;
         off += n;
         len -= (size_t)n;
     }
@@ -388,7 +391,14 @@ static int spawn(pid_t *pid, const char *cwd, const char *path, char **argv, cha
  * Errors ("E errno step ..."): ESRCH (no such pid), EBADF (no stdin), ECHILD (ended), EBUSY
  * (table full), ETIMEDOUT (stdin not read), else as for a command.
  * With `pace`, every `pace` bytes of reply wait for one "A" from Atoll, counted over the whole
- * connection (so a paced reader acknowledges at fixed offsets, whatever the framing). */
+ * connection (so a paced reader acknowledges at fixed offsets, whatever the framing). Each paced
+ * chunk starts with "+" (counted), and while it waits for its "A" the agent sends a "." now and
+ * then (not counted; at most MAX_FILLS a chunk), which the reader skips before the next "+".
+ * Why: runsc's port forwarding (20240729) can miss that the agent's last bytes arrived (a lost
+ * wake-up in its read of the sandbox's side, seen under load: the agent blocked reading its "A",
+ * both forwarding goroutines idle in Read, nothing queued on the host), and then nothing moves
+ * until more bytes come: a filler is that byte. Unpaced output (the reply() lines, which end
+ * their connection) has neither. */
 #define MAX_PROCS 128 /* tracked: running and recently ended */
 #define MAX_PROCS_RUNNING 64
 #define MAX_META 16384
@@ -564,9 +574,44 @@ struct out {
     size_t unacked;
 };
 
+#define FILL_FIRST_MS 100 /* the first filler after this long without the "A" */
+#define FILL_MAX_MS 2000  /* then after twice as long each time, up to this */
+#define MAX_FILLS 1024    /* a chunk's fillers: with it, at most pace + 1 KiB wait (< 16 KiB) */
+
+/* the "A" of a chunk, sending fillers while it does not come (see the comment above) */
+static int await_ack(int conn) {
+    int fills = 0, wait_ms = FILL_FIRST_MS;
+    for (;;) {
+        struct pollfd p = {.fd = conn, .events = POLLIN};
+        int ready = poll(&p, 1, fills < MAX_FILLS ? wait_ms : -1);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready == 0) {
+            if (write_all(conn, ".", 1) < 0)
+                return -1;
+            fills++;
+            wait_ms = wait_ms * 2 > FILL_MAX_MS ? FILL_MAX_MS : wait_ms * 2;
+            continue;
+        }
+        char ack = 0;
+        ssize_t n = read(conn, &ack, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n != 1)
+            return -1;
+        if (ack == 'A')
+            return 0;
+    }
+}
+
 static int out_write(struct out *o, const void *data, size_t len) {
     const char *p = data;
     while (len > 0) {
+        if (pace && o->unacked == 0) { /* a chunk's mark (see the comment above) */
+            if (write_all(o->conn, "+", 1) < 0)
+                return -1;
+            o->unacked = 1;
+        }
         size_t n = pace && len > pace - o->unacked ? pace - o->unacked : len;
         if (write_all(o->conn, p, n) < 0)
             return -1;
@@ -574,10 +619,8 @@ static int out_write(struct out *o, const void *data, size_t len) {
         len -= n;
         o->unacked += n;
         if (pace && o->unacked == pace) {
-            char ack = 0;
-            while (ack != 'A')
-                if (read(o->conn, &ack, 1) != 1)
-                    return -1;
+            if (await_ack(o->conn) < 0)
+                return -1;
             o->unacked = 0;
         }
     }

@@ -34,6 +34,12 @@ from pathlib import Path
 from atoll.runtime import agent_errors, confined, oci_config
 from atoll.runtime.spec import ExecRequest, ExecResult
 
+# paced output (gVisor, ``pace``): agent.c starts each chunk with the mark and, while it awaits
+# the chunk's "A", sends fillers now and then (runsc's port forwarding can hold a chunk's last
+# bytes until more come: a filler is more)
+CHUNK_MARK = b"+"
+FILLER = b"."
+
 log = logging.getLogger("atoll.agent")
 SOURCE = Path(__file__).with_name("agent.c")
 AGENT_PATH = f"{oci_config.HELPER_DIR}/agent"
@@ -214,9 +220,23 @@ async def _result(
 async def _read_output(reader: asyncio.StreamReader, size: int, pace: int, ack: Callable[[], None]) -> bytes:
     chunks = []
     while size > 0:
+        if pace:
+            await _chunk_mark(reader)
         chunk = await asyncio.wait_for(reader.readexactly(min(pace or size, size)), KILL_GRACE_S + 30)
         if pace:
             ack()
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+async def _chunk_mark(reader: asyncio.StreamReader) -> None:
+    """Skip the fillers the agent sent while it awaited the last chunk's ``A`` (``agent.c``
+    ``await_ack``: runsc's port forwarding can hold a chunk's last bytes until more come), up to
+    the next chunk's ``+``; a bounded number, so this ends."""
+    while True:
+        mark = await asyncio.wait_for(reader.readexactly(1), KILL_GRACE_S + 30)
+        if mark == CHUNK_MARK:
+            return
+        if mark != FILLER:
+            raise ConnectionError(f"the agent sent {mark!r} where a chunk of output starts")

@@ -9,7 +9,10 @@ ends the conversation (``AgentProtocolError``).
 Under gVisor the agent's replies are paced (``pace``): after every ``pace`` bytes of a reply it
 waits for one ``A``, counted over the whole connection, so that runsc's port forwarding never
 has more than that waiting to be read. ``AgentLink`` acknowledges at exactly those offsets, and
-reads no more than up to the next one, whatever the framing.
+reads no more than up to the next one, whatever the framing. Each paced chunk starts with ``+``
+(counted); between a chunk's end and the next ``+`` come the fillers the agent sends while it
+waits for its ``A`` (``.``, not counted), which are skipped: runsc's port forwarding can miss
+that a chunk's last bytes arrived, and would hold them (and so the stream) until more came.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from atoll._exceptions import AgentProtocolError
 from atoll.runtime import agent_errors
-from atoll.runtime.agent import send_early
+from atoll.runtime.agent import CHUNK_MARK, FILLER, send_early
 
 MAX_LINE = 4096
 MAX_EVENT_BYTES = 65536  # agent.c CHUNK: one pipe read (or several, merged while unread)
@@ -84,6 +87,7 @@ class AgentLink:
         self._sock = sock
         self._pace = pace
         self._unacked = 0
+        self._chunk_start = True  # paced: the next bytes are fillers, then a chunk's mark
         self._buffer = bytearray()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -115,12 +119,21 @@ class AgentLink:
         chunk = await self._reader.read(want)
         if not chunk:
             raise ConnectionResetError("the agent closed the connection")
+        if self._pace and self._chunk_start:
+            chunk = chunk.lstrip(FILLER)
+            if not chunk:
+                return
+            if chunk[:1] == CHUNK_MARK:  # (else an unpaced reply line, the connection's last)
+                chunk = chunk[1:]
+                self._unacked += 1
+            self._chunk_start = False
         self._buffer += chunk
         if self._pace:
             self._unacked += len(chunk)
             if self._unacked == self._pace:
                 self._writer.write(b"A")
                 self._unacked = 0
+                self._chunk_start = True
 
     def buffered_line(self) -> bytes | None:
         """The next line if it is already here, without waiting (most event headers are: an

@@ -16,9 +16,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import select
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -41,6 +41,8 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x100000
 CHILD_READY_TIMEOUT_S = 5.0
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static
+SHORT_FLAGS = {"user": "U", "net": "n", "mount": "m", "ipc": "i", "uts": "u", "pid": "p"}
 
 
 class _MountAttr(ctypes.Structure):
@@ -59,22 +61,32 @@ def _check(rc: int, what: str) -> int:
     return rc
 
 
+READY_FILE = "/proc/sys/kernel/ostype"  # any short file: what the child prints once it is in
+
+
 @contextlib.contextmanager
 def mapped_child(namespaces: tuple[str, ...], base: int, size: int) -> Iterator[int]:
     """The pid of a child in new ``namespaces`` (``user`` first: one unshare(2) makes the user
     namespace, then the others inside it), its ids ``0..size-1`` mapped to host ``base..``;
-    ended when the block ends (``cat`` waits on its stdin: it lives exactly as long as needed)."""
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    flags = [f"--{name}" for name in namespaces]
-    child = subprocess.Popen([unshare, *flags, "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    ended when the block ends (``cat`` waits on its stdin: it lives exactly as long as needed).
+
+    ``cat`` first prints ``READY_FILE``: it runs only after the unshare, so the first byte on its
+    stdout says the namespaces exist (one blocking read, not a loop polling /proc that would
+    contend with the event loop for the interpreter while a sandbox boots). The static busybox
+    (the helper layer's, ``helpers.SOURCES``) when present: two execs of a static binary cost
+    less than util-linux's dynamically linked ``unshare`` and ``cat``."""
+    if os.path.exists(BUSYBOX):
+        flags = [f"-{SHORT_FLAGS[name]}" for name in namespaces]
+        argv = [BUSYBOX, "unshare", *flags, BUSYBOX, "cat", READY_FILE, "-"]
+    else:
+        flags = [f"--{name}" for name in namespaces]
+        argv = [shutil.which("unshare") or "/usr/bin/unshare", *flags, "cat", READY_FILE, "-"]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout is not None
     try:
-        last = namespaces[-1]  # made last: once it differs, all are there
-        own = os.stat(f"/proc/self/ns/{last}").st_ino
-        deadline = time.monotonic() + CHILD_READY_TIMEOUT_S
-        while os.stat(f"/proc/{child.pid}/ns/{last}").st_ino == own:  # not yet unshared
-            if time.monotonic() > deadline or child.poll() is not None:
-                raise OSError(f"unshare {' '.join(flags)} did not start (exit {child.poll()})")
-            time.sleep(0.0002)
+        ready, _, _ = select.select([child.stdout], [], [], CHILD_READY_TIMEOUT_S)
+        if not ready or not os.read(child.stdout.fileno(), 64):
+            raise OSError(f"unshare {' '.join(flags)} did not start (exit {child.poll()})")
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{child.pid}/{name}", "w") as f:
                 f.write(f"0 {base} {size}\n")
@@ -84,6 +96,7 @@ def mapped_child(namespaces: tuple[str, ...], base: int, size: int) -> Iterator[
             child.stdin.close()
         child.kill()
         child.wait()
+        child.stdout.close()
 
 
 @contextlib.contextmanager

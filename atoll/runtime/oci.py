@@ -30,7 +30,7 @@ from atoll.runtime import (
 )
 from atoll.runtime.base import CgroupBackend, mark_checkpoint_complete
 from atoll.runtime.commands import CommandFailed, run
-from atoll.runtime.oci_exec import run_exec
+from atoll.runtime.oci_exec import run_exec, wrapped
 from atoll.runtime.spec import CheckpointFailed, ExecRequest, ExecResult, SandboxSpec
 from atoll.runtime.trees import remove_host_tree
 
@@ -50,6 +50,12 @@ def user_file(state_root: Path, sandbox_id: str) -> Path:
     """The sandbox's process user (``oci_config.process_user``), for the runtime's own ``exec``:
     crun's and runsc's run as root unless told otherwise."""
     return state_root / f"{sandbox_id}.user.json"
+
+
+def env_file(state_root: Path, sandbox_id: str) -> Path:
+    """PID 1's environment (the config's), which the runtime's ``exec --process`` of a command
+    or terminal starts from (``OCIBackend._process_file``), as the agent's commands do."""
+    return state_root / f"{sandbox_id}.env.json"
 
 
 def user_options(state_root: Path, sandbox_id: str, *, gids_flag: str | None, joined: bool) -> list[str]:
@@ -149,12 +155,31 @@ class OCIBackend(CgroupBackend):
                     self._slot_file(spec.sandbox_id).write_text(str(spec.netns_path))
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
         user_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["user"]))
+        env_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["env"]))
 
-    def _user_options(self, sandbox_id: str) -> list[str]:
-        # crun's exec has no option for supplementary groups: it sets none (its fallback exec
-        # gets the primary group only; terminals name them in a process file, terminal_process)
-        flag = "--additional-gids" if self.name == "runc" else None
-        return user_options(self.state_root, sandbox_id, gids_flag=flag, joined=False)
+    def _process_file(
+        self,
+        path: Path,
+        sandbox_id: str,
+        cwd: str,
+        env: Mapping[str, str],
+        command: Sequence[str],
+        *,
+        terminal: bool,
+    ) -> Path:
+        """``path``: the process of an ``exec --process`` (``oci_config.command_process``): the
+        command's user, capabilities and OOM score, never PID 1's (the runtime's own options
+        would hand it the agent's capabilities; crun's cannot name supplementary groups)."""
+        try:
+            recorded = json.loads(env_file(self.state_root, sandbox_id).read_text())
+            base = dict(item.split("=", 1) for item in recorded)
+        except (OSError, ValueError, TypeError):
+            base = {}  # booted before its environment was recorded: the request's alone
+        process = oci_config.command_process(
+            user_file(self.state_root, sandbox_id), cwd, {**base, **env}, command, terminal=terminal
+        )
+        path.write_text(json.dumps(process))
+        return path
 
     async def boot(self, spec: SandboxSpec) -> None:
         try:
@@ -296,26 +321,21 @@ class OCIBackend(CgroupBackend):
             self._wake_agent(sandbox_id, init_pid)
         if init_pid is not None and (result := await agent.run(init_pid, request)) is not None:
             return result
-        pid_file = self.state_root / f"{sandbox_id}.exec.{os.urandom(6).hex()}.pid"
-        argv = self._argv(
-            "exec",
-            "--detach",
-            "--no-new-privs",
-            "--pid-file",
-            str(pid_file),
-            "--cwd",
-            request.cwd,
-            *self._user_options(sandbox_id),
-        )
-        for key, value in request.env.items():
-            argv += ["--env", f"{key}={value}"]
+        token = os.urandom(6).hex()
+        pid_file = self.state_root / f"{sandbox_id}.exec.{token}.pid"
+        process_file = self.state_root / f"{sandbox_id}.exec.{token}.process.json"
         try:
+            self._process_file(
+                process_file, sandbox_id, request.cwd, request.env, wrapped(request.argv), terminal=False
+            )
+            argv = self._argv("exec", "--detach", "--pid-file", str(pid_file), "--process", str(process_file))
             refused = cgroups.forks_refused(self.cgroup_parent, sandbox_id)
             return await run_exec(
                 [*argv, sandbox_id], pid_file, request, init_pid=init_pid,
                 forks_refused=lambda: cgroups.forks_refused(self.cgroup_parent, sandbox_id) > refused,
             )  # fmt: skip
         finally:
+            process_file.unlink(missing_ok=True)
             self.reap_runtime_orphans()
 
     def _wake_agent(self, sandbox_id: str, init_pid: int) -> None:
@@ -347,8 +367,8 @@ class OCIBackend(CgroupBackend):
         self._init_pids.pop(sandbox_id, None)
         with contextlib.suppress(FileNotFoundError):
             self._init_pid_file(sandbox_id).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            user_file(self.state_root, sandbox_id).unlink()
+        for recorded in (user_file(self.state_root, sandbox_id), env_file(self.state_root, sandbox_id)):
+            recorded.unlink(missing_ok=True)
         await self.kill_cgroup(sandbox_id)  # first: then `delete --force` finds nothing to freeze
         await run(self._argv("delete", "--force", sandbox_id), timeout=30, check=False)
         # a runtime killed mid-create leaves its state dir without the state file, which delete
@@ -421,6 +441,5 @@ class OCIBackend(CgroupBackend):
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
             "--pid-file", str(pid_file),
         )  # fmt: skip
-        process = oci_config.terminal_process(user_file(self.state_root, sandbox_id), cwd, env, command)
-        process_file.write_text(json.dumps(process))
+        self._process_file(process_file, sandbox_id, cwd, env, command, terminal=True)
         return [*argv, "--process", str(process_file), sandbox_id]

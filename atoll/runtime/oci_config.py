@@ -178,15 +178,16 @@ def build(
     }
 
 
-def terminal_process(
-    user_file: Path, cwd: str, env: Mapping[str, str], command: Sequence[str]
+def command_process(
+    user_file: Path, cwd: str, env: Mapping[str, str], command: Sequence[str], *, terminal: bool
 ) -> dict[str, Any]:
-    """An OCI ``process`` for ``exec --process`` on a terminal, as the user ``user_file``
-    recorded (``OCIBackend._prepare_bundle``) with its supplementary groups (root for a sandbox
-    booted before its user was recorded, as it always ran) and the capabilities and limits its
-    commands get. Named in full: crun's options cannot name supplementary groups, and without a
-    list both runtimes would hand the terminal PID 1's, which in a user namespace include the
-    agent's own CAP_SETPCAP (``apply_userns``)."""
+    """An OCI ``process`` for ``exec --process``: a command (the agent's fallback, ``oci_exec``)
+    or a terminal, as the user ``user_file`` recorded (``OCIBackend._prepare_bundle``) with its
+    supplementary groups (root for a sandbox booted before its user was recorded, as it always
+    ran) and the capabilities, limits and OOM score the sandbox's commands get. Named in full:
+    crun's options cannot name supplementary groups, and without a list both runtimes would hand
+    the process PID 1's capabilities, which in a user namespace include the agent's own
+    CAP_SETPCAP (``apply_userns``). ``env`` is the whole environment (nothing is merged in)."""
     identity: dict[str, Any] = {"uid": 0, "gid": 0}
     try:
         user = json.loads(user_file.read_text())
@@ -195,7 +196,7 @@ def terminal_process(
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return {
-        "terminal": True,
+        "terminal": terminal,
         "user": identity,
         "args": list(command),
         "env": [f"{key}={value}" for key, value in env.items()],

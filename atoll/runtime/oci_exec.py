@@ -39,6 +39,7 @@ from pathlib import Path
 from atoll._exceptions import BadWorkingDirectory, ExecSetupFailed, ProcessLimitReached, SandboxNotRunning
 from atoll.runtime import confined, oci_config, procfs, reaping
 from atoll.runtime.spec import ExecRequest, ExecResult
+from atoll.runtime.terminal import TAKE_OOM_SCORE
 
 RUN_DIR = f"{oci_config.HELPER_DIR}/run"
 WRAPPER = (
@@ -49,8 +50,12 @@ KILL_GRACE_S = 2.0  # after a timeout kill, how long the wrapper gets to hand ov
 
 
 def wrapped(argv: tuple[str, ...]) -> list[str]:
+    """The wrapper's argv, running ``argv``; it first takes the OOM score of the sandbox's other
+    processes (crun's exec leaves the server's, whatever the process file says)."""
     busybox = oci_config.BUSYBOX_PATH
-    return [busybox, "sh", "-c", WRAPPER.format(busybox=busybox, run=RUN_DIR), "atoll-exec", *argv]
+    oom = TAKE_OOM_SCORE.format(oom=oci_config.OOM_SCORE_ADJ)
+    script = oom + WRAPPER.format(busybox=busybox, run=RUN_DIR)
+    return [busybox, "sh", "-c", script, "atoll-exec", *argv]
 
 
 async def run_exec(
@@ -61,14 +66,14 @@ async def run_exec(
     init_pid: int | None = None,
     forks_refused: Callable[[], bool] = lambda: False,
 ) -> ExecResult:
-    """``runtime_argv`` is the runtime's ``exec --detach --pid-file PID_FILE ... ID``. To tell why
+    """``runtime_argv`` is the runtime's ``exec --detach --pid-file PID_FILE ... ID`` of
+    ``wrapped(request.argv)`` (the command in a process file, ``OCIBackend.exec``). To tell why
     an exec failed: ``init_pid``, the host pid of the sandbox's PID 1 (None: not found), and
     ``forks_refused``, whether the sandbox's pids limit refused a fork meanwhile."""
     ours, theirs = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
             *runtime_argv,
-            *wrapped(request.argv),
             stdin=theirs.fileno(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

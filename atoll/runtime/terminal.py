@@ -47,7 +47,7 @@ _reapers: set[asyncio.Task[None]] = set()
 
 class ExecCommand(Protocol):
     """A runtime's whole ``exec`` argv for a detached terminal running ``command`` with ``env``.
-    A runtime that takes the process as a file (runc and crun: ``oci_config.terminal_process``)
+    A runtime that takes the process as a file (runc and crun: ``oci_config.command_process``)
     writes it to ``process_file``, which ``open_terminal`` removes afterwards."""
 
     def __call__(

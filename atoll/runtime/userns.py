@@ -7,8 +7,9 @@ joins both. A claim is a file ``CLAIMS_DIR/<first host id>`` naming the server's
 slot, created with O_EXCL. The directory is one for the whole host, so every server on it (each
 instance) draws from the same pool and two slots never share a range, whatever server made
 them; claims survive a restart of the server (its sandboxes keep running). A claim is released
-when its slot is torn down; one whose slot is gone (e.g. a server was killed and the host
-rebooted) is reclaimed when the ranges run out, by whichever server runs out.
+when its slot is torn down; one whose slot is gone (e.g. its server was killed) is reclaimed when
+a server starts (``Ranges.sweep``: its own at once, another server's once older than
+``CLAIM_GRACE_S``) or when the ranges run out, by whichever server runs out.
 
 Nothing on disk carries the host uids: template layers, upper dirs and snapshots keep the ids
 seen inside (``0`` for root) and are shown through idmapped mounts (``idmap``, ``overlay``), so a
@@ -25,6 +26,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,9 @@ from atoll.runtime import idmap
 
 RANGE_SIZE = 65536  # ids 0..65535 inside: what images assume (nobody is 65534)
 CLAIMS_DIR = Path("/run/atoll/userns-claims")  # host-wide: shared by every instance
+# A claim is written before its slot's namespaces are made (milliseconds later): one younger
+# than this may be a slot on its way, not a leftover, so only older ones are reclaimed
+CLAIM_GRACE_S = 60.0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -163,7 +168,9 @@ class Ranges:
     the server whose sandboxes' cgroups are below ``owner``; claims recorded in ``claims_dir``
     (host-wide, see the module's doc)."""
 
-    def __init__(self, claims_dir: Path, *, base: int, count: int, owner: str) -> None:
+    def __init__(
+        self, claims_dir: Path, *, base: int, count: int, owner: str, grace_s: float = CLAIM_GRACE_S
+    ) -> None:
         if base < RANGE_SIZE or base + count * RANGE_SIZE > 2**32 - 2:
             raise ValueError(f"uid range {base}+{count}x{RANGE_SIZE} is outside 65536..2**32-2")
         if base % RANGE_SIZE:  # claims are named by first id: servers' ranges must line up
@@ -172,10 +179,11 @@ class Ranges:
         self.base = base
         self.count = count
         self.owner = owner
+        self.grace_s = grace_s
         self._lock = threading.Lock()
         claims_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._held: dict[str, int] = {}  # holder (a slot's netns name) -> index
-        for index, (claim_owner, holder) in self._claims().items():
+        for index, (claim_owner, holder, _) in self._claims().items():
             if claim_owner == owner and 0 <= index < count:
                 self._held[holder] = index
 
@@ -185,17 +193,19 @@ class Ranges:
     def _path(self, index: int) -> Path:
         return self.claims_dir / str(self.base + index * RANGE_SIZE)
 
-    def _claims(self) -> dict[int, tuple[str, str]]:
-        """Every claim in the directory within this server's ranges: index -> (owner, holder)."""
-        found: dict[int, tuple[str, str]] = {}
+    def _claims(self) -> dict[int, tuple[str, str, float]]:
+        """Every claim in the directory on this server's grid of ranges: index -> (owner,
+        holder, when it was written)."""
+        found: dict[int, tuple[str, str, float]] = {}
         for entry in self.claims_dir.iterdir():
             if not entry.name.isdigit() or (int(entry.name) - self.base) % RANGE_SIZE:
                 continue
             try:
+                written = entry.stat().st_mtime
                 claim_owner, holder = entry.read_text().split("\n")[:2]
             except (OSError, ValueError):
                 continue
-            found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, holder)
+            found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, holder, written)
         return found
 
     def of(self, holder: str) -> IdRange | None:
@@ -231,21 +241,26 @@ class Ranges:
             os.close(fd)
         return True
 
-    def _reclaim_dead(self, is_alive: Callable[[str, str], bool]) -> None:
-        for index, (claim_owner, holder) in self._claims().items():
+    def _reclaim_dead(self, is_alive: Callable[[str, str], bool], *, own_at_once: bool = False) -> None:
+        """Drop the claims whose holder is gone, once older than the grace (``own_at_once``: this
+        server's whatever their age, when none of its slots can be on its way)."""
+        now = time.time()
+        for index, (claim_owner, holder, written) in self._claims().items():
+            mine = claim_owner == self.owner
+            if now - written < self.grace_s and not (mine and own_at_once):
+                continue
             if not is_alive(claim_owner, holder):
-                if claim_owner == self.owner:
+                if mine:
                     self._held.pop(holder, None)
                 self._unlink_if(index, claim_owner, holder)
 
     def sweep(self, is_alive: Callable[[str, str], bool]) -> None:
-        """Drop this server's claims whose holder is gone (e.g. removed while the
-        server was down); other servers' are left to them until the ranges run out."""
+        """At start-up, before this server makes any slot: drop the claims whose holder is gone
+        (a slot removed while its server was down, a killed server's, a claim of an older
+        format naming a sandbox), this server's at once and other servers' once older than
+        the grace, so that leftovers never wait for the ranges to run out."""
         with self._lock:
-            for holder, index in list(self._held.items()):
-                if not is_alive(self.owner, holder):
-                    del self._held[holder]
-                    self._unlink_if(index, self.owner, holder)
+            self._reclaim_dead(is_alive, own_at_once=True)
 
     def release(self, holder: str) -> None:
         with self._lock:

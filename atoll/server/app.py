@@ -269,7 +269,7 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
     warm.start()
     cluster = await cluster_role.start(  # registers and heartbeats on PostgreSQL (docs/cluster.md)
         settings, engine, repo, manager.capacity,
-        template_names=host.templates.names, warm_ready=lambda: warm.ready_count,
+        template_names=host.templates.names, warm_ready=warm.ready_by_template,
     )  # fmt: skip
     undo("cluster membership", cluster.close)
     if builds is not None:

@@ -5,6 +5,7 @@ On SQLite (one host) none of it runs."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from atoll.cluster.heartbeat import Heartbeat
 from atoll.cluster.leader import AdvisoryLeader
 from atoll.cluster.liveness import LivenessMonitor
 from atoll.cluster.registry import NodeRegistry, NodeReport
-from atoll.server.capacity import Budget, Capacity
+from atoll.server.capacity import HOST_MEMORY_RESERVE_MIB, Budget, Capacity, host_memory_mib
 from atoll.server.settings import Settings
 from atoll.store.db import is_postgresql
 from atoll.store.observed import ObservedRepository
@@ -58,10 +59,10 @@ async def start(
     capacity: Capacity,
     *,
     template_names: Callable[[], list[str]],
-    warm_ready: Callable[[], int],
+    warm_ready: Callable[[], dict[str, int]],
 ) -> ClusterRole:
     """Join the cluster (nothing on SQLite). ``template_names`` and ``warm_ready`` tell each
-    heartbeat what the host has cached and how many warm sandboxes wait."""
+    heartbeat what the host has cached and how many warm sandboxes of each template wait."""
     node_id = node_identity(settings)
     if node_id is None:
         return ClusterRole(None, None)
@@ -80,8 +81,11 @@ async def start(
                 memory_mib_budget=used["memory_mib_budget"],
                 vcpu_used=used["vcpu_used"],
                 memory_mib_used=used["memory_mib_used"],
+                # the host itself: placement applies the cluster's over-commit to it
+                cpus=os.cpu_count() or 1,
+                memory_mib=max(0, host_memory_mib() - HOST_MEMORY_RESERVE_MIB),
                 templates=template_names(),
-                pools={"ready": warm_ready()},
+                pools=warm_ready(),
                 health={"status": "ok"},
             )
 

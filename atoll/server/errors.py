@@ -19,6 +19,7 @@ from atoll._exceptions import (
     BadRequestError,
     BadWorkingDirectory,
     CapacityError,
+    ClusterCapacityExhausted,
     ConflictError,
     ExecSetupFailed,
     FileAccessDenied,
@@ -78,6 +79,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 # The one table from the typed failures below the server (``atoll._exceptions``: OperationFailure)
 # to HTTP; the most specific class of the failure's MRO decides. ``subject`` names what could not
 # start ("process", "PTY") in the messages.
+_HOST_FULL_RETRY_AFTER_S = 5  # a host's addresses or slots free up as sandboxes end, not at once
 _RETRY_AFTER_S = 1  # a process limit or table frees up as soon as something in the sandbox ends
 _FAILURES: dict[type[OperationFailure], Callable[[OperationFailure, str], APIError]] = {
     BadWorkingDirectory: lambda _, subject: BadRequestError(
@@ -117,9 +119,14 @@ _FAILURES: dict[type[OperationFailure], Callable[[OperationFailure, str], APIErr
     TemplateConflict: lambda exc, _: ConflictError(exc.message),
     ImageRejected: lambda exc, _: BadRequestError(exc.message, errors=getattr(exc, "errors", None)),
     TemplateFailure: lambda exc, _: ServerError(exc.message),
-    HostCapacityExhausted: lambda exc, _: CapacityError(exc.message),
+    HostCapacityExhausted: lambda exc, _: CapacityError(exc.message, retry_after=_HOST_FULL_RETRY_AFTER_S),
+    ClusterCapacityExhausted: lambda exc, _: CapacityError(exc.message, retry_after=_retry_after_s(exc)),
     OperationFailure: lambda exc, _: ServerError(exc.message),
 }
+
+
+def _retry_after_s(exc: OperationFailure) -> float:
+    return exc.retry_after_s if isinstance(exc, ClusterCapacityExhausted) else _RETRY_AFTER_S
 
 
 def http_error(exc: OperationFailure, *, subject: str = "process") -> APIError:

@@ -227,6 +227,11 @@ class SandboxUrl(Wire):
     ca: str | None
 
 
+class WarmPoolLevel(Wire):
+    ready: int
+    size: int = Field(description="how many of the template the pool keeps ready")
+
+
 class Health(Wire):
     status: str
     runtime: str
@@ -234,6 +239,9 @@ class Health(Wire):
     userns: bool
     network_pool_ready: int
     warm_pool_ready: int
+    warm_pools: dict[str, WarmPoolLevel] = Field(
+        default_factory=dict, description="per template (``warm_pool_ready`` is their sum)"
+    )
     disk_pool_ready: int
     capacity: Capacity
     templates_building: dict[str, BuildProgress]

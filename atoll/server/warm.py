@@ -20,11 +20,14 @@ pools are on at all (``warm_pool_size`` > 0). A claimed desktop is up: the warm 
 its readiness path (all four of its processes running), so a create from the pool returns a
 desktop that answers at once.
 
-Refill runs in the background, one sandbox at a time, after every claim, and only in a lull
-between API requests (``quiet``): booting a sandbox costs as much CPU as a create, and on a
-small host it would slow the very requests the pool is there to speed up. A create never waits
-for it, and with the pool empty it simply boots as usual. After a crash the warm sandboxes have
-no records, so the start-up reconciliation removes them like any other leftover."""
+Refill runs in the background after every claim, one sandbox at a time for each template (a
+lane of its own per template: one loop over all of them made a claimed default sandbox wait
+until the code interpreter's and the desktop's pools were full, seconds of boots, so a client
+creating again a few hundred milliseconds later got a cold boot), and only in a lull between
+API requests (``quiet``): booting a sandbox costs as much CPU as a create, and on a small host
+it would slow the very requests the pool is there to speed up. A create never waits for it,
+and with the pool empty it simply boots as usual. After a crash the warm sandboxes have no
+records, so the start-up reconciliation removes them like any other leftover."""
 
 from __future__ import annotations
 
@@ -87,22 +90,34 @@ class WarmPool:
         self.sizes = {name: desktops if name == DESKTOP_TEMPLATE else size for name in template_names}
         self.quiet = quiet  # awaited before each refill boot
         self._ready: dict[str, deque[WarmSandbox]] = {name: deque() for name in template_names}
-        self._wake = asyncio.Event()
-        self._filler: asyncio.Task[None] | None = None
+        self._wake = {name: asyncio.Event() for name in template_names}  # one lane per template
+        self._fillers: list[asyncio.Task[None]] = []
         self._discarding: set[asyncio.Task[None]] = set()
 
     @property
     def ready_count(self) -> int:
         return sum(len(q) for q in self._ready.values())
 
+    def levels(self) -> dict[str, dict[str, int]]:
+        """Each template's pool: how many are ready, of how many it keeps (``/v1/health``)."""
+        return {
+            name: {"ready": len(self._ready[name]), "size": self.sizes[name]} for name in self.template_names
+        }
+
+    def ready_by_template(self) -> dict[str, int]:
+        """Warm sandboxes ready, by template (what a cluster node reports to placement)."""
+        return {name: len(self._ready[name]) for name in self.template_names}
+
     def wake(self) -> None:
         """A template may have appeared (a background build finished): fill its pool."""
-        self._wake.set()
+        for event in self._wake.values():
+            event.set()
 
     def start(self) -> None:
-        if any(self.sizes.values()):
-            self._filler = asyncio.create_task(self._fill_forever())
-            self._wake.set()
+        for name in self.template_names:
+            if self.sizes[name] > 0:
+                self._fillers.append(asyncio.create_task(self._fill_forever(name)))
+                self._wake[name].set()
 
     def take(
         self,
@@ -113,7 +128,7 @@ class WarmPool:
         queue = self._ready.get(template.name)
         if not queue or not claimable(template, network_policy, env_vars):
             return None
-        self._wake.set()
+        self._wake[template.name].set()
         warm = queue.popleft()
         if warm.template.id != template.id:  # the template was rebuilt since: this one is stale
             task = asyncio.create_task(self.discard(warm))
@@ -169,26 +184,28 @@ class WarmPool:
         except OSError:
             log.exception("removing warm sandbox %s's directory failed", warm.sandbox_id)
 
-    async def _fill_forever(self) -> None:
+    async def _fill_forever(self, name: str) -> None:
+        """``name``'s lane: its pool back to size after each wake, one boot at a time."""
+        wake, ready = self._wake[name], self._ready[name]
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            for name in self.template_names:
-                while len(self._ready[name]) < self.sizes[name]:
-                    if self.quiet is not None:
-                        await self.quiet()
-                    template = self.host.templates.get(name)
-                    if template is None or not claimable(template, None):
-                        break
-                    try:
-                        self._ready[name].append(await self._boot_one(template))
-                    except Exception:
-                        log.exception("could not prepare a warm %s sandbox", name)
-                        await asyncio.sleep(5)
-                        break
+            await wake.wait()
+            wake.clear()
+            while len(ready) < self.sizes[name]:
+                if self.quiet is not None:
+                    await self.quiet()
+                template = self.host.templates.get(name)
+                if template is None or not claimable(template, None):
+                    break  # until a build of it wakes the pool
+                try:
+                    ready.append(await self._boot_one(template))
+                except Exception:
+                    log.exception("could not prepare a warm %s sandbox", name)
+                    await asyncio.sleep(5)
+                    break
 
     async def close(self) -> None:
-        await cancel_and_wait(self._filler)
+        for filler in self._fillers:
+            await cancel_and_wait(filler)
         if self._discarding:
             await asyncio.gather(*self._discarding, return_exceptions=True)
         for queue in self._ready.values():

@@ -12,10 +12,12 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -178,6 +180,9 @@ class SshAccessRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+NODE_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+
 class NodeRow(Base):
     """A host that runs sandboxes in a cluster (docs/cluster.md): what it offers, written by the
     node at start-up and on every heartbeat; ``state`` is ``down`` once it went silent."""
@@ -193,12 +198,38 @@ class NodeRow(Base):
     memory_mib_budget: Mapped[int] = mapped_column(Integer)
     vcpu_used: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib_used: Mapped[int] = mapped_column(Integer, default=0)
-    templates: Mapped[list[str]] = mapped_column(JSON, default=list)  # cached on its host
-    pools: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # warm sandboxes by template
+    # jsonb on PostgreSQL: placement reads both on every node for every create, and jsonb is
+    # parsed once when written, json on each read (atoll.cluster.placement)
+    templates: Mapped[list[str]] = mapped_column(NODE_JSON, default=list)  # cached on its host
+    pools: Mapped[dict[str, Any]] = mapped_column(NODE_JSON, default=dict)  # warm sandboxes by template
     health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # the database's clock, not the node's: nodes' clocks may disagree, the database's is one
     heartbeat_at: Mapped[dt.datetime] = mapped_column(index=True)
+    # the host itself (CPUs, memory less the host's reserve), which placement over-commits
+    # (atoll.cluster.placement); 0 on a node that reports none: nothing is placed there
+    cpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    memory_mib: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # what placement has reserved on it: written only by placement and release, never by the
+    # node's heartbeat, so a heartbeat never undoes a reservation another process just made
+    vcpu_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    memory_mib_reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PlacementRow(Base):
+    """A sandbox's reservation on the node placement chose for it (atoll.cluster.placement):
+    what it holds there, so that release gives exactly that back, and whose it is, so that an
+    organisation's sandboxes are spread."""
+
+    __tablename__ = "placements"
+    __table_args__ = (Index("ix_placements_org_id_node_id", "org_id", "node_id"),)
+    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(String(255))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    placed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class AdmissionClaimRow(Base):

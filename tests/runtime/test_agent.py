@@ -62,6 +62,12 @@ def test_replies_are_untrusted(reply: bytes, expected: tuple[int, bytes, bytes])
 def test_paced_output_is_acknowledged_chunk_by_chunk() -> None:
     """gVisor: every chunk of at most ``pace`` bytes, of stdout and then of stderr, gets one ack."""
     acks: list[int] = []
-    result = asyncio.run(parse(b"X 0 20 3\n" + b"o" * 20 + b"eee", pace=8, ack=lambda: acks.append(1)))
+    # each chunk starts with "+"; fillers (".") sent while an ack was awaited come before the next
+    chunks = b"+oooooooo" + b"..+oooooooo" + b"+oooo" + b".+eee"
+    result = asyncio.run(parse(b"X 0 20 3\n" + chunks, pace=8, ack=lambda: acks.append(1)))
     assert result == (0, b"o" * 20, b"eee")
     assert len(acks) == 3 + 1
+
+
+def test_paced_output_without_its_chunk_mark_is_not_trusted() -> None:
+    assert asyncio.run(parse(b"X 0 4 0\n" + b"oooo", pace=8)) == (0, b"", b"")

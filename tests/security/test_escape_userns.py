@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests._support import api
-from tests._support.server import ServerProcess, spare_server
+from tests._support.server import ServerProcess, serving, side_server, spare_server
 from tests.security.conftest import Blocked
 
 pytestmark = [pytest.mark.privileged]
@@ -272,6 +272,54 @@ def test_terminal(uhttp: httpx.Client, userns_server: ServerProcess, sandbox: st
     assert uhttp.delete(f"/v1/sandbox/{sandbox}/pty/t").status_code == 204
 
 
+IDENTITY = "grep -E '^Cap(Eff|Bnd):' /proc/self/status; cat /proc/self/oom_score_adj; id -u"
+CAP_SETPCAP = 8
+
+
+def through_the_runtime_exec(http: httpx.Client, sid: str) -> tuple[str, str]:
+    """A command's capabilities, OOM score and uid through the agent, then through the runtime's
+    ``exec`` (the fallback when the agent cannot take a command: here its socket is gone)."""
+    by_agent = api.run(http, sid, IDENTITY)["stdout"]
+    api.run(http, sid, "rm -f /.atoll/run/agent.sock")
+    r = api.run(http, sid, f"{IDENTITY}; ls /.atoll/run")
+    assert r["exit_code"] == 0, r
+    lines = r["stdout"].splitlines()
+    # the fallback's wrapper spools output in /.atoll/run (oci_exec): this went through it
+    assert any(name.endswith(".out") for name in lines[4:]), r
+    return by_agent, "".join(f"{line}\n" for line in lines[:4])
+
+
+def assert_command_identity(by_agent: str, fallback: str) -> None:
+    assert fallback == by_agent, (by_agent, fallback)
+    fields = dict(line.split(":", 1) for line in fallback.splitlines() if ":" in line)
+    for name in ("CapEff", "CapBnd"):
+        assert not int(fields[name], 16) & (1 << CAP_SETPCAP), (name, fallback)  # the agent's alone
+    assert fallback.split("\n")[2:4] == ["500", "0"], fallback  # the sandbox's OOM score, root
+
+
+def test_runtime_exec_fallback_gets_a_commands_capabilities_not_the_agents(
+    uhttp: httpx.Client, sandbox: str
+) -> None:
+    """``runc exec`` would give the command PID 1's capabilities, which in a user namespace hold
+    CAP_SETPCAP (agent.c keeps it to stay untraceable): the fallback names them in a process
+    file (``oci_config.command_process``), as terminals do."""
+    assert_command_identity(*through_the_runtime_exec(uhttp, sandbox))
+
+
+def test_runtime_exec_fallback_on_the_default_runtime(http: httpx.Client) -> None:
+    if os.environ.get("ATOLL_TEST_RUNTIME") == "runsc":
+        pytest.skip("gVisor's commands never take the OCI runtime's exec")
+    sid = api.create(http)["id"]
+    try:
+        by_agent, fallback = through_the_runtime_exec(http, sid)
+        assert_command_identity(by_agent, fallback)
+        # the recorded environment and the request's both reach the command
+        r = api.run(http, sid, "echo $PATH $ATOLL_PROBE", envs={"ATOLL_PROBE": "seen"})
+        assert r["stdout"].split()[-1] == "seen" and "/usr/bin" in r["stdout"], r
+    finally:
+        api.delete(http, sid)
+
+
 def test_snapshot_fork_then_pause_checkpoint_and_resume(uhttp: httpx.Client, sandbox: str) -> None:
     if not uhttp.get("/v1/health").json()["checkpoint"]:
         pytest.skip("no checkpointing runtime (runc and CRIU) on this host")
@@ -337,16 +385,61 @@ def test_restored_sandbox_checkpoints_again_and_its_agent_stays_untraceable(
     blocked("PTRACE_ATTACH EPERM and /proc/1 environ, maps EACCES before and after each restore")
 
 
+def test_a_restarted_server_reclaims_leftover_claims_and_keeps_live_ones() -> None:
+    """Claims whose slot is gone (an older format's naming a sandbox, a slot removed while the
+    server was down, a killed server's) are dropped when a server starts, not when the ranges
+    run out; a running sandbox's claim stays, and so does another server's fresh one (its slot
+    may be on its way: ``userns.CLAIM_GRACE_S``)."""
+    from atoll.runtime.userns import CLAIMS_DIR
+
+    if os.environ.get("ATOLL_TEST_RUNTIME") == "runsc":
+        pytest.skip("user namespaces are for the OCI backends")
+    base = 0x7400_0000  # a grid of its own: no other test server's ranges
+    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-reclaim-", dir="/var/tmp"))
+    args = ("--userns", "--userns-base", str(base), "--userns-ranges", "16", "--netns-pool-size", "1")
+    server = side_server(data_dir, "rc", 9, runtime="runc", extra_args=args)
+    owner, gone = f"atoll_{server.instance}", f"atoll_{server.instance}x"
+    planted = {
+        base + 15 * RANGE: f"{owner}\nsbx-of-an-older-format",
+        base + 14 * RANGE: f"{owner}\natoll-{server.instance}-60",  # no such slot any more
+        base + 13 * RANGE: f"{gone}\natoll-{server.instance}x-1",  # a killed server's, an hour old
+    }
+    fresh = CLAIMS_DIR / str(base + 12 * RANGE)
+    try:
+        with (
+            serving(server),
+            httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as h,
+        ):
+            sid = api.create(h)["id"]
+            live = (slot_of(server, sid), mapped_base(h, sid))
+            for first, text in planted.items():
+                (CLAIMS_DIR / str(first)).write_text(text)
+            hour_ago = time.time() - 3600
+            os.utime(CLAIMS_DIR / str(base + 13 * RANGE), (hour_ago, hour_ago))
+            fresh.write_text(f"{gone}\natoll-{server.instance}x-2")
+            server.stop()
+            server.start()
+            assert not [first for first in planted if (CLAIMS_DIR / str(first)).exists()]
+            assert fresh.exists()
+            assert claimed_ranges()[live[0]] == live[1] == mapped_base(h, sid)
+            assert api.run(h, sid, "echo still")["stdout"] == "still\n"
+    finally:
+        for first in planted:
+            (CLAIMS_DIR / str(first)).unlink(missing_ok=True)
+        fresh.unlink(missing_ok=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 # pure logic: no server ---------------------------------------------------------------------------
 def test_ranges_are_exclusive_persistent_and_reclaimed(tmp_path: Path) -> None:
     from atoll.runtime.userns import Ranges, RangesExhausted
 
-    ranges = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x")
+    ranges = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x", grace_s=0)
     a, b = ranges.claim("a", lambda o, s: True), ranges.claim("b", lambda o, s: True)
     assert {a.base, b.base} == {BASE, BASE + RANGE} and ranges.claim("a", lambda o, s: True) == a
     with pytest.raises(RangesExhausted):
         ranges.claim("c", lambda o, s: True)  # both holders still run
-    again = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x")  # a restarted server sees the claims
+    again = Ranges(tmp_path, base=BASE, count=2, owner="atoll-x", grace_s=0)  # a restarted server sees them
     assert again.of("a") == a and again.of("b") == b
     assert again.claim("c", lambda o, s: s != "a") == a  # a's sandbox is gone: its range is reused
     again.release("b")
@@ -360,8 +453,8 @@ def test_ranges_are_host_wide(tmp_path: Path) -> None:
     two sandboxes, and neither drops a claim of the other's that still runs."""
     from atoll.runtime.userns import Ranges, RangesExhausted
 
-    one = Ranges(tmp_path, base=BASE, count=3, owner="atoll-one")
-    two = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two")
+    one = Ranges(tmp_path, base=BASE, count=3, owner="atoll-one", grace_s=0)
+    two = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two", grace_s=0)
     running = {("atoll-one", "a"), ("atoll-two", "a"), ("atoll-two", "b")}
     alive = lambda o, s: (o, s) in running  # noqa: E731
     got = [one.claim("a", alive), two.claim("a", alive), two.claim("b", alive)]
@@ -374,12 +467,48 @@ def test_ranges_are_host_wide(tmp_path: Path) -> None:
     two.release("b")  # late: the claim is one's now and stays
     assert (tmp_path / str(c.base)).read_text() == "atoll-one\nc"
     assert Ranges(tmp_path, base=BASE, count=3, owner="atoll-one").of("c") == c
-    restarted = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two")
-    restarted.sweep(lambda o, s: False)  # its a ended while it was down; one's c is not its to drop
+    restarted = Ranges(tmp_path, base=BASE, count=3, owner="atoll-two", grace_s=0)
+    restarted.sweep(lambda o, s: o == "atoll-one")  # its a ended while it was down; one's still run
     assert restarted.of("a") is None and sorted(p.read_text() for p in tmp_path.iterdir()) == [
         "atoll-one\na",
         "atoll-one\nc",
     ]
+
+
+def test_start_up_sweep_reclaims_leftovers_but_not_a_slot_on_its_way(tmp_path: Path) -> None:
+    """A server starting drops its own dead claims at once, and other servers' dead ones only
+    once older than the grace: a claim is written before its slot exists."""
+    from atoll.runtime.userns import Ranges
+
+    other = Ranges(tmp_path, base=BASE, count=4, owner="atoll-other")
+    on_its_way = other.claim("slot-being-made", lambda o, s: True)
+    gone = other.claim("slot-of-a-killed-server", lambda o, s: True)
+    old = time.time() - 3600
+    os.utime(tmp_path / str(gone.base), (old, old))
+    mine = Ranges(tmp_path, base=BASE, count=4, owner="atoll-me")
+    stale = mine.claim("sbx-of-an-older-format", lambda o, s: True)
+    restarted = Ranges(tmp_path, base=BASE, count=4, owner="atoll-me")
+    restarted.sweep(lambda o, s: False)  # no holder exists
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(on_its_way.base)]
+    assert restarted.of("sbx-of-an-older-format") is None and stale.base != on_its_way.base
+
+
+@pytest.mark.parametrize("busybox", [True, False], ids=["busybox", "util-linux"])
+def test_mapped_child_is_in_its_namespaces_with_the_map(
+    busybox: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child a slot's namespaces come from (``idmap.mapped_child``): in new user and network
+    namespaces, its map written, gone when the block ends (static busybox or util-linux)."""
+    from atoll.runtime import idmap
+
+    if not busybox:
+        monkeypatch.setattr(idmap, "BUSYBOX", "/nonexistent/busybox")
+    with idmap.mapped_child(("user", "net"), BASE, RANGE) as pid:
+        for kind in ("user", "net"):
+            assert os.stat(f"/proc/{pid}/ns/{kind}").st_ino != os.stat(f"/proc/self/ns/{kind}").st_ino
+        for name in ("uid_map", "gid_map"):
+            assert Path(f"/proc/{pid}/{name}").read_text().split() == ["0", str(BASE), str(RANGE)]
+    assert not Path(f"/proc/{pid}").exists()
 
 
 def test_checkpoint_image_gets_the_new_range(tmp_path: Path) -> None:

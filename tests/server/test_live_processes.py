@@ -4,9 +4,11 @@ under a slow reader. Real server, real sandboxes (one shared where isolation is 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +21,10 @@ import httpx
 import pytest
 
 import atoll
+from atoll.runtime import agent_processes, gvisor_exec
 from atoll.sdk._sse import SSEDecoder
 from tests._support import api
-from tests._support.server import ServerProcess
+from tests._support.server import INSTANCE, RUNTIME, ServerProcess
 
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
@@ -220,15 +223,81 @@ def test_slow_reader_of_yes_keeps_server_memory_flat(
     deadline = time.monotonic() + 30
     with http.stream("GET", f"/v1/sandbox/{sandbox}/process/{pid}/events", headers={"accept": accept}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith(accept)
-        for chunk in r.iter_raw(4096):
+        # each read as it comes: a fixed chunk size would wait for that many bytes, and a stream
+        # that carries only keepalives would then hold the loop past its deadline for an hour
+        for chunk in r.iter_raw():
             received += len(chunk)
-            time.sleep(0.01)  # about 400 KB/s, while yes writes far faster
+            time.sleep(len(chunk) / 400_000)  # about 400 KB/s, while yes writes far faster
             peak = max(peak, _rss_mib(server_pid))
             if time.monotonic() > deadline:
                 break
     assert http.delete(f"/v1/sandbox/{sandbox}/process/{pid}").status_code == 204
     assert received > 1_000_000
     assert peak - baseline < 50, (baseline, peak)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the agent closed the connection"
+        data += chunk
+    return data
+
+
+@pytest.mark.skipif(RUNTIME != "runsc", reason="the paced stream of runsc's port forwarding")
+def test_gvisor_agent_sends_fillers_while_its_ack_is_withheld(http: httpx.Client, sandbox: str) -> None:
+    """runsc's port forwarding can miss that a paced chunk's last bytes arrived and hold them,
+    and the agent then waits for an "A" that never comes (the stalled stream of issue 18): so
+    the agent sends a filler byte now and then while it waits, which Atoll's link skips. Here
+    the test is the reader and withholds the "A": fillers must come, then the next chunk."""
+    pid = start(http, sandbox, "yes")
+    executor = gvisor_exec.Executor(Path("/run/atoll") / INSTANCE / "runsc")
+    sock = asyncio.run(executor.connect_agent(sandbox))
+    try:
+        sock.settimeout(10)  # a stall fails here, not after an hour
+        sock.sendall(agent_processes._payload([b"events", str(pid).encode(), b"0", b"1"]))
+        pace = gvisor_exec.OUTPUT_PACE
+        first = _recv_exactly(sock, pace)
+        assert first.startswith(b"+R\n"), first[:20]
+        time.sleep(1.0)  # no "A": the agent waits, sending fillers
+        sock.settimeout(0.5)
+        waiting = sock.recv(4096)
+        assert waiting and set(waiting) == {ord(".")}, waiting[:40]
+        assert len(waiting) <= 1024  # bounded (agent.c MAX_FILLS): runsc panics past 16 KiB
+        sock.settimeout(10)
+        sock.sendall(b"A")
+        nxt = sock.recv(1)
+        while nxt == b".":
+            nxt = sock.recv(1)
+        assert nxt == b"+"  # the next chunk
+    finally:
+        sock.close()
+        http.delete(f"/v1/sandbox/{sandbox}/process/{pid}")
+
+
+@pytest.mark.skipif(RUNTIME != "runsc", reason="the paced stream of runsc's port forwarding")
+def test_gvisor_streams_never_stall_beside_a_busy_process(http: httpx.Client, sandbox: str) -> None:
+    """Many paced chunks through ``execute/stream`` while another process keeps the sandbox
+    busy (the load under which runsc's forwarding lost a wake-up): every byte arrives, and no
+    read waits 20 s (a stall fails at once instead of hanging: no keepalive mid-event)."""
+    busy = start(http, sandbox, "yes > /dev/null")
+    size = 16 << 20
+    try:
+        for _ in range(3):
+            received = 0
+            with http.stream(
+                "POST", f"/v1/sandbox/{sandbox}/process/execute/stream",
+                json={"command": f"yes | head -c {size}", "timeout": 300},
+                timeout=httpx.Timeout(60, read=20),
+            ) as r:  # fmt: skip
+                assert r.status_code == 200
+                for _, event in events(r):
+                    if event["type"] == "stdout":
+                        received += len(event["data"])
+            assert received == size
+    finally:
+        http.delete(f"/v1/sandbox/{sandbox}/process/{busy}")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import pytest
 from atoll.runtime.spec import upper_dir
 from tests._support import api
 from tests._support.leaks import _egress_slots
-from tests._support.server import ServerProcess, side_server
+from tests._support.server import ServerProcess, serving, side_server
+from tests.services.conftest import template_present
 
 pytestmark = [pytest.mark.privileged]
 
@@ -118,3 +119,58 @@ def test_refill_never_blocks_creates(warm_server: ServerProcess) -> None:
             api.delete(http, sid)
         wait_for_warm(http, 2)  # and it refills afterwards
         assert len(containers(warm_server)) == 2
+
+
+DEFAULT = "system/debian:bookworm"
+DESKTOP = "system/desktop:v0.1.0"
+
+
+def levels(http: httpx.Client) -> dict[str, dict[str, int]]:
+    """Each template's pool as health reports it: ``{name: {"ready": n, "size": s}}``."""
+    pools: dict[str, dict[str, int]] = http.get("/v1/health").json()["warm_pools"]
+    return pools
+
+
+def wait_for_level(
+    http: httpx.Client, template: str, count: int, timeout_s: float = 120
+) -> dict[str, dict[str, int]]:
+    deadline = time.monotonic() + timeout_s
+    while (pools := levels(http))[template]["ready"] < count:
+        assert time.monotonic() < deadline, f"the {template} pool never reached {count}"
+        time.sleep(0.02)
+    return pools
+
+
+def test_the_default_pool_refills_without_waiting_for_the_desktops() -> None:
+    """A claim of the default template is refilled at once, not after the slower pools of the
+    other templates have filled (a desktop boots in seconds): the next create a moment later
+    is warm again. Three rounds with a pool of two: the third needs a refill."""
+    assert template_present("system--desktop@v0.1.0"), "make test builds system/desktop first"
+    data_dir = Path(tempfile.mkdtemp(prefix="atoll-test-warm-lanes-", dir="/var/tmp"))
+    args: tuple[str, ...] = ("--warm-pool-size", "2", "--warm-template", DEFAULT, "--warm-template", DESKTOP)
+    args += ("--warm-desktop-pool-size", "3")
+    server = side_server(data_dir, "lanes", 8, runtime="runc", extra_args=args)
+    try:
+        with (
+            serving(server),
+            httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as http,
+        ):
+            assert http.get("/v1/health").json()["userns"] is True  # the default, and the case that regressed
+            pools = wait_for_level(http, DEFAULT, 2)
+            assert pools[DEFAULT]["size"] == 2 and pools[DESKTOP]["size"] == 3
+            for _ in range(3):
+                pools = wait_for_level(http, DEFAULT, 1)
+                # the desktop pool (three boots of a second or more each) is still filling:
+                # the default's refill did not wait for it
+                assert pools[DESKTOP]["ready"] < 3, pools
+                booted = containers(server)
+                sid = api.create(http)["id"]
+                assert sid in booted, "the create booted a sandbox instead of taking a warm one"
+                assert api.run(http, sid, "echo up")["stdout"] == "up\n"
+                api.delete(http, sid)
+            wait_for_level(http, DESKTOP, 3, timeout_s=240)  # and the other pool fills too
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f" {server.iface_prefix}" not in leftovers, "a warm sandbox's veth outlived the server"
+    assert not _egress_slots(server.instance), "a warm sandbox's egress rules outlived the server"

@@ -10,8 +10,9 @@ import pytest
 
 from atoll._exceptions import ServerError
 from atoll._states import State
-from atoll.server.warm import WarmPool
-from tests.unit.conftest import MakeHost
+from atoll.server.warm import WarmPool, WarmSandbox
+from atoll.templates.registry import Template
+from tests.unit.conftest import TEMPLATE, MakeHost
 
 
 async def _filled(warm: WarmPool, count: int) -> None:
@@ -51,4 +52,38 @@ async def test_a_claim_that_fails_removes_the_warm_sandbox_and_leaves_nothing(ma
     assert booted not in host.backend.holds
     assert not await host.records()  # no record of the request
     await host.warm.close()
+    assert host.holds_nothing()
+
+
+class HeldPool(WarmPool):
+    """A pool whose boots of ``held`` never finish (a desktop's boot, seconds long, stretched)."""
+
+    held = "system/slow:v1"
+
+    async def _boot_one(self, template: Template) -> WarmSandbox:
+        if template.name == self.held:
+            await asyncio.Event().wait()
+        return await super()._boot_one(template)
+
+
+async def test_a_claimed_template_refills_while_another_template_is_still_booting(
+    make_host: MakeHost,
+) -> None:
+    host = await make_host(warm_pool_size=1)
+    templates = host.manager.host.templates
+    (templates.dir_for(HeldPool.held) / "rootfs").mkdir(parents=True)
+    templates.save(Template(id="tpl-slow", name=HeldPool.held))
+    pool = HeldPool(host.manager.host, size=1, template_names=(TEMPLATE, HeldPool.held))
+    host.manager.warm = pool
+    pool.start()
+    try:
+        await _filled(pool, 1)
+        (booted,) = host.backend.running
+        row = await host.create()
+        assert row.id == booted
+        await _filled(pool, 1)  # the default's own lane: not behind the held boot
+        assert pool.levels() == {TEMPLATE: {"ready": 1, "size": 1}, HeldPool.held: {"ready": 0, "size": 1}}
+        await host.manager.delete(row.org_id, row.id)
+    finally:
+        await pool.close()  # cancels the held boot too
     assert host.holds_nothing()

@@ -35,6 +35,8 @@ async def health(request: Request) -> dict[str, Any]:
         "userns": getattr(manager.host.backend, "userns", None) is not None,
         "network_pool_ready": manager.host.pool.ready_count,
         "warm_pool_ready": manager.warm.ready_count if manager.warm else 0,
+        # each template's own pool (the sum above mixes the default with services and desktops)
+        "warm_pools": manager.warm.levels() if manager.warm else {},
         "disk_pool_ready": manager.host.disks.ready_count if manager.host.disks else 0,
         "capacity": await manager.capacity.report(),
         # on-demand system templates being built in the background (or whose build failed)

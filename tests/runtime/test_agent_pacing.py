@@ -1,0 +1,53 @@
+"""The paced link of gVisor sandboxes (``AgentLink`` with ``pace``, agent.c ``out_write``): the
+host side of the protocol, against a peer socket that plays the agent byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from atoll.runtime.agent_processes import AgentLink
+
+PACE = 16
+
+
+async def _read_with_fillers() -> tuple[list[bytes], bytes, bytes]:
+    ours, agent = socket.socketpair()
+    agent.settimeout(5)
+    link = AgentLink(ours, pace=PACE)
+    try:
+        await link.send([b"events", b"1", b"0", b"1"])
+        agent.recv(4096)  # the request
+        # chunk 1: the mark and 15 counted bytes; then fillers while the "A" is awaited
+        agent.sendall(b"+R\nV 1 o 20\n0123" + b"....")
+        lines = [await asyncio.wait_for(link.readline(), 5), await asyncio.wait_for(link.readline(), 5)]
+        ack = agent.recv(16)
+        # chunk 2 (after the fillers already sent): its mark, then the rest of the payload
+        agent.sendall(b"+456789abcdefghij")
+        data = await asyncio.wait_for(link.readexactly(20), 5)
+        return lines, ack, data
+    finally:
+        link.close()
+        agent.close()
+
+
+def test_fillers_are_skipped_and_acks_fall_on_chunk_ends() -> None:
+    lines, ack, data = asyncio.run(_read_with_fillers())
+    assert lines == [b"R", b"V 1 o 20"]
+    assert ack == b"A"  # after exactly PACE counted bytes, and before the fillers were read
+    assert data == b"0123456789abcdefghij"  # no filler, no mark in the data
+
+
+def test_an_unpaced_reply_line_is_read_as_is() -> None:
+    async def go() -> bytes:
+        ours, agent = socket.socketpair()
+        link = AgentLink(ours, pace=PACE)
+        try:
+            await link.send([b"signal", b"1", b"9"])
+            agent.sendall(b"E 3 pid no such process\n")  # reply() lines have no mark
+            return await asyncio.wait_for(link.readline(), 5)
+        finally:
+            link.close()
+            agent.close()
+
+    assert asyncio.run(go()) == b"E 3 pid no such process"
