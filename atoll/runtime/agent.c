@@ -22,7 +22,8 @@
  *             cwd, max_output_bytes, argc, argv[0..argc), then "KEY=VALUE" env overrides
  *   reply:    "R pid\n"                 the command started (pid in the sandbox)
  *             "E errno step message\n"  it could not start (e.g. chdir failed); nothing ran
- *   then:     "X status outlen errlen\n" followed by outlen + errlen bytes of output
+ *   then:     "X status outlen errlen\n" followed by outlen + errlen bytes of output (paced:
+ *             "X status outlen errlen +\n", each chunk of output then starting with "+")
  *   Atoll may send "K" (or close the connection) while the command runs: its whole session is
  *   killed, then the reply goes on as above.
  *
@@ -1199,7 +1200,8 @@ static void handle(int conn) {
         code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
     size_t out_len = spooled(out, cap), err_len = spooled(err, cap);
-    reply(conn, "X %d %zu %zu\n", code, out_len, err_len);
+    /* "+": the output's chunks carry marks (send_file); Atoll reads an agent's without them too */
+    reply(conn, pace ? "X %d %zu %zu +\n" : "X %d %zu %zu\n", code, out_len, err_len);
     send_file(conn, out, out_len);
     send_file(conn, err, err_len);
 done:;

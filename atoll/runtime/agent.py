@@ -201,26 +201,29 @@ async def _result(
     """Parse ``X status outlen errlen`` and read the output (never more than ``cap`` each); with
     ``pace``, in chunks of that size, calling ``ack`` after each."""
     parts = line.split()
-    if len(parts) != 4 or parts[0] != b"X":
+    marked = parts[4:] == [CHUNK_MARK]  # (an agent started by an older Atoll sends no marks)
+    if len(parts) != 4 + marked or parts[0] != b"X":
         return 137, b"", b""  # the agent died (the sandbox's OOM killer, its deletion)
     try:
-        code, out_len, err_len = (int(p) for p in parts[1:])
+        code, out_len, err_len = (int(p) for p in parts[1:4])
     except ValueError:
         return 137, b"", b""
     if not (0 <= out_len <= cap and 0 <= err_len <= cap and 0 <= code <= 255):
         return 137, b"", b""
     try:
-        out = await _read_output(reader, out_len, pace, ack)
-        err = await _read_output(reader, err_len, pace, ack)
+        out = await _read_output(reader, out_len, pace, ack, marked=marked)
+        err = await _read_output(reader, err_len, pace, ack, marked=marked)
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         return code, b"", b""
     return code, out, err
 
 
-async def _read_output(reader: asyncio.StreamReader, size: int, pace: int, ack: Callable[[], None]) -> bytes:
+async def _read_output(
+    reader: asyncio.StreamReader, size: int, pace: int, ack: Callable[[], None], *, marked: bool
+) -> bytes:
     chunks = []
     while size > 0:
-        if pace:
+        if pace and marked:
             await _chunk_mark(reader)
         chunk = await asyncio.wait_for(reader.readexactly(min(pace or size, size)), KILL_GRACE_S + 30)
         if pace:

@@ -88,6 +88,9 @@ class AgentLink:
         self._pace = pace
         self._unacked = 0
         self._chunk_start = True  # paced: the next bytes are fillers, then a chunk's mark
+        # paced chunks carry marks: known from the connection's first byte (an agent from before
+        # the marks, still running in a sandbox started by an older Atoll, sends none)
+        self._marked: bool | None = None
         self._buffer = bytearray()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -119,7 +122,9 @@ class AgentLink:
         chunk = await self._reader.read(want)
         if not chunk:
             raise ConnectionResetError("the agent closed the connection")
-        if self._pace and self._chunk_start:
+        if self._marked is None:
+            self._marked = chunk[:1] == CHUNK_MARK
+        if self._pace and self._marked and self._chunk_start:
             chunk = chunk.lstrip(FILLER)
             if not chunk:
                 return

@@ -64,10 +64,17 @@ def test_paced_output_is_acknowledged_chunk_by_chunk() -> None:
     acks: list[int] = []
     # each chunk starts with "+"; fillers (".") sent while an ack was awaited come before the next
     chunks = b"+oooooooo" + b"..+oooooooo" + b"+oooo" + b".+eee"
-    result = asyncio.run(parse(b"X 0 20 3\n" + chunks, pace=8, ack=lambda: acks.append(1)))
+    result = asyncio.run(parse(b"X 0 20 3 +\n" + chunks, pace=8, ack=lambda: acks.append(1)))
     assert result == (0, b"o" * 20, b"eee")
     assert len(acks) == 3 + 1
 
 
+def test_paced_output_of_an_agent_from_before_the_marks_is_read_as_it_was() -> None:
+    """A sandbox started by an older Atoll keeps its agent: "X" with four fields, no marks."""
+    acks: list[int] = []
+    result = asyncio.run(parse(b"X 0 10 0\n" + b".+" + b"o" * 8, pace=8, ack=lambda: acks.append(1)))
+    assert result == (0, b".+" + b"o" * 8, b"") and len(acks) == 2
+
+
 def test_paced_output_without_its_chunk_mark_is_not_trusted() -> None:
-    assert asyncio.run(parse(b"X 0 4 0\n" + b"oooo", pace=8)) == (0, b"", b"")
+    assert asyncio.run(parse(b"X 0 4 0 +\n" + b"oooo", pace=8)) == (0, b"", b"")

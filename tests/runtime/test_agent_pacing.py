@@ -51,3 +51,28 @@ def test_an_unpaced_reply_line_is_read_as_is() -> None:
             agent.close()
 
     assert asyncio.run(go()) == b"E 3 pid no such process"
+
+
+def test_an_agent_from_before_the_marks_is_read_as_it_was() -> None:
+    """A sandbox started by an older Atoll keeps its agent: chunks without marks, no fillers;
+    data that happens to start a chunk with "." or "+" is data."""
+
+    async def go() -> tuple[list[bytes], bytes, bytes]:
+        ours, agent = socket.socketpair()
+        agent.settimeout(5)
+        link = AgentLink(ours, pace=PACE)
+        try:
+            await link.send([b"events", b"1", b"0", b"1"])
+            agent.recv(4096)
+            agent.sendall(b"R\nV 1 o 20\n01234")  # 16 bytes: one chunk
+            lines = [await asyncio.wait_for(link.readline(), 5), await asyncio.wait_for(link.readline(), 5)]
+            ack = agent.recv(16)
+            agent.sendall(b".+6789abcdefghij")
+            return lines, ack, await asyncio.wait_for(link.readexactly(20), 5)
+        finally:
+            link.close()
+            agent.close()
+
+    lines, ack, data = asyncio.run(go())
+    assert lines == [b"R", b"V 1 o 20"] and ack == b"A"
+    assert data == b"01234.+6789abcdefghij"[:20]

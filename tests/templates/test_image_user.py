@@ -95,11 +95,12 @@ def test_user_1000_runs_everything(http: httpx.Client, server: ServerProcess, ui
         # paused (checkpointed where the runtime can) and resumed by the next command: still the user
         assert http.post(f"/v1/sandbox/{sid}/pause").status_code == 201
         assert api.run(http, sid, "id -u; cat /home/app/mine.txt")["stdout"] == "1000\nmine\n"
-        # the runtime's own exec, when the agent cannot take a command (its socket gone): the
-        # user with its supplementary groups on either runtime (a process file, docs/security.md)
-        api.run(http, sid, "rm -f /.atoll/run/agent.sock")
-        out = api.run(http, sid, "id -u; id -g; id -G; ls /.atoll/run")["stdout"].split("\n")
-        assert out[:3] == ["1000", "1000", "1000 50"] and any(n.endswith(".out") for n in out[3:]), out
+        if server.runtime != "runsc":  # (gVisor's agent listens on a port: there is no fallback)
+            # the runtime's own exec, when the agent cannot take a command (its socket gone): the
+            # user with its supplementary groups on runc and crun (a process file, docs/security.md)
+            api.run(http, sid, "rm -f /.atoll/run/agent.sock")
+            out = api.run(http, sid, "id -u; id -g; id -G; ls /.atoll/run")["stdout"].split("\n")
+            assert out[:3] == ["1000", "1000", "1000 50"] and any(n.endswith(".out") for n in out[3:]), out
     finally:
         api.delete(http, sid)
 
