@@ -12,7 +12,7 @@ same run: `crun run` of the same template rootfs on an overlay (bundle prepared 
     python bench/lifecycle.py --userns-compare [--runs 50] [--runtimes crun,runc]
     python bench/lifecycle.py --warm-only [--runs 50] [--runtimes crun,runc]
 
-``--userns-compare`` measures only create -> first exec and the exec round trip, on two servers
+``--userns-compare`` measures create -> first exec, the exec round trip, pause and resume, on two servers
 per OCI runtime started side by side, one with user namespaces (``--userns``) and one without,
 their samples interleaved (alternating which goes first) so that load on the host weighs on both
 alike. Each round takes a server's exec sample before its create (one after the previous round's
@@ -164,13 +164,15 @@ def through_api(server: ServerProcess, runs: int) -> dict[str, list[float]]:
 
 
 def userns_compare(runtime: str, runs: int, scratch: Path) -> dict[str, dict[str, list[float]]]:
-    """create -> first exec and exec round trip without and with user namespaces, interleaved."""
+    """create -> first exec, exec round trip, pause and resume, without and with user
+    namespaces, interleaved."""
     # side servers (host resources of their own): the bench can run beside a test session
     servers = {
         "off": side_server(scratch / f"off-{runtime}", "o", 6, runtime=runtime, extra_args=("--no-userns",)),
         "on": side_server(scratch / f"on-{runtime}", "n", 7, runtime=runtime, extra_args=("--userns",)),
     }
-    results: dict[str, dict[str, list[float]]] = {m: {"create_to_exec": [], "exec": []} for m in servers}
+    figures = ("create_to_exec", "exec", "pause", "resume_exec")
+    results: dict[str, dict[str, list[float]]] = {m: {f: [] for f in figures} for m in servers}
     clients: dict[str, httpx.Client] = {}
     warm: dict[str, str] = {}
     try:
@@ -196,6 +198,15 @@ def userns_compare(runtime: str, runs: int, scratch: Path) -> dict[str, dict[str
                 results[mode]["create_to_exec"].append(ms(start))
                 assert out["stdout"] == "hi\n", out
                 http.delete(f"/v1/sandbox/{sid}/")
+        for i in range(runs):  # pause (a checkpoint on runc) and resume by the next command
+            for mode in ("off", "on") if i % 2 else ("on", "off"):
+                start = time.perf_counter()
+                clients[mode].post(f"/v1/sandbox/{warm[mode]}/pause").raise_for_status()
+                results[mode]["pause"].append(ms(start))
+                start = time.perf_counter()
+                execute = f"/v1/sandbox/{warm[mode]}/process/execute"
+                clients[mode].post(execute, json={"command": "true"}).raise_for_status()
+                results[mode]["resume_exec"].append(ms(start))
     finally:
         for mode, server in servers.items():
             if mode in clients:
@@ -216,7 +227,11 @@ def main_userns_compare(runs: int, runtimes: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"# user namespaces off vs on, {runs} interleaved runs per figure, default template")
     for runtime, modes in results.items():
-        for figure, name in (("create_to_exec", "create -> first exec"), ("exec", "exec round trip")):
+        names = {
+            "create_to_exec": "create -> first exec", "exec": "exec round trip",
+            "pause": "pause", "resume_exec": "resume + exec",
+        }  # fmt: skip
+        for figure, name in names.items():
             print(row(f"[{runtime}] {name}, userns off", modes["off"][figure]))
             print(row(f"[{runtime}] {name}, userns on", modes["on"][figure], modes["off"][figure]))
 
