@@ -48,6 +48,14 @@ BACKEND_NEUTRAL = (
     # the store on SQLite and PostgreSQL, cluster membership and the Kubernetes manifests
     "tests/store/",
     "tests/cluster/",
+    # no sandbox at all: the code interpreter service run on the host, pure egress pieces, path
+    # confinement on a plain directory, gVisor's bundle as values, the agent on the loopback
+    "tests/services/test_code_interpreter_service.py",
+    "tests/network/test_egress_units.py",
+    "tests/runtime/test_confined.py",
+    "tests/runtime/test_gvisor_config.py",
+    "tests/runtime/test_agent_errors.py",
+    "tests/runtime/test_agent_pacing.py",
 )
 
 
