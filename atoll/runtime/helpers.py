@@ -9,11 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from atoll.runtime import agent
+from atoll.runtime import agent, idmap
 
 SOURCES = {
     "init": (Path("/usr/bin/catatonit"), "catatonit"),
-    "busybox": (Path("/bin/busybox"), "busybox-static"),
+    "busybox": (Path(idmap.BUSYBOX), "busybox-static"),
 }
 
 

@@ -29,6 +29,12 @@ def host_memory_mib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
+def host_size() -> tuple[int, int]:
+    """What the host offers sandboxes before over-commit: its CPUs and its memory in MiB less
+    what the host itself keeps."""
+    return os.cpu_count() or 1, max(512, host_memory_mib() - HOST_MEMORY_RESERVE_MIB)
+
+
 @dataclass(frozen=True)
 class Budget:
     vcpu: int
@@ -36,8 +42,7 @@ class Budget:
 
     @classmethod
     def for_host(cls, *, cpu_overcommit: float, memory_overcommit: float) -> Budget:
-        cpus = os.cpu_count() or 1
-        memory = max(512, host_memory_mib() - HOST_MEMORY_RESERVE_MIB)
+        cpus, memory = host_size()
         return cls(vcpu=int(cpus * cpu_overcommit), memory_mib=int(memory * memory_overcommit))
 
 

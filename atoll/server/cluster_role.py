@@ -5,7 +5,6 @@ On SQLite (one host) none of it runs."""
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ from atoll.cluster.heartbeat import Heartbeat
 from atoll.cluster.leader import AdvisoryLeader
 from atoll.cluster.liveness import LivenessMonitor
 from atoll.cluster.registry import NodeRegistry, NodeReport
-from atoll.server.capacity import HOST_MEMORY_RESERVE_MIB, Budget, Capacity, host_memory_mib
+from atoll.server.capacity import Budget, Capacity, host_size
 from atoll.server.settings import Settings
 from atoll.store.db import is_postgresql
 from atoll.store.observed import ObservedRepository
@@ -73,6 +72,7 @@ async def start(
         # through it answers 503 (no capacity) until placement sends creates to nodes
         capacity.budget = Budget(vcpu=0, memory_mib=0)
     else:
+        cpus, memory_mib = host_size()  # the host itself: placement applies the cluster's over-commit
 
         async def report() -> NodeReport:
             used = await capacity.report()
@@ -81,9 +81,8 @@ async def start(
                 memory_mib_budget=used["memory_mib_budget"],
                 vcpu_used=used["vcpu_used"],
                 memory_mib_used=used["memory_mib_used"],
-                # the host itself: placement applies the cluster's over-commit to it
-                cpus=os.cpu_count() or 1,
-                memory_mib=max(0, host_memory_mib() - HOST_MEMORY_RESERVE_MIB),
+                cpus=cpus,
+                memory_mib=memory_mib,
                 templates=template_names(),
                 pools=warm_ready(),
                 health={"status": "ok"},

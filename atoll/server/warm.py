@@ -96,17 +96,15 @@ class WarmPool:
 
     @property
     def ready_count(self) -> int:
-        return sum(len(q) for q in self._ready.values())
-
-    def levels(self) -> dict[str, dict[str, int]]:
-        """Each template's pool: how many are ready, of how many it keeps (``/v1/health``)."""
-        return {
-            name: {"ready": len(self._ready[name]), "size": self.sizes[name]} for name in self.template_names
-        }
+        return sum(self.ready_by_template().values())
 
     def ready_by_template(self) -> dict[str, int]:
         """Warm sandboxes ready, by template (what a cluster node reports to placement)."""
         return {name: len(self._ready[name]) for name in self.template_names}
+
+    def levels(self) -> dict[str, dict[str, int]]:
+        """Each template's pool: how many are ready, of how many it keeps (``/v1/health``)."""
+        return {name: {"ready": n, "size": self.sizes[name]} for name, n in self.ready_by_template().items()}
 
     def wake(self) -> None:
         """A template may have appeared (a background build finished): fill its pool."""
