@@ -17,10 +17,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Literal, Protocol
 
-from atoll.runtime import cgroups, overlay, reaping
+from atoll.runtime import cgroups, overlay, procfs, reaping
 from atoll.runtime.commands import CommandFailed, run
 from atoll.runtime.spec import ExecRequest, ExecResult, SandboxSpec
 
@@ -82,10 +83,16 @@ class RuntimeBackend(Protocol):
     async def orphan_cgroups(self, known: set[str]) -> list[str]:
         """Remove cgroups of sandboxes not in ``known``; returns what was removed."""
 
+    async def stop_leftover_commands(self) -> list[str]:
+        """Kill the runtime commands a previous server left running; returns what was killed."""
+
 
 # written last, atomically, once CRIU has succeeded: after a crash only an image with it is
 # restored (a dump cut short leaves files but never this one)
 CHECKPOINT_COMPLETE = "atoll-complete"
+
+# the subcommands of a runtime's processes that are a live sandbox (gVisor's sentry, its gofer)
+LIVE_SANDBOX_SUBCOMMANDS = frozenset({"boot", "gofer"})
 
 
 def checkpoint_complete(image_dir: Path) -> bool:
@@ -159,6 +166,30 @@ class CgroupBackend:
         members = cgroups.pids_in_group(self.cgroup_parent, sandbox_id)
         cgroups.kill_group(self.cgroup_parent, sandbox_id)
         await asyncio.gather(*(reaping.reap_when_exits(pid, timeout=5) for pid in members))
+
+    async def stop_leftover_commands(self) -> list[str]:
+        """A server killed while a runtime command ran (``run --detach`` of a create, a restore)
+        leaves the command running, orphaned: one that finished after the start-up sweep listed
+        the containers would make a container no record owns, which nothing would ever remove.
+        So before the sweep they are killed (what they made is then swept like any leftover).
+        A live sandbox's own runtime processes (gVisor's sentry and gofer carry the same
+        ``--root``) are kept: the sweep adopts them."""
+        pids = [
+            stat.pid
+            for stat in procfs.processes()
+            if stat.pid != os.getpid() and stat.ppid != os.getpid() and self._is_leftover_command(stat.pid)
+        ]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.gather(*(reaping.exited(pid, timeout=5) for pid in pids))
+        return [f"{self.name} command left running (pid {pid})" for pid in pids]
+
+    def _is_leftover_command(self, pid: int) -> bool:
+        argv = procfs.cmdline(pid)
+        if not argv or not procfs.has_flag(argv, "--root", str(self.state_root)):
+            return False
+        return not LIVE_SANDBOX_SUBCOMMANDS.intersection(argv)
 
     async def orphan_cgroups(self, known: set[str]) -> list[str]:
         """Remove cgroups of sandboxes not in ``known``; returns what was removed."""

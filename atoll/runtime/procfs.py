@@ -3,6 +3,7 @@ kill, gVisor's dead sentries) and the reaper (zombies orphaned to the server).""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -49,3 +50,20 @@ def processes(pids: Iterable[int | str] | None = None) -> Iterator[ProcStat]:
     for pid in pids:
         if (stat := read_stat(pid)) is not None:
             yield stat
+
+
+def cmdline(pid: int | str) -> list[str] | None:
+    """``pid``'s argv (empty for a kernel thread or a zombie), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def has_flag(argv: list[str], flag: str, value: str) -> bool:
+    """``argv`` passes ``flag`` ``value``, as two words or as ``flag=value``."""
+    if f"{flag}={value}" in argv:
+        return True
+    return any(word == flag and following == value for word, following in itertools.pairwise(argv))

@@ -62,6 +62,8 @@ async def reconcile(manager: SandboxManager) -> Report:
         except ServerError as exc:
             log.error("sandbox %s: %s", row.id, exc)
     backends = list(host.backends.values())
+    for backend in backends:  # first: one still running could add a container after the listing
+        report.removed += await backend.stop_leftover_commands()
     alive_on = {backend.name: await backend.running_ids() for backend in backends}
     alive = set().union(*alive_on.values())
     keep: set[str] = set()

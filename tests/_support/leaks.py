@@ -237,6 +237,24 @@ def userns_slot_leaks(instance: str, netns: set[str]) -> list[str]:
     ]
 
 
+def container_state(instance: str, container_id: str) -> str:
+    """``id (status, pid N, created T)`` as its runtime tells it: a leak report says what it found."""
+    for runtime in ("crun", "runc", "runsc"):
+        root = Path(f"/run/atoll/{instance}/{runtime}")
+        if not root.is_dir():  # a runtime this instance does not use (and may not be installed)
+            continue
+        argv = [runtime, "--root", str(root), "state", container_id]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode == 0:
+            try:
+                state = json.loads(out.stdout)
+            except ValueError:
+                return f"{container_id} ({runtime}: {out.stdout[:200]!r})"
+            status, pid, created = state.get("status"), state.get("pid"), state.get("created")
+            return f"{container_id} ({runtime} {status}, pid {pid}, created {created})"
+    return container_id
+
+
 def leaks(server: ServerProcess) -> list[str]:
     sandboxes = api_sandboxes(server)
     live = {i for i, s in sandboxes.items() if s in ("running", "paused")}
@@ -253,7 +271,8 @@ def leaks(server: ServerProcess) -> list[str]:
     # warm sandboxes (atoll.server.warm) run without a record until a create claims one
     warm = view.containers - set(sandboxes)
     if len(warm) > health.get("warm_pool_ready", 0):
-        problems.append(f"containers without a record: {sorted(warm)}")
+        states = [container_state(option(server, "--instance", INSTANCE), cid) for cid in sorted(warm)]
+        problems.append(f"containers without a record: {states}")
     kept |= warm
     live = live | warm
     # a sandbox paused by checkpoint has no processes and no root mount; frozen ones have both

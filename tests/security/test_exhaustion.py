@@ -35,7 +35,7 @@ def test_fork_bomb(
     http: httpx.Client, server: ServerProcess, pair: tuple[str, str], victim: str, blocked: Blocked
 ) -> None:
     bomb = api.run(http, victim, "f() { f | f & }; f; sleep 300", timeout=6)
-    assert bomb["exit_code"] == 124  # the timeout ends the bomb's whole session
+    assert bomb["exit_code"] == 124, bomb  # the timeout ends the bomb's whole session
     if GVISOR:
         # the sentry refuses forks past RLIMIT_NPROC (the pids cgroup leaves room for the
         # sentry's own threads): the bomb never gets to the host's limit
@@ -48,7 +48,7 @@ def test_fork_bomb(
         blocked(f"RLIMIT_NPROC ({PIDS_LIMIT}) in the sentry; the exec timeout kills the whole session")
         return
     events = cgroup(server, victim, v1=("pids", "pids.events"), v2="pids.events")
-    assert int(events.split()[1]) > 0  # the limit was hit
+    assert int(events.split()[1]) > 0, events  # the limit was hit
     assert int(cgroup(server, victim, v1=("pids", "pids.current"), v2="pids.current")) <= PIDS_LIMIT
     # the sandbox answers again (a command in the moment the last members are reaped may get
     # 503 + Retry-After, never a wrong answer)

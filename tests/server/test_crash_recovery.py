@@ -3,7 +3,9 @@ deleted, half-created or orphaned sandboxes is left on the host."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -66,5 +68,34 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     assert f"atoll-{INSTANCE}-9999" not in view.netns
     assert_no_leaks(server)
     for sid in states:
+        api.delete(http, sid)
+    assert_no_leaks(server)
+
+
+def test_runtime_commands_left_running_by_a_killed_server_are_stopped_before_the_sweep(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """A ``run --detach`` still going when the server died would make a container after the
+    restart's sweep had listed them: one no record owns, forever. The restart kills such commands
+    first, and keeps what is a live sandbox's own (gVisor's sentry and gofer: ``boot``, ``gofer``)."""
+    sid = api.create(http)["id"]
+    state = Path(f"/run/atoll/{INSTANCE}")
+    roots = [state / name for name in ("crun", "runc", "runsc") if (state / name).is_dir()]
+    assert roots, "the server keeps its runtimes' state in /run/atoll/<instance>/<runtime>"
+    pretend = [sys.executable, "-c", "import time; time.sleep(600)"]
+    server.kill9()
+    leftovers = [subprocess.Popen([*pretend, "--root", str(root), "run", "-d", "sbx0"]) for root in roots]
+    leftovers += [subprocess.Popen([*pretend, f"--root={root}", "restore", "sbx1"]) for root in roots]
+    keepers = [subprocess.Popen([*pretend, f"--root={root}", "boot", "sbx2"]) for root in roots]
+    elsewhere = subprocess.Popen([*pretend, "--root", "/run/atoll/another-instance/runc", "run", "sbx3"])
+    try:
+        server.start()
+        assert [p.wait(timeout=30) for p in leftovers] == [-signal.SIGKILL] * len(leftovers)
+        assert [p.poll() for p in (*keepers, elsewhere)] == [None] * (len(keepers) + 1)
+        assert api.run(http, sid, "echo adopted")["stdout"] == "adopted\n"
+    finally:
+        for p in (*leftovers, *keepers, elsewhere):
+            p.kill()
+            p.wait()
         api.delete(http, sid)
     assert_no_leaks(server)

@@ -153,6 +153,9 @@ class FakeBackend:
     async def orphan_cgroups(self, known: set[str]) -> list[str]:
         return []
 
+    async def stop_leftover_commands(self) -> list[str]:
+        return []
+
 
 class FakeNetworkPool(NetworkPool):
     """Slots by index, with no namespace behind them (``taken``: indices handed out)."""
