@@ -96,14 +96,22 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 def no_leaks(server: ServerProcess) -> Iterator[None]:
     """Use in every test that creates sandboxes: after it, the host holds nothing extra."""
     yield
+    if server.unremovable_leak:
+        print(f"leak check skipped: a restart did not remove this server's leak ({server.unremovable_leak})")
+        return
     try:
         assert_no_leaks(server)
-    except AssertionError:
+    except AssertionError as exc:
         # one leak must not fail every later test on the same server (at 15 s each, a CI run
-        # spent an hour on one container): a restart's reconciliation removes what no record owns
+        # spent an hour on one container): a restart's reconciliation removes what no record
+        # owns; what it cannot remove has failed this test, and is not reported again
         print(f"the server's log, last lines:\n{server.log_tail(40)}")
         server.stop()
         server.start()
+        try:
+            assert_no_leaks(server)
+        except AssertionError:
+            server.unremovable_leak = " ".join(str(exc).splitlines()[1:2])[:300]
         raise
 
 

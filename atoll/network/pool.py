@@ -62,6 +62,11 @@ class NetworkPool:
             index = self.plan.index_of_ifname(name)
             if index is not None and index not in keep:
                 stale.add(index)
+        # a slot's user namespace files outlive its netns when a server dies between the two
+        for name in userns_slot.existing_names():
+            index = self.plan.index_of_netns(name)
+            if index is not None and index not in keep:
+                stale.add(index)
         for index in sorted(stale):
             if 1 <= index <= self.plan.capacity:
                 slot = self.plan.slot(index)

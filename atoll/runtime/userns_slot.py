@@ -48,7 +48,10 @@ def _bind(source: str, target: Path) -> None:
 
 
 def _unbind(target: Path) -> None:
-    _libc.umount2(str(target).encode(), MNT_DETACH)
+    # a namespace bound twice (a crash between a slot's removal and its re-creation) takes two
+    for _ in range(8):
+        if _libc.umount2(str(target).encode(), MNT_DETACH) != 0 or not _bound(target):
+            break
     with contextlib.suppress(FileNotFoundError):
         target.unlink()
 
@@ -74,15 +77,33 @@ def create(netns_path: Path, id_range: IdRange) -> None:
 
 def remove(netns_path: Path) -> None:
     """Undo ``create`` (idempotent); the network namespace goes once nothing else holds it."""
-    _unbind(netns_path)
-    _unbind(userns_path(netns_path.name))
-    with contextlib.suppress(FileNotFoundError):
-        _base_file(netns_path.name).unlink()
+    try:
+        _unbind(netns_path)
+    finally:  # never a user namespace (and its range's claim) left without its slot
+        _unbind(userns_path(netns_path.name))
+        with contextlib.suppress(FileNotFoundError):
+            _base_file(netns_path.name).unlink()
+
+
+def existing_names() -> set[str]:
+    """The slots (of any instance on the host) with anything left in ``SLOT_DIR``."""
+    if not SLOT_DIR.is_dir():
+        return set()
+    return {entry.name.removesuffix(".base") for entry in SLOT_DIR.iterdir()}
 
 
 def exists(netns_name: str) -> bool:
     """Whether slot ``netns_name`` (of any instance on the host) still has its user namespace."""
-    return userns_path(netns_name).exists()
+    return _bound(userns_path(netns_name))
+
+
+def _bound(target: Path) -> bool:
+    """``target`` has a namespace bound on it: a server killed between ``_bind``'s touch and its
+    mount (or a slot file copied around) leaves a plain file, which must not keep a claim alive."""
+    try:
+        return target.stat().st_dev != target.parent.stat().st_dev
+    except OSError:
+        return False
 
 
 def of(netns_path: Path | None) -> tuple[Path, IdRange] | None:
@@ -94,4 +115,4 @@ def of(netns_path: Path | None) -> tuple[Path, IdRange] | None:
     except (OSError, ValueError):
         return None
     user = userns_path(netns_path.name)
-    return (user, IdRange(base, RANGE_SIZE)) if user.exists() else None
+    return (user, IdRange(base, RANGE_SIZE)) if _bound(user) else None

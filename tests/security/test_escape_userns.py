@@ -137,7 +137,16 @@ def claimed_ranges() -> dict[str, int]:
     claims."""
     from atoll.runtime.userns import CLAIMS_DIR
 
-    return {p.read_text().split("\n")[1]: int(p.name) for p in CLAIMS_DIR.iterdir()}
+    claims = {}
+    for claim in CLAIMS_DIR.iterdir():
+        try:
+            owner_and_holder = claim.read_text().split("\n")
+        except FileNotFoundError:  # released meanwhile
+            continue
+        # a claim is created, then written: another server's may be caught empty in between
+        if len(owner_and_holder) >= 2:
+            claims[owner_and_holder[1]] = int(claim.name)
+    return claims
 
 
 def slot_of(server: ServerProcess, sid: str) -> str:
@@ -391,6 +400,7 @@ def test_a_restarted_server_reclaims_leftover_claims_and_keeps_live_ones() -> No
     run out; a running sandbox's claim stays, and so does another server's fresh one (its slot
     may be on its way: ``userns.CLAIM_GRACE_S``)."""
     from atoll.runtime.userns import CLAIMS_DIR
+    from atoll.runtime.userns_slot import SLOT_DIR
 
     if os.environ.get("ATOLL_TEST_RUNTIME") == "runsc":
         pytest.skip("user namespaces are for the OCI backends")
@@ -403,7 +413,13 @@ def test_a_restarted_server_reclaims_leftover_claims_and_keeps_live_ones() -> No
         base + 15 * RANGE: f"{owner}\nsbx-of-an-older-format",
         base + 14 * RANGE: f"{owner}\natoll-{server.instance}-60",  # no such slot any more
         base + 13 * RANGE: f"{gone}\natoll-{server.instance}x-1",  # a killed server's, an hour old
+        # a killed server's whose slot file was touched but never had its namespace bound on it
+        base + 11 * RANGE: f"{gone}\natoll-{server.instance}x-3",
     }
+    unbound_slot = SLOT_DIR / f"atoll-{server.instance}x-3"
+    lone_base = SLOT_DIR / f"atoll-{server.instance}-61.base"  # its slot removed, the file not
+    # a server killed between binding a slot's user namespace and its network namespace
+    lone_userns = SLOT_DIR / f"atoll-{server.instance}-62"
     fresh = CLAIMS_DIR / str(base + 12 * RANGE)
     try:
         with (
@@ -415,18 +431,36 @@ def test_a_restarted_server_reclaims_leftover_claims_and_keeps_live_ones() -> No
             for first, text in planted.items():
                 (CLAIMS_DIR / str(first)).write_text(text)
             hour_ago = time.time() - 3600
-            os.utime(CLAIMS_DIR / str(base + 13 * RANGE), (hour_ago, hour_ago))
+            for stale in (base + 13 * RANGE, base + 11 * RANGE):
+                os.utime(CLAIMS_DIR / str(stale), (hour_ago, hour_ago))
+            unbound_slot.touch()
+            lone_base.write_text(str(base + 10 * RANGE))
+            holder = subprocess.Popen(["unshare", "--user", "sleep", "60"])
+            try:
+                time.sleep(0.2)
+                lone_userns.touch()
+                namespace = f"/proc/{holder.pid}/ns/user"
+                subprocess.run(["mount", "--bind", namespace, str(lone_userns)], check=True)
+            finally:
+                holder.kill()
+                holder.wait()
             fresh.write_text(f"{gone}\natoll-{server.instance}x-2")
             server.stop()
             server.start()
             assert not [first for first in planted if (CLAIMS_DIR / str(first)).exists()]
             assert fresh.exists()
+            assert not lone_base.exists()
+            assert not lone_userns.exists() and str(lone_userns) not in Path("/proc/mounts").read_text()
             assert claimed_ranges()[live[0]] == live[1] == mapped_base(h, sid)
             assert api.run(h, sid, "echo still")["stdout"] == "still\n"
     finally:
         for first in planted:
             (CLAIMS_DIR / str(first)).unlink(missing_ok=True)
         fresh.unlink(missing_ok=True)
+        unbound_slot.unlink(missing_ok=True)
+        lone_base.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(lone_userns)], capture_output=True)
+        lone_userns.unlink(missing_ok=True)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
