@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from atoll._exceptions import (
     AgentProtocolError,
@@ -147,6 +148,13 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _client_gone(request: Request, _: Exception) -> JSONResponse:
+    """A client that hung up before its body arrived (an upload given up) is not the server's
+    error: what it began is undone where it was begun (``version.abort``), and nobody reads this."""
+    log.info("client gave up %s %s before its body arrived", request.method, request.url.path)
+    return JSONResponse({"message": "the client closed the request before its body arrived"}, status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"message": "internal server error"}, status_code=500)
@@ -157,6 +165,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(OperationFailure, _operation_failure)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
     _document(app)
 
