@@ -78,6 +78,15 @@ def show_root(rootfs: Path, instance: str, sandbox_id: str, id_range: IdRange) -
     return target
 
 
+def shown_roots(instance: str) -> set[str]:
+    """The sandboxes of ``instance`` with something left of ``show_root`` (a server killed mid-create
+    leaves it with no container to halt: it keeps the root, and the disk under it, mounted)."""
+    try:
+        return {entry.name for entry in (ROOTS_DIR / instance).iterdir()}
+    except OSError:
+        return set()
+
+
 def hide_root(instance: str, sandbox_id: str) -> None:
     """Undo ``show_root`` and ``expose_bind_sources`` (idempotent). Their mount points are known:
     no look at mountinfo, which with thousands of mounts on a host costs tens of ms."""

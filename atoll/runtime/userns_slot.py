@@ -87,9 +87,10 @@ def remove(netns_path: Path) -> None:
 
 def existing_names() -> set[str]:
     """The slots (of any instance on the host) with anything left in ``SLOT_DIR``."""
-    if not SLOT_DIR.is_dir():
+    try:
+        return {entry.name.removesuffix(".base") for entry in SLOT_DIR.iterdir()}
+    except OSError:  # none made yet on this host
         return set()
-    return {entry.name.removesuffix(".base") for entry in SLOT_DIR.iterdir()}
 
 
 def exists(netns_name: str) -> bool:

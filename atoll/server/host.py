@@ -257,6 +257,7 @@ class SandboxHost:
             await self.pool.release(slot)
             row.net_slot = None
             raise
+        self.pool.refill()  # now that this boot is done (see NetworkPool.acquire)
         now = utcnow()
         return {**recorded, "launch_time": now, "timeout_at": now + dt.timedelta(seconds=row.timeout)}
 

@@ -24,7 +24,7 @@ from atoll._exceptions import ServerError
 from atoll._states import LIVE_STATES, Event, State
 from atoll.network.egress import Attachment
 from atoll.network.policy import EgressPolicy
-from atoll.runtime import overlay
+from atoll.runtime import overlay, userns
 from atoll.runtime.base import checkpoint_complete
 from atoll.runtime.trees import remove_host_tree
 from atoll.server import transitions
@@ -164,6 +164,15 @@ async def reconcile(manager: SandboxManager) -> Report:
             report.removed += [f"cgroup {c}" for c in await backend.orphan_cgroups(keep)]
         except Exception:
             log.exception("removing %s's orphan cgroups failed", backend.name)
+    # before the mounts below: a root shown to a user namespace holds the overlay (and its disk)
+    # (on the event loop, as show_root: userns.hide_root)
+    for orphan in sorted(userns.shown_roots(host.settings.instance) - keep):
+        try:
+            userns.hide_root(host.settings.instance, orphan)
+        except Exception:
+            log.exception("hiding %s's root failed", orphan)
+            continue
+        report.removed.append(f"shown root {orphan}")
     sandboxes_dir = host.settings.sandboxes_dir
     mounted = set(alive) & keep
     for mount_point in overlay.mounts_under(sandboxes_dir):

@@ -167,6 +167,7 @@ class WarmPool:
         except BaseException:
             await self.discard(WarmSandbox(row.id, template, slot))
             raise
+        host.pool.refill()  # now that this boot is done (see NetworkPool.acquire)
         return WarmSandbox(row.id, template, slot)
 
     async def discard(self, warm: WarmSandbox) -> None:

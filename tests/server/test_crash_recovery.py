@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from atoll.runtime import userns
 from tests._support import api
 from tests._support.leaks import assert_no_leaks, host_view
 from tests._support.server import IFACE_PREFIX, INSTANCE, ServerProcess
@@ -53,6 +54,10 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     orphan_dir = server.data_dir / "sandboxes" / orphan / "rootfs"
     orphan_dir.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(orphan_dir)], check=True)
+    # a root shown to a user namespace (userns.show_root) by a create that never made its container
+    shown_root = userns.runtime_root(INSTANCE, orphan)
+    shown_root.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(shown_root)], check=True)
 
     server.start()
     assert api.run(http, keep, "cat /root/mark; pgrep -c -x sleep")["stdout"] == "survived\n1\n"
@@ -66,6 +71,7 @@ def test_kill9_restart_adopts_live_and_cleans_the_rest(server: ServerProcess, ht
     view = host_view(server.data_dir)
     assert orphan not in view.cgroups | view.dirs | view.mounts
     assert f"atoll-{INSTANCE}-9999" not in view.netns
+    assert not shown_root.parent.exists() and str(shown_root) not in Path("/proc/mounts").read_text()
     assert_no_leaks(server)
     for sid in states:
         api.delete(http, sid)
