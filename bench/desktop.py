@@ -9,7 +9,9 @@ For each runtime it starts its own `atoll serve` and measures:
 - a full-screen PNG screenshot (`GET /api/screenshot`, 1440x900) through the router, against
   `xwd -root` of the same screen run inside the sandbox (the timing taken inside, so it is only
   the X round trip and the dump, no HTTP, no PNG encoding);
-- the host memory of one idle desktop sandbox, from its cgroup (memory.current).
+- the host memory of one idle desktop sandbox, from its cgroup (memory.current);
+- where the last cold start went: the desktop service's own timeline (its log inside the
+  sandbox: when it started after the sandbox's PID 1, when each process started and was ready).
 
     python bench/desktop.py [--runs 5] [--shots 30] [--runtimes runc,runsc]
 """
@@ -36,6 +38,7 @@ from bench._stats import row
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess
 
 TEMPLATE = "system/desktop:v0.1.0"
+DESKTOP_LOG = "/run/atoll-desktop/desktop.log"
 WARM_ARGS = ("--warm-pool-size", "1", "--warm-template", TEMPLATE, "--warm-desktop-pool-size", "1")
 # N timed `xwd -root` dumps inside the sandbox, printed as JSON milliseconds
 XWD = (
@@ -78,6 +81,12 @@ class Bench:
         r = self.api.post(f"/v1/sandbox/{sid}/process/execute", json={"command": XWD.format(n=n)})
         r.raise_for_status()
         return shots, json.loads(r.json()["stdout"])
+
+    def timeline(self, sid: str) -> list[str]:
+        r = self.api.post(f"/v1/sandbox/{sid}/process/execute", json={"command": f"cat {DESKTOP_LOG}"})
+        r.raise_for_status()
+        lines = str(r.json()["stdout"]).splitlines()
+        return [line.split(" desktop INFO ", 1)[-1] for line in lines if " desktop INFO " in line]
 
     def memory_mib(self, sid: str) -> float | None:
         # cgroup v2 (memory.current) or v1 (the memory controller's usage_in_bytes)
@@ -142,6 +151,7 @@ def measure(scratch: Path, runtime: str, runs: int, shots: int) -> dict[str, obj
         for _ in range(runs):
             sid, took = bench.create_ready()
             cold.append(took)
+            results["timeline"] = bench.timeline(sid)
             bench.delete(sid)
         results["cold"] = cold
         sid, _ = bench.create_ready()
@@ -174,6 +184,9 @@ def main() -> None:
             print(row(f"[{runtime}] baseline: xwd -root inside", r["xwd"]))  # type: ignore[arg-type]
             print(row(f"[{runtime}] PNG screenshot via router", r["shot"], r["xwd"]))  # type: ignore[arg-type]
             print(f"[{runtime}] idle desktop memory: {r['memory_mib']} MiB (its cgroup)")
+            print(f"[{runtime}] the last cold start, from the desktop service's log:")
+            for line in r["timeline"]:  # type: ignore[attr-defined]
+                print(f"[{runtime}]   {line}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 from atoll.templates import build
@@ -40,7 +41,7 @@ NAME = "system/desktop:v0.1.0"
 TEMPLATE_ID = "tpl-system-desktop-v0-1-0"
 PORT = 6080
 # bump when the steps below change what a build produces: cached templates are then rebuilt
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 PACKAGES = (
     "python3", "python3-venv", "ca-certificates", "procps",
     # the display, a lean XFCE4 (window manager, panel, desktop, terminal) and its session bus
@@ -119,6 +120,7 @@ def build_desktop(
             report(STEPS["debian"], "creating the python venv")
             in_chroot(rootfs, ["python3", "-m", "venv", "--without-pip", VENV], "venv")
             copy_service(service_dir, rootfs / SERVICE.lstrip("/"))
+            _seed_home(service_dir, rootfs / WORKDIR.lstrip("/"))
             pip_step = scaled(report, STEPS["venv"], STEPS["pip"])
             pip_install(rootfs, service_dir / "requirements.txt", cache_dir / "pip", pip_step)
             report(STEPS["pip"], "compiling python bytecode")
@@ -133,6 +135,15 @@ def build_desktop(
     template = registry.get(NAME)
     assert template is not None
     return template
+
+
+def _seed_home(service_dir: Path, home: Path) -> None:
+    """The Xfconf channels a first session start would write (``session.sh`` copies them when
+    a home has none): in the template, the session's start needs no process to copy them."""
+    channels = home / ".config" / "xfce4" / "xfconf" / "xfce-perchannel-xml"
+    channels.mkdir(parents=True)
+    for xml in sorted((service_dir / "xfconf").glob("*.xml")):
+        shutil.copy2(xml, channels / xml.name)
 
 
 def _metadata(wanted: str) -> dict[str, object]:

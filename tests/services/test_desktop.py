@@ -85,6 +85,58 @@ def test_ready_then_screenshots_of_the_display_size(
     assert seen["xvfb_logs"] == "xvfb"
 
 
+# inside the sandbox (the service answers on its port there without a key): a full-screen
+# screenshot (Pillow's XCB grab) and a region one of the whole screen (python-xlib's GetImage)
+SAME_PIXELS = """
+import io, json, urllib.request
+from PIL import Image, ImageChops
+def get(path, body=None):
+    request = urllib.request.Request("http://127.0.0.1:6080" + path, data=body,
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return Image.open(io.BytesIO(answer.read())).convert("RGB")
+full = get("/api/screenshot")
+box = {"x": 0, "y": 0, "width": full.width, "height": full.height}
+region = get("/api/screenshot/region", json.dumps(box).encode())
+changed = ImageChops.difference(full, region).convert("L").point(lambda v: 255 if v else 0)
+print(json.dumps({"size": list(full.size), "region": list(region.size),
+                  "changed": changed.histogram()[255] / (full.width * full.height),
+                  "colours": len(full.getcolors(1 << 24) or [])}))
+"""
+EXTENSIONS = "from Xlib.display import Display; print(' '.join(Display(':0').list_extensions()))"
+
+
+def execute(server: ServerProcess, sid: str, command: str) -> str:
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as api:
+        r = api.post(f"/v1/sandbox/{sid}/process/execute", json={"command": command})
+    assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+    return str(r.json()["stdout"])
+
+
+def test_both_screenshot_paths_see_the_same_pixels(server: ServerProcess, sandbox_id: str) -> None:
+    """A full-screen shot is Pillow's XCB grab, a region python-xlib's GetImage: the same screen
+    through both, pixel for pixel (a channel order mix-up would change nearly every pixel; a
+    blinking cursor or the clock may change a few between the two)."""
+    write = f"cat > /tmp/same_pixels.py <<'EOF'\n{SAME_PIXELS}\nEOF\n"
+    script = write + "/opt/atoll/venv/bin/python /tmp/same_pixels.py"
+    seen = json.loads(execute(server, sandbox_id, script))
+    assert seen["size"] == seen["region"] == [1440, 900], seen
+    assert seen["colours"] > 1, seen
+    assert seen["changed"] < 0.01, seen
+
+
+def test_the_display_has_no_glx_and_the_start_up_is_logged(server: ServerProcess, sandbox_id: str) -> None:
+    """Xvfb starts without GLX (Mesa's software driver would load at its start: docs/desktop.md)
+    and the service logs each process's start and readiness (where a cold start went)."""
+    extensions = execute(server, sandbox_id, f'/opt/atoll/venv/bin/python -c "{EXTENSIONS}"').split()
+    assert "RANDR" in extensions, extensions
+    assert "GLX" not in extensions, extensions
+    timeline = execute(server, sandbox_id, "cat /run/atoll-desktop/desktop.log")
+    assert "service started" in timeline, timeline
+    for name in ("xvfb", "xfce4", "x11vnc", "novnc"):
+        assert f"{name} started at" in timeline and f"{name} ready in" in timeline, timeline
+
+
 def test_keys_reach_the_focused_window(
     server: ServerProcess, ca_file: Path, sandbox_id: str, out_dir: Path
 ) -> None:

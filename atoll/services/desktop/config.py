@@ -6,15 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .early import DEFAULT_HEIGHT, DEFAULT_WIDTH
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-DEFAULT_WIDTH = 1440
-DEFAULT_HEIGHT = 900
-DEPTH = 24
 MIN_WIDTH, MAX_WIDTH = 320, 7680
 MIN_HEIGHT, MAX_HEIGHT = 320, 4320
-VNC_PORT = 5900  # x11vnc, loopback only
-WEBSOCKIFY_PORT = 6081  # websockify (the "novnc" process), loopback only; the service proxies it
 NOVNC_DIR = Path("/usr/share/novnc")  # Debian's novnc package
 # Request bounds.
 MAX_BODY_BYTES = 256 << 10
@@ -36,6 +33,7 @@ class Settings:
     display: str
     width: int
     height: int
+    glx: bool  # Xvfb's GLX extension (OpenGL for X clients); off unless asked for
     run_dir: Path  # logs of the supervised processes
     recordings_dir: Path
 
@@ -52,6 +50,7 @@ class Settings:
             display=env.get("DISPLAY") or ":0",
             width=int(env.get("ATOLL_DESKTOP_WIDTH", DEFAULT_WIDTH)),
             height=int(env.get("ATOLL_DESKTOP_HEIGHT", DEFAULT_HEIGHT)),
+            glx=env.get("ATOLL_DESKTOP_GLX", "") == "1",
             run_dir=run_dir,
             recordings_dir=recordings,
         )

@@ -1,16 +1,21 @@
-"""The desktop's processes: Xvfb first, waited for (its socket answers), then the XFCE4 session,
-x11vnc and websockify (the "novnc" process) side by side (each needs only the display; the
-session's window manager takes the longest, 9 s of a 14 s start under gVisor, and the other two
-no longer wait behind it), each waited for; then watched: one that exits is started again (after
-a short back-off when it keeps crashing).
+"""The desktop's processes: websockify (the "novnc" process: it needs no display) and the XFCE4
+session (its bus and Xfconf daemon) start beside Xvfb; once Xvfb answers (``-displayfd``) at its
+size, the session is told to start its window manager and x11vnc starts; each is waited for,
+then watched: one that exits is started again (after a short back-off when it keeps crashing).
+At the service's start the first three were started by ``early.start`` before this module was
+imported, and are adopted here; every later start is this module's. Readiness is told where a
+process can tell (Xvfb's ``-displayfd``) and polled otherwise; the session is told, through a
+pipe it reads, when the display is up and when its window manager is (it starts its panel
+and desktop after it: ``session.sh``).
 
-Xvfb starts with a framebuffer of at least ``FRAMEBUFFER`` and is set to the asked size by RandR
-(``xrandr --fb``), so a later resize up to the framebuffer is live: the windows stay. Only a size
-beyond it starts everything again at that size. Each runs in its own
-process group, so a stop or restart ends what it spawned too (the session's panel and desktop).
+Xvfb starts with a framebuffer of at least ``early.FRAMEBUFFER`` and is set to the asked size by
+RandR, so a later resize up to the framebuffer is live: the windows stay. Only a size beyond it
+starts everything again at that size. Each runs in its own session (process group), so a stop
+or restart ends what it spawned too (the session's panel and desktop).
 
 Status is ``running`` when all run, ``stopped`` when none does, ``degraded`` otherwise; every
-change bumps ``version`` and wakes ``changed`` (the SSE status stream waits on it)."""
+change bumps ``version`` and wakes ``changed`` (the SSE status stream waits on it). The log
+(``desktop.log``) has each process's start and readiness in seconds since the sandbox's PID 1."""
 
 from __future__ import annotations
 
@@ -26,21 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEPTH, MAX_LOG_FILE_BYTES, PACKAGE_DIR, VNC_PORT, WEBSOCKIFY_PORT, Settings
+from . import early
+from .config import MAX_LOG_FILE_BYTES, Settings
+from .early import VNC_PORT, WEBSOCKIFY_PORT, Early, since_pid1
+from .processes import Adopted, Adoption, Pipes, adopt, notified, reap
 from .x11 import X11, DisplayUnavailableError
 
 log = logging.getLogger(__name__)
 
 NAMES = ("xvfb", "xfce4", "x11vnc", "novnc")
 READY_TIMEOUT_S = 15.0
-READY_POLL_S = 0.05
+READY_POLL_S = 0.02
+UNTOLD_POLL_S = 0.25  # a process that tells it is ready is still checked this often
 WATCH_INTERVAL_S = 0.5
 STOP_GRACE_S = 3.0
 BACKOFF_MAX_S = 10.0
 STABLE_S = 30.0  # running this long resets the crash back-off
-# Xvfb's framebuffer (RandR cannot grow a screen beyond it): its memory is only what is drawn on
-FRAMEBUFFER = (3840, 2160)
-XRANDR_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -50,7 +56,15 @@ class Managed:
     ready: Callable[[], Awaitable[bool]]
     stdout_log: Path
     stderr_log: Path
-    proc: asyncio.subprocess.Process | None = None
+    # the option that gives it a descriptor it writes to once it is ready (Xvfb's -displayfd):
+    # readiness told instead of polled for
+    notify_option: str | None = None
+    # descriptors added to its arguments, closed by the service once the display is up (after
+    # the screen's size is set) and once it is ready itself (the session waits for the first
+    # to start its window manager, for the second to start its panel): told, not polled for
+    after_display: bool = False
+    tell_ready: bool = False
+    proc: asyncio.subprocess.Process | Adopted | None = None
     started_at: float = 0.0
     crashes: int = 0
     not_before: float = 0.0
@@ -77,12 +91,14 @@ class Supervisor:
         self.settings = settings
         self.x11 = x11
         self.width, self.height = settings.width, settings.height
-        self.fb_width, self.fb_height = _framebuffer(self.width, self.height)
+        self.fb_width, self.fb_height = early.framebuffer(self.width, self.height)
         self.version = 0
         self.changed = asyncio.Event()
         self.started = False  # the first start-up has finished
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._display = asyncio.Event()  # Xvfb answers at the asked size: the session may start
+        self._display.set()  # a restart of the session alone needs no wait
         number = settings.display.lstrip(":").split(".")[0] or "0"
         self._x_socket = Path(f"/tmp/.X11-unix/X{number}")
         self.env = {**os.environ, "DISPLAY": settings.display}
@@ -91,34 +107,18 @@ class Supervisor:
     def _managed(self, name: str) -> Managed:
         argv, ready = {
             "xvfb": (self._xvfb_argv, self._xvfb_ready),
-            "xfce4": (
-                lambda: ["dbus-run-session", "--", "sh", str(PACKAGE_DIR / "session.sh")],
-                self._wm_ready,
-            ),
+            "xfce4": (early.session_argv, self._wm_ready),
             "x11vnc": (self._x11vnc_argv, lambda: _port_open(VNC_PORT)),
-            "novnc": (
-                lambda: ["websockify", f"127.0.0.1:{WEBSOCKIFY_PORT}", f"127.0.0.1:{VNC_PORT}"],
-                lambda: _port_open(WEBSOCKIFY_PORT),
-            ),
+            "novnc": (early.websockify_argv, lambda: _port_open(WEBSOCKIFY_PORT)),
         }[name]
         logs = self.settings.run_dir
-        return Managed(name, argv, ready, logs / f"{name}.out.log", logs / f"{name}.err.log")
+        managed = Managed(name, argv, ready, logs / f"{name}.out.log", logs / f"{name}.err.log")
+        managed.notify_option = "-displayfd" if name == "xvfb" else None
+        managed.after_display = managed.tell_ready = name == "xfce4"
+        return managed
 
     def _xvfb_argv(self) -> list[str]:
-        screen = f"{self.fb_width}x{self.fb_height}x{DEPTH}"
-        # -ac: any local client may connect (the sandbox is the boundary); no TCP listener
-        return [
-            "Xvfb",
-            self.settings.display,
-            "-screen",
-            "0",
-            screen,
-            "-ac",
-            "-nolisten",
-            "tcp",
-            "+extension",
-            "RANDR",
-        ]
+        return early.xvfb_argv(self.settings.display, self.fb_width, self.fb_height, self.settings.glx)
 
     def _x11vnc_argv(self) -> list[str]:
         return [
@@ -143,9 +143,10 @@ class Supervisor:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, started: Early | None = None) -> None:
+        """Start the desktop; adopt what ``started`` (``early.start``) holds already."""
         async with self._lock:
-            await self._start_all()
+            await self._start_all(started)
         self.started = True
         self._bump()
         self._watcher = asyncio.create_task(self._watch())
@@ -176,67 +177,134 @@ class Supervisor:
                 if await self._set_size():
                     self._bump()
                     return True
-            self.fb_width, self.fb_height = _framebuffer(width, height)
+            self.fb_width, self.fb_height = early.framebuffer(width, height)
             for managed in reversed(self.processes.values()):
                 await self._stop(managed)
             await asyncio.to_thread(self.x11.close)
             await self._start_all()
             return False
 
-    async def _start_all(self) -> None:
-        xvfb, *rest = self.processes.values()
-        await self._start(xvfb)
-        await self._set_size()
-        await asyncio.gather(*(self._start(managed) for managed in rest))
+    async def _start_all(self, started: Early | None = None) -> None:
+        xvfb, xfce4, x11vnc, novnc = (self.processes[name] for name in NAMES)
+        self._display.clear()
+        adopted = adopt(started)
+        # beside Xvfb: websockify (it needs no display: it connects to x11vnc per viewer) and the
+        # session, whose bus and Xfconf daemon start meanwhile (its window manager waits for
+        # the display, told by a pipe, below)
+        beside = [
+            asyncio.create_task(self._start(novnc, adopted.get("novnc"))),
+            asyncio.create_task(self._start(xfce4, adopted.get("xfce4"))),
+        ]
+        try:
+            try:
+                await self._start(xvfb, adopted.get("xvfb"))
+                await self._set_size()
+            finally:
+                self._display.set()
+                if started is not None and started.sizer > 0:
+                    await asyncio.to_thread(reap, started.sizer)
+            await asyncio.gather(self._start(x11vnc), *beside)
+        except BaseException:
+            for task in beside:
+                task.cancel()
+            for task in beside:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            raise
 
     async def _set_size(self) -> bool:
-        """``xrandr --fb``: the screen's size within the framebuffer. Xvfb has one fixed mode (the
-        framebuffer's), so xrandr turns its CRTC off to shrink the screen and reports an error
-        turning it back on: the root window's size is what says whether it worked."""
+        """The screen's size within the framebuffer, by RandR over the service's connection
+        (``X11.set_size``: what ``xrandr --fb`` does, without a process on the way to ready)."""
         if (self.width, self.height) == (self.fb_width, self.fb_height):
             return True
-        argv = ["xrandr", "--fb", f"{self.width}x{self.height}"]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=self.env
-        )
-        try:
-            await asyncio.wait_for(proc.wait(), XRANDR_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
         try:
             size = await asyncio.to_thread(self.x11.size)
+            if size != (self.width, self.height):  # (early.start's sizer has set it)
+                size = await asyncio.to_thread(self.x11.set_size, self.width, self.height)
         except DisplayUnavailableError:
             return False
         if size != (self.width, self.height):
-            log.warning("xrandr left the screen at %sx%s, not %sx%s", *size, self.width, self.height)
+            log.warning("RandR left the screen at %sx%s, not %sx%s", *size, self.width, self.height)
             return False
         return True
 
-    async def _start(self, managed: Managed) -> None:
-        _kill_group(managed)  # leftovers of a previous run (e.g. the session's panel)
-        for path in (managed.stdout_log, managed.stderr_log):
-            if path.exists() and path.stat().st_size > MAX_LOG_FILE_BYTES:
-                path.write_bytes(b"")
-        with managed.stdout_log.open("ab") as out, managed.stderr_log.open("ab") as err:
-            managed.proc = await asyncio.create_subprocess_exec(
-                *managed.argv(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=self.env,
-                cwd=self.env.get("HOME", "/"),
-                start_new_session=True,
-            )
-        managed.started_at = time.monotonic()
-        managed.extra["pgid"] = managed.proc.pid
-        self._bump()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and managed.running:
-            if await managed.ready():
-                log.info("%s ready in %.2f s", managed.name, time.monotonic() - managed.started_at)
+    async def _start(self, managed: Managed, adopted: Adoption | None = None) -> None:
+        pipes = Pipes()
+        try:
+            if adopted is not None:  # started by early.start: its pipes are ours to close
+                managed.proc, notice = adopted.process, adopted.notice
+                pipes.ours += [fd for fd in (adopted.notice, adopted.tell) if fd >= 0]
+                await self._started(managed, adopted.spawned_at)
+                await self._wait_ready(managed, notice)
                 return
-            await asyncio.sleep(READY_POLL_S)
+            _kill_group(managed)  # leftovers of a previous run (e.g. the session's panel)
+            for path in (managed.stdout_log, managed.stderr_log):
+                if path.exists() and path.stat().st_size > MAX_LOG_FILE_BYTES:
+                    path.write_bytes(b"")
+            argv, notice, display_up = managed.argv(), -1, -1
+            if managed.notify_option is not None:
+                notice, theirs = pipes.from_child()
+                argv += [managed.notify_option, str(theirs)]
+            if managed.after_display:
+                theirs, display_up = pipes.to_child()
+                argv.append(str(theirs))
+            if managed.tell_ready:
+                theirs, _ = pipes.to_child()  # ours is closed with the rest, after ready
+                argv.append(str(theirs))
+            with managed.stdout_log.open("ab") as out, managed.stderr_log.open("ab") as err:
+                managed.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=self.env,
+                    cwd=self.env.get("HOME", "/"),
+                    start_new_session=True,
+                    pass_fds=pipes.child,
+                )
+            pipes.close_child()  # its copies are the only ones: EOF on our side when it dies
+            await self._started(managed)
+            if display_up >= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._display.wait(), READY_TIMEOUT_S)
+                pipes.close(display_up)
+            await self._wait_ready(managed, notice)
+        finally:
+            pipes.close_all()  # the ready pipe among them: the process is told
+
+    async def _started(self, managed: Managed, spawned_at: float | None = None) -> None:
+        """Book-keeping of a start; ``spawned_at`` (``since_pid1``) for an adopted process."""
+        assert managed.proc is not None
+        now = since_pid1()
+        at = now if spawned_at is None else spawned_at
+        managed.started_at = time.monotonic() - (now - at)
+        managed.extra["pgid"] = managed.proc.pid  # a session of its own: its group
+        log.info("%s started at %.2f s", managed.name, at)
+        self._bump()
+
+    async def _wait_ready(self, managed: Managed, notice: int) -> None:
+        """Until ``managed.ready()``: checked when the process says so on ``notice`` (if it has
+        one; also every UNTOLD_POLL_S, should it never say), else every READY_POLL_S."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        told = asyncio.ensure_future(notified(notice, READY_TIMEOUT_S)) if notice >= 0 else None
+        try:
+            while time.monotonic() < deadline and managed.running:
+                if told is not None and not told.done():
+                    await asyncio.wait({told}, timeout=UNTOLD_POLL_S)
+                if await managed.ready():
+                    took = time.monotonic() - managed.started_at
+                    log.info("%s ready in %.2f s (at %.2f s)", managed.name, took, since_pid1())
+                    said = told.result() if told is not None and told.done() else b""
+                    if said.startswith(b"up "):  # early.SIZER's line: when it was
+                        log.info("%s: the display was up at %s s", managed.name, said[3:].decode().strip())
+                    return
+                if told is None or told.done():
+                    await asyncio.sleep(READY_POLL_S)
+        finally:
+            if told is not None:
+                told.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await told
         log.warning(
             "%s is not ready after %.0fs (running: %s)", managed.name, READY_TIMEOUT_S, managed.running
         )
@@ -287,10 +355,6 @@ class Supervisor:
     @property
     def healthy(self) -> bool:
         return self.started and all(managed.running for managed in self.processes.values())
-
-
-def _framebuffer(width: int, height: int) -> tuple[int, int]:
-    return max(width, FRAMEBUFFER[0]), max(height, FRAMEBUFFER[1])
 
 
 def _kill_group(managed: Managed, sig: int = signal.SIGKILL) -> None:

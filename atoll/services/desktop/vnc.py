@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .config import WEBSOCKIFY_PORT
+from .early import WEBSOCKIFY_PORT
 
 log = logging.getLogger(__name__)
 
