@@ -266,16 +266,20 @@ class OCIBackend(CgroupBackend):
         # on restore the prestart hook moves it in again (userns_net.network_hook)
         netns_fd = await self._hold_netns(sandbox_id)
         init_pid = await self._init_pid(sandbox_id)
-        await self._return_network(sandbox_id, netns_fd, ended=True, close=False)
+        setting_up = await userns_net.return_for_dump(self._net_file(sandbox_id), netns_fd)
         parked = None
         if netns_fd is None:  # still in its slot's namespaces (not restored)?
             state = self.state_root / sandbox_id / "state.json"
             parked = await asyncio.to_thread(userns_net.park_for_dump, self._slot_file(sandbox_id), state)
         try:
-            await run([*argv, sandbox_id], timeout=600)
+            # frozen first: CRIU's own freeze mostly waits 100 ms (criu.freeze_for_dump)
+            async with criu.frozen_for_dump(self.cgroup_parent, sandbox_id):
+                await run([*argv, sandbox_id], timeout=600)
         except CommandFailed as exc:
             raise CheckpointFailed(criu.log_errors(work / "dump.log") or str(exc)) from None
         finally:
+            if setting_up is not None:
+                await setting_up
             await _remove_work_dir(work)
             if parked is not None:
                 await asyncio.to_thread(userns_net.unpark, *parked)

@@ -12,6 +12,7 @@ in its slot's namespaces, ``park`` and ``unpark`` take ``eth0`` out for the dump
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import fcntl
@@ -85,16 +86,19 @@ def _read_address() -> SlotAddress:
     raise OSError(f"no default route on {SANDBOX_IFNAME}")
 
 
-def _configure(ip: str, slot: SlotAddress) -> str:
+def _batch(slot: SlotAddress) -> str:
     """``ip -batch`` lines that set up ``eth0`` as the network pool does (atoll.network.netns)."""
     return (
-        f"{ip} -batch - <<EOF\n"
         "link set lo up\n"
         f"addr add {slot.interface} dev {SANDBOX_IFNAME}\n"
         f"link set {SANDBOX_IFNAME} up\n"
         f"route add default via {slot.gateway}\n"
-        "EOF\n"
     )
+
+
+def _configure(ip: str, slot: SlotAddress) -> str:
+    """``_batch`` as a shell command."""
+    return f"{ip} -batch - <<EOF\n{_batch(slot)}EOF\n"
 
 
 def _tools() -> tuple[str, str]:
@@ -144,18 +148,52 @@ def return_network(saved: Path, netns: Path) -> None:
     as it was: the pool's namespace then outlives the sandbox's (a paused sandbox keeps its
     slot), and the next boot or restore moves it in again. Best effort: a slot left without it
     is rebuilt by the pool when released."""
+    if (returned := take_network_back(saved, netns)) is not None:
+        set_up_returned(*returned)
+
+
+def take_network_back(saved: Path, netns: Path) -> tuple[str, SlotAddress] | None:
+    """``return_network``'s move alone (one short process): ``eth0`` back in the pool's
+    namespace, unconfigured there until ``set_up_returned`` (the pool's namespace name and the
+    set-up to give it). What a checkpoint waits for before its dump; the set-up can run beside
+    the dump. None: nothing moved."""
     try:
         info = json.loads(saved.read_text())
     except (OSError, ValueError):
-        return
+        return None
     ip, nsenter = _tools()
-    slot = SlotAddress(info["interface"], info["gateway"])
     name = info["netns"]
-    script = (
-        f"{nsenter} --net={netns} {ip} link set {SANDBOX_IFNAME} netns {name} && {ip} -n {name} "
-        + _configure(ip, slot).removeprefix(f"{ip} ")
+    moved = subprocess.run(
+        [nsenter, f"--net={netns}", ip, "link", "set", SANDBOX_IFNAME, "netns", name],
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
-    subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30, check=False)
+    return (name, SlotAddress(info["interface"], info["gateway"])) if moved.returncode == 0 else None
+
+
+async def return_for_dump(saved: Path, netns_fd: int | None) -> asyncio.Future[None] | None:
+    """Before the checkpoint of a restored sandbox (``netns_fd`` holds its network namespace;
+    None: not one): ``eth0`` moved back into the pool's namespace, and its set-up there started
+    off the event loop, to run beside the dump (await the future afterwards; None: nothing
+    moved)."""
+    if netns_fd is None:
+        return None
+    netns = Path(f"/proc/{os.getpid()}/fd/{netns_fd}")
+    taken = await asyncio.to_thread(take_network_back, saved, netns)
+    return None if taken is None else asyncio.ensure_future(asyncio.to_thread(set_up_returned, *taken))
+
+
+def set_up_returned(netns_name: str, slot: SlotAddress) -> None:
+    """``eth0``, just moved into the pool's namespace ``netns_name``, set up as the pool did."""
+    ip, _ = _tools()
+    subprocess.run(
+        [ip, "-n", netns_name, "-batch", "-"],
+        input=_batch(slot).encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 HOLDING_SUFFIX = "-hold"  # no pool slot's netns name ends so (theirs end in their index)
