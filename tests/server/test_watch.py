@@ -6,6 +6,7 @@ directory goes. Real server, real sandboxes, both backends."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -224,11 +225,30 @@ def test_sdk_watch_iterates_changes(http: httpx.Client, server: ServerProcess, s
                 if event.type == "remove":
                     return
 
+        def seen(kind: str, path: str) -> bool:
+            return any((e.type, e.path) == (kind, path) for e in list(got))
+
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        time.sleep(1)  # the watch is in place once the server answered; the thread got there
-        run_at(http, sandbox, "mkdir /tmp/wsdk/d && echo x > /tmp/wsdk/d/f && rm /tmp/wsdk/d/f")
+        # the watch is in place once the server answered, and the thread gets there on its own
+        # time (seconds on a loaded host): until a change is seen, make another
+        deadline = time.monotonic() + 30
+        for attempt in itertools.count():
+            run_at(http, sandbox, f"touch /tmp/wsdk/ready{attempt}")
+            time.sleep(0.2)
+            if any(e.path.startswith("/tmp/wsdk/ready") for e in list(got)):
+                break
+            assert time.monotonic() < deadline, "the watch reported nothing"
+        run_at(http, sandbox, "mkdir /tmp/wsdk/d")
+        # a directory is watched once its creation is seen: what happens in it before is not
+        # reported (docs/processes.md, "Watching a directory"), so the file comes after
+        deadline = time.monotonic() + 10
+        while not seen("create", "/tmp/wsdk/d"):
+            assert time.monotonic() < deadline, [(e.type, e.path) for e in got]
+            time.sleep(0.05)
+        run_at(http, sandbox, "echo x > /tmp/wsdk/d/f && rm /tmp/wsdk/d/f")
         reader.join(timeout=10)
+        assert not reader.is_alive(), [(e.type, e.path) for e in got]
         cast(Generator[atoll.WatchEvent], events).close()  # its end closes the stream
     kinds = [(e.type, e.path) for e in got]
     assert ("create", "/tmp/wsdk/d") in kinds and ("remove", "/tmp/wsdk/d/f") in kinds, kinds
