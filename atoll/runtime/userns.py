@@ -211,9 +211,12 @@ class Ranges:
                 continue
             try:
                 written = entry.stat().st_mtime
-                claim_owner, holder = entry.read_text().split("\n")[:2]
-            except (OSError, ValueError):
+                text = entry.read_text()
+            except OSError:
                 continue
+            # empty: created, not yet written (or never: its server was killed in between),
+            # which no holder can be alive for once the grace has passed
+            claim_owner, _, holder = text.partition("\n") if text else ("", "", "")
             found[(int(entry.name) - self.base) // RANGE_SIZE] = (claim_owner, holder, written)
         return found
 
@@ -258,7 +261,7 @@ class Ranges:
             mine = claim_owner == self.owner
             if now - written < self.grace_s and not (mine and own_at_once):
                 continue
-            if not is_alive(claim_owner, holder):
+            if not claim_owner or not is_alive(claim_owner, holder):
                 if mine:
                     self._held.pop(holder, None)
                 self._unlink_if(index, claim_owner, holder)
@@ -282,7 +285,7 @@ class Ranges:
         have reclaimed it and claimed it again since)."""
         path = self._path(index)
         with contextlib.suppress(OSError):
-            if path.read_text() == f"{owner}\n{holder}":
+            if path.read_text() == (f"{owner}\n{holder}" if owner else ""):
                 path.unlink()
 
 

@@ -519,6 +519,10 @@ def test_start_up_sweep_reclaims_leftovers_but_not_a_slot_on_its_way(tmp_path: P
     gone = other.claim("slot-of-a-killed-server", lambda o, s: True)
     old = time.time() - 3600
     os.utime(tmp_path / str(gone.base), (old, old))
+    # created and never written (its server killed in between): an hour old, and a fresh one
+    never_written = tmp_path / str(BASE + 3 * RANGE)
+    never_written.touch()
+    os.utime(never_written, (old, old))
     mine = Ranges(tmp_path, base=BASE, count=4, owner="atoll-me")
     stale = mine.claim("sbx-of-an-older-format", lambda o, s: True)
     restarted = Ranges(tmp_path, base=BASE, count=4, owner="atoll-me")
