@@ -15,6 +15,7 @@ from tests._support import api
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
 FILES = 40_000
+FILE_BYTES = 4096
 TICKER = """
 cat > /root/ticker.py <<'PY'
 import time
@@ -34,11 +35,18 @@ def test_the_sandbox_runs_during_most_of_a_snapshot(http: httpx.Client) -> None:
     sid = api.create(http, timeout=600)["id"]
     fork = None
     try:
+        # files with contents: the copy writes them, the catching up only looks (an lstat each),
+        # so what the freeze must not cover stays well apart from what it may (empty files made
+        # the two close enough for a fast disk to put the freeze at half the snapshot)
         make = (
-            f"mkdir /root/many && cd /root/many && for d in $(seq 40); do mkdir $d;"
-            f" (cd $d && seq {FILES // 40} | xargs touch); done"
+            "import os\n"
+            f"for d in range(1, 41):\n"
+            f"    os.makedirs(f'/root/many/{{d}}')\n"
+            f"    for i in range({FILES // 40}):\n"
+            f"        with open(f'/root/many/{{d}}/{{i}}', 'wb') as f:\n"
+            f"            f.write(b'x' * {FILE_BYTES})\n"
         )
-        api.run(http, sid, make, timeout=300)
+        api.run(http, sid, f"python3 - <<'PY'\n{make}PY", timeout=300)
         api.run(http, sid, TICKER)
         started = time.time()
         r = http.post(f"/v1/sandbox/{sid}/snapshot/create", json={"name": "many"}, timeout=600)
