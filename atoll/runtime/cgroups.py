@@ -1,4 +1,4 @@
-"""Host cgroup facts: which hierarchy is in use, the crun hybrid fix, and leak sweeping."""
+"""Host cgroup facts: which hierarchy is in use, the crun hybrid fix, freezing, and leak sweeping."""
 
 from __future__ import annotations
 
@@ -81,6 +81,38 @@ def pids_in_group(parent: str, name: str) -> list[int]:
         for procs in group.rglob("cgroup.procs") if group.is_dir() else ():
             found.update(int(pid) for pid in procs.read_text().split())
     return sorted(found)
+
+
+def _freezer(parent: str, name: str) -> tuple[Path, Path, tuple[str, str]]:
+    """The group's freeze control, the file that says whether it is frozen, and the (frozen,
+    thawed) values written to the control."""
+    if is_v2():
+        group = CGROUP_ROOT / parent.strip("/") / name
+        return group / "cgroup.freeze", group / "cgroup.events", ("1", "0")
+    group = CGROUP_ROOT / "freezer" / parent.strip("/") / name
+    return group / "freezer.state", group / "freezer.state", ("FROZEN", "THAWED")
+
+
+def is_frozen(parent: str, name: str) -> bool:
+    """Whether the group is frozen (not just freezing); OSError when it is gone."""
+    _, state, _ = _freezer(parent, name)
+    text = state.read_text()
+    if state.name == "cgroup.events":
+        return "frozen 1" in text.splitlines()
+    return text.strip() == "FROZEN"
+
+
+def start_freeze(parent: str, name: str) -> None:
+    """Ask the kernel to freeze the group (it is frozen once ``is_frozen``); OSError when gone."""
+    control, _, (frozen, _) = _freezer(parent, name)
+    control.write_text(frozen)
+
+
+def thaw(parent: str, name: str) -> None:
+    """Thaw the group (best effort: it may be gone)."""
+    control, _, (_, thawed) = _freezer(parent, name)
+    with contextlib.suppress(OSError):
+        control.write_text(thawed)
 
 
 def kill_group(parent: str, name: str) -> None:

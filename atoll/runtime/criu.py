@@ -46,23 +46,6 @@ def log_errors(log: Path, limit: int = 5) -> str:
     return "; ".join(errors[:limit])
 
 
-def _freezer(cgroup_parent: str, sandbox_id: str) -> tuple[Path, Path, tuple[str, str]]:
-    """The group's freeze control, the file that says whether it is frozen, and the (frozen,
-    thawed) values written to the control."""
-    if cgroups.is_v2():
-        group = cgroups.CGROUP_ROOT / cgroup_parent.strip("/") / sandbox_id
-        return group / "cgroup.freeze", group / "cgroup.events", ("1", "0")
-    group = cgroups.CGROUP_ROOT / "freezer" / cgroup_parent.strip("/") / sandbox_id
-    return group / "freezer.state", group / "freezer.state", ("FROZEN", "THAWED")
-
-
-def _is_frozen(state: Path) -> bool:
-    text = state.read_text()
-    if state.name == "cgroup.events":
-        return "frozen 1" in text.splitlines()
-    return text.strip() == "FROZEN"
-
-
 async def freeze_for_dump(cgroup_parent: str, sandbox_id: str, *, timeout_s: float = FREEZE_WAIT_S) -> bool:
     """Freeze the sandbox's cgroup and wait (polling every millisecond) until it is frozen;
     True when this froze it (False: it was frozen already, e.g. by a snapshot, or it did not
@@ -73,16 +56,15 @@ async def freeze_for_dump(cgroup_parent: str, sandbox_id: str, *, timeout_s: flo
     again (criu/seize.c, ``freeze_processes``): a tenth of a second of every pause. A group
     frozen beforehand is taken as it is (as a snapshot's always was): CRIU thaws it once it has
     seized the tasks, and freezes it again after a dump with ``--leave-running`` (``thaw``)."""
-    control, state, (frozen, _) = _freezer(cgroup_parent, sandbox_id)
     try:
-        if _is_frozen(state):
+        if cgroups.is_frozen(cgroup_parent, sandbox_id):
             return False
-        control.write_text(frozen)
+        cgroups.start_freeze(cgroup_parent, sandbox_id)
     except OSError:
         return False
     deadline = time.monotonic() + timeout_s
     try:
-        while not _is_frozen(state):
+        while not cgroups.is_frozen(cgroup_parent, sandbox_id):
             if time.monotonic() > deadline:
                 thaw(cgroup_parent, sandbox_id)
                 return False
@@ -111,6 +93,4 @@ async def frozen_for_dump(cgroup_parent: str, sandbox_id: str) -> AsyncIterator[
 def thaw(cgroup_parent: str, sandbox_id: str) -> None:
     """Undo ``freeze_for_dump`` (best effort: after a dump without ``--leave-running`` the
     tasks, and maybe the group, are gone)."""
-    control, _, (_, thawed) = _freezer(cgroup_parent, sandbox_id)
-    with contextlib.suppress(OSError):
-        control.write_text(thawed)
+    cgroups.thaw(cgroup_parent, sandbox_id)
