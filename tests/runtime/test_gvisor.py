@@ -17,7 +17,7 @@ import pytest
 
 from atoll.server.settings import DEFAULT_DATA_DIR
 from atoll.templates.registry import DEFAULT_TEMPLATE_NAME, slug
-from tests._support import api
+from tests._support import api, counter
 from tests._support.leaks import assert_no_leaks
 from tests._support.server import PIDS_LIMIT, ServerProcess, serving, side_server
 
@@ -30,10 +30,6 @@ pytestmark = [
 
 GVISOR_TEMPLATE = "system/debian:gvisor"
 COUNT_PROCESSES = "ls -d /proc/[0-9]* | wc -l"
-COUNTER = (
-    "nohup python3 -c 'import time\nn = 0\nwhile True:\n    n += 1\n"
-    '    open("/root/counter", "w").write(str(n))\n    time.sleep(0.1)\n\' >/dev/null 2>&1 & sleep 0.5'
-)
 
 
 def _template(templates: Path, name: str, runtime: str) -> None:
@@ -99,12 +95,12 @@ def test_the_server_default_stays_an_oci_runtime(http: httpx.Client) -> None:
 def test_what_a_command_leaves_running_survives_a_checkpoint(http: httpx.Client) -> None:
     sid = api.create(http, template_name=GVISOR_TEMPLATE, memory=512)["id"]
     try:
-        api.run(http, sid, COUNTER)
-        before = int(api.run(http, sid, "cat /root/counter")["stdout"])
+        api.run(http, sid, counter.START)
+        before = counter.read(http, sid)
         paused = http.post(f"/v1/sandbox/{sid}/pause").json()
         assert paused["pause_kind"] == "checkpoint", paused
         time.sleep(1)
-        after = int(api.run(http, sid, "cat /root/counter")["stdout"])  # resumes by restore
+        after = counter.read(http, sid)  # resumes by restore
         assert before < after < before + 8, (before, after)  # continued, not restarted
         # commands run under the sandbox's init (so a restore keeps them), with its seccomp filter
         status = api.run(http, sid, "grep -E '^(Seccomp|PPid):' /proc/self/status")["stdout"]

@@ -335,7 +335,7 @@ def test_snapshot_fork_then_pause_checkpoint_and_resume(uhttp: httpx.Client, san
     loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.1; done"
     api.run(uhttp, sandbox, f"nohup sh -c '{loop}' >/dev/null 2>&1 &")
     api.run(uhttp, sandbox, "echo kept > /root/kept && chown 1000:1000 /root/kept")
-    time.sleep(0.5)
+    api.run(uhttp, sandbox, "for _ in $(seq 300); do [ -s /tmp/n ] && break; sleep 0.1; done")
     r = uhttp.post(f"/v1/sandbox/{sandbox}/snapshot/create", json={"name": f"userns-{sandbox}"})
     assert r.status_code == 201, r.text
     snapshot = r.json()["id"]

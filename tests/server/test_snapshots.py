@@ -13,31 +13,10 @@ import httpx
 import pytest
 
 import atoll
-from tests._support import api
+from tests._support import api, counter
 from tests._support.server import INSTANCE, ServerProcess
 
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
-
-# a process holding a counter in memory and a file open for appending, ticking 10 times a second
-COUNTER = """
-cat > /root/counter.py <<'PY'
-import time
-log = open("/root/ticks.log", "a", buffering=1)
-n = 0
-while True:
-    n += 1
-    with open("/tmp/counter", "w") as f:
-        f.write(str(n))
-    log.write(f"{n}\\n")
-    time.sleep(0.1)
-PY
-nohup python3 /root/counter.py >/dev/null 2>&1 &
-sleep 0.5
-"""
-
-
-def counter(http: httpx.Client, sid: str) -> int:
-    return int(api.run(http, sid, "cat /tmp/counter")["stdout"])
 
 
 @pytest.fixture
@@ -56,14 +35,14 @@ def require_checkpointing(http: httpx.Client, sid: str) -> None:
 
 def test_pause_checkpoints_to_disk_frees_the_host_and_resumes_in_place(http: httpx.Client) -> None:
     sid = api.create(http, memory=512)["id"]
-    api.run(http, sid, COUNTER)
-    before = counter(http, sid)
+    api.run(http, sid, counter.START)
+    before = counter.read(http, sid)
     require_checkpointing(http, sid)
     # the processes, the cgroup and the root mount are gone from the host
     assert not Path(f"/sys/fs/cgroup/pids/atoll_{INSTANCE}/{sid}").exists()
     assert f"{sid}/rootfs" not in Path("/proc/self/mountinfo").read_text()
     time.sleep(1)
-    after = counter(http, sid)  # resumes through process.execute
+    after = counter.read(http, sid)  # resumes through process.execute
     assert before < after < before + 8, (before, after)  # continued, not restarted, not run on
     ticks = api.run(http, sid, "sleep 0.3; tail -n 3 /root/ticks.log")["stdout"].split()
     assert [int(t) for t in ticks] == list(range(int(ticks[0]), int(ticks[0]) + 3))  # the file is intact
@@ -89,7 +68,7 @@ def test_snapshot_restores_into_independent_forks(
     client: atoll.Client, http: httpx.Client, server: ServerProcess
 ) -> None:
     source = client.sandboxes.create(memory_mib=512)
-    source.process.execute(command=COUNTER)
+    source.process.execute(command=counter.START)
     source.process.execute(command="echo original > /root/shared")
     snapshot = source.create_snapshot(name=f"fork-{source.id}")
     assert snapshot.name == f"fork-{source.id}" and snapshot.id and snapshot.size_bytes > 0
@@ -98,9 +77,9 @@ def test_snapshot_restores_into_independent_forks(
     assert len({source.id, *(f.id for f in forks)}) == 3
     assert all(f.timeout == 100 and f.memory == 512 for f in forks)
     # each continues from the snapshot's in-memory counter, not from zero
-    at_snapshot = int(source.process.execute(command="cat /tmp/counter").stdout)
+    at_snapshot = int(source.process.execute(command=counter.READ).stdout)
     for fork in forks:
-        value = int(fork.process.execute(command="cat /tmp/counter").stdout)
+        value = int(fork.process.execute(command=counter.READ).stdout)
         assert value >= 1 and abs(value - at_snapshot) < 100
         assert fork.process.execute(command="cat /root/shared").stdout == "original\n"
     # writes in one are invisible in the others
