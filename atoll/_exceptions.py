@@ -31,6 +31,7 @@ status for each::
         │   └── ImageRejected        the image cannot be used (``errors`` names ``uri``)
         ├── HostCapacityExhausted    the host has no network address or id range left
         ├── ClusterCapacityExhausted no node of the cluster has room (``retry_after_s``)
+        ├── NodeUnreachable          the node a request is forwarded to did not answer
         └── SandboxFailure           something in a sandbox failed
         ├── ExecSetupFailed          a command could not start; nothing ran
         │   ├── BadWorkingDirectory  its cwd is missing or not a directory
@@ -240,6 +241,11 @@ class ClusterCapacityExhausted(OperationFailure):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NodeUnreachable(OperationFailure):
+    """The cluster node that runs a sandbox, or was chosen for a new one, did not answer the API
+    replica that forwards to it (atoll.server.forward)."""
 
 
 class SandboxFailure(OperationFailure):

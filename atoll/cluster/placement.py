@@ -37,14 +37,19 @@ exactly what the placement's row holds, once."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sqlalchemy import and_, delete, exists, or_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atoll._exceptions import ClusterCapacityExhausted
+from atoll._states import State
 from atoll.cluster import placement_sql
+from atoll.store.models import PlacementRow, SandboxRow, utcnow
 
 
 class OvercommitSettings(Protocol):
@@ -58,6 +63,16 @@ RETRY_AFTER_S = 5  # sandboxes end and nodes join: soon, but not at once
 # attempts when racing placers held every fitting node's row: each waits for one of them, so
 # this bounds the waits of one create, not its chances on a cluster with room
 MAX_ATTEMPTS = 16
+# a create placed before its node names the sandbox holds its room under a provisional id
+PROVISIONAL_PREFIX = "pending-"
+# longer than any create takes (a template pull included): released after this if never named
+PROVISIONAL_TTL_S = 900.0
+# a sandbox in these states holds no room on its node any more
+ENDED = (State.DELETED, State.FAILED)
+
+
+def provisional_id() -> str:
+    return PROVISIONAL_PREFIX + secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,41 @@ class Placer:
                 return None
             await connection.execute(sql.record, {**values, "p_node_id": chosen.id})
             return chosen.id, chosen.address
+
+    async def rename(self, provisional_id: str, sandbox_id: str) -> bool:
+        """Put the room placed under ``provisional_id`` (an API replica places before the node
+        names the sandbox) under the sandbox's own id; False when nothing was placed under it."""
+        async with self.engine.begin() as connection:
+            renamed = await connection.execute(
+                update(PlacementRow)
+                .where(PlacementRow.sandbox_id == provisional_id)
+                .values(sandbox_id=sandbox_id)
+            )
+        return bool(renamed.rowcount)
+
+    async def release_ended(self, *, provisional_after_s: float = PROVISIONAL_TTL_S) -> int:
+        """Give back the room of every sandbox that ended (deleted, or failed with its node) and
+        of provisional placements older than ``provisional_after_s`` (their create never
+        reported back: the replica died, or the node never answered); how many were released.
+        Run by one process of the cluster (the liveness job's leader)."""
+        cutoff = utcnow() - dt.timedelta(seconds=provisional_after_s)
+        ended = exists().where(SandboxRow.id == PlacementRow.sandbox_id, SandboxRow.state.in_(ENDED))
+        stale = and_(PlacementRow.sandbox_id.startswith(PROVISIONAL_PREFIX), PlacementRow.placed_at < cutoff)
+        forget = (
+            delete(PlacementRow)
+            .where(or_(ended, stale))
+            .returning(PlacementRow.node_id, PlacementRow.vcpu, PlacementRow.memory_mib)
+        )
+        async with self.engine.begin() as connection:
+            released = (await connection.execute(forget)).all()
+            totals: dict[str, tuple[int, int]] = {}
+            for node_id, vcpu, memory_mib in released:
+                held = totals.get(node_id, (0, 0))
+                totals[node_id] = (held[0] + vcpu, held[1] + memory_mib)
+            for node_id, (vcpu, memory_mib) in sorted(totals.items()):  # one lock order: no deadlock
+                values = {"p_node_id": node_id, "p_vcpu": vcpu, "p_memory_mib": memory_mib}
+                await connection.execute(self._sql.give_back, values)
+        return len(released)
 
     async def release(self, sandbox_id: str) -> bool:
         """Give the sandbox's room back to its node; False when it held none (released already,

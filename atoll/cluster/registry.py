@@ -41,6 +41,15 @@ class NodeReport:
 
 
 @dataclass(frozen=True)
+class SandboxHome:
+    """The node whose host runs a sandbox, as the cluster's API replicas forward to it."""
+
+    node_id: str
+    address: str
+    up: bool
+
+
+@dataclass(frozen=True)
 class DownedNode:
     node_id: str
     reason: str
@@ -100,6 +109,18 @@ class NodeRegistry:
     async def get(self, node_id: str) -> NodeRow | None:
         async with self.sessions() as s:
             return await s.get(NodeRow, node_id)
+
+    async def home_of(self, sandbox_id: str) -> SandboxHome | None:
+        """The node recorded as running the sandbox; None for an unknown sandbox, or one no
+        node runs (recorded on one host, before the cluster)."""
+        statement = (
+            select(NodeRow.id, NodeRow.address, NodeRow.state)
+            .join(SandboxRow, SandboxRow.node_id == NodeRow.id)
+            .where(SandboxRow.id == sandbox_id)
+        )
+        async with self.sessions() as s:
+            found = (await s.execute(statement)).first()
+        return None if found is None else SandboxHome(found.id, found.address, found.state == UP)
 
     async def mark_silent_down(self, down_after_s: float) -> list[DownedNode]:
         """Mark every up node silent for ``down_after_s`` down, and its sandboxes that held

@@ -34,6 +34,7 @@ from atoll.server import cluster_role, errors
 from atoll.server.activity import Activity, ActivityMiddleware
 from atoll.server.disk_budget import DiskBudget
 from atoll.server.disk_watermark import DiskWatermark
+from atoll.server.forward import ForwardToNodeMiddleware, NodeForwarder
 from atoll.server.host import SandboxHost
 from atoll.server.host_cleanup import clean_host_if_unused
 from atoll.server.limits import BodyLimitMiddleware
@@ -76,6 +77,7 @@ from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.server")
 DEFAULT_ORG = "org_default"
+FORWARD_CONNECTIONS = 512  # an API replica's connections to all nodes at once (streams included)
 
 
 def load_backend(settings: Settings, name: str | None = None) -> RuntimeBackend:
@@ -272,6 +274,13 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
         template_names=host.templates.names, warm_ready=warm.ready_by_template,
     )  # fmt: skip
     undo("cluster membership", cluster.close)
+    forwarder = None
+    if settings.role == "api" and cluster.registry is not None and cluster.placer is not None:
+        forwarder = NodeForwarder(
+            node_id=cluster.node_id or "", registry=cluster.registry, placer=cluster.placer,
+            max_connections=FORWARD_CONNECTIONS,
+        )  # fmt: skip
+        undo("forwarding to nodes", forwarder.close)
     if builds is not None:
         undo("template builds", builds.close)
         builds.start()  # in a thread, in the background: the server answers meanwhile
@@ -297,6 +306,7 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
         reconcile_report=report,
         template_builds=builds,
         ssh_access=ssh_gateway.store if ssh_gateway is not None else None,
+        forwarder=forwarder,
     )
 
 
@@ -310,6 +320,7 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     errors.install(app)
+    app.add_middleware(ForwardToNodeMiddleware)  # innermost: limits and metrics apply first
     app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
     app.add_middleware(ActivityMiddleware, activity=activity)
     app.add_middleware(LatencyMiddleware)  # API latency histograms (atoll.server.metrics)

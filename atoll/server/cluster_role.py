@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from atoll.cluster.heartbeat import Heartbeat
 from atoll.cluster.leader import AdvisoryLeader
 from atoll.cluster.liveness import LivenessMonitor
+from atoll.cluster.placement import PlacementPolicy, Placer
 from atoll.cluster.registry import NodeRegistry, NodeReport
 from atoll.server.capacity import Budget, Capacity, host_size
 from atoll.server.settings import Settings
@@ -40,9 +41,20 @@ def node_address(settings: Settings) -> str:
 
 
 class ClusterRole:
-    def __init__(self, heartbeat: Heartbeat | None, liveness: LivenessMonitor | None) -> None:
+    def __init__(
+        self,
+        heartbeat: Heartbeat | None,
+        liveness: LivenessMonitor | None,
+        *,
+        node_id: str | None = None,
+        registry: NodeRegistry | None = None,
+        placer: Placer | None = None,
+    ) -> None:
         self.heartbeat = heartbeat
         self.liveness = liveness
+        self.node_id = node_id
+        self.registry = registry
+        self.placer = placer  # what an API replica places creates with (atoll.server.forward)
 
     async def close(self) -> None:
         if self.heartbeat is not None:
@@ -66,10 +78,10 @@ async def start(
     if node_id is None:
         return ClusterRole(None, None)
     registry = NodeRegistry(repo.sessions)
+    placer = Placer(engine, PlacementPolicy.from_settings(settings))
     heartbeat = None
     if settings.role == "api":
-        # phase 1: an API replica places nothing on nodes yet, and runs nothing itself; a create
-        # through it answers 503 (no capacity) until placement sends creates to nodes
+        # an API replica runs no sandbox itself: it places creates on nodes and forwards them
         capacity.budget = Budget(vcpu=0, memory_mib=0)
     else:
         cpus, memory_mib = host_size()  # the host itself: placement applies the cluster's over-commit
@@ -98,6 +110,7 @@ async def start(
         AdvisoryLeader(engine, "liveness"),
         down_after_s=settings.node_down_after_s,
         on_failed=repo.changed,
+        placer=placer,
     )
     liveness.start()
-    return ClusterRole(heartbeat, liveness)
+    return ClusterRole(heartbeat, liveness, node_id=node_id, registry=registry, placer=placer)

@@ -31,6 +31,7 @@ from atoll._exceptions import (
     FileStorageFull,
     HostCapacityExhausted,
     ImageRejected,
+    NodeUnreachable,
     NotFoundError,
     OperationFailure,
     PermissionDeniedError,
@@ -45,6 +46,7 @@ from atoll._exceptions import (
     TemplateFailure,
     TemplateNotFound,
     TerminalStartFailed,
+    UnavailableError,
     status_for,
 )
 
@@ -73,6 +75,11 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    """The response an API error leaves as (also for code outside the routes: middleware)."""
     headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after is not None else None
     return JSONResponse(exc.to_body(), status_code=status_for(exc), headers=headers)
 
@@ -122,6 +129,7 @@ _FAILURES: dict[type[OperationFailure], Callable[[OperationFailure, str], APIErr
     TemplateFailure: lambda exc, _: ServerError(exc.message),
     HostCapacityExhausted: lambda exc, _: CapacityError(exc.message, retry_after=_HOST_FULL_RETRY_AFTER_S),
     ClusterCapacityExhausted: lambda exc, _: CapacityError(exc.message, retry_after=_retry_after_s(exc)),
+    NodeUnreachable: lambda exc, _: UnavailableError(exc.message, retry_after=_HOST_FULL_RETRY_AFTER_S),
     OperationFailure: lambda exc, _: ServerError(exc.message),
 }
 

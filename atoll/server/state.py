@@ -16,6 +16,7 @@ from atoll.network.egress import EgressService
 from atoll.router import PresignedStore
 from atoll.server.activity import Activity
 from atoll.server.disk_watermark import DiskWatermark
+from atoll.server.forward import NodeForwarder
 from atoll.server.lsp import LspService
 from atoll.server.manager import SandboxManager
 from atoll.server.metrics import MetricsService
@@ -51,6 +52,7 @@ class AppServices:
     reconcile_report: Report
     template_builds: TemplateBuilds | None  # None: templates are not built on demand
     ssh_access: AccessStore | None  # None: no SSH gateway runs (its routes answer 501)
+    forwarder: NodeForwarder | None = None  # an API replica's way to the nodes (docs/cluster.md)
 
 
 def services(connection: HTTPConnection) -> AppServices:

@@ -92,9 +92,10 @@ def test_a_killed_node_is_marked_down_and_its_sandboxes_failed(
             assert api.run(node_http, sandbox, "echo hi")["stdout"] == "hi\n"
             seen = api_http.get(f"/v1/sandbox/{sandbox}/")
             assert seen.status_code == 200 and seen.json()["state"] == "running"  # one store
-            # phase 1: a replica places nothing on nodes yet, and has no host budget of its own
-            refused = api_http.post("/v1/sandbox", json={})
-            assert refused.status_code == 503 and refused.headers.get("retry-after"), refused.text
+            # a create through the replica is placed on the one node (test_forwarding.py)
+            placed = api.create(api_http)["id"]
+            assert postgres.psql(f"SELECT node_id FROM sandboxes WHERE id = '{placed}'", name) == "node-b"
+            api.delete(api_http, placed)
 
             assert _liveness_leader(postgres, name) == "node-b"  # started first, took the lock first
             node.kill9()

@@ -6,6 +6,7 @@ processes placing at once on PostgreSQL never overbooking a node."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections import Counter
 
@@ -16,12 +17,21 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._exceptions import CapacityError, ClusterCapacityExhausted
-from atoll.cluster.placement import Placement, PlacementPolicy, PlacementRequest, Placer
+from atoll._states import State
+from atoll.cluster.placement import (
+    PROVISIONAL_TTL_S,
+    Placement,
+    PlacementPolicy,
+    PlacementRequest,
+    Placer,
+    provisional_id,
+)
 from atoll.cluster.registry import DOWN, NodeRegistry, NodeReport
 from atoll.server import errors
 from atoll.server.settings import Settings
 from atoll.store import db
-from atoll.store.models import NodeRow, PlacementRow
+from atoll.store.models import NodeRow, PlacementRow, SandboxRow, utcnow
+from atoll.store.repo import Repository
 
 DEBIAN = "system/debian:bookworm"
 PYTHON = "system/code-interpreter:v0.1.0"
@@ -145,6 +155,43 @@ async def test_a_failed_create_releases_its_room(sessions: async_sessionmaker[As
     async with placer.reservation(request):
         pass  # made: the room stays held until the sandbox is deleted
     assert await _reserved(sessions) == {"n1": (4, 256)}
+
+
+async def test_ended_sandboxes_and_stale_provisional_placements_give_their_room_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    placer = Placer(sessions.kw["bind"], POLICY)
+    await _node(sessions, "n1", cpus=4)
+    await Repository(sessions).ensure_org("org-a", "a")
+    rows = {state: _sandbox(state) for state in (State.RUNNING, State.STOPPED, State.DELETED, State.FAILED)}
+    async with sessions.begin() as s:
+        s.add_all(rows.values())
+    for row in rows.values():
+        await placer.place(PlacementRequest(row.id, "org-a", DEBIAN, 1, 256))
+    # a create placed and named by its node, one still on its way, one whose replica died
+    named, fresh, stale = provisional_id(), provisional_id(), provisional_id()
+    for pending in (named, fresh, stale):
+        await placer.place(PlacementRequest(pending, "org-a", DEBIAN, 1, 256))
+    assert await placer.rename(named, rows[State.RUNNING].id + "-2")
+    assert not await placer.rename("pending-unknown", "sbx-x")
+    async with sessions.begin() as s:
+        old = utcnow() - dt.timedelta(seconds=PROVISIONAL_TTL_S + 1)
+        await s.execute(update(PlacementRow).where(PlacementRow.sandbox_id == stale).values(placed_at=old))
+    assert await _reserved(sessions) == {"n1": (7, 7 * 256)}
+
+    assert await placer.release_ended() == 3  # deleted, failed, the stale provisional one
+    async with sessions() as s:
+        kept = set((await s.scalars(select(PlacementRow.sandbox_id))).all())
+    assert kept == {rows[State.RUNNING].id, rows[State.STOPPED].id, rows[State.RUNNING].id + "-2", fresh}
+    assert await _reserved(sessions) == {"n1": (4, 4 * 256)}
+    assert await placer.release_ended() == 0  # once
+
+
+def _sandbox(state: State) -> SandboxRow:
+    return SandboxRow(
+        id="sbx" + uuid.uuid4().hex[:16], org_id="org-a", template_id="tpl", template_name=DEBIAN,
+        runtime="crun", vcpu=1, memory=256, disk=1024, timeout=600, state=state, node_id="n1",
+    )  # fmt: skip
 
 
 async def test_no_room_anywhere_is_503_with_retry_after() -> None:

@@ -30,7 +30,9 @@ def manager(request: Request) -> SandboxManager:
     response_model=SandboxResponse,
     response_model_exclude_unset=True,
 )
-async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) -> dict[str, Any]:
+async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) -> dict[str, Any] | Response:
+    if (forwarder := services(request).forwarder) is not None:  # an API replica: placed on a node
+        return await forwarder.create(org, body, request)
     row = await manager(request).create(
         org,
         CreateParams(
