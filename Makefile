@@ -21,8 +21,14 @@ help:
 serve: setup template
 	$(ATOLL) serve
 
+# the suites that run again through a cluster: a node and an API replica on PostgreSQL
+# (tests/_support/cluster.py, docs/cluster.md), every request placed and forwarded by the replica
+CLUSTER_SUITES = tests/server/test_sandboxes_api.py tests/server/test_snapshots.py \
+	tests/server/test_pty.py tests/server/test_filesystem.py tests/server/test_process.py tests/router
+
 test: setup templates $(STAMPS)/leap0 lint
 	$(VENV)/bin/pytest -q
+	ATOLL_TEST_CLUSTER=1 ATOLL_TEST_DATABASE=postgresql $(VENV)/bin/pytest -q $(CLUSTER_SUITES)
 	@# the whole suite again with gVisor as the server's backend, when it is installed (scripts/setup-gvisor.sh)
 	if command -v runsc >/dev/null; then ATOLL_TEST_RUNTIME=runsc $(VENV)/bin/pytest -q; fi
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._support import api
+from tests._support import api, cluster
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer, running_postgres
 from tests._support.server import ServerProcess
@@ -75,14 +75,19 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     database_url = None
     if os.environ.get("ATOLL_TEST_DATABASE", "sqlite") == "postgresql":  # the suite on PostgreSQL
         database_url = request.getfixturevalue("postgres").create_database()
-    proc = ServerProcess(data_dir=data_dir, database_url=database_url)
+    if cluster.ENABLED and database_url is None:  # a cluster's store is PostgreSQL
+        database_url = request.getfixturevalue("postgres").create_database()
+    proc = cluster.session_server(data_dir, database_url)
     proc.start()
     try:
         yield proc
     finally:
         # leave nothing behind: delete what the tests left, then stop the server
         proc.delete_everything()
-        proc.stop()
+        if isinstance(proc, cluster.ClusterEntry):
+            proc.stop_all()
+        else:
+            proc.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

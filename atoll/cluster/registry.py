@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import functions
 
 from atoll._states import State
-from atoll.store.models import NodeRow, SandboxRow, utcnow
+from atoll.store.models import NodeRow, SandboxRow, SnapshotRow, utcnow
 
 UP = "up"
 DOWN = "down"
@@ -113,10 +113,25 @@ class NodeRegistry:
     async def home_of(self, sandbox_id: str) -> SandboxHome | None:
         """The node recorded as running the sandbox; None for an unknown sandbox, or one no
         node runs (recorded on one host, before the cluster)."""
+        return await self._home(SandboxRow.id == sandbox_id)
+
+    async def home_of_snapshot(
+        self, *, snapshot_id: str | None = None, org_id: str | None = None, name: str | None = None
+    ) -> SandboxHome | None:
+        """The node holding a snapshot's files (its source sandbox's node), by id or by the
+        organisation's name for it."""
+        if snapshot_id is not None:
+            which = SnapshotRow.id == snapshot_id
+        else:
+            which = and_(SnapshotRow.org_id == org_id, SnapshotRow.name == name)
+        source = select(SnapshotRow.source_sandbox_id).where(which).scalar_subquery()
+        return await self._home(SandboxRow.id == source)
+
+    async def _home(self, sandbox: ColumnElement[bool]) -> SandboxHome | None:
         statement = (
             select(NodeRow.id, NodeRow.address, NodeRow.state)
             .join(SandboxRow, SandboxRow.node_id == NodeRow.id)
-            .where(SandboxRow.id == sandbox_id)
+            .where(sandbox)
         )
         async with self.sessions() as s:
             found = (await s.execute(statement)).first()

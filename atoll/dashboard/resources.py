@@ -105,7 +105,7 @@ async def restore_snapshot(snapshot_id: str, request: Request) -> Response:
     session, _ = await checked_form(request)
     row = await snapshots.service(request).get(session.org_id, snapshot_id)
     body = RestoreSnapshotBody(snapshot_name=row.name)
-    restored = await snapshots.restore_snapshot(body, session.org_id, request)
+    restored = await snapshots.restore_here(body, session.org_id, request)
     return await _snapshots_page(request, f"restored into {restored['id']}")
 
 

@@ -23,14 +23,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from atoll._exceptions import NodeUnreachable
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
-from atoll.cluster.registry import NodeRegistry
+from atoll.cluster.registry import NodeRegistry, SandboxHome
 from atoll.server import errors, forward_ws
-from atoll.server.schemas import CreateSandboxBody
+from atoll.server.schemas import CreateSandboxBody, RestoreSnapshotBody
 
 log = logging.getLogger("atoll.server")
 
 # a sandbox's own paths: /v1/sandbox/{id} and everything below it
 SANDBOX_PATH = re.compile(r"^/v1/sandbox/(?P<sandbox_id>[^/]+)(?P<rest>/.*)?$")
+# a snapshot's record (its delete removes files on the node that holds them)
+SNAPSHOT_PATH = re.compile(r"^/v1/snapshot/(?P<snapshot_id>[^/]+)/?$")
 # headers of one connection, not of the request (RFC 9110 §7.6.1), and the replica's own Host
 HOP_BY_HOP = frozenset(
     {
@@ -66,12 +68,19 @@ class NodeForwarder:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def node_for(self, sandbox_id: str) -> str | None:
-        """The address of the up node (not this process) running the sandbox, if any."""
-        home = await self.registry.home_of(sandbox_id)
+    def _reachable(self, home: SandboxHome | None) -> str | None:
+        """The address of ``home`` when it is another node that is up."""
         if home is None or not home.up or home.node_id == self.node_id:
             return None
         return home.address
+
+    async def node_for(self, sandbox_id: str) -> str | None:
+        """The address of the up node (not this process) running the sandbox, if any."""
+        return self._reachable(await self.registry.home_of(sandbox_id))
+
+    async def node_for_snapshot(self, snapshot_id: str) -> str | None:
+        """The address of the up node (not this process) holding the snapshot's files, if any."""
+        return self._reachable(await self.registry.home_of_snapshot(snapshot_id=snapshot_id))
 
     async def create(self, org_id: str, body: CreateSandboxBody, request: Request) -> Response:
         """Place the sandbox, send the create to the node chosen, and keep the room under the
@@ -82,21 +91,38 @@ class NodeForwarder:
         placement = await self.placer.place(placed)  # ClusterCapacityExhausted: 503 + Retry-After
         made = False
         try:
-            answer = await self.client.request(
-                "POST",
-                placement.address + request.url.path,
+            answer = await self._send(placement.node_id, placement.address, request)
+            if answer.status_code == 201:
+                made = await self.placer.rename(pending, answer.json()["id"])
+        finally:
+            if not made:
+                await self.placer.release(pending)
+        return _relayed(answer)
+
+    async def restore(self, org_id: str, body: RestoreSnapshotBody, request: Request) -> Response | None:
+        """Send a restore to the node holding the snapshot's files (restored there: snapshots
+        are not copied between nodes yet); None when no node of the cluster holds it (the
+        caller answers as for an unknown snapshot)."""
+        home = await self.registry.home_of_snapshot(org_id=org_id, name=body.snapshot_name)
+        if home is None or home.node_id == self.node_id:
+            return None
+        if not home.up:
+            raise NodeUnreachable(f"node {home.node_id}, which holds the snapshot, is down")
+        return _relayed(await self._send(home.node_id, home.address, request))
+
+    async def _send(self, node_id: str, address: str, request: Request) -> httpx.Response:
+        """The request, as the client sent it, to the same path on the node (whole: a create's
+        or a restore's body and answer are small)."""
+        try:
+            return await self.client.request(
+                request.method,
+                address + request.url.path,
                 content=await request.body(),
                 headers=forwarded_headers(request.headers.raw),
                 timeout=httpx.Timeout(CREATE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             )
-            if answer.status_code == 201:
-                made = await self.placer.rename(pending, answer.json()["id"])
         except httpx.HTTPError as exc:
-            raise NodeUnreachable(f"node {placement.node_id} did not answer the create: {exc}") from exc
-        finally:
-            if not made:
-                await self.placer.release(pending)
-        return Response(answer.content, answer.status_code, headers=_response_headers(answer))
+            raise NodeUnreachable(f"node {node_id} did not answer: {exc}") from exc
 
     async def relay(self, scope: Scope, receive: Receive, send: Send, address: str) -> None:
         """Send the request to ``address`` and its answer back, both streamed."""
@@ -140,10 +166,11 @@ def _raw(answer: httpx.Response) -> list[tuple[bytes, bytes]]:
     return forwarded_headers(list(answer.headers.raw))
 
 
-def _response_headers(answer: httpx.Response) -> dict[str, str]:
+def _relayed(answer: httpx.Response) -> Response:
     # the body is relayed decoded (``content``): its encoding and length are the new response's
     skip = {"content-encoding", "content-length"}
-    return {k: v for k, v in answer.headers.items() if k.encode() not in HOP_BY_HOP and k not in skip}
+    headers = {k: v for k, v in answer.headers.items() if k.encode() not in HOP_BY_HOP and k not in skip}
+    return Response(answer.content, answer.status_code, headers=headers)
 
 
 def _is_record(scope: Scope, rest: str | None) -> bool:
@@ -159,17 +186,25 @@ class ForwardToNodeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarder = _forwarder(scope)
-        match = SANDBOX_PATH.match(scope.get("path", "")) if forwarder is not None else None
-        if forwarder is None or match is None or _is_record(scope, match["rest"]):
-            await self.app(scope, receive, send)
-            return
-        address = await forwarder.node_for(match["sandbox_id"])
-        if address is None:
+        address = None if forwarder is None else await _destination(forwarder, scope)
+        if forwarder is None or address is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await forward_ws.relay(scope, receive, send, address)
         else:
             await forwarder.relay(scope, receive, send, address)
+
+
+async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
+    """The node the request goes to; None: this process answers it."""
+    path = scope.get("path", "")
+    if (sandbox := SANDBOX_PATH.match(path)) is not None:
+        if _is_record(scope, sandbox["rest"]):
+            return None
+        return await forwarder.node_for(sandbox["sandbox_id"])
+    if (snapshot := SNAPSHOT_PATH.match(path)) is not None and scope.get("method") == "DELETE":
+        return await forwarder.node_for_snapshot(snapshot["snapshot_id"])
+    return None
 
 
 def _forwarder(scope: Scope) -> NodeForwarder | None:

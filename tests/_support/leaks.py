@@ -260,7 +260,7 @@ def leaks(server: ServerProcess) -> list[str]:
     live = {i for i, s in sandboxes.items() if s in ("running", "paused")}
     running = {i for i, s in sandboxes.items() if s == "running"}
     kept = set(sandboxes)  # stopped sandboxes keep their directory (the upper layer)
-    health = httpx.get(f"{server.base_url}/v1/health", timeout=10).json()
+    health = httpx.get(f"{server.own_url}/v1/health", timeout=10).json()
     pool_ready = health["network_pool_ready"]
     view = host_view(
         server.data_dir,

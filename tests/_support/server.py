@@ -59,8 +59,13 @@ class ServerProcess:
         self.log_path = self.data_dir / "server.log"
 
     @property
-    def base_url(self) -> str:
+    def own_url(self) -> str:
+        """This process's API (``base_url`` too, except for a cluster's node: tests/_support/cluster.py)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.own_url
 
     @property
     def router_url(self) -> str:
@@ -105,7 +110,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"atoll serve exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/v1/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.own_url}/v1/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

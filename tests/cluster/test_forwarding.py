@@ -21,10 +21,10 @@ import pytest
 from websockets.sync.client import connect
 
 from tests._support import api
+from tests._support.cluster import NodeProcess
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
-from tests.cluster.test_node_liveness import NodeProcess
 
 pytestmark = [pytest.mark.privileged]
 HEARTBEAT_S = 2.0

@@ -19,22 +19,14 @@ import pytest
 
 from atoll.cluster.leader import lock_key
 from tests._support import api
+from tests._support.cluster import NodeProcess
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
-from tests._support.server import ServerProcess, serving, side_server
+from tests._support.server import serving, side_server
 
 pytestmark = [pytest.mark.privileged]
 DOWN_AFTER_S = 10.0  # the default: the acceptance's "within 10 s"
 HEARTBEAT_S = 2.0
-
-
-class NodeProcess(ServerProcess):
-    """``atoll node run`` (the same options as ``atoll serve``, role node)."""
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        at = argv.index("serve")
-        return [*argv[:at], "node", "run", *argv[at + 1 :]]
 
 
 def _nodes(postgres: PostgresServer, database: str) -> dict[str, tuple[str, str]]:

@@ -54,7 +54,8 @@ def test_local_ca_is_made_kept_private_and_served(server: ServerProcess, http: h
     assert directory.stat().st_mode & 0o777 == 0o700
     for key in ("ca.key", "key.pem"):
         assert (directory / key).stat().st_mode & 0o777 == 0o600, key
-    r = httpx.get(f"{server.base_url}/v1/ca.pem", timeout=10)  # no key: the CA is public
+    # no key: the CA is public; a cluster's node serves its own router's (docs/cluster.md)
+    r = httpx.get(f"{server.own_url}/v1/ca.pem", timeout=10)
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-pem-file"
     assert r.content == ca_file(server).read_bytes()
     assert b"PRIVATE" not in r.content
@@ -64,7 +65,7 @@ def test_local_ca_is_made_kept_private_and_served(server: ServerProcess, http: h
     leaf.verify_directly_issued_by(ca)
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {f"*.{SANDBOX_DOMAIN}", SANDBOX_DOMAIN}
-    assert http.get("/v1/health").json()["sandbox_url"] == {
+    assert httpx.get(f"{server.own_url}/v1/health", timeout=10).json()["sandbox_url"] == {
         "scheme": "https",
         "domain": f"{SANDBOX_DOMAIN}:{server.router_port}",
         "ca": "/v1/ca.pem",

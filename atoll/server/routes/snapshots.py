@@ -59,7 +59,17 @@ async def create_snapshot(
     response_model=SandboxResponse,
     response_model_exclude_unset=True,
 )
-async def restore_snapshot(body: RestoreSnapshotBody, org: Org, request: Request) -> dict[str, Any]:
+async def restore_snapshot(
+    body: RestoreSnapshotBody, org: Org, request: Request
+) -> dict[str, Any] | Response:
+    forwarder = services(request).forwarder  # an API replica: restored on the snapshot's node
+    if forwarder is not None and (forwarded := await forwarder.restore(org, body, request)) is not None:
+        return forwarded
+    return await restore_here(body, org, request)
+
+
+async def restore_here(body: RestoreSnapshotBody, org: str, request: Request) -> dict[str, Any]:
+    """The restore on this process's own host."""
     row = await service(request).restore(
         org,
         body.snapshot_name,

@@ -1,0 +1,69 @@
+"""A cluster for the suites (``ATOLL_TEST_CLUSTER=1``, issue #22): the session's server becomes a
+node (``atoll node run``, with the session's instance, interfaces and subnet, so every host-side
+check looks at it) and an API replica (``atoll serve --role api``) beside it on the same
+PostgreSQL database, which the tests' clients talk to (``base_url``). What a test asks of the
+server's sandboxes thus goes through the replica's placement and forwarding to the node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests._support.server import ServerProcess, side_server
+
+ENABLED = os.environ.get("ATOLL_TEST_CLUSTER", "") == "1"
+REPLICA_SUBNET_INDEX = 12  # a /24 of the session's subnet no side server of the suites takes
+
+
+class NodeProcess(ServerProcess):
+    """``atoll node run`` (the same options as ``atoll serve``, role node)."""
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        at = argv.index("serve")
+        return [*argv[:at], "node", "run", *argv[at + 1 :]]
+
+
+@dataclass
+class ClusterEntry(NodeProcess):
+    """The node, with its clients sent to the replica (``base_url``); ``node_url`` is the node's own."""
+
+    replica: ServerProcess | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.replica is None:
+            self.replica = side_server(
+                self.data_dir.parent / (self.data_dir.name + "-api"), "api", REPLICA_SUBNET_INDEX,
+                database_url=self.database_url, extra_args=("--role", "api"),
+            )  # fmt: skip
+
+    @property
+    def base_url(self) -> str:
+        assert self.replica is not None
+        return self.replica.own_url
+
+    def start(self, timeout: float = 120.0) -> None:
+        super().start(timeout)
+        assert self.replica is not None
+        if self.replica.proc is None or self.replica.proc.poll() is not None:
+            self.replica.start(timeout)
+
+    def stop(self) -> None:
+        super().stop()  # the replica stays: a node restarting is what the tests mean
+
+    def stop_all(self) -> None:
+        assert self.replica is not None
+        self.replica.stop()
+        super().stop()
+        shutil.rmtree(self.replica.data_dir, ignore_errors=True)
+
+
+def session_server(data_dir: Path, database_url: str | None) -> ServerProcess:
+    if not ENABLED:
+        return ServerProcess(data_dir=data_dir, database_url=database_url)
+    if database_url is None:
+        raise RuntimeError("ATOLL_TEST_CLUSTER=1 needs ATOLL_TEST_DATABASE=postgresql")
+    return ClusterEntry(data_dir=data_dir, database_url=database_url)
