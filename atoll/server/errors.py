@@ -157,10 +157,11 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _client_gone(request: Request, _: Exception) -> JSONResponse:
-    """A client that hung up before its body arrived (an upload given up) is not the server's
-    error: what it began is undone where it was begun (``version.abort``), and nobody reads this."""
-    log.info("client gave up %s %s before its body arrived", request.method, request.url.path)
-    return JSONResponse({"message": "the client closed the request before its body arrived"}, status_code=400)
+    """A client that hung up before its body arrived (an upload given up), or before its answer
+    (a create), is not the server's error: what it began is undone where it was begun
+    (``version.abort``, the create's delete), and nobody reads this."""
+    log.info("client gave up %s %s before its answer", request.method, request.url.path)
+    return JSONResponse({"message": "the client closed the request before its answer"}, status_code=400)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,13 +11,14 @@ sandbox this process does not run)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -92,12 +93,23 @@ class NodeForwarder:
         made = False
         try:
             answer = await self._send(placement.node_id, placement.address, request)
+            if answer.status_code == 201 and await request.is_disconnected():
+                await self._undo_create(placement.address, answer.json()["id"], request)
             if answer.status_code == 201:
                 made = await self.placer.rename(pending, answer.json()["id"])
         finally:
             if not made:
                 await self.placer.release(pending)
         return _relayed(answer)
+
+    async def _undo_create(self, address: str, sandbox_id: str, request: Request) -> None:
+        """Nobody will learn the id of a sandbox whose client went away before the answer: its
+        node deletes it (as a node does for a client of its own: routes.sandboxes)."""
+        log.warning("deleted sandbox %s: its create's client went away before the answer", sandbox_id)
+        with contextlib.suppress(httpx.HTTPError):  # a node that does not answer: its reconcile
+            credentials = {"authorization": request.headers.get("authorization", "")}
+            await self.client.delete(f"{address}/v1/sandbox/{sandbox_id}", headers=credentials)
+        raise ClientDisconnect
 
     async def restore(self, org_id: str, body: RestoreSnapshotBody, request: Request) -> Response | None:
         """Send a restore to the node holding the snapshot's files (restored there: snapshots

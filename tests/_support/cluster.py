@@ -54,6 +54,11 @@ class ClusterEntry(NodeProcess):
     def stop(self) -> None:
         super().stop()  # the replica stays: a node restarting is what the tests mean
 
+    def log_tail(self, lines: int = 60) -> str:
+        """The node's log, then the replica's."""
+        assert self.replica is not None
+        return super().log_tail(lines) + "\n" + self.replica.log_tail(lines)
+
     def stop_all(self) -> None:
         assert self.replica is not None
         self.replica.stop()

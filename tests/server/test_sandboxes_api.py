@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import socket
+import time
 
 import httpx
 import pytest
@@ -143,3 +146,27 @@ def test_list_paging_and_validation(http: httpx.Client) -> None:
     assert http.get("/v1/sandboxes", params={"state": "bogus"}).status_code == 400
     for sid in ids:
         api.delete(http, sid)
+
+
+def test_a_create_whose_client_hung_up_is_undone(http: httpx.Client, server: ServerProcess) -> None:
+    """Nobody learns the id of a sandbox whose create's client went away before the answer (a
+    client that gave up, or a cluster's API replica that died forwarding it): it is deleted,
+    not left running until its timeout."""
+    before = {i["id"] for i in http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]}
+    body = b'{"timeout": 600}'
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v1/sandbox HTTP/1.1\r\nHost: atoll\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    # the create goes on without its client, then finds it gone and deletes what it made
+    undone = re.compile(r"deleted sandbox (sbx\w+): its create's client went away")
+    deadline = time.monotonic() + 60
+    while not (found := undone.search(server.log_tail(400))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found, "the create never reported its client gone"
+    assert http.get(f"/v1/sandbox/{found[1]}").status_code == 404
+    after = {i["id"] for i in http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]}
+    assert after <= before, after - before

@@ -3,9 +3,11 @@ with and without the trailing slash, because the leap0 SDK follows no redirects.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.requests import ClientDisconnect
 
 from atoll._states import State
 from atoll.server.auth import require_org
@@ -14,6 +16,7 @@ from atoll.server.responses import SandboxList, SandboxResponse
 from atoll.server.schemas import MAX_PAGE, CreateSandboxBody, list_item, sandbox_body
 from atoll.server.state import services
 
+log = logging.getLogger("atoll.server")
 router = APIRouter(prefix="/v1", tags=["sandboxes"])
 Org = Annotated[str, Depends(require_org)]
 
@@ -45,6 +48,12 @@ async def create_sandbox(body: CreateSandboxBody, org: Org, request: Request) ->
             network_policy=body.network_policy,
         ),
     )
+    if await request.is_disconnected():
+        # nobody will learn the sandbox's id (a client that gave up, a cluster's API replica
+        # that died forwarding it): undone, rather than left running until its timeout
+        log.warning("deleted sandbox %s: its create's client went away before the answer", row.id)
+        await manager(request).delete(org, row.id)
+        raise ClientDisconnect
     return sandbox_body(row, with_policy=True)
 
 
