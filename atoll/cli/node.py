@@ -1,11 +1,13 @@
 """``atoll node``: a cluster node (docs/cluster.md). ``atoll node run`` is ``atoll serve --role
 node``: it runs sandboxes on this host and registers and heartbeats into the shared PostgreSQL;
-``atoll node list`` shows the cluster's nodes as the database has them."""
+``atoll node list`` shows the cluster's nodes as the database has them; ``atoll node drain``
+stops placing new sandboxes on a node (what it runs goes on) and ``atoll node undrain`` takes it
+back."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
@@ -39,23 +41,54 @@ def register(parent: typer.Typer, serve: Callable[..., None]) -> None:
     parent.add_typer(app, name="node")
 
 
-@app.command("list")
-def list_nodes(database_url: DatabaseUrl = None) -> None:
-    """The cluster's nodes: state, heartbeat, capacity used of the budget."""
+def _with_registry(database_url: str | None, use: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``use(registry)`` on the cluster's database, run to completion."""
     from atoll.cluster.registry import NodeRegistry
     from atoll.store import db
 
     url = settings_from_options({"database_url": database_url}).db_url
 
-    async def load() -> list[Any]:
+    async def run() -> Any:
         engine = db.make_engine(url)
         try:
-            return list(await NodeRegistry(db.sessions(engine)).nodes())
+            return await use(NodeRegistry(db.sessions(engine)))
         finally:
             await engine.dispose()
 
+    return asyncio.run(run())
+
+
+NodeId = Annotated[str, typer.Argument(help="The node's id (atoll node list).")]
+
+
+@app.command("drain")
+def drain(node_id: NodeId, database_url: DatabaseUrl = None) -> None:
+    """Place no new sandboxes on the node; what it runs goes on, reached as before."""
+    _set_draining(node_id, True, database_url)
+
+
+@app.command("undrain")
+def undrain(node_id: NodeId, database_url: DatabaseUrl = None) -> None:
+    """Place new sandboxes on a drained node again."""
+    _set_draining(node_id, False, database_url)
+
+
+def _set_draining(node_id: str, draining: bool, database_url: str | None) -> None:
+    if not _with_registry(database_url, lambda registry: registry.set_draining(node_id, draining)):
+        console.print(f"[red]no node {node_id!r} is up or draining[/red] (atoll node list)")
+        raise typer.Exit(1)
+    console.print(f"node {node_id}: {'draining' if draining else 'up'}")
+
+
+@app.command("list")
+def list_nodes(database_url: DatabaseUrl = None) -> None:
+    """The cluster's nodes: state, heartbeat, capacity used of the budget."""
+
+    async def load(registry: Any) -> list[Any]:
+        return list(await registry.nodes())
+
     table = Table("id", "role", "state", "heartbeat (UTC)", "vCPU", "memory MiB", "address", "reason")
-    for node in asyncio.run(load()):
+    for node in _with_registry(database_url, load):
         table.add_row(
             node.id, node.role, node.state, node.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{node.vcpu_used}/{node.vcpu_budget}", f"{node.memory_mib_used}/{node.memory_mib_budget}",

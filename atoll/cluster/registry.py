@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import functions
 
@@ -20,6 +20,9 @@ from atoll.store.models import NodeRow, SandboxRow, SnapshotRow, utcnow
 
 UP = "up"
 DOWN = "down"
+# up, but taking no new sandboxes (``atoll node drain``): what it runs goes on, and is reached
+DRAINING = "draining"
+ALIVE = (UP, DRAINING)
 # a sandbox in one of these states holds nothing a dead node could take with it: left as it is
 UNAFFECTED = (State.DELETED, State.STOPPED, State.FAILED)
 
@@ -84,8 +87,8 @@ class NodeRegistry:
             statement = update(NodeRow).where(NodeRow.id == node_id)
             await s.execute(
                 statement.values(
-                    role=role, hostname=hostname, address=address, state=UP, state_reason=None,
-                    started_at=self._now(), heartbeat_at=self._now(), **values,
+                    role=role, hostname=hostname, address=address, state=_alive_again(),
+                    state_reason=None, started_at=self._now(), heartbeat_at=self._now(), **values,
                 )
             )  # fmt: skip
 
@@ -96,7 +99,9 @@ class NodeRegistry:
         statement = (
             update(NodeRow)
             .where(NodeRow.id == node_id)
-            .values(heartbeat_at=self._now(), state=UP, state_reason=None, **_report_values(report))
+            .values(
+                heartbeat_at=self._now(), state=_alive_again(), state_reason=None, **_report_values(report)
+            )
         )
         async with self.sessions.begin() as s:
             result = await s.execute(statement)
@@ -135,7 +140,19 @@ class NodeRegistry:
         )
         async with self.sessions() as s:
             found = (await s.execute(statement)).first()
-        return None if found is None else SandboxHome(found.id, found.address, found.state == UP)
+        return None if found is None else SandboxHome(found.id, found.address, found.state in ALIVE)
+
+    async def set_draining(self, node_id: str, draining: bool) -> bool:
+        """Drain the node (no new sandboxes placed on it; what it runs goes on) or take it back;
+        False when the node is down or unknown."""
+        statement = (
+            update(NodeRow)
+            .where(NodeRow.id == node_id, NodeRow.state.in_(ALIVE))
+            .values(state=DRAINING if draining else UP)
+        )
+        async with self.sessions.begin() as s:
+            result = await s.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def mark_silent_down(self, down_after_s: float) -> list[DownedNode]:
         """Mark every up node silent for ``down_after_s`` down, and its sandboxes that held
@@ -144,7 +161,7 @@ class NodeRegistry:
         cutoff = self._now() - dt.timedelta(seconds=down_after_s)
         downed: list[DownedNode] = []
         async with self.sessions.begin() as s:
-            silent = select(NodeRow).where(NodeRow.state == UP, NodeRow.heartbeat_at < cutoff)
+            silent = select(NodeRow).where(NodeRow.state.in_(ALIVE), NodeRow.heartbeat_at < cutoff)
             if self._postgresql:  # another process marking at once waits, then finds them down
                 silent = silent.with_for_update(skip_locked=True)
             for node in (await s.scalars(silent)).all():
@@ -160,6 +177,11 @@ class NodeRegistry:
                 )
                 downed.append(DownedNode(node.id, reason, list(failed.all())))
         return downed
+
+
+def _alive_again() -> ColumnElement[str]:
+    """Up, or still draining: a heartbeat or a restart does not undo a drain."""
+    return case((NodeRow.state == DRAINING, DRAINING), else_=UP)
 
 
 def _report_values(report: NodeReport) -> dict[str, Any]:
