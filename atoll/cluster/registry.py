@@ -49,7 +49,8 @@ class SandboxHome:
 
     node_id: str
     address: str
-    up: bool
+    up: bool  # up or draining: it runs what it ran, and answers
+    draining: bool = False  # takes no new sandboxes (restores of its snapshots go elsewhere)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,15 @@ class NodeRegistry:
         source = select(SnapshotRow.source_sandbox_id).where(which).scalar_subquery()
         return await self._home(SandboxRow.id == source)
 
+    async def snapshot_shape(self, org_id: str, name: str) -> tuple[str, int, int] | None:
+        """The template, vCPUs and MiB a restore of the organisation's snapshot asks for."""
+        statement = select(SnapshotRow.template_name, SnapshotRow.vcpu, SnapshotRow.memory).where(
+            SnapshotRow.org_id == org_id, SnapshotRow.name == name
+        )
+        async with self.sessions() as s:
+            found = (await s.execute(statement)).first()
+        return None if found is None else (found[0], found[1], found[2])
+
     async def _home(self, sandbox: ColumnElement[bool]) -> SandboxHome | None:
         statement = (
             select(NodeRow.id, NodeRow.address, NodeRow.state)
@@ -140,7 +150,9 @@ class NodeRegistry:
         )
         async with self.sessions() as s:
             found = (await s.execute(statement)).first()
-        return None if found is None else SandboxHome(found.id, found.address, found.state in ALIVE)
+        if found is None:
+            return None
+        return SandboxHome(found.id, found.address, found.state in ALIVE, found.state == DRAINING)
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         """Drain the node (no new sandboxes placed on it; what it runs goes on) or take it back;

@@ -49,6 +49,7 @@ from atoll.server.routes import (
     filesystem,
     git,
     health,
+    internal,
     lsp,
     network,
     observe,
@@ -278,9 +279,10 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
     if settings.role == "api" and cluster.registry is not None and cluster.placer is not None:
         forwarder = NodeForwarder(
             node_id=cluster.node_id or "", registry=cluster.registry, placer=cluster.placer,
-            max_connections=FORWARD_CONNECTIONS,
+            max_connections=FORWARD_CONNECTIONS, cluster_token=settings.cluster_token,
         )  # fmt: skip
         undo("forwarding to nodes", forwarder.close)
+    snapshots_service.on_deleted = cluster_role.snapshot_copies_dropper(settings, cluster)
     if builds is not None:
         undo("template builds", builds.close)
         builds.start()  # in a thread, in the background: the server answers meanwhile
@@ -329,6 +331,7 @@ def create_app(settings: Settings) -> FastAPI:
     # spec/processes.md: filesystem/watch and metrics (observe), process WebSocket (process_ws)
     for module in (*routes, observe, process_ws):
         app.include_router(module.router)
+    app.include_router(internal.router)  # the cluster's node-to-node calls (token only)
     dashboard.install(app)  # the web dashboard at / (atoll/dashboard)
     app.include_router(ssh_routes.router)
     app.include_router(unavailable.router)  # last: any real route wins over its 501

@@ -6,7 +6,7 @@ On SQLite (one host) none of it runs."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,7 +14,8 @@ from atoll.cluster.heartbeat import Heartbeat
 from atoll.cluster.leader import AdvisoryLeader
 from atoll.cluster.liveness import LivenessMonitor
 from atoll.cluster.placement import PlacementPolicy, Placer
-from atoll.cluster.registry import NodeRegistry, NodeReport
+from atoll.cluster.registry import ALIVE, NodeRegistry, NodeReport
+from atoll.server import snapshot_transfer
 from atoll.server.capacity import Budget, Capacity, host_size
 from atoll.server.settings import Settings
 from atoll.store.db import is_postgresql
@@ -61,6 +62,22 @@ class ClusterRole:
             await self.heartbeat.close()
         if self.liveness is not None:
             await self.liveness.close()
+
+
+def snapshot_copies_dropper(
+    settings: Settings, cluster: ClusterRole
+) -> Callable[[str], Awaitable[None]] | None:
+    """What a node does after deleting a snapshot: the other nodes drop their copies of it (made
+    by restores moved off a draining node). None without a cluster token (no copies are made)."""
+    registry, token = cluster.registry, settings.cluster_token
+    if registry is None or token is None:
+        return None
+
+    async def drop(snapshot_id: str) -> None:
+        others = [n.address for n in await registry.nodes() if n.id != cluster.node_id and n.state in ALIVE]
+        await snapshot_transfer.drop_copies(others, token, snapshot_id)
+
+    return drop
 
 
 async def start(

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from atoll._exceptions import NodeUnreachable
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
 from atoll.cluster.registry import NodeRegistry, SandboxHome
 from atoll.server import errors, forward_ws
+from atoll.server.cluster_auth import TOKEN_HEADER
 from atoll.server.schemas import CreateSandboxBody, RestoreSnapshotBody
 
 log = logging.getLogger("atoll.server")
@@ -41,9 +43,19 @@ HOP_BY_HOP = frozenset(
         b"trailer", b"transfer-encoding", b"upgrade", b"host",
     }
 )  # fmt: skip
+# a restore moved off a draining node: where the snapshot's files are (with the cluster token)
+SOURCE_HEADER = "x-atoll-snapshot-source"
+CLUSTER_HEADERS = frozenset({TOKEN_HEADER.encode(), SOURCE_HEADER.encode()})
 CONNECT_TIMEOUT_S = 5.0
 # a create may pull and unpack a template on its node; longer than any the node itself allows
 CREATE_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    template: str
+    vcpu: int
+    memory_mib: int
 
 
 def forwarded_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -54,8 +66,17 @@ class NodeForwarder:
     """Where requests go, and the one HTTP client they go through (its pool is the replica's
     connections to the nodes: bounded, so a flood of requests cannot open unbounded sockets)."""
 
-    def __init__(self, *, node_id: str, registry: NodeRegistry, placer: Placer, max_connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        registry: NodeRegistry,
+        placer: Placer,
+        max_connections: int,
+        cluster_token: str | None = None,
+    ) -> None:
         self.node_id = node_id
+        self.cluster_token = cluster_token
         self.registry = registry
         self.placer = placer
         self.client = httpx.AsyncClient(
@@ -84,15 +105,26 @@ class NodeForwarder:
         return self._reachable(await self.registry.home_of_snapshot(snapshot_id=snapshot_id))
 
     async def create(self, org_id: str, body: CreateSandboxBody, request: Request) -> Response:
-        """Place the sandbox, send the create to the node chosen, and keep the room under the
+        """Place the sandbox, send the create to the node chosen (``_placed``)."""
+        return await self._placed(org_id, PlacementSpec(body.template_name, body.vcpu, body.memory), request)
+
+    async def _placed(
+        self,
+        org_id: str,
+        spec: PlacementSpec,
+        request: Request,
+        *,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Place, send the request to the node chosen, and keep the room under the new
         sandbox's id when the node made it (give it back otherwise). Placed under a provisional
         id first: the node names the sandbox (a warm one comes with its own id)."""
         pending = provisional_id()
-        placed = PlacementRequest(pending, org_id, body.template_name, body.vcpu, body.memory)
-        placement = await self.placer.place(placed)  # ClusterCapacityExhausted: 503 + Retry-After
+        wanted = PlacementRequest(pending, org_id, spec.template, spec.vcpu, spec.memory_mib)
+        placement = await self.placer.place(wanted)  # ClusterCapacityExhausted: 503 + Retry-After
         made = False
         try:
-            answer = await self._send(placement.node_id, placement.address, request)
+            answer = await self._send(placement.node_id, placement.address, request, extra_headers)
             if answer.status_code == 201 and await request.is_disconnected():
                 await self._undo_create(placement.address, answer.json()["id"], request)
             if answer.status_code == 201:
@@ -112,25 +144,40 @@ class NodeForwarder:
         raise ClientDisconnect
 
     async def restore(self, org_id: str, body: RestoreSnapshotBody, request: Request) -> Response | None:
-        """Send a restore to the node holding the snapshot's files (restored there: snapshots
-        are not copied between nodes yet); None when no node of the cluster holds it (the
-        caller answers as for an unknown snapshot)."""
+        """Send a restore to the node holding the snapshot's files; when that node is draining,
+        place the restore like a create and have the chosen node copy the files from it first
+        (needs the cluster token). None when no node of the cluster holds the snapshot (the
+        caller answers as for an unknown one)."""
         home = await self.registry.home_of_snapshot(org_id=org_id, name=body.snapshot_name)
-        if home is None or home.node_id == self.node_id:
+        shape = await self.registry.snapshot_shape(org_id, body.snapshot_name)
+        if home is None or shape is None or home.node_id == self.node_id:
             return None
         if not home.up:
             raise NodeUnreachable(f"node {home.node_id}, which holds the snapshot, is down")
-        return _relayed(await self._send(home.node_id, home.address, request))
+        if not home.draining:
+            return _relayed(await self._send(home.node_id, home.address, request))
+        if self.cluster_token is None:
+            raise NodeUnreachable(
+                f"node {home.node_id}, which holds the snapshot, is draining; restoring it on another "
+                "node needs the cluster token (ATOLL_CLUSTER_TOKEN) on every process"
+            )
+        moved = {TOKEN_HEADER: self.cluster_token, SOURCE_HEADER: home.address}
+        return await self._placed(org_id, PlacementSpec(*shape), request, extra_headers=moved)
 
-    async def _send(self, node_id: str, address: str, request: Request) -> httpx.Response:
+    async def _send(
+        self, node_id: str, address: str, request: Request, extra_headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """The request, as the client sent it, to the same path on the node (whole: a create's
-        or a restore's body and answer are small)."""
+        or a restore's body and answer are small). The client's own cluster headers never
+        travel: only this replica's ``extra_headers`` do."""
+        own = [(k, v) for k, v in forwarded_headers(request.headers.raw) if k.lower() not in CLUSTER_HEADERS]
+        extra = [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
         try:
             return await self.client.request(
                 request.method,
                 address + request.url.path,
                 content=await request.body(),
-                headers=forwarded_headers(request.headers.raw),
+                headers=own + extra,
                 timeout=httpx.Timeout(CREATE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             )
         except httpx.HTTPError as exc:

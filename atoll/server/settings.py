@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     node_down_after_s: float = Field(
         default=10.0, gt=0, le=3600, description="Seconds of silence after which a node is marked down."
     )
+    cluster_token: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        description="Secret the cluster's processes share for node-to-node calls, e.g. copying a "
+        "snapshot to another node (give it as ATOLL_CLUSTER_TOKEN, not on the command line).",
+    )
 
     host: str = Field(default="127.0.0.1", description="API address.")
     port: int = Field(default=7700, ge=1, le=65535, description="API port.")

@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.commands import CommandFailed, CommandTimeout, reported_errnos, run
 from atoll.runtime.spec import CheckpointFailed, upper_dir
 from atoll.runtime.trees import remove_host_tree
-from atoll.server import snapshot_copy, snapshot_quota, transitions
+from atoll.server import snapshot_copy, snapshot_quota, snapshot_transfer, transitions
 from atoll.server.host import new_sandbox_id
 from atoll.server.manager import SandboxManager
+from atoll.server.snapshot_transfer import SnapshotSource
 from atoll.store.models import SandboxRow, SnapshotRow, utcnow
 from atoll.store.repo import SnapshotRepository
 
@@ -52,6 +54,8 @@ class SnapshotService:
     def __init__(self, manager: SandboxManager, repo: SnapshotRepository) -> None:
         self.manager = manager
         self.repo = repo
+        # in a cluster with a token: tells the other nodes a snapshot was deleted (their copies)
+        self.on_deleted: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def root(self) -> Path:
@@ -183,6 +187,7 @@ class SnapshotService:
         auto_pause: bool,
         timeout: int,
         network_policy: NetworkPolicy | None,
+        source: SnapshotSource | None = None,
     ) -> SandboxRow:
         snapshot = await self.repo.by_name(org_id, snapshot_name)
         if snapshot is None:
@@ -211,7 +216,19 @@ class SnapshotService:
             base_snapshot_id=snapshot.id,
         )
         async with manager.quota.claim(org_id, row.id, retry_after_s=5):  # until its record counts
+            if source is not None:  # restored off the snapshot's node: its files (and its parents') first
+                await self._copy_from(source, snapshot)
             return await manager.boot_new(row, template, image=self.root / snapshot.id / "image")
+
+    async def _copy_from(self, source: SnapshotSource, snapshot: SnapshotRow) -> None:
+        """The snapshot's directory and those of the snapshots its disk builds on, from the node
+        at ``source`` (those already here are kept)."""
+        async with snapshot_transfer.client() as http:
+            current: SnapshotRow | None = snapshot
+            while current is not None:
+                await snapshot_transfer.fetch(http, source.address, source.token, current.id, self.root)
+                parent = current.parent_snapshot_id
+                current = await self.repo.get_any(parent) if parent else None
 
     async def get(self, org_id: str, snapshot_id: str) -> SnapshotRow:
         snapshot = await self.repo.get(org_id, snapshot_id)
@@ -225,6 +242,8 @@ class SnapshotService:
             raise ConflictError("snapshot is in use by a sandbox restored from it or by a newer snapshot")
         await self.repo.delete(snapshot.id)
         await remove_dir(self.root / snapshot.id)
+        if self.on_deleted is not None:
+            await self.on_deleted(snapshot.id)
 
     async def sweep(self) -> list[str]:
         """Remove snapshot directories no record owns (a crash mid-snapshot)."""

@@ -54,6 +54,7 @@ class ServerProcess:
     extra_args: tuple[str, ...] = ()
     database_url: str | None = None  # None: SQLite in data_dir (tests/conftest.py: ATOLL_TEST_DATABASE)
     unremovable_leak: str = ""  # tests/conftest.py no_leaks: a leak that even a restart left
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ATOLL_CLUSTER_TOKEN
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir / "server.log"
@@ -102,7 +103,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ATOLL_API_KEY": self.api_key}
+        env = {**os.environ, "ATOLL_API_KEY": self.api_key, **self.extra_env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

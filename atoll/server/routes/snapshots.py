@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from atoll._exceptions import PermissionDeniedError
 from atoll.server.auth import require_org
+from atoll.server.cluster_auth import token_matches
+from atoll.server.forward import SOURCE_HEADER
 from atoll.server.responses import SandboxResponse, SnapshotList, SnapshotResponse
 from atoll.server.schemas import (
     MAX_PAGE,
@@ -16,12 +19,24 @@ from atoll.server.schemas import (
     sandbox_body,
     snapshot_body,
 )
+from atoll.server.snapshot_transfer import SnapshotSource
 from atoll.server.snapshots import SnapshotService
 from atoll.server.state import services
 
 router = APIRouter(prefix="/v1", tags=["snapshots"])
 Org = Annotated[str, Depends(require_org)]
 DEFAULT_TIMEOUT_S = 300
+
+
+def _moved_from(request: Request) -> SnapshotSource | None:
+    """Where the snapshot's files are, when the cluster sent this restore here from elsewhere."""
+    address = request.headers.get(SOURCE_HEADER)
+    if address is None:
+        return None
+    token = services(request).settings.cluster_token
+    if token is None or not token_matches(request, token):
+        raise PermissionDeniedError(f"{SOURCE_HEADER} is for the cluster's own processes")
+    return SnapshotSource(address, token)
 
 
 def service(request: Request) -> SnapshotService:
@@ -69,13 +84,15 @@ async def restore_snapshot(
 
 
 async def restore_here(body: RestoreSnapshotBody, org: str, request: Request) -> dict[str, Any]:
-    """The restore on this process's own host."""
+    """The restore on this process's own host (its files copied here first when an API replica
+    moved it off a draining node: docs/cluster.md)."""
     row = await service(request).restore(
         org,
         body.snapshot_name,
         auto_pause=body.auto_pause,
         timeout=body.timeout or DEFAULT_TIMEOUT_S,
         network_policy=body.network_policy,
+        source=_moved_from(request),
     )
     return sandbox_body(row, with_policy=True)
 
