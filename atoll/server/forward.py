@@ -255,8 +255,12 @@ class ForwardToNodeMiddleware:
 
 
 async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
-    """The node the request goes to; None: this process answers it."""
+    """The node the request goes to; None: this process answers it (its routes then answer 404
+    for a path with dot segments, which the relay's URL handling would otherwise resolve into a
+    path other than the one checked here)."""
     path = scope.get("path", "")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return None
     if (sandbox := SANDBOX_PATH.match(path)) is not None:
         if _is_record(scope, sandbox["rest"]):
             return None

@@ -58,13 +58,19 @@ def archive_path(snapshot_id: str) -> str:
     return f"/v1/internal/snapshot/{snapshot_id}/archive"
 
 
+async def _tar(directory: Path, *args: str, reading: bool) -> asyncio.subprocess.Process:
+    """tar on ``directory``, its archive on stdout (``reading``: the directory read) or stdin."""
+    pipe, none = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(
+        "tar", "-C", str(directory), *TAR_FLAGS, *args,
+        stdin=none if reading else pipe, stdout=pipe if reading else none, stderr=none,
+    )  # fmt: skip
+
+
 async def archive(directory: Path) -> AsyncIterator[bytes]:
     """The directory as a tar stream. A failure half-way raises, so that the server cuts the
     connection and the receiving node sees an incomplete copy, never a complete-looking one."""
-    proc = await asyncio.create_subprocess_exec(
-        "tar", "-C", str(directory), *TAR_FLAGS, "-cf", "-", ".",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = await _tar(directory, "-cf", "-", ".", reading=True)
     assert proc.stdout is not None
     try:
         while chunk := await proc.stdout.read(CHUNK_BYTES):
@@ -101,10 +107,7 @@ async def fetch(client: httpx.AsyncClient, source: str, token: str, snapshot_id:
 
 
 async def _unpack(client: httpx.AsyncClient, url: str, token: str, into: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "tar", "-C", str(into), *TAR_FLAGS, "--same-permissions", "-xf", "-",
-        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = await _tar(into, "--same-permissions", "-xf", "-", reading=False)
     assert proc.stdin is not None
     try:
         async with client.stream("GET", url, headers={TOKEN_HEADER: token}) as answer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,16 @@ from tests._support.server import ServerProcess, serving, side_server
 pytestmark = [pytest.mark.privileged]
 HEARTBEAT_S = 2.0
 Cluster = tuple[ServerProcess, ServerProcess, str, str]  # node, replica, API key, database
+
+
+def _raw_post(server: ServerProcess, headers: dict[str, str], path: str, body: bytes) -> bytes:
+    """The answer's first bytes to a request sent as written (httpx would resolve dot segments)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", "Host: atoll", "Content-Type: application/json", "Connection: close",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+        return conn.recv(4096)
 
 
 def _until(condition: object, what: str, timeout_s: float = 30) -> None:
@@ -56,6 +67,8 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
              "--database-url", url],
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
+        for process in (node, replica):  # their clean-up (serving) deletes the organisation's sandboxes
+            process.api_key = key
         yield node, replica, key, name
         if node.proc is not None and node.proc.poll() is None:
             assert_no_leaks(node)
@@ -86,7 +99,13 @@ def test_a_replica_places_creates_on_a_node_and_forwards_what_follows(
         with http.stream("POST", f"/v1/sandbox/{sid}/filesystem/read-file", json={"path": "/tmp/blob"}) as r:
             assert r.status_code == 200
             assert b"".join(r.iter_bytes()) == payload
+        # a path with dot segments is not relayed (it would resolve to another path on the node)
+        dotted = _raw_post(
+            replica, headers, f"/v1/sandbox/{sid}/../{sid}/process/execute", b'{"command": "true"}'
+        )
+        assert dotted.startswith(b"HTTP/1.1 404"), dotted[:200]
         # errors come back from the node as they are
+
         missing = http.post(f"/v1/sandbox/{sid}/filesystem/read-file", json={"path": "/nope"})
         assert missing.status_code == 404 and missing.json()["message"], missing.text
 
