@@ -151,7 +151,7 @@ class OCIBackend(CgroupBackend):
                 self._slot_file(spec.sandbox_id).unlink(missing_ok=True)
             else:
                 oci_config.join_userns(config, id_range.mappings(), userns_path, rootfs=rootfs)
-                if spec.netns_path is not None:
+                if spec.netns_path is not None and self.can_checkpoint:  # read by checkpoints alone
                     self._slot_file(spec.sandbox_id).write_text(str(spec.netns_path))
         (spec.sandbox_dir / "config.json").write_text(json.dumps(config))
         user_file(self.state_root, spec.sandbox_id).write_text(json.dumps(config["process"]["user"]))
