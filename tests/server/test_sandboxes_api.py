@@ -167,6 +167,9 @@ def test_a_create_whose_client_hung_up_is_undone(http: httpx.Client, server: Ser
     while not (found := undone.search(server.log_tail(400))) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert found, "the create never reported its client gone"
+    # logged as the delete begins: gone once it is done (a gVisor sandbox takes a while)
+    while http.get(f"/v1/sandbox/{found[1]}").status_code != 404 and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
     assert http.get(f"/v1/sandbox/{found[1]}").status_code == 404
     after = {i["id"] for i in http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]}
     assert after <= before, after - before
