@@ -112,14 +112,29 @@ class NetworkPool:
         if self._ready:
             return self._ready.popleft()
         self._wake.set()  # none ready: the refill catches up behind this one
-        index = self._next_index()
-        slot = self.plan.slot(index)
-        try:
-            await asyncio.to_thread(self._create, slot)
-        except BaseException:
-            self._taken.discard(index)
-            raise
+        slot = self.plan.slot(self._next_index())
+        await self._make(slot)
         return slot
+
+    async def _make(self, slot: Slot) -> None:
+        """Make the slot (its index taken), or give the index back if that fails. A thread
+        cannot be stopped: when the caller is cancelled (a create given up, the pool closing)
+        the slot the thread goes on to make is put with the ready ones, where the next create
+        or ``close`` finds it, instead of being left on the host with nobody knowing of it."""
+        making = asyncio.ensure_future(asyncio.to_thread(self._create, slot))
+        try:
+            await asyncio.shield(making)
+        except asyncio.CancelledError:
+            try:
+                await making
+            except Exception:
+                self._taken.discard(slot.index)
+            else:
+                self._ready.append(slot)
+            raise
+        except BaseException:
+            self._taken.discard(slot.index)
+            raise
 
     def refill(self) -> None:
         """Make ready slots again, up to the pool's size (after a boot that took one)."""
@@ -147,10 +162,9 @@ class NetworkPool:
                     break
                 slot = self.plan.slot(index)
                 try:
-                    await asyncio.to_thread(self._create, slot)
+                    await self._make(slot)
                 except Exception:
                     log.exception("could not prepare network slot %d", index)
-                    self._taken.discard(index)
                     await asyncio.sleep(1)
                     break
                 self._ready.append(slot)
