@@ -125,10 +125,11 @@ class NodeForwarder:
         made = False
         try:
             answer = await self._send(placement.node_id, placement.address, request, extra_headers)
-            if answer.status_code == 201 and await request.is_disconnected():
-                await self._undo_create(placement.address, answer.json()["id"], request)
             if answer.status_code == 201:
-                made = await self.placer.rename(pending, answer.json()["id"])
+                sandbox_id = answer.json()["id"]
+                if await request.is_disconnected():
+                    await self._undo_create(placement.address, sandbox_id, request)
+                made = await self.placer.rename(pending, sandbox_id)
         finally:
             if not made:
                 await self.placer.release(pending)

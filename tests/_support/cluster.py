@@ -51,15 +51,14 @@ class ClusterEntry(NodeProcess):
         if self.replica.proc is None or self.replica.proc.poll() is not None:
             self.replica.start(timeout)
 
-    def stop(self) -> None:
-        super().stop()  # the replica stays: a node restarting is what the tests mean
-
     def log_tail(self, lines: int = 60) -> str:
         """The node's log, then the replica's."""
         assert self.replica is not None
         return super().log_tail(lines) + "\n" + self.replica.log_tail(lines)
 
     def stop_all(self) -> None:
+        """The replica and the node (``stop`` stops the node alone: a node restarting is what
+        the tests' restarts mean; the replica stays up)."""
         assert self.replica is not None
         self.replica.stop()
         super().stop()
