@@ -88,20 +88,29 @@ def test_ready_then_screenshots_of_the_display_size(
 # inside the sandbox (the service answers on its port there without a key): a full-screen
 # screenshot (Pillow's XCB grab) and a region one of the whole screen (python-xlib's GetImage)
 SAME_PIXELS = """
-import io, json, urllib.request
+import io, json, time, urllib.request
 from PIL import Image, ImageChops
 def get(path, body=None):
     request = urllib.request.Request("http://127.0.0.1:6080" + path, data=body,
                                      headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as answer:
         return Image.open(io.BytesIO(answer.read())).convert("RGB")
-full = get("/api/screenshot")
-box = {"x": 0, "y": 0, "width": full.width, "height": full.height}
-region = get("/api/screenshot/region", json.dumps(box).encode())
-changed = ImageChops.difference(full, region).convert("L").point(lambda v: 255 if v else 0)
-print(json.dumps({"size": list(full.size), "region": list(region.size),
-                  "changed": changed.histogram()[255] / (full.width * full.height),
-                  "colours": len(full.getcolors(1 << 24) or [])}))
+def changed(one, other):
+    differs = ImageChops.difference(one, other).convert("L").point(lambda v: 255 if v else 0)
+    return differs.histogram()[255] / (one.width * one.height)
+# the desktop may still be painting (xfdesktop's wallpaper comes late on gVisor): compare a
+# region shot with full shots taken before and after it only when those two agree
+for attempt in range(1, 31):
+    before = get("/api/screenshot")
+    box = {"x": 0, "y": 0, "width": before.width, "height": before.height}
+    region = get("/api/screenshot/region", json.dumps(box).encode())
+    after = get("/api/screenshot")
+    if changed(before, after) < 0.01:
+        break
+    time.sleep(1)
+print(json.dumps({"size": list(before.size), "region": list(region.size), "attempts": attempt,
+                  "still": changed(before, after), "changed": changed(before, region),
+                  "colours": len(before.getcolors(1 << 24) or [])}))
 """
 EXTENSIONS = "from Xlib.display import Display; print(' '.join(Display(':0').list_extensions()))"
 
@@ -116,12 +125,14 @@ def execute(server: ServerProcess, sid: str, command: str) -> str:
 def test_both_screenshot_paths_see_the_same_pixels(server: ServerProcess, sandbox_id: str) -> None:
     """A full-screen shot is Pillow's XCB grab, a region python-xlib's GetImage: the same screen
     through both, pixel for pixel (a channel order mix-up would change nearly every pixel; a
-    blinking cursor or the clock may change a few between the two)."""
+    blinking cursor or the clock may change a few between the two; a desktop still painting
+    is waited out)."""
     write = f"cat > /tmp/same_pixels.py <<'EOF'\n{SAME_PIXELS}\nEOF\n"
     script = write + "/opt/atoll/venv/bin/python /tmp/same_pixels.py"
     seen = json.loads(execute(server, sandbox_id, script))
     assert seen["size"] == seen["region"] == [1440, 900], seen
     assert seen["colours"] > 1, seen
+    assert seen["still"] < 0.01, f"the screen never stood still for two shots: {seen}"
     assert seen["changed"] < 0.01, seen
 
 
