@@ -41,6 +41,9 @@ class NodeReport:
     templates: list[str] = field(default_factory=list)  # cached on its host
     pools: dict[str, int] = field(default_factory=dict)  # warm sandboxes ready, by template
     health: dict[str, Any] = field(default_factory=dict)
+    # where its sandbox router listens ("http://host:port"): the API replicas' routers send
+    # sandbox URLs there (atoll.router._hop); None: it has none to offer (an API replica)
+    router_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class SandboxHome:
     address: str
     up: bool  # up or draining: it runs what it ran, and answers
     draining: bool = False  # takes no new sandboxes (restores of its snapshots go elsewhere)
+    router_address: str | None = None  # its sandbox router (None: a node that recorded none)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ class NodeRegistry:
 
     async def _home(self, sandbox: ColumnElement[bool]) -> SandboxHome | None:
         statement = (
-            select(NodeRow.id, NodeRow.address, NodeRow.state)
+            select(NodeRow.id, NodeRow.address, NodeRow.state, NodeRow.router_address)
             .join(SandboxRow, SandboxRow.node_id == NodeRow.id)
             .where(sandbox)
         )
@@ -152,7 +156,9 @@ class NodeRegistry:
             found = (await s.execute(statement)).first()
         if found is None:
             return None
-        return SandboxHome(found.id, found.address, found.state in ALIVE, found.state == DRAINING)
+        return SandboxHome(
+            found.id, found.address, found.state in ALIVE, found.state == DRAINING, found.router_address
+        )
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         """Drain the node (no new sandboxes placed on it; what it runs goes on) or take it back;
@@ -207,4 +213,5 @@ def _report_values(report: NodeReport) -> dict[str, Any]:
         "templates": list(report.templates),
         "pools": dict(report.pools),
         "health": dict(report.health),
+        "router_address": report.router_address,
     }

@@ -5,6 +5,7 @@ One small module per concern, composed in ``_server``:
 
     _names      which sandbox and port a request is for (Host or headers); public URLs
     _lookup     API key / presigned token -> org -> running sandbox -> address (cached)
+    _hop        a cluster's replica -> the sandbox's node's router: internal headers, trust
     _presigned  presigned-URL tokens: minting, hashing, storage
     _context    what all client connections of one router share (lookup, names, timeouts)
     _request    request heads read (llhttp) and rewritten for the sandbox; body pieces
@@ -24,14 +25,16 @@ from atoll.router._lookup import (
     Destination,
     Grants,
     Lookup,
+    NodeHome,
     SandboxAddress,
+    SandboxHomes,
     SandboxLifecycle,
     SandboxLookup,
     SandboxRecord,
     SandboxRecords,
     ServicePort,
 )
-from atoll.router._names import Names, SandboxTarget, Target, TokenTarget, public_url
+from atoll.router._names import Names, SandboxTarget, Target, TokenTarget, TrustedTarget, public_url
 from atoll.router._presigned import DEFAULT_EXPIRES_IN, Grant, PresignedStore
 from atoll.router._server import Router, RouterSettings, build_router, tls_context
 
@@ -42,11 +45,13 @@ __all__ = [
     "Grants",
     "Lookup",
     "Names",
+    "NodeHome",
     "PresignedStore",
     "Router",
     "RouterCertificate",
     "RouterSettings",
     "SandboxAddress",
+    "SandboxHomes",
     "SandboxLifecycle",
     "SandboxLookup",
     "SandboxRecord",
@@ -55,6 +60,7 @@ __all__ = [
     "ServicePort",
     "Target",
     "TokenTarget",
+    "TrustedTarget",
     "build_router",
     "ca_path",
     "public_url",

@@ -6,12 +6,16 @@ URLs the server hands out. Pure functions, no I/O.
     {token}.{domain}         a presigned URL (tokens start with ``TOKEN_PREFIX``), or any
     {token}.{presigned}      label under a separate presigned domain when one is configured
     any host + ``Atoll-Sandbox-Id: {id}`` [+ ``Atoll-Sandbox-Port: {port}``]   header routing
+
+A request an API replica forwards to a node's router names its sandbox, port and organisation in
+internal headers instead (``_hop``): a ``TrustedTarget``, made only once the cluster's token
+matched.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atoll._exceptions import BadRequestError, NotFoundError
 
@@ -33,10 +37,25 @@ class TokenTarget:
     token: str
 
 
-Target = SandboxTarget | TokenTarget
+@dataclass(frozen=True, slots=True)
+class TrustedTarget:
+    """A sandbox port whose organisation another router of the cluster already checked (``_hop``)."""
+
+    sandbox_id: str
+    port: int | None  # None: the template's PORT
+    org_id: str
+    # a presigned URL's token (a credential: not in the repr): this router checks the grant itself
+    presigned: str | None = field(default=None, repr=False)
 
 
-def _port(raw: bytes) -> int:
+Target = SandboxTarget | TokenTarget | TrustedTarget
+
+
+def valid_id(raw: bytes) -> bool:
+    return _ID.match(raw) is not None
+
+
+def parse_port(raw: bytes) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise BadRequestError(f"invalid sandbox port {raw.decode(errors='replace')!r}: use 1-65535")
     return int(raw)
@@ -77,7 +96,7 @@ class Names:
             sandbox_id = sandbox_id.strip().lower()
             if not _ID.match(sandbox_id):
                 raise BadRequestError("invalid Atoll-Sandbox-Id header")
-            return SandboxTarget(sandbox_id.decode(), _port(port.strip()) if port is not None else None)
+            return SandboxTarget(sandbox_id.decode(), parse_port(port.strip()) if port is not None else None)
         name = _strip_port(host.strip().lower()).rstrip(b".") if host else b""
         if name.endswith(self._presigned_suffix) and self._presigned_suffix != self._suffix:
             label = name[: -len(self._presigned_suffix)]
@@ -90,8 +109,8 @@ class Names:
             sid, dash, explicit = label.partition(b"-")
             if _ID.match(sid):
                 if dash:
-                    return SandboxTarget(sid.decode(), _port(explicit))
-                return SandboxTarget(sid.decode(), _port(port.strip()) if port is not None else None)
+                    return SandboxTarget(sid.decode(), parse_port(explicit))
+                return SandboxTarget(sid.decode(), parse_port(port.strip()) if port is not None else None)
         shown = (host or b"").decode(errors="replace")[:200]
         raise NotFoundError(
             f"no sandbox in host {shown!r}: use {{id}}[-{{port}}].{self.sandbox_domain} "

@@ -21,8 +21,9 @@ from typing import cast
 
 import httptools
 
-from atoll._exceptions import APIError, BadRequestError, ServerError
+from atoll._exceptions import APIError, BadRequestError, OperationFailure, ServerError
 from atoll.router._context import ProxyContext
+from atoll.router._hop import with_hop
 from atoll.router._lookup import Destination
 from atoll.router._request import Exchange, RequestReader
 from atoll.router._responses import BadGateway, error_response
@@ -42,7 +43,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
-        self.reader = RequestReader(self, ctx.names, ctx.proto_header)
+        self.reader = RequestReader(self, ctx.names, ctx.proto_header, ctx.cluster_token_bytes)
         self.parser = self.reader.parser
         self.transport: asyncio.Transport | None = None
         self.peer = b""
@@ -198,11 +199,14 @@ class ClientConnection(asyncio.Protocol):
         assert self.upstream is not None and self.upstream.transport is not None
         ex.sent = True
         self.inflight.append(ex)
+        head, dest, token = ex.head, ex.dest, self.ctx.cluster_token
+        if dest is not None and dest.hop is not None and token is not None:  # on to the node's router
+            head = with_hop(head, dest.hop, dest.sandbox_id, token)
         if ex.pending:
-            self.upstream.transport.writelines([ex.head, *ex.pending])
+            self.upstream.transport.writelines([head, *ex.pending])
             ex.pending = []
         else:
-            self.upstream.transport.write(ex.head)
+            self.upstream.transport.write(head)
 
     async def _pump(self) -> None:
         """Send the backlog in order: resolve, wait for earlier responses, connect, send."""
@@ -240,6 +244,8 @@ class ClientConnection(asyncio.Protocol):
             return await self.ctx.lookup.resolve(ex.target, ex.api_key)
         except APIError as err:
             ex.error = err
+        except OperationFailure as failure:  # e.g. the sandbox's node is down
+            ex.error = self.ctx.http_error(failure)
         except Exception:
             log.exception("router: looking up %s failed", ex.target)
             ex.error = ServerError("internal router error")
@@ -255,6 +261,9 @@ class ClientConnection(asyncio.Protocol):
             upstream = await open_upstream(self, ex.dest, self.ctx.connect_timeout)
         except BadGateway as err:
             ex.error = err
+            return
+        except OperationFailure as failure:  # the sandbox's node did not answer
+            ex.error = self.ctx.http_error(failure)
             return
         if self.closed:
             upstream.abort()

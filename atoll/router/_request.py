@@ -1,7 +1,8 @@
 """The request side of one client connection: llhttp (httptools) callbacks that read each
-request's head as far as routing needs, rewrite it for the sandbox (the API key and routing
-headers removed, ``X-Forwarded-*`` added, an absolute-form target made origin-form) and hand the
-connection an ``Exchange`` and then its body pieces as they arrive (a chunked body re-chunked).
+request's head as far as routing needs, rewrite it for the sandbox (the API key, routing
+headers and the cluster's internal hop headers removed, ``X-Forwarded-*`` added, an
+absolute-form target made origin-form) and hand the connection an ``Exchange`` and then its body
+pieces as they arrive (a chunked body re-chunked).
 
 What to do with them (send, queue, answer an error) is the connection's (``_proxy``): this module
 only parses and rewrites."""
@@ -13,13 +14,14 @@ from typing import Protocol
 import httptools
 
 from atoll._exceptions import APIError, BadRequestError
+from atoll.router import _hop
 from atoll.router._lookup import Destination
 from atoll.router._names import ID_HEADER, PORT_HEADER, Names, Target
 
 AUTH_HEADERS = (b"authorization", b"leap0-authorization")
 # credentials for Atoll or for a proxy on the way: never the sandbox's to see
 NEVER_FORWARDED = (b"proxy-authorization", b"x-api-key")
-STRIPPED = frozenset((*AUTH_HEADERS, *NEVER_FORWARDED, ID_HEADER, PORT_HEADER))
+STRIPPED = frozenset((*AUTH_HEADERS, *NEVER_FORWARDED, ID_HEADER, PORT_HEADER, *_hop.HOP_HEADERS))
 
 
 class Exchange:
@@ -70,10 +72,13 @@ class RequestSink(Protocol):
 class RequestReader:
     """llhttp's callback object for one connection's requests (``parser`` feeds it)."""
 
-    def __init__(self, sink: RequestSink, names: Names, proto_header: bytes) -> None:
+    def __init__(
+        self, sink: RequestSink, names: Names, proto_header: bytes, cluster_token: bytes | None = None
+    ) -> None:
         self.sink = sink
         self.names = names
         self.proto_header = proto_header
+        self.cluster_token = cluster_token  # hop headers are trusted only with it (``_hop``)
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # between its head and the end of its body
         self._reset_head()
@@ -88,6 +93,7 @@ class RequestReader:
         self._auth_alt: bytes | None = None
         self._sid: bytes | None = None
         self._port: bytes | None = None
+        self._hop: dict[bytes, bytes] | None = None  # internal hop headers, by lowercase name
         self._chunked = False
         self._xff: bytes | None = None  # what the client sent; the router appends its peer
         self._xfp = False
@@ -113,6 +119,10 @@ class RequestReader:
                 self._sid = value
             elif lname == PORT_HEADER:
                 self._port = value
+            elif lname in _hop.HOP_HEADERS:
+                if self._hop is None:
+                    self._hop = {}
+                self._hop[lname] = value
             return
         if lname == b"host":
             self._host = value
@@ -144,7 +154,7 @@ class RequestReader:
         else:
             try:
                 url = self._origin_form(url)
-                ex.target = self.names.target(self._host, self._sid, self._port)
+                ex.target = self._target()
             except APIError as err:
                 ex.error = err
         head = [method, b" ", url, b" HTTP/", parser.get_http_version().encode(), b"\r\n"]
@@ -160,6 +170,21 @@ class RequestReader:
         ex.head = b"".join(head)
         self.current = ex
         self.sink.request_head(ex)
+
+    def _target(self) -> Target:
+        if self._hop is None:
+            return self.names.target(self._host, self._sid, self._port)
+        # another router of the cluster (or someone posing as one): routed by the hop headers
+        # only when the cluster's token matches, else refused (401) before anything is sent
+        hop = self._hop
+        return _hop.trusted_target(
+            self.cluster_token,
+            token=hop.get(_hop.TOKEN_HEADER),
+            sandbox_id=hop.get(_hop.SANDBOX_HEADER),
+            org_id=hop.get(_hop.ORG_HEADER),
+            port=hop.get(_hop.PORT_HEADER),
+            presigned=hop.get(_hop.PRESIGNED_HEADER),
+        )
 
     def _origin_form(self, url: bytes) -> bytes:
         """An absolute-form target (``http://host/path``) must name the host the ``Host`` header

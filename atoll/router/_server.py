@@ -3,7 +3,8 @@
 It runs in the control plane's process and event loop (started and stopped by the API's
 lifespan), so it shares the sandbox lifecycle (passed in as a ``SandboxLifecycle``, the few
 members the router declares it needs): a request to a paused sandbox resumes it, and a state
-change reaches the router's cache at once."""
+change reaches the router's cache at once. In a cluster it is also given where sandboxes run
+(a ``SandboxHomes``): another node's sandbox is reached through that node's router (``_hop``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from atoll._exceptions import APIError, OperationFailure
 from atoll.router._certs import router_certificate
+from atoll.router._context import unmapped
 from atoll.router._listener import Sniffing
-from atoll.router._lookup import Lookup, Row, SandboxLifecycle, SandboxLookup
+from atoll.router._lookup import Lookup, Row, SandboxHomes, SandboxLifecycle, SandboxLookup
 from atoll.router._names import Names
 from atoll.router._presigned import PresignedStore
 from atoll.router._proxy import ClientConnection, ProxyContext
@@ -51,6 +54,8 @@ class RouterSettings(Protocol):
     def router_hosts(self) -> Sequence[str]: ...
     @property
     def router_port(self) -> int: ...
+    @property
+    def cluster_token(self) -> str | None: ...
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -79,6 +84,8 @@ class Router:
         is_live: Callable[[str], Awaitable[bool]] | None = None,
         first_byte_timeout_s: float = FIRST_BYTE_TIMEOUT_S,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        cluster_token: str | None = None,
+        http_error: Callable[[OperationFailure], APIError] = unmapped,
     ) -> None:
         self.context = ProxyContext(
             lookup=lookup,
@@ -86,6 +93,8 @@ class Router:
             scheme="http",
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
+            cluster_token=cluster_token,
+            http_error=http_error,
         )
         # the same, but X-Forwarded-Proto: https; one set of connections for both
         self.tls_proxy_context = dataclasses.replace(
@@ -177,11 +186,17 @@ class Router:
 
 
 def build_router(
-    settings: RouterSettings, manager: SandboxLifecycle[Row], repo: ObservedRepository
+    settings: RouterSettings,
+    manager: SandboxLifecycle[Row],
+    repo: ObservedRepository,
+    *,
+    homes: SandboxHomes[Row] | None = None,
+    http_error: Callable[[OperationFailure], APIError] = unmapped,
 ) -> Router:
-    """The router as ``settings`` describe it, wired to the sandbox lifecycle and the store."""
+    """The router as ``settings`` describe it, wired to the sandbox lifecycle and the store, and
+    in a cluster to where its sandboxes run (``homes``); ``http_error`` answers typed failures."""
     presigned = PresignedStore(repo.sessions)
-    lookup = SandboxLookup(manager, presigned)
+    lookup = SandboxLookup(manager, presigned, homes=homes, cluster_token=settings.cluster_token)
     hosts = [settings.sandbox_host, settings.presigned_domain or settings.sandbox_host]
     certificate = router_certificate(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
     ssl_context = tls_context(certificate.cert, certificate.key)
@@ -193,6 +208,8 @@ def build_router(
         ssl_context=ssl_context,
         presigned=presigned,
         is_live=lookup.is_live,
+        cluster_token=settings.cluster_token,
+        http_error=http_error,
     )
     repo.subscribe(lookup.forget)
     repo.subscribe(router.sandbox_changed)

@@ -2,13 +2,15 @@
 
 It only reports what happens (bytes, EOF, loss, back-pressure) to the client connection that
 owns it; that side decides. Connecting fails fast and clearly: a refused port (the sandbox's
-kernel answers RST) or a timeout becomes a 502 naming the port."""
+kernel answers RST) or a timeout becomes a 502 naming the port; a node's router (the sandbox
+runs on another node of the cluster) that does not answer is ``NodeUnreachable`` naming it."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol, cast
 
+from atoll._exceptions import NodeUnreachable
 from atoll.router._framing import ResponseFraming, ResponseSink
 from atoll.router._lookup import Destination
 from atoll.router._responses import BadGateway
@@ -69,18 +71,30 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 async def open_upstream(peer: Peer, dest: Destination, timeout: float) -> UpstreamConnection:
-    """Connect to ``dest``; ``BadGateway`` when nothing answers there."""
+    """Connect to ``dest``; ``BadGateway`` when nothing answers there (``NodeUnreachable`` when
+    it is the router of the node that runs the sandbox)."""
     loop = asyncio.get_running_loop()
     where = f"port {dest.port} in sandbox {dest.sandbox_id}"
+    if dest.hop is not None:
+        node = f"node {dest.hop.node_id} (router at {dest.host}:{dest.port})"
+        where = f"{node}, which runs sandbox {dest.sandbox_id},"
     try:
         async with asyncio.timeout(timeout):
             _, upstream = await loop.create_connection(
                 lambda: UpstreamConnection(peer, dest), dest.host, dest.port
             )
-    except ConnectionRefusedError:
-        raise BadGateway(f"nothing is listening on {where}") from None
-    except TimeoutError:
-        raise BadGateway(f"{where} did not accept a connection within {timeout:g}s") from None
-    except OSError as exc:
-        raise BadGateway(f"cannot reach {where}: {exc.strerror or exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise _unreachable(where, dest, exc, timeout) from None
     return upstream
+
+
+def _unreachable(where: str, dest: Destination, exc: Exception, timeout: float) -> Exception:
+    if dest.hop is not None:
+        why = "timed out" if isinstance(exc, TimeoutError) else str(getattr(exc, "strerror", None) or exc)
+        return NodeUnreachable(f"{where} did not answer: {why}")
+    if isinstance(exc, ConnectionRefusedError):
+        return BadGateway(f"nothing is listening on {where}")
+    if isinstance(exc, TimeoutError):
+        return BadGateway(f"{where} did not accept a connection within {timeout:g}s")
+    assert isinstance(exc, OSError)
+    return BadGateway(f"cannot reach {where}: {exc.strerror or exc}")

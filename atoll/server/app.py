@@ -258,7 +258,9 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
     undo("metrics", metrics.close)
     metrics.start()
     repo.subscribe(StateCounter(manager))
-    router = build_router(settings, manager, repo)
+    # in a cluster, other nodes' sandboxes are reached through their routers (docs/cluster.md)
+    homes = cluster_role.router_homes(settings, repo)
+    router = build_router(settings, manager, repo, homes=homes, http_error=errors.http_error)
     if router.presigned is None:  # build_router always gives it one; a bare Router (tests) has none
         raise RuntimeError("the sandbox router has no presigned-URL store")
     presigned = router.presigned

@@ -14,11 +14,12 @@ from atoll.cluster.heartbeat import Heartbeat
 from atoll.cluster.leader import AdvisoryLeader
 from atoll.cluster.liveness import LivenessMonitor
 from atoll.cluster.placement import PlacementPolicy, Placer
-from atoll.cluster.registry import ALIVE, NodeRegistry, NodeReport
+from atoll.cluster.registry import ALIVE, NodeRegistry, NodeReport, SandboxHome
 from atoll.server import snapshot_transfer
 from atoll.server.capacity import Budget, Capacity, host_size
 from atoll.server.settings import Settings
 from atoll.store.db import is_postgresql
+from atoll.store.models import SandboxRow
 from atoll.store.observed import ObservedRepository
 
 NODE_ID_MAX = 64
@@ -34,11 +35,47 @@ def node_identity(settings: Settings) -> str | None:
     return f"{prefix}{settings.instance}@{socket.gethostname()}"[:NODE_ID_MAX]
 
 
+def _reachable(host: str) -> str:
+    """A listening address as others name it: a wildcard is this host's name, IPv6 in brackets."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
 def node_address(settings: Settings) -> str:
     if settings.node_address:
         return settings.node_address
-    host = settings.host if settings.host not in ("0.0.0.0", "::") else socket.gethostname()
-    return f"http://{host}:{settings.port}"
+    return f"http://{_reachable(settings.host)}:{settings.port}"
+
+
+def node_router_address(settings: Settings) -> str:
+    """Where the API replicas' routers reach this node's sandbox router (plain HTTP: its listener
+    takes both): the setting, else the first address the router listens on."""
+    if settings.node_router_address:
+        return settings.node_router_address
+    return f"http://{_reachable(settings.router_hosts[0])}:{settings.router_port}"
+
+
+class RouterHomes:
+    """Where the sandbox router finds a sandbox another node runs (``atoll.router.SandboxHomes``):
+    only a sandbox recorded under another node than this process costs a look-up."""
+
+    def __init__(self, registry: NodeRegistry, node_id: str) -> None:
+        self.registry = registry
+        self.node_id = node_id
+
+    async def remote_home(self, row: SandboxRow) -> SandboxHome | None:
+        if row.node_id is None or row.node_id == self.node_id:
+            return None
+        home = await self.registry.home_of(row.id)
+        # its node's row is gone (removed from the cluster): as unreachable as a down node
+        return home if home is not None else SandboxHome(row.node_id, "", up=False)
+
+
+def router_homes(settings: Settings, repo: ObservedRepository) -> RouterHomes | None:
+    """What the sandbox router needs to reach other nodes' sandboxes; None on one host (SQLite)."""
+    node_id = node_identity(settings)
+    return None if node_id is None else RouterHomes(NodeRegistry(repo.sessions), node_id)
 
 
 class ClusterRole:
@@ -102,6 +139,7 @@ async def start(
         capacity.budget = Budget(vcpu=0, memory_mib=0)
     else:
         cpus, memory_mib = host_size()  # the host itself: placement applies the cluster's over-commit
+        router_address = node_router_address(settings)
 
         async def report() -> NodeReport:
             used = await capacity.report()
@@ -115,6 +153,7 @@ async def start(
                 templates=template_names(),
                 pools=warm_ready(),
                 health={"status": "ok"},
+                router_address=router_address,
             )
 
         heartbeat = Heartbeat(

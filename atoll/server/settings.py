@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     node_address: str | None = Field(
         default=None, description="URL other cluster processes reach this node's API at (default: host:port)."
     )
+    node_router_address: str | None = Field(
+        default=None,
+        pattern=r"^http://[^/?#\s]+:[0-9]{1,5}$",
+        description="http://HOST:PORT the API replicas' routers reach this node's sandbox router at "
+        "(default: the first router host and router_port).",
+    )
     heartbeat_interval_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds between a node's heartbeats (cluster)."
     )

@@ -192,6 +192,8 @@ class NodeRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # "all" (one host doing everything) or "node"
     hostname: Mapped[str] = mapped_column(String(255))
     address: Mapped[str] = mapped_column(String(255))  # its API, for the API replicas to reach
+    # its sandbox router ("http://host:port"), for the API replicas' routers (atoll.router._hop)
+    router_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # up | down
     state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     vcpu_budget: Mapped[int] = mapped_column(Integer)

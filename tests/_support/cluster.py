@@ -2,7 +2,14 @@
 node (``atoll node run``, with the session's instance, interfaces and subnet, so every host-side
 check looks at it) and an API replica (``atoll serve --role api``) beside it on the same
 PostgreSQL database, which the tests' clients talk to (``base_url``). What a test asks of the
-server's sandboxes thus goes through the replica's placement and forwarding to the node."""
+server's sandboxes thus goes through the replica's placement and forwarding to the node.
+
+Sandbox URLs go to the replica's router too (``router_port``, ``router_url``, ``sandbox_host``
+name the replica's), which sends them on to the node's router (``node_router_port``) with the
+cluster token both share. As behind a load balancer, every process names the same public
+sandbox domain (the replica's router), and trusts one CA: the replica starts with a copy of the
+node's local CA (its router issues its own certificate from it), so the CA file the router tests
+trust (``data_dir/tls/ca.pem``, the node's) and ``GET /v1/ca.pem`` through the replica are one."""
 
 from __future__ import annotations
 
@@ -11,10 +18,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests._support.server import ServerProcess, side_server
+from tests._support.server import SANDBOX_DOMAIN, ServerProcess, free_port, side_server
 
 ENABLED = os.environ.get("ATOLL_TEST_CLUSTER", "") == "1"
 REPLICA_SUBNET_INDEX = 12  # a /24 of the session's subnet no side server of the suites takes
+CLUSTER_TOKEN = "atoll-test-cluster-" + os.urandom(8).hex()  # given by environment, as in production
 
 
 class NodeProcess(ServerProcess):
@@ -28,17 +36,29 @@ class NodeProcess(ServerProcess):
 
 @dataclass
 class ClusterEntry(NodeProcess):
-    """The node, with its clients sent to the replica (``base_url``); ``node_url`` is the node's own."""
+    """The node, with its clients sent to the replica (``base_url``, ``router_port``);
+    ``own_url`` and ``node_router_port`` are the node's own."""
 
     replica: ServerProcess | None = field(default=None)
+    node_router_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        token = {"ATOLL_CLUSTER_TOKEN": CLUSTER_TOKEN}
+        self.extra_env = {**self.extra_env, **token}
+        # URLs the node makes name the replica's router (``router_port`` is the replica's)
+        self.extra_args = (*self.extra_args, "--sandbox-domain", f"{SANDBOX_DOMAIN}:{self.router_port}")
         if self.replica is None:
             self.replica = side_server(
                 self.data_dir.parent / (self.data_dir.name + "-api"), "api", REPLICA_SUBNET_INDEX,
-                database_url=self.database_url, extra_args=("--role", "api"),
+                database_url=self.database_url, router_port=self.router_port, extra_env=token,
+                extra_args=("--role", "api"),
             )  # fmt: skip
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        argv[argv.index("--router-port") + 1] = str(self.node_router_port)  # the node's own router
+        return argv
 
     @property
     def base_url(self) -> str:
@@ -49,7 +69,15 @@ class ClusterEntry(NodeProcess):
         super().start(timeout)
         assert self.replica is not None
         if self.replica.proc is None or self.replica.proc.poll() is not None:
+            self._share_ca(self.replica.data_dir / "tls")
             self.replica.start(timeout)
+
+    def _share_ca(self, into: Path) -> None:
+        """The node's local CA (made at its start) for the replica, which reuses a CA it finds."""
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, mode in (("ca.pem", 0o644), ("ca.key", 0o600)):
+            shutil.copyfile(self.data_dir / "tls" / name, into / name)
+            (into / name).chmod(mode)
 
     def log_tail(self, lines: int = 60) -> str:
         """The node's log, then the replica's."""

@@ -28,6 +28,7 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "role": ("node", {"database_url": POSTGRES}),
     "node_id": ("n1@host", {}),
     "node_address": ("http://10.0.0.2:7700", {}),
+    "node_router_address": ("http://10.0.0.2:7701", {}),
     "heartbeat_interval_s": (3.0, {}),
     "node_down_after_s": (30.0, {}),
     "cluster_token": ("a-shared-secret-of-32-characters", {}),
