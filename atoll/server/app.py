@@ -43,7 +43,7 @@ from atoll.server.manager import SandboxManager
 from atoll.server.metrics import LatencyMiddleware, MetricsService, StateCounter
 from atoll.server.processes import ProcessService
 from atoll.server.pty import PtyManager
-from atoll.server.ratelimit import RateLimitMiddleware
+from atoll.server.ratelimit import RateLimitMiddleware, RateLimits
 from atoll.server.reconcile import reconcile
 from atoll.server.routes import (
     filesystem,
@@ -143,16 +143,20 @@ async def _closing(what: str, close: Callable[[], Awaitable[object]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI, *, settings: Settings, activity: Activity) -> AsyncIterator[None]:
+async def lifespan(
+    app: FastAPI, *, settings: Settings, activity: Activity, rate_limits: RateLimits
+) -> AsyncIterator[None]:
     """Everything the server runs, started in order; each piece's undoing goes on one exit stack
     the moment it exists, so a shutdown, or a start-up that fails half-way, undoes in reverse
     exactly what was started (nothing stays running or set up on the host)."""
     async with contextlib.AsyncExitStack() as stack:
-        app.state.services = await _start(stack, settings, activity)  # routes: state.services()
+        app.state.services = await _start(stack, settings, activity, rate_limits)  # routes: state.services()
         yield
 
 
-async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity: Activity) -> AppServices:
+async def _start(
+    stack: contextlib.AsyncExitStack, settings: Settings, activity: Activity, rate_limits: RateLimits
+) -> AppServices:
     def undo(what: str, close: Callable[[], Awaitable[object]]) -> None:
         stack.push_async_callback(_closing, what, close)
 
@@ -168,6 +172,8 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url, application_name=cluster_role.node_identity(settings))
     undo("the store", engine.dispose)
+    undo("rate limits", rate_limits.close)
+    rate_limits.share(engine)  # on PostgreSQL, one count per key across the cluster's processes
     # tells the router's cache about state changes; in a cluster, scoped to this node's sandboxes
     repo = ObservedRepository(db.sessions(engine), node_id=cluster_role.node_identity(settings))
     minted = await bootstrap_keys(repo, settings)
@@ -316,16 +322,18 @@ async def _start(stack: contextlib.AsyncExitStack, settings: Settings, activity:
 
 def create_app(settings: Settings) -> FastAPI:
     activity = Activity()  # what the middleware sees; the warm pool refills only in its lulls
+    rate_limits = RateLimits(limit=settings.rate_limit, window=settings.rate_limit_window_s)
     app = FastAPI(
         title="Atoll",
         version="0.1.0",
         summary="Self-hosted sandboxes for AI agents (leap0-compatible wire protocol)",
-        lifespan=functools.partial(lifespan, settings=settings, activity=activity),
+        lifespan=functools.partial(lifespan, settings=settings, activity=activity, rate_limits=rate_limits),
         redirect_slashes=False,
     )
     errors.install(app)
     app.add_middleware(ForwardToNodeMiddleware)  # innermost: limits and metrics apply first
-    app.add_middleware(RateLimitMiddleware, limit=settings.rate_limit, window=settings.rate_limit_window_s)
+    # a request an API replica forwarded (it carries the cluster token) was counted there
+    app.add_middleware(RateLimitMiddleware, limits=rate_limits, cluster_token=settings.cluster_token)
     app.add_middleware(ActivityMiddleware, activity=activity)
     app.add_middleware(LatencyMiddleware)  # API latency histograms (atoll.server.metrics)
     app.add_middleware(BodyLimitMiddleware)  # outermost: a refused body reaches nothing else

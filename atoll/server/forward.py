@@ -62,6 +62,14 @@ def forwarded_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes
     return [(k, v) for k, v in raw if k.lower() not in HOP_BY_HOP]
 
 
+def to_node_headers(raw: list[tuple[bytes, bytes]], cluster_token: str | None) -> list[tuple[bytes, bytes]]:
+    """A client's request headers as a replica sends them on to a node: never the client's own
+    cluster headers, and this replica's cluster token when it has one (the node then does not
+    count the request against the key's rate limit again: the replica counted it)."""
+    own = [(k, v) for k, v in forwarded_headers(raw) if k.lower() not in CLUSTER_HEADERS]
+    return own + ([(TOKEN_HEADER.encode(), cluster_token.encode())] if cluster_token else [])
+
+
 class NodeForwarder:
     """Where requests go, and the one HTTP client they go through (its pool is the replica's
     connections to the nodes: bounded, so a flood of requests cannot open unbounded sockets)."""
@@ -141,6 +149,8 @@ class NodeForwarder:
         log.warning("deleted sandbox %s: its create's client went away before the answer", sandbox_id)
         with contextlib.suppress(httpx.HTTPError):  # a node that does not answer: its reconcile
             credentials = {"authorization": request.headers.get("authorization", "")}
+            if self.cluster_token:  # the replica's own clean-up: not the client's request to count
+                credentials[TOKEN_HEADER] = self.cluster_token
             await self.client.delete(f"{address}/v1/sandbox/{sandbox_id}", headers=credentials)
         raise ClientDisconnect
 
@@ -170,9 +180,13 @@ class NodeForwarder:
     ) -> httpx.Response:
         """The request, as the client sent it, to the same path on the node (whole: a create's
         or a restore's body and answer are small). The client's own cluster headers never
-        travel: only this replica's ``extra_headers`` do."""
-        own = [(k, v) for k, v in forwarded_headers(request.headers.raw) if k.lower() not in CLUSTER_HEADERS]
-        extra = [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+        travel: only this replica's token and ``extra_headers`` do."""
+        own = to_node_headers(request.headers.raw, None)
+        extra_headers = {
+            **({TOKEN_HEADER: self.cluster_token} if self.cluster_token else {}),
+            **(extra_headers or {}),
+        }
+        extra = [(k.encode(), v.encode()) for k, v in extra_headers.items()]
         try:
             return await self.client.request(
                 request.method,
@@ -190,7 +204,10 @@ class NodeForwarder:
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         outgoing = self.client.build_request(
-            scope["method"], url, headers=forwarded_headers(scope["headers"]), content=_body(receive)
+            scope["method"],
+            url,
+            headers=to_node_headers(scope["headers"], self.cluster_token),
+            content=_body(receive),
         )
         try:
             answer = await self.client.send(outgoing, stream=True)
@@ -250,7 +267,9 @@ class ForwardToNodeMiddleware:
         if forwarder is None or address is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
-            await forward_ws.relay(scope, receive, send, address)
+            await forward_ws.relay(
+                scope, receive, send, address, to_node_headers(scope["headers"], forwarder.cluster_token)
+            )
         else:
             await forwarder.relay(scope, receive, send, address)
 

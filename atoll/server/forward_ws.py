@@ -25,7 +25,11 @@ _NOT_SENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 _SKIPPED = frozenset({b"host", b"connection", b"upgrade", b"keep-alive", b"te", b"transfer-encoding"})
 
 
-async def relay(scope: Scope, receive: Receive, send: Send, address: str) -> None:
+async def relay(
+    scope: Scope, receive: Receive, send: Send, address: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """``headers``: the client's, as the replica sends them on (``forward.to_node_headers``: its
+    own cluster headers dropped, the replica's token added)."""
     if (await receive())["type"] != "websocket.connect":
         return
     path = scope["raw_path"].decode("latin-1")
@@ -34,7 +38,7 @@ async def relay(scope: Scope, receive: Receive, send: Send, address: str) -> Non
     try:
         upstream = await connect(
             "ws" + address.removeprefix("http") + path,
-            additional_headers=_headers(scope),
+            additional_headers=_headers(headers),
             subprotocols=scope.get("subprotocols") or None,
             compression=None,  # relayed as they come: no second compression on the way
             proxy=None,  # the node, directly: never a proxy from the environment
@@ -59,10 +63,10 @@ async def relay(scope: Scope, receive: Receive, send: Send, address: str) -> Non
         await _pump(receive, send, upstream)
 
 
-def _headers(scope: Scope) -> list[tuple[str, str]]:
+def _headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [
         (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
+        for k, v in headers
         if k.lower() not in _SKIPPED and not k.lower().startswith(b"sec-websocket-")
     ]
 

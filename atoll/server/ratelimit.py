@@ -2,86 +2,90 @@
 answered past that with 429, ``{"message"}`` and ``Retry-After`` (wire-protocol §10, §11: 1000
 requests per 60 s by default).
 
-A fixed window per key, opened by the key's first request: counting is one dict look-up and
-the memory is one small entry per key seen in the last window (keys are held as their SHA-256,
-never raw). Requests without a key pass through to authentication (401); wrong keys are counted
-like right ones, which also slows down guessing. In memory, per server process."""
+One host (SQLite) counts in its memory (``atoll.server.ratelimit_local``); the processes of a
+cluster (PostgreSQL) share one count per key through leases of a ledger in the database
+(``atoll.server.rate_leases``, docs/cluster.md). Requests without a key pass through to
+authentication (401); wrong keys are counted like right ones, which also slows down guessing.
+A request that carries the cluster's own token (``atoll.server.cluster_auth``) was forwarded by
+an API replica, which counted it already: it is not counted again."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from atoll.cluster.rate_ledger import RateLedger
 from atoll.server.auth import key_from_headers
+from atoll.server.cluster_auth import token_matches
+from atoll.server.rate_leases import SharedRateLimiter
+from atoll.server.ratelimit_local import RateLimiter
 
 PREFIX = "/v1/"
 EXEMPT = ("/v1/health",)  # unauthenticated liveness checks
-MAX_TRACKED_KEYS = 100_000  # beyond this, expired windows are swept before a new key is added
+
+__all__ = ["RateLimitMiddleware", "RateLimiter", "RateLimits"]
 
 
-@dataclass(slots=True)
-class _Window:
-    opened: float
-    count: int
+class RateLimits:
+    """What the middleware counts with: this process's memory, until ``share`` (at start-up, on
+    PostgreSQL) connects it to the cluster's ledger."""
 
-
-class RateLimiter:
-    """The counting, apart from ASGI (unit-testable with a fake clock)."""
-
-    def __init__(self, *, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self.clock = clock
-        self._windows: dict[bytes, _Window] = {}
+        self.local = RateLimiter(limit=limit, window=window)
+        self.shared: SharedRateLimiter | None = None
 
-    def hit(self, key: str) -> float | None:
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
+
+    def share(self, engine: AsyncEngine) -> None:
+        if not self.enabled or engine.dialect.name != "postgresql":
+            return
+        self.shared = SharedRateLimiter(RateLedger(engine), limit=self.limit, window=self.window)
+        self.shared.start()
+
+    async def hit(self, key: str) -> float | None:
         """Count one request of ``key``; None if allowed, else seconds until its window ends."""
-        now = self.clock()
-        digest = hashlib.sha256(key.encode()).digest()
-        current = self._windows.get(digest)
-        if current is None or now - current.opened >= self.window:
-            if current is None and len(self._windows) >= MAX_TRACKED_KEYS:
-                self._sweep(now)
-            self._windows[digest] = _Window(now, 1)
-            return None
-        if current.count >= self.limit:
-            return current.opened + self.window - now
-        current.count += 1
-        return None
+        if self.shared is not None:
+            return await self.shared.hit(key)
+        return self.local.hit(key)
 
-    def _sweep(self, now: float) -> None:
-        self._windows = {k: w for k, w in self._windows.items() if now - w.opened < self.window}
-        if len(self._windows) >= MAX_TRACKED_KEYS:  # all live: forget the oldest half
-            oldest = sorted(self._windows.items(), key=lambda item: item[1].opened)
-            self._windows = dict(oldest[len(oldest) // 2 :])
+    async def close(self) -> None:
+        shared, self.shared = self.shared, None
+        if shared is not None:
+            await shared.close()
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, limit: int, window: float) -> None:
+    def __init__(self, app: ASGIApp, *, limits: RateLimits, cluster_token: str | None = None) -> None:
         self.app = app
-        self.limiter = RateLimiter(limit=limit, window=window) if limit > 0 else None
+        self.limits = limits
+        self.cluster_token = cluster_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.limiter is None or scope["type"] != "http":
+        if not self.limits.enabled or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
         key = key_from_headers(Headers(scope=scope)) if path.startswith(PREFIX) else None
-        wait = self.limiter.hit(key) if key is not None and path not in EXEMPT else None
+        if key is None or path in EXEMPT or self._forwarded(scope):
+            await self.app(scope, receive, send)
+            return
+        wait = await self.limits.hit(key)
         if wait is None:
             await self.app(scope, receive, send)
             return
         body = json.dumps(
             {
-                "message": f"rate limit exceeded: at most {self.limiter.limit} requests per "
-                f"{self.limiter.window:g} s for one API key; retry after the Retry-After seconds"
+                "message": f"rate limit exceeded: at most {self.limits.limit} requests per "
+                f"{self.limits.window:g} s for one API key; retry after the Retry-After seconds"
             }
         ).encode()
         await send(
@@ -96,3 +100,7 @@ class RateLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def _forwarded(self, scope: Scope) -> bool:
+        """Sent on by an API replica, which counted it (the token compared in constant time)."""
+        return self.cluster_token is not None and token_matches(HTTPConnection(scope), self.cluster_token)

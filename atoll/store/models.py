@@ -244,3 +244,16 @@ class AdmissionClaimRow(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
     sandbox_id: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class RateWindowRow(Base):
+    """One API key's current rate-limit window, shared by a cluster's processes
+    (``atoll.cluster.rate_ledger``): what the processes have been granted of it so far, in leases.
+    An ended window is reused by the key's next request and swept a while later."""
+
+    __tablename__ = "rate_windows"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex; never the key
+    window_start: Mapped[dt.datetime]  # the database's clock
+    window_end: Mapped[dt.datetime] = mapped_column(index=True)
+    granted: Mapped[int] = mapped_column(Integer)  # requests handed out in leases this window
+    lease: Mapped[int] = mapped_column(Integer)  # the last lease's size (what the upsert returns)

@@ -227,7 +227,10 @@ def userns_slot_leaks(instance: str, netns: set[str]) -> list[str]:
     users = {p.name for p in SLOT_DIR.glob(f"{prefix}*") if not p.name.endswith(".base")}
     claims = set()
     for claim in CLAIMS_DIR.iterdir() if CLAIMS_DIR.is_dir() else ():
-        holder = claim.read_text().partition("\n")[2]
+        try:
+            holder = claim.read_text().partition("\n")[2]
+        except FileNotFoundError:  # released meanwhile (the directory is host-wide: any server's)
+            continue
         if holder.startswith(prefix):
             claims.add(holder)
     return [
