@@ -1,6 +1,7 @@
 """The cluster path's cost (issue #22): create -> first exec and creates per second through an
 API replica (``atoll serve --role api``) placing on one node and on three nodes (``atoll node
-run``), next to the single process (``atoll serve`` on SQLite) as the baseline, in one run.
+run``), next to the single process (``atoll serve`` on SQLite) as the baseline and on PostgreSQL
+(the store's share of the overhead), in one run.
 
 Everything runs on this one machine: the replica, the nodes, PostgreSQL and the baseline server
 share its CPUs, so the figures are the overhead of the cluster path (placement in PostgreSQL, the
@@ -35,7 +36,9 @@ from tests._support.cluster import NodeProcess
 from tests._support.postgres import running_postgres
 from tests._support.server import ServerProcess, side_server
 
-SETUPS = ("one process", "cluster, 1 node", "cluster, 3 nodes")
+# the single process twice: on SQLite (the baseline) and on PostgreSQL (what of the cluster's
+# overhead is the store alone, not placement and the forwarding hop)
+SETUPS = ("one process", "one process, PostgreSQL", "cluster, 1 node", "cluster, 3 nodes")
 ROUNDS = 3
 
 
@@ -81,8 +84,10 @@ def setups(scratch: Path) -> Iterator[dict[str, ServerProcess]]:
             return server
 
         entries = {SETUPS[0]: started(side_server(scratch / "one", "h", 20))}
+        one_on_postgres = ("--database-url", postgres.create_database())
+        entries[SETUPS[1]] = started(side_server(scratch / "one-pg", "i", 34, extra_args=one_on_postgres))
         index = 21
-        for name, nodes in ((SETUPS[1], 1), (SETUPS[2], 3)):
+        for name, nodes in ((SETUPS[2], 1), (SETUPS[3], 3)):
             url = postgres.create_database()
             common = ("--database-url", url)
             for n in range(nodes):
@@ -118,10 +123,10 @@ def main() -> None:
             for client in clients.values():  # each setup's first create (templates cached, pools filled)
                 create_then_exec(client)
             for n in range(args.runs):
-                for name in SETUPS[n % 3 :] + SETUPS[: n % 3]:
+                for name in SETUPS[n % len(SETUPS) :] + SETUPS[: n % len(SETUPS)]:
                     latency[name].append(create_then_exec(clients[name]))
             for n in range(ROUNDS):
-                for name in SETUPS[n % 3 :] + SETUPS[: n % 3]:
+                for name in SETUPS[n % len(SETUPS) :] + SETUPS[: n % len(SETUPS)]:
                     rates[name].append(creates_per_second(clients[name], args.burst, args.concurrency))
             for client in clients.values():
                 client.close()
