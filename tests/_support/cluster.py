@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,3 +101,13 @@ def session_server(data_dir: Path, database_url: str | None) -> ServerProcess:
     if database_url is None:
         raise RuntimeError("ATOLL_TEST_CLUSTER=1 needs ATOLL_TEST_DATABASE=postgresql")
     return ClusterEntry(data_dir=data_dir, database_url=database_url)
+
+
+def create_key(database_url: str, org_id: str) -> str:
+    """An API key of ``org_id`` minted straight into a cluster's shared store (``atoll keys create``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", org_id,
+         "--database-url", database_url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()[-1]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -62,11 +60,7 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
         tmp_path / "api", "y", 11, extra_args=(*common, "--role", "api", "--node-id", "api-y")
     )
     with serving(node), serving(replica):
-        key = subprocess.run(
-            [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-fw",
-             "--database-url", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = create_key(url, "org-fw")
         for process in (node, replica):  # their clean-up (serving) deletes the organisation's sandboxes
             process.api_key = key
         yield node, replica, key, name

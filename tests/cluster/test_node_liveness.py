@@ -19,7 +19,7 @@ import pytest
 
 from atoll.cluster.leader import lock_key
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import serving, side_server
@@ -70,11 +70,7 @@ def test_a_killed_node_is_marked_down_and_its_sandboxes_failed(
             offer = postgres.psql("SELECT role, vcpu_budget > 0, templates::text FROM nodes", name)
             assert offer.startswith("node|t|") and "system/debian:bookworm" in offer, offer
             # keys minted straight into the shared store work through every process
-            minted = subprocess.run(
-                [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-pg",
-                 "--database-url", url],
-                capture_output=True, text=True, timeout=60, check=True,
-            ).stdout.strip().splitlines()[-1]  # fmt: skip
+            minted = create_key(url, "org-pg")
             for server in (node, replica):
                 bearer = {"authorization": f"Bearer {minted}"}
                 listed = httpx.get(f"{server.base_url}/v1/sandboxes", headers=bearer)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from sqlalchemy import text
 from atoll.cluster.rate_ledger import MAX_LEASE, RateLedger, lease_size
 from atoll.store import db
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -72,10 +70,7 @@ Cluster = tuple[ServerProcess, ServerProcess, ServerProcess, str, str]  # node, 
 
 
 def _key(url: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-rl", "--database-url", url],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    return create_key(url, "org-rl")
 
 
 @pytest.fixture

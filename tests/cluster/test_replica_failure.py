@@ -9,8 +9,6 @@ a provisional one the dead replica left (given back after ``PROVISIONAL_TTL_S``)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +20,7 @@ import pytest
 
 from atoll.cluster.placement import PROVISIONAL_PREFIX
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import api_sandboxes, assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -54,11 +52,7 @@ def two_replicas(
         for i, tag in enumerate(("j", "k"))
     ]
     with serving(node), serving(replicas[0]), serving(replicas[1]):
-        key = subprocess.run(
-            [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-rk",
-             "--database-url", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = create_key(url, "org-rk")
         for process in (node, *replicas):  # their clients (the leak checker's too) use the org's key
             process.api_key = key
         yield node, replicas[0], replicas[1], key, name

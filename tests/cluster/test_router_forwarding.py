@@ -13,8 +13,6 @@ import json
 import random
 import secrets
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess, serving, side_server
@@ -71,11 +69,7 @@ def cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
         extra_env=env,
     )
     with serving(node), serving(replica):
-        key = subprocess.run(
-            [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-rh",
-             "--database-url", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = create_key(url, "org-rh")
         for process in (node, replica):  # their clean-up (serving) deletes the organisation's sandboxes
             process.api_key = key
         yield Cluster(node, replica, key, database)

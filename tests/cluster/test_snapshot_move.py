@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests._support import api, counter
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -47,11 +47,7 @@ def cluster(
         )
     replica = side_server(tmp_path / "api", "w", 24, extra_args=(*common, "--role", "api"), extra_env=env)
     with serving(nodes[NODES[0]]), serving(nodes[NODES[1]]), serving(replica):
-        key = subprocess.run(
-            [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-mv",
-             "--database-url", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = create_key(url, "org-mv")
         for process in (*nodes.values(), replica):
             process.api_key = key
         yield nodes, replica, url, database

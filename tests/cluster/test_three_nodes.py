@@ -8,8 +8,6 @@ restarted, it is up again, reconciles, and leaks nothing."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,7 +20,7 @@ import httpx
 import pytest
 
 from tests._support import api
-from tests._support.cluster import NodeProcess
+from tests._support.cluster import NodeProcess, create_key
 from tests._support.leaks import api_sandboxes, assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -69,11 +67,7 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
     with contextlib.ExitStack() as stack:
         for process in (*nodes.values(), *replicas):
             stack.enter_context(serving(process))
-        key = subprocess.run(
-            [sys.executable, "-m", "atoll.cli.main", "keys", "create", "--org", "org-3n",
-             "--database-url", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = create_key(url, "org-3n")
         for process in (*nodes.values(), *replicas):  # every client (the leak checker's too) is the org's
             process.api_key = key
         yield Cluster(postgres, database, nodes, replicas)
