@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,8 +32,52 @@ DISK_MIB = 1024
 SANDBOX_DOMAIN = "sbx.localhost"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Below the kernel's ephemeral range (32768-60999 by default): a port the kernel hands out for
+# bind(0) is also one any outgoing connection may take before the server binds it (CI saw
+# "address already in use" for a server's own API port). Each picked once per test process.
+PORT_RANGE = (10000, _ephemeral_low() - 1)
+_picked: set[int] = set()
+_ports = random.Random()
+
+
+def _bindable(port: int) -> bool:
+    """Free on IPv4's wildcard (the API's) and IPv6's (the router's ``::1``, when IPv6 exists)."""
+    with socket.socket(socket.AF_INET) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    if not socket.has_ipv6:
+        return True
+    try:
+        v6 = socket.socket(socket.AF_INET6)
+    except OSError:  # IPv6 disabled on this host
+        return True
+    with v6:
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            v6.bind(("::", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, outside the ephemeral range (when the host leaves room)."""
+    low, high = PORT_RANGE
+    for _ in range(1000 if high - low >= 1000 else 0):
+        port = _ports.randint(low, high)
+        if port not in _picked and _bindable(port):
+            _picked.add(port)
+            return port
+    with socket.socket() as s:  # a host whose ephemeral range starts low: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

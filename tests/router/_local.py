@@ -19,17 +19,12 @@ import uvloop
 
 from atoll._exceptions import AuthenticationError, NotFoundError
 from atoll.router import Destination, Names, Router, SandboxTarget, Target, TokenTarget
+from tests._support.server import free_port
 
 APP = Path(__file__).with_name("sandbox_app.py")
 DOMAIN = "sbx.test"
 KEY = "k-local"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:

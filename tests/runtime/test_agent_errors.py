@@ -27,21 +27,16 @@ from atoll._exceptions import (
 from atoll.runtime import agent, agent_processes
 from atoll.runtime.agent_processes import AgentLink, StartRequest
 from atoll.runtime.spec import ExecRequest, ExecResult
+from tests._support.server import free_port
 
 PACE = 8192  # agent.c's pace with --tcp
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def agent_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     binary = tmp_path_factory.mktemp("agent") / "agent"
     agent.build(binary)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(binary), "--tcp", str(port)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests._support.server import free_port
 
 SERVICE_SRC = Path(__file__).resolve().parents[2] / "atoll" / "services" / "code_interpreter"
 CACHE_ROOT = Path("/var/tmp")
@@ -106,13 +107,6 @@ class Service:
         return events
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _processes_mentioning(text: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
@@ -137,7 +131,7 @@ def running_service(base: Path) -> Iterator[Service]:
         lock = SERVICE_SRC / "package-lock.json"
         node_dir = _cached("node", _hash(SERVICE_SRC / "package.json", lock), _build_node_modules)
         (opt / "code_interpreter" / "node_modules").symlink_to(node_dir / "node_modules")
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
