@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from atoll.runtime.userns import RANGE_SIZE, IdRange
 
 SLOT_DIR = Path("/run/atoll/userns-slots")  # host-wide, like the claims: names carry the instance
 MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -47,6 +50,22 @@ def _bind(source: str, target: Path) -> None:
         raise OSError(err, f"bind {source} on {target}: {os.strerror(err)}")
 
 
+def _share_mount_point(directory: Path) -> None:
+    """Make ``directory`` a shared mount point of its own, as ``ip netns add`` does before its
+    first bind: a bind made on a plain ``/run/netns`` is hidden (and can no longer be undone)
+    once ``ip`` turns the directory into a mount point over it."""
+    path = str(directory).encode()
+    if _libc.mount(b"none", path, None, MS_SHARED | MS_REC, None) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point yet
+        err = ctypes.get_errno()
+        raise OSError(err, f"make {directory} shared: {os.strerror(err)}")
+    for flags in (MS_BIND | MS_REC, MS_SHARED | MS_REC):
+        if _libc.mount(path if flags & MS_BIND else b"none", path, None, flags, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"make {directory} a shared mount point: {os.strerror(err)}")
+
+
 def _unbind(target: Path) -> None:
     # a namespace bound twice (a crash between a slot's removal and its re-creation) takes two
     for _ in range(8):
@@ -61,6 +80,7 @@ def create(netns_path: Path, id_range: IdRange) -> None:
     ``id_range``; the user namespace is kept on ``userns_path(netns_path.name)``."""
     SLOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     netns_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _share_mount_point(netns_path.parent)
     user = userns_path(netns_path.name)
     if user.exists():  # a crash's leftover (a bound nsfs file cannot be opened to bind again)
         remove(netns_path)
