@@ -109,6 +109,9 @@ class SandboxRow(Base):
     base_snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # the node whose host runs it (``NodeRow.id``); None on a single host (SQLite)
     node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # a paused sandbox being handed to another node (``atoll.cluster.handoff``): the attempt's
+    # id, which the receiving node must name to take it; None when no move is under way
+    move_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class PresignedUrl(Base):
