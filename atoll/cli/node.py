@@ -82,16 +82,22 @@ def _set_draining(node_id: str, draining: bool, database_url: str | None) -> Non
 
 @app.command("list")
 def list_nodes(database_url: DatabaseUrl = None) -> None:
-    """The cluster's nodes: state, heartbeat, capacity used of the budget."""
+    """The cluster's nodes: state, heartbeat, capacity used of the budget, sandboxes held
+    (paused among them: a draining node's move away, docs/cluster.md)."""
 
-    async def load(registry: Any) -> list[Any]:
-        return list(await registry.nodes())
+    async def load(registry: Any) -> tuple[list[Any], dict[str, tuple[int, int]]]:
+        return list(await registry.nodes()), await registry.sandbox_counts()
 
-    table = Table("id", "role", "state", "heartbeat (UTC)", "vCPU", "memory MiB", "address", "reason")
-    for node in _with_registry(database_url, load):
+    table = Table(
+        "id", "role", "state", "heartbeat (UTC)", "vCPU", "memory MiB", "sandboxes (paused)", "address",
+        "reason",
+    )  # fmt: skip
+    nodes, counts = _with_registry(database_url, load)
+    for node in nodes:
+        total, paused = counts.get(node.id, (0, 0))
         table.add_row(
             node.id, node.role, node.state, node.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{node.vcpu_used}/{node.vcpu_budget}", f"{node.memory_mib_used}/{node.memory_mib_budget}",
-            node.address, node.state_reason or "",
+            f"{total} ({paused})", node.address, node.state_reason or "",
         )  # fmt: skip
     console.print(table)

@@ -116,6 +116,19 @@ class NodeRegistry:
         async with self.sessions() as s:
             return (await s.scalars(select(NodeRow).order_by(NodeRow.id))).all()
 
+    async def sandbox_counts(self) -> dict[str, tuple[int, int]]:
+        """Per node, the sandboxes it holds (any state but deleted) and how many of them are
+        paused: what is left on a draining node (``atoll node list``)."""
+        paused = functions.count().filter(SandboxRow.state == State.PAUSED)
+        statement = (
+            select(SandboxRow.node_id, functions.count(), paused)
+            .where(SandboxRow.node_id.is_not(None), SandboxRow.state != State.DELETED)
+            .group_by(SandboxRow.node_id)
+        )
+        async with self.sessions() as s:
+            rows = (await s.execute(statement)).all()
+        return {str(node_id): (int(total), int(held)) for node_id, total, held in rows}
+
     async def get(self, node_id: str) -> NodeRow | None:
         async with self.sessions() as s:
             return await s.get(NodeRow, node_id)

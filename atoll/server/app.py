@@ -30,7 +30,7 @@ from atoll.runtime.base import BACKENDS, RuntimeBackend
 from atoll.runtime.base import resolve as resolve_runtime
 from atoll.runtime.disk import DiskPool
 from atoll.runtime.userns import CLAIMS_DIR, Ranges
-from atoll.server import cluster_role, errors
+from atoll.server import cluster_role, errors, template_copies
 from atoll.server.activity import Activity, ActivityMiddleware
 from atoll.server.disk_budget import DiskBudget
 from atoll.server.disk_watermark import DiskWatermark
@@ -50,6 +50,7 @@ from atoll.server.routes import (
     git,
     health,
     internal,
+    internal_templates,
     lsp,
     network,
     observe,
@@ -259,7 +260,7 @@ async def _start(
     undo("language servers", lsp_service.close)
     undo("terminals", ptys.close)
     catalog = TemplateCatalog(repo.sessions, host.templates, max_per_org=settings.max_templates_per_org)
-    await catalog.recover()
+    await catalog.recover(shared_after_s=template_copies.stale_import_after_s(settings))
     metrics = MetricsService(manager, interval_s=settings.metrics_interval_s)
     undo("metrics", metrics.close)
     metrics.start()
@@ -280,7 +281,7 @@ async def _start(
     warm.start()
     cluster = await cluster_role.start(  # registers and heartbeats on PostgreSQL (docs/cluster.md)
         settings, engine, repo, manager.capacity,
-        template_names=host.templates.names, warm_ready=warm.ready_by_template,
+        template_names=host.templates.cached, warm_ready=warm.ready_by_template,
     )  # fmt: skip
     undo("cluster membership", cluster.close)
     forwarder = None
@@ -288,9 +289,19 @@ async def _start(
         forwarder = NodeForwarder(
             node_id=cluster.node_id or "", registry=cluster.registry, placer=cluster.placer,
             max_connections=FORWARD_CONNECTIONS, cluster_token=settings.cluster_token,
+            template_id_for=catalog.id_for,
         )  # fmt: skip
         undo("forwarding to nodes", forwarder.close)
     snapshots_service.on_deleted = cluster_role.snapshot_copies_dropper(settings, cluster)
+    import_slots = asyncio.Semaphore(templates.IMPORT_SLOTS)
+    copies = template_copies.join(  # imported templates across the cluster (docs/cluster.md)
+        settings, registry=cluster.registry, node_id=cluster.node_id, heartbeat=cluster.heartbeat,
+        templates=host.templates, catalog=catalog, disk_budget=disk_budget, slots=import_slots,
+    )  # fmt: skip
+    mover = cluster_role.drain_mover(settings, cluster, manager)
+    if mover is not None:  # while this node is draining, its paused sandboxes move away
+        undo("moving paused sandboxes off this node", mover.close)
+        await mover.start()
     if builds is not None:
         undo("template builds", builds.close)
         builds.start()  # in a thread, in the background: the server answers meanwhile
@@ -309,7 +320,7 @@ async def _start(
         processes=processes,
         watches=WatchService(manager),
         templates=catalog,
-        template_imports=asyncio.Semaphore(templates.IMPORT_SLOTS),
+        template_imports=import_slots,
         snapshots=snapshots_service,
         metrics=metrics,
         presigned=presigned,
@@ -317,6 +328,7 @@ async def _start(
         template_builds=builds,
         ssh_access=ssh_gateway.store if ssh_gateway is not None else None,
         forwarder=forwarder,
+        template_copies=copies,
     )
 
 
@@ -342,6 +354,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (*routes, observe, process_ws):
         app.include_router(module.router)
     app.include_router(internal.router)  # the cluster's node-to-node calls (token only)
+    app.include_router(internal_templates.router)
     dashboard.install(app)  # the web dashboard at / (atoll/dashboard)
     app.include_router(ssh_routes.router)
     app.include_router(unavailable.router)  # last: any real route wins over its 501

@@ -17,6 +17,8 @@ from atoll.cluster.placement import PlacementPolicy, Placer
 from atoll.cluster.registry import ALIVE, NodeRegistry, NodeReport, SandboxHome
 from atoll.server import snapshot_transfer
 from atoll.server.capacity import Budget, Capacity, host_size
+from atoll.server.manager import SandboxManager
+from atoll.server.sandbox_move import DrainMover
 from atoll.server.settings import Settings
 from atoll.store.db import is_postgresql
 from atoll.store.models import SandboxRow
@@ -115,6 +117,19 @@ def snapshot_copies_dropper(
         await snapshot_transfer.drop_copies(others, token, snapshot_id)
 
     return drop
+
+
+def drain_mover(settings: Settings, cluster: ClusterRole, manager: SandboxManager) -> DrainMover | None:
+    """A node's job of moving its paused sandboxes away while it is draining; None on an API
+    replica, on one host, and without the cluster token (the target copies the files with it)."""
+    registry, placer, node_id = cluster.registry, cluster.placer, cluster.node_id
+    token = settings.cluster_token
+    if settings.role == "api" or registry is None or placer is None or node_id is None or token is None:
+        return None
+    return DrainMover(
+        manager=manager, registry=registry, placer=placer, node_id=node_id,
+        address=node_address(settings), token=token,
+    )  # fmt: skip
 
 
 async def start(

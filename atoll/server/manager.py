@@ -77,6 +77,20 @@ class SandboxManager:
         """Whether a transition of the sandbox is under way in this process."""
         return self._lock(sandbox_id).locked()
 
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox is no longer this host's (deleted, or moved to another node)."""
+        self._locks.pop(sandbox_id, None)
+
+    def require_here(self, row: SandboxRow) -> SandboxRow:
+        """A node acts only on the sandboxes its host holds: a request that reached it for one
+        that moved to another node meanwhile (forwarded just before the move ended) gets 409,
+        never a resume or a delete of another node's sandbox. An API replica, which runs none,
+        answers for sandboxes of nodes that are down as before."""
+        own = self.repo.node_id
+        if own is None or self.settings.role == "api" or row.node_id in (None, own):
+            return row
+        raise ConflictError(f"sandbox {row.id} moved to node {row.node_id}; retry the request")
+
     async def move(
         self, row: SandboxRow, event: Event, *, reason: str | None = None, **values: Any
     ) -> SandboxRow:
@@ -183,7 +197,7 @@ class SandboxManager:
         if State(row.state) in TRANSIENT_STATES:
             raise ConflictError(f"sandbox is {row.state}; retry when the transition ends")
         async with self.transition(row.id):
-            row = await self.move(await self.get(org_id, sandbox_id), Event.DELETE)
+            row = await self.move(self.require_here(await self.get(org_id, sandbox_id)), Event.DELETE)
             await self.finish_delete(row)
 
     async def finish_delete(self, row: SandboxRow) -> None:
@@ -193,11 +207,11 @@ class SandboxManager:
             await self.bounded("deleting", self.host.teardown(row, keep_disk=False))
         finally:
             await self.move(row, Event.DELETED, net_slot=None, timeout_at=None)
-            self._locks.pop(row.id, None)
+            self.forget(row.id)
 
     async def pause(self, org_id: str, sandbox_id: str) -> SandboxRow:
         async with self.transition(sandbox_id):
-            return await self._pause(await self.get(org_id, sandbox_id))
+            return await self._pause(self.require_here(await self.get(org_id, sandbox_id)))
 
     async def _pause(self, row: SandboxRow) -> SandboxRow:
         """``SandboxHost.pause``; the network slot is kept, so the address survives. Bounded like
@@ -221,8 +235,8 @@ class SandboxManager:
         """A paused sandbox resumes on any request that reaches it."""
         if State(row.state) == State.RUNNING:
             return row
-        async with self._lock(row.id):
-            row = await self.get(row.org_id, row.id)
+        async with self._lock(row.id):  # a move off a draining node holds it: resumed after
+            row = self.require_here(await self.get(row.org_id, row.id))
             if State(row.state) == State.PAUSED:
                 if row.pause_kind == "checkpoint":  # its memory comes back onto the host
                     async with self.capacity.admit(row.vcpu, row.memory):
@@ -242,7 +256,7 @@ class SandboxManager:
 
     async def stop(self, org_id: str, sandbox_id: str) -> SandboxRow:
         async with self.transition(sandbox_id):
-            row = await self.move(await self.get(org_id, sandbox_id), Event.STOP)
+            row = await self.move(self.require_here(await self.get(org_id, sandbox_id)), Event.STOP)
             try:
                 await self.bounded("stopping", self.host.teardown(row, keep_disk=True))
                 # a stopped sandbox's memory is gone by definition
@@ -254,7 +268,7 @@ class SandboxManager:
 
     async def start(self, org_id: str, sandbox_id: str) -> SandboxRow:
         async with self.transition(sandbox_id):
-            row = await self.get(org_id, sandbox_id)
+            row = self.require_here(await self.get(org_id, sandbox_id))
             if State(row.state) == State.FAILED:  # its clean-up may not have finished: again first
                 try:
                     await self.bounded("cleaning up", self.host.teardown(row, keep_disk=True))

@@ -1,9 +1,12 @@
-"""A snapshot's files from one node to another (docs/cluster.md): the node holding them streams
-its directory as a tar archive (``archive``), and the node that is to restore it unpacks the
-stream into its own snapshot store (``fetch``), under a temporary name renamed into place once
-complete, so a half-copied snapshot is never restored from (and a restart's sweep removes one a
-crash left: no record has its name). Numeric owners and extended attributes travel along: the
-disk layer's files keep the ids seen inside the sandbox and overlayfs' own attributes."""
+"""Directory trees from one node to another (docs/cluster.md), one way for everything the
+cluster moves: a snapshot's files for a restore on another node, and a paused sandbox's disk
+layer and memory image for its move off a draining node (``atoll.server.sandbox_move``). The
+node holding them streams them as a tar archive (``archive``) from a token-only internal path,
+and the receiving node unpacks the stream (``unpack``): a snapshot under a temporary name renamed
+into place once complete (``fetch``), so a half-copied snapshot is never restored from (and a
+restart's sweep removes one a crash left: no record has its name). Numeric owners and extended
+attributes travel along: the disk layer's files keep the ids seen inside the sandbox and
+overlayfs' own attributes."""
 
 from __future__ import annotations
 
@@ -67,10 +70,11 @@ async def _tar(directory: Path, *args: str, reading: bool) -> asyncio.subprocess
     )  # fmt: skip
 
 
-async def archive(directory: Path) -> AsyncIterator[bytes]:
-    """The directory as a tar stream. A failure half-way raises, so that the server cuts the
-    connection and the receiving node sees an incomplete copy, never a complete-looking one."""
-    proc = await _tar(directory, "-cf", "-", ".", reading=True)
+async def archive(directory: Path, members: tuple[str, ...] = (".",)) -> AsyncIterator[bytes]:
+    """``members`` of the directory (all of it by default) as a tar stream. A failure half-way
+    raises, so that the server cuts the connection and the receiving node sees an incomplete
+    copy, never a complete-looking one."""
+    proc = await _tar(directory, "-cf", "-", "--", *members, reading=True)
     assert proc.stdout is not None
     try:
         while chunk := await proc.stdout.read(CHUNK_BYTES):
@@ -86,27 +90,37 @@ async def archive(directory: Path) -> AsyncIterator[bytes]:
 async def fetch(client: httpx.AsyncClient, source: str, token: str, snapshot_id: str, root: Path) -> None:
     """``root/snapshot_id`` copied from the node at ``source`` (nothing when it is here already);
     ``NodeUnreachable`` when the copy fails, and nothing of it stays."""
-    target = root / snapshot_id
+    await fetch_tree(client, f"{source}{archive_path(snapshot_id)}", token, root / snapshot_id, "snapshot")
+
+
+async def fetch_tree(client: httpx.AsyncClient, url: str, token: str, target: Path, what: str) -> None:
+    """The archive at ``url`` unpacked as ``target`` (nothing when it exists already): under a
+    temporary name beside it, renamed into place once complete (a snapshot's files, an imported
+    template's: ``atoll.server.template_copies``). ``NodeUnreachable`` when the copy fails, and
+    nothing of it stays; a sweep of ``target``'s parent removes what a crash left (the prefix)."""
     if target.exists():
         return
+    root = target.parent
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    incoming = root / f"{INCOMING_PREFIX}{snapshot_id}-{secrets.token_hex(4)}"
+    incoming = root / f"{INCOMING_PREFIX}{target.name}-{secrets.token_hex(4)}"
     incoming.mkdir(mode=0o700)
     try:
-        await _unpack(client, f"{source}{archive_path(snapshot_id)}", token, incoming)
+        await unpack(client, url, token, incoming)
         try:
             os.rename(incoming, target)
         except OSError:
-            if not target.exists():  # another restore's copy got there first: use that one
+            if not target.exists():  # another copy got there first: use that one
                 raise
     except (OSError, httpx.HTTPError) as exc:
-        raise NodeUnreachable(f"copying snapshot {snapshot_id} from {source} failed: {exc}") from exc
+        raise NodeUnreachable(f"copying {what} {target.name} from {url} failed: {exc}") from exc
     finally:
         if incoming.exists():
             await asyncio.to_thread(remove_host_tree, incoming)
 
 
-async def _unpack(client: httpx.AsyncClient, url: str, token: str, into: Path) -> None:
+async def unpack(client: httpx.AsyncClient, url: str, token: str, into: Path) -> None:
+    """The archive at ``url`` (another node's internal path) unpacked into ``into``; OSError or
+    ``httpx.HTTPError`` when it is not complete (``into`` then holds part of it: the caller's)."""
     proc = await _tar(into, "--same-permissions", "-xf", "-", reading=False)
     assert proc.stdin is not None
     try:

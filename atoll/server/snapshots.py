@@ -217,10 +217,10 @@ class SnapshotService:
         )
         async with manager.quota.claim(org_id, row.id, retry_after_s=5):  # until its record counts
             if source is not None:  # restored off the snapshot's node: its files (and its parents') first
-                await self._copy_from(source, snapshot)
+                await self.copy_from(source, snapshot)
             return await manager.boot_new(row, template, image=self.root / snapshot.id / "image")
 
-    async def _copy_from(self, source: SnapshotSource, snapshot: SnapshotRow) -> None:
+    async def copy_from(self, source: SnapshotSource, snapshot: SnapshotRow) -> None:
         """The snapshot's directory and those of the snapshots its disk builds on, from the node
         at ``source`` (those already here are kept)."""
         async with snapshot_transfer.client() as http:
