@@ -46,12 +46,16 @@ class Heartbeat:
         await self.register()
         self._task = asyncio.create_task(self._beat_forever(), name=f"heartbeat {self.node_id}")
 
+    async def beat(self) -> None:
+        """One heartbeat now (also between the ticks: what the host caches changed)."""
+        if not await self.registry.heartbeat(self.node_id, await self.report()):
+            await self.register()  # its row was removed: the node is still here
+
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                if not await self.registry.heartbeat(self.node_id, await self.report()):
-                    await self.register()  # its row was removed: the node is still here
+                await self.beat()
             except Exception:
                 log.exception("heartbeat of node %s failed", self.node_id)
 

@@ -90,11 +90,15 @@ class DiskBudget:
         """A sandbox whose disk exists (a start, a resume from a checkpoint) may run again."""
         await self._check(0)
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, disk_mib: int) -> AsyncIterator[None]:
+    def reserve(self, disk_mib: int) -> contextlib.AbstractAsyncContextManager[None]:
         """Room for a new disk of ``disk_mib``, held until the block ends (its image exists by
         then, or it failed and is gone)."""
-        new_bytes = disk_mib * MIB
+        return self.reserve_room(disk_mib * MIB)
+
+    @contextlib.asynccontextmanager
+    async def reserve_room(self, new_bytes: int) -> AsyncIterator[None]:
+        """Room for ``new_bytes`` more on the data disk (a new sandbox disk, a template copied
+        from another node), held until the block ends."""
         async with self._admission:
             await self._check(new_bytes)
             self._pending_bytes += new_bytes

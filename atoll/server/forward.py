@@ -26,9 +26,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from atoll._exceptions import NodeUnreachable
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
 from atoll.cluster.registry import NodeRegistry, SandboxHome
+from atoll.cluster.template_homes import importer
 from atoll.server import errors, forward_ws
 from atoll.server.cluster_auth import TOKEN_HEADER
 from atoll.server.schemas import CreateSandboxBody, RestoreSnapshotBody
+from atoll.templates.registry import SYSTEM_PREFIX, NameLookup
 
 log = logging.getLogger("atoll.server")
 
@@ -36,6 +38,8 @@ log = logging.getLogger("atoll.server")
 SANDBOX_PATH = re.compile(r"^/v1/sandbox/(?P<sandbox_id>[^/]+)(?P<rest>/.*)?$")
 # a snapshot's record (its delete removes files on the node that holds them)
 SNAPSHOT_PATH = re.compile(r"^/v1/snapshot/(?P<snapshot_id>[^/]+)/?$")
+# an import of an organisation's template: done by a node (docs/cluster.md, Templates)
+TEMPLATE_IMPORT_PATH = re.compile(r"^/v1/template/?$")
 # headers of one connection, not of the request (RFC 9110 §7.6.1), and the replica's own Host
 HOP_BY_HOP = frozenset(
     {
@@ -82,8 +86,11 @@ class NodeForwarder:
         placer: Placer,
         max_connections: int,
         cluster_token: str | None = None,
+        template_id_for: NameLookup | None = None,
     ) -> None:
         self.node_id = node_id
+        # an organisation's template name -> its id, as nodes report it cached (placement)
+        self.template_id_for = template_id_for
         self.cluster_token = cluster_token
         self.registry = registry
         self.placer = placer
@@ -112,9 +119,21 @@ class NodeForwarder:
         """The address of the up node (not this process) holding the snapshot's files, if any."""
         return self._reachable(await self.registry.home_of_snapshot(snapshot_id=snapshot_id))
 
+    async def node_for_import(self) -> str:
+        """The node a template import goes to (``template_homes.importer``); NodeUnreachable
+        (503) when no node is up to do it."""
+        node = importer(await self.registry.nodes())
+        if node is None:
+            raise NodeUnreachable("no node of the cluster is up to import the template; retry later")
+        return node.address
+
     async def create(self, org_id: str, body: CreateSandboxBody, request: Request) -> Response:
         """Place the sandbox, send the create to the node chosen (``_placed``)."""
-        return await self._placed(org_id, PlacementSpec(body.template_name, body.vcpu, body.memory), request)
+        template = body.template_name
+        if not template.startswith(SYSTEM_PREFIX) and self.template_id_for is not None:
+            # nodes report an organisation's templates cached by id (names are per organisation)
+            template = await self.template_id_for(org_id, template) or template
+        return await self._placed(org_id, PlacementSpec(template, body.vcpu, body.memory), request)
 
     async def _placed(
         self,
@@ -263,7 +282,11 @@ class ForwardToNodeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarder = _forwarder(scope)
-        address = None if forwarder is None else await _destination(forwarder, scope)
+        try:
+            address = None if forwarder is None else await _destination(forwarder, scope)
+        except NodeUnreachable as exc:  # no node to send it to: 503 with Retry-After
+            await errors.error_response(errors.http_error(exc))(scope, receive, send)
+            return
         if forwarder is None or address is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -287,6 +310,8 @@ async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
         return await forwarder.node_for(sandbox["sandbox_id"])
     if (snapshot := SNAPSHOT_PATH.match(path)) is not None and scope.get("method") == "DELETE":
         return await forwarder.node_for_snapshot(snapshot["snapshot_id"])
+    if TEMPLATE_IMPORT_PATH.match(path) and scope.get("method") == "POST" and scope["type"] == "http":
+        return await forwarder.node_for_import()
     return None
 
 

@@ -26,6 +26,7 @@ from atoll.server.reconcile import Report
 from atoll.server.settings import Settings
 from atoll.server.snapshots import SnapshotService
 from atoll.server.template_builds import TemplateBuilds
+from atoll.server.template_copies import TemplateCopies
 from atoll.server.watch import WatchService
 from atoll.ssh.access import AccessStore
 from atoll.store.observed import ObservedRepository
@@ -53,6 +54,8 @@ class AppServices:
     template_builds: TemplateBuilds | None  # None: templates are not built on demand
     ssh_access: AccessStore | None  # None: no SSH gateway runs (its routes answer 501)
     forwarder: NodeForwarder | None = None  # an API replica's way to the nodes (docs/cluster.md)
+    # a cluster node's copies of templates imported on other nodes (docs/cluster.md, Templates)
+    template_copies: TemplateCopies | None = None
 
 
 def services(connection: HTTPConnection) -> AppServices:

@@ -12,10 +12,11 @@ complete when it succeeds.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -24,12 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atoll._exceptions import TemplateConflict, TemplateNotFound
 from atoll._states import State
-from atoll.store.models import SandboxRow, SnapshotRow, TemplateRow
+from atoll.store.models import SandboxRow, SnapshotRow, TemplateRow, utcnow
 from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.templates")
 IMPORTING = "importing"
 READY = "ready"
+Hook = Callable[[str], Awaitable[None]]  # template id -> done
 
 
 def new_template_id() -> str:
@@ -49,6 +51,10 @@ class TemplateCatalog:
         self.registry = registry
         self.max_per_org = max_per_org
         registry.lookup = self.id_for
+        # in a cluster (docs/cluster.md, Templates): a finished import is announced at once (the
+        # node's heartbeat), and a deleted template's copies on other nodes are dropped
+        self.on_ready: Hook | None = None
+        self.on_deleted: Hook | None = None
 
     async def id_for(self, org_id: str, name: str) -> str | None:
         async with self.sessions() as s:
@@ -58,6 +64,12 @@ class TemplateCatalog:
                 )
             )
         return str(found) if found is not None else None
+
+    async def is_ready(self, template_id: str) -> bool:
+        """Whether the template exists, imported (any organisation's: the cluster's own calls)."""
+        async with self.sessions() as s:
+            state = await s.scalar(select(TemplateRow.state).where(TemplateRow.id == template_id))
+        return state == READY
 
     async def get(self, org_id: str, template_id: str) -> TemplateRow:
         async with self.sessions() as s:
@@ -98,7 +110,17 @@ class TemplateCatalog:
             )
             row = await s.get(TemplateRow, template_id)
             assert row is not None
-            return row
+        await self._announce(self.on_ready, template_id, "announcing")
+        return row
+
+    @staticmethod
+    async def _announce(hook: Hook | None, template_id: str, what: str) -> None:
+        if hook is None:
+            return
+        try:
+            await hook(template_id)
+        except Exception:  # the template is done here: the rest of the cluster learns it later
+            log.exception("%s template %s to the cluster failed", what, template_id)
 
     async def discard(self, template_id: str) -> None:
         async with self.sessions.begin() as s:
@@ -132,6 +154,7 @@ class TemplateCatalog:
         async with self.sessions.begin() as s:
             await s.execute(delete(TemplateRow).where(TemplateRow.id == template_id))
         await self._remove_files(template_id)
+        await self._announce(self.on_deleted, template_id, "dropping the copies of")
 
     async def _remove_files(self, template_id: str) -> None:
         assert self.registry.user_root is not None
@@ -139,11 +162,24 @@ class TemplateCatalog:
             path = self.registry.user_root / (template_id + suffix)
             await asyncio.to_thread(shutil.rmtree, path, True)
 
-    async def recover(self) -> None:
-        """At start-up: imports a crash interrupted are dropped, and so are files no row owns."""
+    async def recover(self, *, shared_after_s: float | None = None) -> None:
+        """At start-up: imports a crash interrupted are dropped, and so are files no row owns.
+        ``shared_after_s``: the database is a cluster's, whose other nodes may be importing now,
+        so only this host's interrupted imports (their ``.importing`` directory is here) and
+        those older than that are dropped; None: one host, every import was this process's."""
+        assert self.registry.user_root is not None
+        importing = select(TemplateRow.id).where(TemplateRow.state == IMPORTING)
         async with self.sessions.begin() as s:
-            stale = (await s.scalars(select(TemplateRow.id).where(TemplateRow.state == IMPORTING))).all()
-            await s.execute(delete(TemplateRow).where(TemplateRow.state == IMPORTING))
+            stale = list((await s.scalars(importing)).all())
+            if shared_after_s is not None:
+                since = await s.scalars(
+                    importing.where(TemplateRow.created_at < utcnow() - dt.timedelta(seconds=shared_after_s))
+                )
+                old = set(since.all())
+                here = self.registry.user_root
+                stale = [i for i in stale if i in old or (here / f"{i}.importing").exists()]
+            if stale:
+                await s.execute(delete(TemplateRow).where(TemplateRow.id.in_(stale)))
             known = set((await s.scalars(select(TemplateRow.id))).all())
         for template_id in stale:
             await self._remove_files(template_id)

@@ -17,6 +17,9 @@ DEFAULT_TEMPLATE_NAME = "system/debian:bookworm"
 SYSTEM_PREFIX = "system/"
 # (org id, template name) -> id of the org's template, or None
 NameLookup = Callable[[str, str], Awaitable[str | None]]
+# template id -> nothing once its files are on this host (a cluster node copies them from
+# another: atoll.server.template_copies); raises when they cannot be had
+FilesFetch = Callable[[str], Awaitable[None]]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -63,6 +66,7 @@ class TemplateRegistry:
         self.root = root
         self.user_root = user_root
         self.lookup: NameLookup | None = None  # set by the server once the catalog exists
+        self.fetch: FilesFetch | None = None  # set on a cluster node (docs/cluster.md, Templates)
         self._system_ids: dict[str, str] = {}  # id -> name, learnt by scanning
         root.mkdir(parents=True, exist_ok=True)
         if user_root is not None:
@@ -96,6 +100,9 @@ class TemplateRegistry:
             return self.get(name)
         template_id = await self.lookup(org_id, name)
         template = self.by_id(template_id) if template_id else None
+        if template is None and template_id and self.fetch is not None:
+            await self.fetch(template_id)  # imported on another node: its files copied here first
+            template = self.by_id(template_id)
         # the catalog's name is current; the one on disk is the name it was imported under
         return replace(template, name=name) if template is not None else None
 
@@ -109,6 +116,19 @@ class TemplateRegistry:
         for meta in sorted(self.root.glob("*/template.json")):
             found.append(json.loads(meta.read_text())["name"])
         return found
+
+    def user_ids(self) -> list[str]:
+        """The imported templates whose files are complete here (never one being imported or
+        copied: those are under other names until they are)."""
+        if self.user_root is None:
+            return []
+        found = self.user_root.glob("tpl-*/template.json")  # not "<id>.importing"
+        return sorted(m.parent.name for m in found if "." not in m.parent.name and _load(m.parent))
+
+    def cached(self) -> list[str]:
+        """What a node's heartbeat reports cached: system templates by name, imported ones by id
+        (placement and template copies look them up so: docs/cluster.md)."""
+        return [*self.names(), *self.user_ids()]
 
 
 # template.json by path -> (its mtime, the parsed template): every exec looks its template up

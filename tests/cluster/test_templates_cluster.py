@@ -1,0 +1,162 @@
+"""An organisation's template in a cluster (issue #22, docs/cluster.md "Templates"): one real
+PostgreSQL, two nodes and an API replica sharing a cluster token. A template is imported through
+the replica from a local OCI archive (built here: no registry is contacted) and the import is
+done by a node, its progress streamed back; a create lands on that node (it has the template
+cached). The node is drained: two concurrent creates go to the other node, which copies the
+template's files once from the first (the token-only internal archive) and boots both; each
+sandbox, on either node, shows the image's file. Deleting the template through the replica is
+refused while sandboxes use it, then removes every node's copy; with no node up, an import is
+503; nothing leaks."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests._support import api
+from tests._support.cluster import NodeProcess, create_key
+from tests._support.images import build_image, sh
+from tests._support.leaks import assert_no_leaks
+from tests._support.postgres import PostgresServer
+from tests._support.server import ServerProcess, serving, side_server
+
+pytestmark = [pytest.mark.privileged]
+TOKEN = secrets.token_hex(16)
+NODES = ("node-s", "node-t")
+IMAGE_FILE = "hello from an OCI template\n"  # /www/index.html in the image (tests/_support/images)
+GONE_TIMEOUT_S = 60.0
+
+Cluster = tuple[dict[str, NodeProcess], ServerProcess, str, str, Path]
+
+
+@pytest.fixture
+def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+    database = "t_" + uuid.uuid4().hex[:12]
+    url = postgres.create_database(database)
+    imports = tmp_path / "imports"  # every node's import directory: whichever imports finds the file
+    imports.mkdir()
+    common = ("--database-url", url, "--heartbeat-interval-s", "2")
+    env = {"ATOLL_CLUSTER_TOKEN": TOKEN}
+    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
+    nodes = {}
+    for index, node_id in enumerate(NODES):
+        like = side_server(tmp_path / node_id, node_id[-1], 28 + index)
+        # info: the access log shows each internal archive a node serves
+        args = (*common, "--node-id", node_id, "--import-dir", str(imports), "--log-level", "info")
+        nodes[node_id] = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=args, extra_env=env)
+    replica = side_server(tmp_path / "api", "y", 30, extra_args=(*common, "--role", "api"), extra_env=env)
+    with serving(nodes[NODES[0]]), serving(nodes[NODES[1]]), serving(replica):
+        key = create_key(url, "org-tpl")
+        for process in (*nodes.values(), replica):
+            process.api_key = key
+        yield nodes, replica, url, database, imports
+
+
+def _node_of(postgres: PostgresServer, database: str, sandbox_id: str) -> str:
+    return postgres.psql(f"SELECT node_id FROM sandboxes WHERE id = '{sandbox_id}'", database)
+
+
+def _import(http: httpx.Client, name: str, uri: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The import with streamed progress: the events, then the last line."""
+    headers = {"accept": "application/x-ndjson"}
+    with http.stream("POST", "/v1/template", json={"name": name, "uri": uri}, headers=headers) as answer:
+        assert answer.status_code == 201, answer.read()
+        lines = [json.loads(line) for line in answer.iter_lines() if line.strip()]
+    return lines[:-1], lines[-1]
+
+
+def _drain(url: str, node_id: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "atoll.cli.main", "node", "drain", node_id, "--database-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _archives_served(node: NodeProcess, template_id: str) -> int:
+    return len(re.findall(rf"GET /v1/internal/template/{template_id}/archive", node.log_path.read_text()))
+
+
+def test_a_template_imported_through_a_replica_runs_on_every_node(
+    cluster: Cluster, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    nodes, replica, url, database, imports = cluster
+    layout = build_image(tmp_path / "image")
+    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
+        events, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        assert events and all({"phase", "message"} <= set(e) for e in events), events
+        assert "template" in last, last
+        template = last["template"]
+        tid = template["id"]
+        assert template["state"] == "ready" and template["name"] == "web"
+        # imported by a node, not the replica (which runs no sandboxes)
+        holding = [n for n, p in nodes.items() if (p.data_dir / "user-templates" / tid / "rootfs").is_dir()]
+        assert len(holding) == 1, holding
+        importer = holding[0]
+        other = next(n for n in NODES if n != importer)
+        assert not (replica.data_dir / "user-templates" / tid).exists()
+        # rows are shared: any replica lists, reads and renames it
+        assert tid in [t["id"] for t in http.get("/v1/templates").json()["items"]]
+        assert http.get(f"/v1/template/{tid}").json()["state"] == "ready"
+        assert http.patch(f"/v1/template/{tid}", json={"name": "web2"}).status_code == 204
+
+        # placement prefers the node that has it cached
+        first = api.create(http, template_name="web2")["id"]
+        assert _node_of(postgres, database, first) == importer
+
+        _drain(url, importer)  # now only the other node takes sandboxes: it must copy the files
+        with ThreadPoolExecutor(2) as pool:
+            made = list(
+                pool.map(lambda _: http.post("/v1/sandbox", json={"template_name": "web2"}), range(2))
+            )
+        assert [r.status_code for r in made] == [201, 201], [r.text for r in made]
+        second, third = (r.json()["id"] for r in made)
+        assert {_node_of(postgres, database, s) for s in (second, third)} == {other}
+        assert _archives_served(nodes[importer], tid) == 1, "the two creates did not share one copy"
+        copy = nodes[other].data_dir / "user-templates" / tid
+        assert (copy / "rootfs" / "www" / "index.html").read_text() == IMAGE_FILE
+        assert not [p for p in copy.parent.iterdir() if p.name.startswith(".")], "a partial copy stayed"
+        for sandbox in (first, second, third):
+            assert api.run(http, sandbox, "cat /www/index.html")["stdout"] == IMAGE_FILE
+        # the other node's heartbeat reports it cached now, by id
+        cached = postgres.psql(f"SELECT templates FROM nodes WHERE id = '{other}'", database)
+        assert tid in cached, cached
+
+        # the internal paths are the cluster's own
+        archive = f"{nodes[importer].own_url}/v1/internal/template/{tid}/archive"
+        assert httpx.get(archive, timeout=30).status_code == 404
+        assert httpx.get(archive, headers={"x-atoll-cluster-token": "x" * 32}, timeout=30).status_code == 404
+
+        # in use: refused; once its sandboxes are gone, deleted everywhere
+        assert http.delete(f"/v1/template/{tid}").status_code == 409
+        for sandbox in (first, second, third):
+            api.delete(http, sandbox)
+        assert http.delete(f"/v1/template/{tid}").status_code == 204
+        copies = [p.data_dir / "user-templates" / tid for p in nodes.values()]
+        deadline = time.monotonic() + GONE_TIMEOUT_S
+        while any(c.exists() for c in copies) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(c.exists() for c in copies), "a node kept its copy of the deleted template"
+        refused = http.post("/v1/sandbox", json={"template_name": "web2"})
+        assert refused.status_code == 400, refused.text
+
+        _drain(url, other)  # no node up to import: 503 naming it, nothing imported
+        answer = http.post("/v1/template", json={"name": "none", "uri": f"oci-archive:{imports / 'web.tar'}"})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers.get("retry-after") and "no node" in answer.json()["message"]
+        assert [t["name"] for t in http.get("/v1/templates").json()["items"] if not t["is_system"]] == []
+    for node in nodes.values():
+        assert_no_leaks(node)
