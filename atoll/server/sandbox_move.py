@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -210,14 +211,19 @@ async def receive(
     node_id: str,
     token: str,
     request: MoveRequest,
+    ensure_template: Callable[[str], Awaitable[None]] | None = None,
 ) -> SandboxRow:
     """The target's side: copy the sandbox from its source and take it over (paused, its
-    network slot here). On any failure nothing of it stays here and the row is untouched."""
+    network slot here). On any failure nothing of it stays here and the row is untouched.
+    ``ensure_template`` copies an organisation's imported template here first when it is
+    missing (``template_copies``, as a create does)."""
     handoff = SandboxHandoff(manager.repo.sessions)
     row = await handoff.claimed(sandbox_id, request.source_node, request.move_id)
     if row is None:
         raise ConflictError(f"no move of sandbox {sandbox_id} from node {request.source_node} is under way")
     host = manager.host
+    if host.find_template(row) is None and ensure_template is not None and row.template_id:
+        await ensure_template(row.template_id)  # 503 when no live node holds its files
     if host.find_template(row) is None:
         raise ConflictError(f"template {row.template_name!r} is not on this node")
     if not host.backend_for(row).can_checkpoint:

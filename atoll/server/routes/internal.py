@@ -90,7 +90,9 @@ async def receive_sandbox(sandbox_id: str, body: ReceiveBody, request: Request) 
     """Take over a paused sandbox a draining node moves here (409 when this node cannot)."""
     app, node_id, token = _cluster_node(request, sandbox_id)
     move = sandbox_move.MoveRequest(body.source_node, body.source_address, body.move_id)
+    ensure_template = app.template_copies.ensure if app.template_copies is not None else None
     row = await sandbox_move.receive(
-        app.manager, app.snapshots, sandbox_id=sandbox_id, node_id=node_id, token=token, request=move
-    )
+        app.manager, app.snapshots, sandbox_id=sandbox_id, node_id=node_id, token=token, request=move,
+        ensure_template=ensure_template,
+    )  # fmt: skip
     return {"id": row.id, "node_id": node_id}
