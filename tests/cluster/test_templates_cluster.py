@@ -160,3 +160,43 @@ def test_a_template_imported_through_a_replica_runs_on_every_node(
         assert [t["name"] for t in http.get("/v1/templates").json()["items"] if not t["is_system"]] == []
     for node in nodes.values():
         assert_no_leaks(node)
+
+
+def _state_of(postgres: PostgresServer, database: str, node_id: str) -> str:
+    return postgres.psql(f"SELECT state FROM nodes WHERE id = '{node_id}'", database)
+
+
+def test_a_template_no_live_node_holds_is_503_until_its_holder_is_back(
+    cluster: Cluster, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    nodes, replica, url, database, imports = cluster
+    layout = build_image(tmp_path / "image")
+    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
+        _, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        tid = last["template"]["id"]
+        importer = next(n for n, p in nodes.items() if (p.data_dir / "user-templates" / tid).is_dir())
+        other = next(n for n in NODES if n != importer)
+        _drain(url, importer)
+        nodes[importer].kill9()  # the only holder dies: the other node cannot copy the files
+        cut = http.post("/v1/sandbox", json={"template_name": "web"})
+        assert cut.status_code == 503 and cut.headers.get("retry-after"), cut.text
+        assert importer in cut.json()["message"], cut.text
+        deadline = time.monotonic() + GONE_TIMEOUT_S
+        while _state_of(postgres, database, importer) != "down" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _state_of(postgres, database, importer) == "down"
+        none = http.post("/v1/sandbox", json={"template_name": "web"})
+        assert none.status_code == 503 and none.headers.get("retry-after"), none.text
+        assert "no live node" in none.json()["message"], none.text
+        assert not list((nodes[other].data_dir / "user-templates").iterdir()), "a partial copy stayed"
+
+        nodes[importer].start()  # back, up (a node marked down forgets its drain) ...
+        _drain(url, importer)  # ... and drained again: the other node copies from it
+        sandbox = api.create(http, template_name="web")["id"]
+        assert _node_of(postgres, database, sandbox) == other
+        assert api.run(http, sandbox, "cat /www/index.html")["stdout"] == IMAGE_FILE
+        api.delete(http, sandbox)
+        assert http.delete(f"/v1/template/{tid}").status_code == 204
+    for node in nodes.values():
+        assert_no_leaks(node)
