@@ -196,6 +196,7 @@ class SnapshotService:
         # an image is restorable only by the runtime that wrote it
         self._require_checkpointing(manager.host.backend_named(snapshot.runtime))
         templates = manager.host.templates
+        await templates.ensure(snapshot.template_id)  # an imported one may be on other nodes only
         template = templates.by_id(snapshot.template_id) or templates.get(snapshot.template_name)
         if template is None:
             raise ConflictError(f"template {snapshot.template_name!r} of the snapshot is gone")

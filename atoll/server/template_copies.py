@@ -120,7 +120,9 @@ class TemplateCopies:
         """The template's files here: copied from a live node that holds them unless they are
         here already (or another create's copy of it finished meanwhile). 503 (NodeUnreachable,
         ``Retry-After``) when no live node holds them or every copy failed; nothing half-copied
-        stays either way."""
+        stays either way. Nothing for a system template's id: each host builds its own."""
+        if not TEMPLATE_ID.fullmatch(template_id):
+            return
         async with self.locks.hold(template_id):
             if self.templates.by_id(template_id) is not None:
                 return

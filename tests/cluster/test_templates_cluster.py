@@ -200,3 +200,39 @@ def test_a_template_no_live_node_holds_is_503_until_its_holder_is_back(
         assert http.delete(f"/v1/template/{tid}").status_code == 204
     for node in nodes.values():
         assert_no_leaks(node)
+
+
+def test_a_snapshot_of_a_template_sandbox_restores_on_a_node_without_the_template(
+    cluster: Cluster, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    nodes, replica, url, database, imports = cluster
+    layout = build_image(tmp_path / "image")
+    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
+        if not http.get("/v1/health").json().get("checkpoint"):
+            pytest.skip("snapshots need a checkpointing runtime on this host")
+        _, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        tid = last["template"]["id"]
+        sandbox = api.create(http, template_name="web")["id"]
+        importer = _node_of(postgres, database, sandbox)
+        other = next(n for n in NODES if n != importer)
+        assert api.run(http, sandbox, "echo kept > /home/app/kept")["exit_code"] == 0
+        made = http.post(f"/v1/sandbox/{sandbox}/snapshot/create", json={"name": "web-snap"})
+        assert made.status_code == 201, made.text
+        assert not (nodes[other].data_dir / "user-templates" / tid).exists()
+
+        _drain(url, importer)  # the restore is placed on the other node: template and snapshot copied
+        restored = http.post("/v1/snapshot/restore", json={"snapshot_name": "web-snap"})
+        assert restored.status_code == 201, restored.text
+        fork = restored.json()["id"]
+        assert _node_of(postgres, database, fork) == other
+        assert (nodes[other].data_dir / "user-templates" / tid / "rootfs").is_dir()
+        assert api.run(http, fork, "cat /www/index.html /home/app/kept")["stdout"] == IMAGE_FILE + "kept\n"
+
+        for each in (fork, sandbox):
+            api.delete(http, each)
+        assert http.delete(f"/v1/template/{tid}").status_code == 409  # its snapshot needs it
+        assert http.delete(f"/v1/snapshot/{made.json()['id']}").status_code == 204
+        assert http.delete(f"/v1/template/{tid}").status_code == 204
+    for node in nodes.values():
+        assert_no_leaks(node)
