@@ -44,6 +44,10 @@ class NodeReport:
     # where its sandbox router listens ("http://host:port"): the API replicas' routers send
     # sandbox URLs there (atoll.router._hop); None: it has none to offer (an API replica)
     router_address: str | None = None
+    # its SSH gateway ("host:port") and public host key, for the API replicas' gateways
+    # (atoll.ssh.relay); None: no gateway runs there (--ssh-port 0)
+    ssh_address: str | None = None
+    ssh_host_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class SandboxHome:
     up: bool  # up or draining: it runs what it ran, and answers
     draining: bool = False  # takes no new sandboxes (restores of its snapshots go elsewhere)
     router_address: str | None = None  # its sandbox router (None: a node that recorded none)
+    ssh_address: str | None = None  # its SSH gateway, "host:port" (None: it runs none)
+    ssh_host_key: str | None = None  # that gateway's public host key (OpenSSH format)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,14 @@ class NodeRegistry:
 
     async def _home(self, sandbox: ColumnElement[bool]) -> SandboxHome | None:
         statement = (
-            select(NodeRow.id, NodeRow.address, NodeRow.state, NodeRow.router_address)
+            select(
+                NodeRow.id,
+                NodeRow.address,
+                NodeRow.state,
+                NodeRow.router_address,
+                NodeRow.ssh_address,
+                NodeRow.ssh_host_key,
+            )
             .join(SandboxRow, SandboxRow.node_id == NodeRow.id)
             .where(sandbox)
         )
@@ -170,7 +183,13 @@ class NodeRegistry:
         if found is None:
             return None
         return SandboxHome(
-            found.id, found.address, found.state in ALIVE, found.state == DRAINING, found.router_address
+            found.id,
+            found.address,
+            found.state in ALIVE,
+            found.state == DRAINING,
+            found.router_address,
+            found.ssh_address,
+            found.ssh_host_key,
         )
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
@@ -227,4 +246,6 @@ def _report_values(report: NodeReport) -> dict[str, Any]:
         "pools": dict(report.pools),
         "health": dict(report.health),
         "router_address": report.router_address,
+        "ssh_address": report.ssh_address,
+        "ssh_host_key": report.ssh_host_key,
     }

@@ -70,6 +70,7 @@ from atoll.server.template_builds import TemplateBuilds
 from atoll.server.warm import WarmPool
 from atoll.server.watch import WatchService
 from atoll.ssh import routes as ssh_routes
+from atoll.ssh.gateway import public_host_key as ssh_public_host_key
 from atoll.ssh.gateway import start_gateway as start_ssh_gateway
 from atoll.store import db
 from atoll.store.observed import ObservedRepository
@@ -282,6 +283,7 @@ async def _start(
     cluster = await cluster_role.start(  # registers and heartbeats on PostgreSQL (docs/cluster.md)
         settings, engine, repo, manager.capacity,
         template_names=host.templates.cached, warm_ready=warm.ready_by_template,
+        ssh_host_key=ssh_public_host_key(settings),  # the API replicas' gateways pin it
     )  # fmt: skip
     undo("cluster membership", cluster.close)
     forwarder = None
@@ -305,7 +307,9 @@ async def _start(
     if builds is not None:
         undo("template builds", builds.close)
         builds.start()  # in a thread, in the background: the server answers meanwhile
-    ssh_gateway = await start_ssh_gateway(manager=manager, ptys=ptys, processes=processes, settings=settings)
+    ssh_gateway = await start_ssh_gateway(
+        manager=manager, ptys=ptys, processes=processes, settings=settings, registry=cluster.registry
+    )
     if ssh_gateway is not None:
         undo("ssh gateway", ssh_gateway.close)
     return AppServices(

@@ -58,6 +58,13 @@ def node_router_address(settings: Settings) -> str:
     return f"http://{_reachable(settings.router_hosts[0])}:{settings.router_port}"
 
 
+def node_ssh_address(settings: Settings) -> str | None:
+    """Where the API replicas' SSH gateways reach this node's ("host:port"), None without one."""
+    if not settings.ssh_port:
+        return None
+    return f"{_reachable(settings.ssh_host)}:{settings.ssh_port}"
+
+
 class RouterHomes:
     """Where the sandbox router finds a sandbox another node runs (``atoll.router.SandboxHomes``):
     only a sandbox recorded under another node than this process costs a look-up."""
@@ -140,9 +147,11 @@ async def start(
     *,
     template_names: Callable[[], list[str]],
     warm_ready: Callable[[], dict[str, int]],
+    ssh_host_key: str | None = None,
 ) -> ClusterRole:
     """Join the cluster (nothing on SQLite). ``template_names`` and ``warm_ready`` tell each
-    heartbeat what the host has cached and how many warm sandboxes of each template wait."""
+    heartbeat what the host has cached and how many warm sandboxes of each template wait;
+    ``ssh_host_key`` is the SSH gateway's public key, which replicas pin (None: no gateway)."""
     node_id = node_identity(settings)
     if node_id is None:
         return ClusterRole(None, None)
@@ -155,6 +164,7 @@ async def start(
     else:
         cpus, memory_mib = host_size()  # the host itself: placement applies the cluster's over-commit
         router_address = node_router_address(settings)
+        ssh_address = node_ssh_address(settings) if ssh_host_key else None
 
         async def report() -> NodeReport:
             used = await capacity.report()
@@ -169,6 +179,8 @@ async def start(
                 pools=warm_ready(),
                 health={"status": "ok"},
                 router_address=router_address,
+                ssh_address=ssh_address,
+                ssh_host_key=ssh_host_key if ssh_address else None,
             )
 
         heartbeat = Heartbeat(

@@ -21,8 +21,9 @@ import base64
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -35,6 +36,9 @@ from atoll.ssh.access import AccessStore, matches
 from atoll.ssh.bounds import ConnectionCounts, FailureLimiter, GatewayLimits, IdleTimer, forward_tcp
 from atoll.ssh.sftp import SandboxSFTP
 from atoll.store.models import SshAccessRow
+
+if TYPE_CHECKING:
+    from atoll.cluster.registry import NodeRegistry
 
 log = logging.getLogger("atoll.ssh")
 
@@ -54,6 +58,14 @@ def host_key(data_dir: Path) -> asyncssh.SSHKey:
         path.write_bytes(key.export_private_key())
     path.chmod(0o600)
     return asyncssh.read_private_key(str(path))
+
+
+def public_host_key(settings: Any) -> str | None:
+    """The gateway's public key (OpenSSH format) a node records for the API replicas' gateways,
+    which pin it (atoll.ssh.relay); None when no gateway runs (``ssh_port`` 0)."""
+    if not settings.ssh_port:
+        return None
+    return host_key(settings.data_dir).export_public_key().decode().strip()
 
 
 class Gateway:
@@ -83,17 +95,24 @@ class Gateway:
         self._server: asyncssh.SSHAcceptor | None = None
 
     async def start(self) -> None:
+        await self.listen(
+            lambda: _Connection(self),
+            process_factory=self._session,
+            sftp_factory=lambda chan: SandboxSFTP(chan, self),
+            line_editor=False,
+            allow_scp=False,
+        )
+
+    async def listen(self, connection: Callable[[], asyncssh.SSHServer], **factories: Any) -> None:
+        """The listener with the gateway's bounds; ``factories`` say how sessions are served."""
         key = host_key(self.data_dir)
         self._server = await asyncssh.create_server(
-            lambda: _Connection(self),
+            connection,
             self.host or None,
             self.port,
             server_host_keys=[key],
-            process_factory=self._session,
-            sftp_factory=lambda chan: SandboxSFTP(chan, self),
             encoding=None,
-            line_editor=False,
-            allow_scp=False,
+            **factories,
             agent_forwarding=False,
             x11_forwarding=False,
             login_timeout=self.limits.login_timeout_s,
@@ -333,14 +352,21 @@ class _Connection(asyncssh.SSHServer):
                 await self.gateway.manager.get(row.org_id, row.sandbox_id)
             except AtollError:
                 valid = False
-        if not valid:
+        if not valid or row is None:
             limiter.failed(self.source)
             log.info("ssh login refused for %r from %s", username[:64], self.source)
             await asyncio.sleep(FAILURE_DELAY_S)
             return False
+        if not await self.logged_in(row, username, password):
+            return False
         self.access = row
         if self.conn is not None and self.idle_timeout_s > 0:
             self.idle = IdleTimer(self.idle_timeout_s, self._idle)
+        return True
+
+    async def logged_in(self, row: SshAccessRow, username: str, password: str) -> bool:
+        """The password is right: anything else to check before the login is accepted (an API
+        replica logs into the sandbox's node here, atoll.ssh.relay)."""
         return True
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
@@ -363,11 +389,17 @@ async def forget_accesses(manager: SandboxManager, store: AccessStore, sandbox_i
 
 
 async def start_gateway(
-    *, manager: SandboxManager, ptys: PtyManager, processes: ProcessService, settings: Any
+    *,
+    manager: SandboxManager,
+    ptys: PtyManager,
+    processes: ProcessService,
+    settings: Any,
+    registry: NodeRegistry | None = None,
 ) -> Gateway | None:
     """The lifespan's part: the gateway listening (its ``store`` is the one the routes use), or
     None when ``ssh_port`` is 0. A port that cannot be bound is logged and leaves the API up
-    without the gateway (the routes then answer 501)."""
+    without the gateway (the routes then answer 501). An API replica in a cluster (``registry``)
+    runs no sandbox: its gateway relays every session to the sandbox's node (atoll.ssh.relay)."""
     store = AccessStore(manager.repo.sessions, ttl_s=settings.ssh_access_ttl_s)
     if not settings.ssh_port:  # accesses made while a gateway ran still go with their sandbox
 
@@ -376,11 +408,17 @@ async def start_gateway(
 
         manager.host.teardown_hooks.append(forget)
         return None
-    gateway = Gateway(
+    options: dict[str, Any] = dict(
         manager=manager, store=store, ptys=ptys, processes=processes,
         data_dir=settings.data_dir, host=settings.ssh_host, port=settings.ssh_port,
         limits=GatewayLimits.from_settings(settings),
     )  # fmt: skip
+    if settings.role == "api" and registry is not None:
+        from atoll.ssh.relay import RelayGateway  # it subclasses Gateway: imported where used
+
+        gateway: Gateway = RelayGateway(registry=registry, **options)
+    else:
+        gateway = Gateway(**options)
     manager.host.teardown_hooks.append(gateway.forget_sandbox)
     try:
         await gateway.start()

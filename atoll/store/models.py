@@ -197,6 +197,10 @@ class NodeRow(Base):
     address: Mapped[str] = mapped_column(String(255))  # its API, for the API replicas to reach
     # its sandbox router ("http://host:port"), for the API replicas' routers (atoll.router._hop)
     router_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # its SSH gateway ("host:port") and that gateway's public host key (OpenSSH format), which
+    # the API replicas' gateways log into and pin (atoll.ssh.relay); None: no gateway there
+    ssh_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ssh_host_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # up | down
     state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     vcpu_budget: Mapped[int] = mapped_column(Integer)
