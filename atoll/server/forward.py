@@ -274,6 +274,16 @@ def _is_record(scope: Scope, rest: str | None) -> bool:
     return scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and rest in (None, "/")
 
 
+def _is_ssh_access(scope: Scope, rest: str | None) -> bool:
+    """``/v1/sandbox/{id}/ssh/...`` on a replica that runs an SSH gateway: the accesses live in
+    the shared store, and the ``ssh_command`` they name must be this replica's gateway, which
+    relays to the sandbox's node (atoll.ssh.relay). Without a gateway here, the node answers."""
+    if rest is None or not (rest == "/ssh" or rest.startswith("/ssh/")):
+        return False
+    services: Any = getattr(scope["app"].state, "services", None)
+    return getattr(services, "ssh_access", None) is not None
+
+
 class ForwardToNodeMiddleware:
     """On an API replica, hands a sandbox's requests to its node (HTTP and WebSocket)."""
 
@@ -305,7 +315,7 @@ async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
     if any(segment in (".", "..") for segment in path.split("/")):
         return None
     if (sandbox := SANDBOX_PATH.match(path)) is not None:
-        if _is_record(scope, sandbox["rest"]):
+        if _is_record(scope, sandbox["rest"]) or _is_ssh_access(scope, sandbox["rest"]):
             return None
         return await forwarder.node_for(sandbox["sandbox_id"])
     if (snapshot := SNAPSHOT_PATH.match(path)) is not None and scope.get("method") == "DELETE":
