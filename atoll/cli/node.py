@@ -74,10 +74,14 @@ def undrain(node_id: NodeId, database_url: DatabaseUrl = None) -> None:
 
 
 def _set_draining(node_id: str, draining: bool, database_url: str | None) -> None:
-    if not _with_registry(database_url, lambda registry: registry.set_draining(node_id, draining)):
-        console.print(f"[red]no node {node_id!r} is up or draining[/red] (atoll node list)")
+    state = _with_registry(database_url, lambda registry: registry.set_draining(node_id, draining))
+    if state is None:
+        console.print(f"[red]no node {node_id!r}[/red] (atoll node list)")
         raise typer.Exit(1)
-    console.print(f"node {node_id}: {'draining' if draining else 'up'}")
+    wanted = "draining" if draining else "up"
+    console.print(
+        f"node {node_id}: {wanted}" if state != "down" else f"node {node_id}: down; {wanted} once it is back"
+    )
 
 
 @app.command("list")

@@ -192,17 +192,21 @@ class NodeRegistry:
             found.ssh_host_key,
         )
 
-    async def set_draining(self, node_id: str, draining: bool) -> bool:
+    async def set_draining(self, node_id: str, draining: bool) -> str | None:
         """Drain the node (no new sandboxes placed on it; what it runs goes on) or take it back;
-        False when the node is down or unknown."""
+        a node that is down now comes back so. Its state afterwards; None when it is unknown."""
+        alive_state = DRAINING if draining else UP
         statement = (
             update(NodeRow)
-            .where(NodeRow.id == node_id, NodeRow.state.in_(ALIVE))
-            .values(state=DRAINING if draining else UP)
+            .where(NodeRow.id == node_id)
+            .values(
+                drain_requested=draining,
+                state=case((NodeRow.state.in_(ALIVE), alive_state), else_=NodeRow.state),
+            )
+            .returning(NodeRow.state)
         )
         async with self.sessions.begin() as s:
-            result = await s.execute(statement)
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+            return (await s.scalars(statement)).first()
 
     async def mark_silent_down(self, down_after_s: float) -> list[DownedNode]:
         """Mark every up node silent for ``down_after_s`` down, and its sandboxes that held
@@ -230,8 +234,8 @@ class NodeRegistry:
 
 
 def _alive_again() -> ColumnElement[str]:
-    """Up, or still draining: a heartbeat or a restart does not undo a drain."""
-    return case((NodeRow.state == DRAINING, DRAINING), else_=UP)
+    """Up, or draining: neither a heartbeat, a restart nor a time marked down undoes a drain."""
+    return case((NodeRow.drain_requested, DRAINING), else_=UP)
 
 
 def _report_values(report: NodeReport) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -201,7 +202,10 @@ class NodeRow(Base):
     # the API replicas' gateways log into and pin (atoll.ssh.relay); None: no gateway there
     ssh_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     ssh_host_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)  # up | down
+    state: Mapped[str] = mapped_column(String(16), index=True)  # up | draining | down
+    # the operator's drain (atoll node drain), kept apart from ``state``: a draining node that
+    # goes silent is marked down, and must come back draining, not up
+    drain_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     state_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     vcpu_budget: Mapped[int] = mapped_column(Integer)
     memory_mib_budget: Mapped[int] = mapped_column(Integer)

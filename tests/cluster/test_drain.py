@@ -1,6 +1,7 @@
 """Draining a node (``atoll node drain``), on both databases: placement skips it while what it
 runs goes on and is still reached; a heartbeat or a restart does not undo the drain; a drained
-node that goes silent is marked down like any other; ``undrain`` takes it back."""
+node that goes silent is marked down like any other and comes back draining; ``undrain`` takes it
+back (a node down too)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,30 @@ async def test_a_drained_node_takes_no_new_sandboxes(
 
     # a drained node that goes silent is down, its sandboxes failed
     assert await registry.set_draining("n1", True)
-    async with sessions.begin() as s:
-        await s.execute(
-            update(NodeRow).where(NodeRow.id == "n1").values(heartbeat_at=utcnow().replace(year=2000))
-        )
+    await _silence("n1", sessions)
     [downed] = await registry.mark_silent_down(10)
     assert downed.node_id == "n1" and downed.failed_sandboxes == ["sbx-on-n1"]
     assert (await registry.get("n1")).state == DOWN  # type: ignore[union-attr]
-    missing = await asyncio.to_thread(_cli, "drain", "n1", "--database-url", store_url)
-    assert missing.returncode == 1 and "no node 'n1' is up or draining" in missing.stdout
+    # it comes back draining (the drain is the operator's, not the state's): placement skips it
+    assert await registry.heartbeat("n1", REPORT)
+    assert (await registry.get("n1")).state == DRAINING  # type: ignore[union-attr]
+    assert await registry.heartbeat("n2", REPORT)
+    assert (await placer.place(_request(8))).node_id == "n2"
+    # a node drained or taken back while down comes back so
+    await _silence("n1", sessions)
+    await registry.mark_silent_down(10)
+    undrained = await asyncio.to_thread(_cli, "undrain", "n1", "--database-url", store_url)
+    assert undrained.returncode == 0 and "n1: down; up once it is back" in undrained.stdout, undrained.stdout
+    assert (await registry.get("n1")).state == DOWN  # type: ignore[union-attr]
+    await registry.register("n1", role="node", hostname="n1", address="http://n1", report=REPORT)
+    assert (await registry.get("n1")).state == UP  # type: ignore[union-attr]
+    missing = await asyncio.to_thread(_cli, "drain", "n9", "--database-url", store_url)
+    assert missing.returncode == 1 and "no node 'n9'" in missing.stdout, missing.stdout
+
+
+async def _silence(node_id: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The node's last heartbeat long ago: the next liveness pass marks it down."""
+    async with sessions.begin() as s:
+        await s.execute(
+            update(NodeRow).where(NodeRow.id == node_id).values(heartbeat_at=utcnow().replace(year=2000))
+        )
