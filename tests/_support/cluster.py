@@ -13,14 +13,18 @@ trust (``data_dir/tls/ca.pem``, the node's) and ``GET /v1/ca.pem`` through the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests._support.server import SANDBOX_DOMAIN, ServerProcess, free_port, side_server
+from tests._support.postgres import PostgresServer
+from tests._support.server import SANDBOX_DOMAIN, ServerProcess, free_port, serving, side_server
 
 ENABLED = os.environ.get("ATOLL_TEST_CLUSTER", "") == "1"
 REPLICA_SUBNET_INDEX = 12  # a /24 of the session's subnet no side server of the suites takes
@@ -34,6 +38,67 @@ class NodeProcess(ServerProcess):
         argv = super().argv()
         at = argv.index("serve")
         return [*argv[:at], "node", "run", *argv[at + 1 :]]
+
+
+@dataclass
+class TwoNodes:
+    """Two nodes and an API replica on one PostgreSQL database, all with the same key."""
+
+    nodes: dict[str, NodeProcess]
+    replica: ServerProcess
+    url: str
+    database: str
+
+
+@contextlib.contextmanager
+def two_nodes_and_replica(
+    postgres: PostgresServer,
+    tmp_path: Path,
+    node_ids: tuple[str, str],
+    *,
+    first_index: int,
+    replica_tag: str,
+    org_id: str,
+    node_args: tuple[str, ...] = (),
+) -> Iterator[TwoNodes]:
+    """Side subnets ``first_index`` and the next two (nodes, then the replica); every process has
+    the cluster token; ``node_args`` go to each node."""
+    database = "t_" + uuid.uuid4().hex[:12]
+    url = postgres.create_database(database)
+    common = ("--database-url", url, "--heartbeat-interval-s", "2")
+    env = {"ATOLL_CLUSTER_TOKEN": CLUSTER_TOKEN}
+    nodes = {
+        node_id: side_node(
+            tmp_path / node_id,
+            node_id[-1],
+            first_index + index,
+            extra_args=(*common, "--node-id", node_id, *node_args),
+            extra_env=env,
+        )
+        for index, node_id in enumerate(node_ids)
+    }
+    replica = side_server(
+        tmp_path / "api", replica_tag, first_index + 2, extra_args=(*common, "--role", "api"), extra_env=env
+    )
+    with serving(nodes[node_ids[0]]), serving(nodes[node_ids[1]]), serving(replica):
+        key = create_key(url, org_id)
+        for process in (*nodes.values(), replica):
+            process.api_key = key
+        yield TwoNodes(nodes, replica, url, database)
+
+
+def side_node(
+    data_dir: Path,
+    tag: str,
+    index: int,
+    *,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+) -> NodeProcess:
+    """A node with host resources of its own, as ``side_server`` gives a second server."""
+    like = side_server(data_dir, tag, index)
+    own = {name: getattr(like, name) for name in ("data_dir", "instance", "iface_prefix", "subnet", "host")}
+    return NodeProcess(**own, extra_args=extra_args, extra_env=extra_env or {})
 
 
 @dataclass

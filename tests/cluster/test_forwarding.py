@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -53,9 +53,7 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
     name = "t_" + uuid.uuid4().hex[:12]
     url = postgres.create_database(name)
     common = ("--database-url", url, "--heartbeat-interval-s", str(HEARTBEAT_S))
-    like = side_server(tmp_path / "node", "x", 10)
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    node = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=(*common, "--node-id", "node-x"))
+    node = side_node(tmp_path / "node", "x", 10, extra_args=(*common, "--node-id", "node-x"))
     replica = side_server(
         tmp_path / "api", "y", 11, extra_args=(*common, "--role", "api", "--node-id", "api-y")
     )

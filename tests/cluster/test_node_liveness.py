@@ -19,7 +19,7 @@ import pytest
 
 from atoll.cluster.leader import lock_key
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import serving, side_server
@@ -56,9 +56,7 @@ def test_a_killed_node_is_marked_down_and_its_sandboxes_failed(
 ) -> None:
     url, name = database
     common = ("--database-url", url, "--heartbeat-interval-s", str(HEARTBEAT_S))
-    like = side_server(tmp_path / "node", "n", 0)  # its host resources, run as `atoll node run`
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    node = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=(*common, "--node-id", "node-b"))
+    node = side_node(tmp_path / "node", "n", 0, extra_args=(*common, "--node-id", "node-b"))
     replica = side_server(
         tmp_path / "api", "r", 1, extra_args=(*common, "--role", "api", "--node-id", "api-a")
     )

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from atoll.cluster.rate_ledger import MAX_LEASE, RateLedger, lease_size
 from atoll.store import db
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -82,11 +82,7 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
         "--rate-limit", str(LIMIT), "--rate-limit-window-s", str(WINDOW_S),
     )  # fmt: skip
     env = {"ATOLL_CLUSTER_TOKEN": TOKEN}
-    like = side_server(tmp_path / "node", "n", 40)
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    node = NodeProcess(
-        **{k: getattr(like, k) for k in fields}, extra_args=(*common, "--node-id", "node-n"), extra_env=env
-    )
+    node = side_node(tmp_path / "node", "n", 40, extra_args=(*common, "--node-id", "node-n"), extra_env=env)
     a, b = (
         side_server(tmp_path / tag, tag, index, extra_args=(*common, "--role", "api"), extra_env=env)
         for tag, index in (("a", 41), ("b", 42))

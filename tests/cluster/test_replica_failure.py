@@ -20,7 +20,7 @@ import pytest
 
 from atoll.cluster.placement import PROVISIONAL_PREFIX
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import NodeProcess, create_key, side_node
 from tests._support.leaks import api_sandboxes, assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -39,9 +39,7 @@ def two_replicas(
     name = "t_" + uuid.uuid4().hex[:12]
     url = postgres.create_database(name)
     common = ("--database-url", url, "--heartbeat-interval-s", "2")
-    like = side_server(tmp_path / "node", "v", 13)
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    node = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=(*common, "--node-id", "node-v"))
+    node = side_node(tmp_path / "node", "v", 13, extra_args=(*common, "--node-id", "node-v"))
     replicas = [
         side_server(
             tmp_path / f"api{i}",

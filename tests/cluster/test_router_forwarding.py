@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import SANDBOX_DOMAIN, ServerProcess, serving, side_server
@@ -58,13 +58,13 @@ def cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
     common = ("--database-url", url, "--heartbeat-interval-s", "1", "--node-down-after-s", "3")
     env = {"ATOLL_CLUSTER_TOKEN": TOKEN}
     replica = side_server(tmp / "api", "j", 27, extra_args=(*common, "--role", "api"), extra_env=env)
-    like = side_server(tmp / "node", "h", 26)
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
     # every process names the one public sandbox domain: here the replica's router (as a load
     # balancer in front of the replicas would be), so the URLs the node makes lead there
     public = ("--sandbox-domain", f"{SANDBOX_DOMAIN}:{replica.router_port}")
-    node = NodeProcess(
-        **{k: getattr(like, k) for k in fields},
+    node = side_node(
+        tmp / "node",
+        "h",
+        26,
         extra_args=(*common, "--node-id", NODE_ID, *public),
         extra_env=env,
     )

@@ -8,11 +8,9 @@ internal paths answer 404 and a restore naming a source 403."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +18,12 @@ import httpx
 import pytest
 
 from tests._support import api, counter
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import NodeProcess, two_nodes_and_replica
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
-from tests._support.server import ServerProcess, serving, side_server
+from tests._support.server import ServerProcess
 
 pytestmark = [pytest.mark.privileged]
-TOKEN = secrets.token_hex(16)
 NODES = ("node-p", "node-q")
 
 
@@ -34,23 +31,10 @@ NODES = ("node-p", "node-q")
 def cluster(
     postgres: PostgresServer, tmp_path: Path
 ) -> Iterator[tuple[dict[str, NodeProcess], ServerProcess, str, str]]:
-    database = "t_" + uuid.uuid4().hex[:12]
-    url = postgres.create_database(database)
-    common = ("--database-url", url, "--heartbeat-interval-s", "2")
-    env = {"ATOLL_CLUSTER_TOKEN": TOKEN}
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    nodes = {}
-    for index, node_id in enumerate(NODES):
-        like = side_server(tmp_path / node_id, node_id[-1], 22 + index)
-        nodes[node_id] = NodeProcess(
-            **{k: getattr(like, k) for k in fields}, extra_args=(*common, "--node-id", node_id), extra_env=env
-        )
-    replica = side_server(tmp_path / "api", "w", 24, extra_args=(*common, "--role", "api"), extra_env=env)
-    with serving(nodes[NODES[0]]), serving(nodes[NODES[1]]), serving(replica):
-        key = create_key(url, "org-mv")
-        for process in (*nodes.values(), replica):
-            process.api_key = key
-        yield nodes, replica, url, database
+    with two_nodes_and_replica(
+        postgres, tmp_path, NODES, first_index=22, replica_tag="w", org_id="org-mv"
+    ) as c:
+        yield c.nodes, c.replica, c.url, c.database
 
 
 def _node_of(postgres: PostgresServer, database: str, sandbox_id: str) -> str:

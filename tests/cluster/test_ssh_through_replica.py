@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import NodeProcess, create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, free_port, serving, side_server
@@ -70,10 +70,11 @@ def cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
         extra_args=(*common, "--role", "api", *replica_ssh),
         extra_env=env,
     )
-    like = side_server(tmp / "node", "s", 28)
     node_ssh_port = free_port()
-    node = NodeProcess(
-        **{k: getattr(like, k) for k in ("data_dir", "instance", "iface_prefix", "subnet", "host")},
+    node = side_node(
+        tmp / "node",
+        "s",
+        28,
         extra_args=(
             *common,
             "--node-id",

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +24,13 @@ import httpx
 import pytest
 
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import NodeProcess, two_nodes_and_replica
 from tests._support.images import build_image, sh
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
-from tests._support.server import ServerProcess, serving, side_server
+from tests._support.server import ServerProcess
 
 pytestmark = [pytest.mark.privileged]
-TOKEN = secrets.token_hex(16)
 NODES = ("node-s", "node-t")
 IMAGE_FILE = "hello from an OCI template\n"  # /www/index.html in the image (tests/_support/images)
 GONE_TIMEOUT_S = 60.0
@@ -43,25 +40,14 @@ Cluster = tuple[dict[str, NodeProcess], ServerProcess, str, str, Path]
 
 @pytest.fixture
 def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
-    database = "t_" + uuid.uuid4().hex[:12]
-    url = postgres.create_database(database)
     imports = tmp_path / "imports"  # every node's import directory: whichever imports finds the file
     imports.mkdir()
-    common = ("--database-url", url, "--heartbeat-interval-s", "2")
-    env = {"ATOLL_CLUSTER_TOKEN": TOKEN}
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
-    nodes = {}
-    for index, node_id in enumerate(NODES):
-        like = side_server(tmp_path / node_id, node_id[-1], 28 + index)
-        # info: the access log shows each internal archive a node serves
-        args = (*common, "--node-id", node_id, "--import-dir", str(imports), "--log-level", "info")
-        nodes[node_id] = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=args, extra_env=env)
-    replica = side_server(tmp_path / "api", "y", 30, extra_args=(*common, "--role", "api"), extra_env=env)
-    with serving(nodes[NODES[0]]), serving(nodes[NODES[1]]), serving(replica):
-        key = create_key(url, "org-tpl")
-        for process in (*nodes.values(), replica):
-            process.api_key = key
-        yield nodes, replica, url, database, imports
+    # info: the access log shows each internal archive a node serves
+    node_args = ("--import-dir", str(imports), "--log-level", "info")
+    with two_nodes_and_replica(
+        postgres, tmp_path, NODES, node_args=node_args, first_index=28, replica_tag="y", org_id="org-tpl"
+    ) as c:
+        yield c.nodes, c.replica, c.url, c.database, imports
 
 
 def _node_of(postgres: PostgresServer, database: str, sandbox_id: str) -> str:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests._support import api
-from tests._support.cluster import NodeProcess, create_key
+from tests._support.cluster import NodeProcess, create_key, side_node
 from tests._support.leaks import api_sandboxes, assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, serving, side_server
@@ -51,13 +51,11 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
     database = "t_" + uuid.uuid4().hex[:12]
     url = postgres.create_database(database)
     common = ("--database-url", url, "--heartbeat-interval-s", "2")
-    fields = ("data_dir", "instance", "iface_prefix", "subnet", "host")
     nodes = {}
     for index, node_id in enumerate(NODES):
         tag = node_id[-1]
-        like = side_server(tmp_path / node_id, tag, 16 + index)
         extra = (*common, "--node-id", node_id, "--netns-pool-size", "8")
-        nodes[node_id] = NodeProcess(**{k: getattr(like, k) for k in fields}, extra_args=extra)
+        nodes[node_id] = side_node(tmp_path / node_id, tag, 16 + index, extra_args=extra)
     replicas = [
         side_server(
             tmp_path / tag, tag, 19 + i, extra_args=(*common, "--role", "api", "--node-id", f"api-{tag}")
