@@ -29,7 +29,7 @@ from tests._support.cluster import NodeProcess, create_key, side_node
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer
 from tests._support.server import ServerProcess, free_port, serving, side_server
-from tests.ssh._helpers import SSH_OPTIONS, access, run_ssh, ssh_argv, ssh_env
+from tests.ssh._helpers import SSH_OPTIONS, TmuxTerminal, access, run_ssh, ssh_argv, ssh_env
 
 pytestmark = [pytest.mark.privileged]
 TOKEN = secrets.token_hex(16)
@@ -143,42 +143,19 @@ def test_a_shell_on_a_terminal_follows_its_window(cluster: Cluster, sandbox: str
     then the window's new size; ``exit`` ends it."""
     with cluster.api() as http:
         grant = through_replica(cluster, access(http, sandbox))
-    name = f"atoll-ssh-relay-{os.getpid()}"
-    command = " ".join(f"'{a}'" for a in ssh_argv(grant, "-tt"))
     env = {**ssh_env(grant), "TERM": "vt220"}
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command], env=env, check=True
-    )
+    terminal = TmuxTerminal(f"atoll-ssh-relay-{os.getpid()}", ssh_argv(grant, "-tt"), env, cols=100, rows=30)
     try:
-
-        def screen() -> str:
-            return subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True
-            ).stdout
-
-        def wait_for(text: str) -> None:
-            deadline = time.monotonic() + 60
-            while text not in screen():
-                assert time.monotonic() < deadline, screen()
-                time.sleep(0.2)
-
-        def send(line: str) -> None:
-            subprocess.run(["tmux", "send-keys", "-t", name, line, "Enter"], check=True)
-
         time.sleep(2)
-        send("echo SIZE-$(stty size) SUM-$((40+2))")
-        wait_for("SIZE-30 100 SUM-42")
-        subprocess.run(["tmux", "resize-window", "-t", name, "-x", "120", "-y", "40"], check=True)
-        time.sleep(0.5)
-        send("echo SIZE-$(stty size) TERM-$TERM")
-        wait_for("SIZE-40 120 TERM-")
-        send("exit")
-        deadline = time.monotonic() + 60  # the session ends: the pane's ssh exits, so its session goes
-        while subprocess.run(["tmux", "has-session", "-t", name], capture_output=True).returncode == 0:
-            assert time.monotonic() < deadline, screen()
-            time.sleep(0.3)
+        terminal.send("echo SIZE-$(stty size) SUM-$((40+2))")
+        terminal.wait_for("SIZE-30 100 SUM-42")
+        terminal.resize(120, 40)
+        terminal.send("echo SIZE-$(stty size) TERM-$TERM")
+        terminal.wait_for("SIZE-40 120 TERM-")
+        terminal.send("exit")
+        terminal.wait_closed()
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        terminal.close()
 
 
 def test_sftp_puts_and_gets_a_file(cluster: Cluster, sandbox: str, tmp_path: Path) -> None:

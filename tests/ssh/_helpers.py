@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,47 @@ def run_ssh(
 ) -> subprocess.CompletedProcess[str]:
     argv = [*ssh_argv(grant, *extra), command]
     return subprocess.run(argv, capture_output=True, text=True, env=ssh_env(grant, password), timeout=timeout)
+
+
+class TmuxTerminal:
+    """An interactive ``ssh -tt`` in a detached tmux window of ``cols`` x ``rows``: what a person
+    at a terminal types and sees (``send``, ``wait_for``), and the window resized."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], cols: int, rows: int) -> None:
+        self.name = name
+        quoted = " ".join(f"'{a}'" for a in command)
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", name, "-x", str(cols), "-y", str(rows), quoted],
+            env=env,
+            check=True,
+        )
+
+    def screen(self) -> str:
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
+        ).stdout
+
+    def wait_for(self, text: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.screen():
+            assert time.monotonic() < deadline, self.screen()
+            time.sleep(0.2)
+
+    def send(self, line: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, line, "Enter"], check=True)
+
+    def resize(self, cols: int, rows: int) -> None:
+        subprocess.run(
+            ["tmux", "resize-window", "-t", self.name, "-x", str(cols), "-y", str(rows)], check=True
+        )
+        time.sleep(0.5)  # the client's window-change request reaches the sandbox
+
+    def wait_closed(self, timeout_s: float = 60) -> None:
+        """The pane's ssh exited, so its session went."""
+        deadline = time.monotonic() + timeout_s
+        while subprocess.run(["tmux", "has-session", "-t", self.name], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, self.screen()
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)

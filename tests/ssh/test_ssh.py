@@ -25,7 +25,7 @@ import pytest
 from atoll.ssh.bounds import FailureLimiter
 from tests._support import api
 from tests._support.server import ServerProcess, free_port
-from tests.ssh._helpers import SSH_OPTIONS, access, gateway_port, run_ssh, ssh_argv, ssh_env
+from tests.ssh._helpers import SSH_OPTIONS, TmuxTerminal, access, gateway_port, run_ssh, ssh_argv, ssh_env
 from tests.ssh._helpers import ssh_server as start_ssh_server
 
 pytestmark = [pytest.mark.privileged]
@@ -155,35 +155,18 @@ def test_local_forwarding_reaches_a_server_in_the_sandbox(client: httpx.Client, 
 def test_interactive_shell_follows_a_resize(client: httpx.Client, sandbox: str) -> None:
     """An interactive ``ssh`` in tmux: ``stty size`` answers the window, then the new one."""
     grant = access(client, sandbox)
-    name = f"atoll-ssh-{os.getpid()}"
     env = {**os.environ, "SSHPASS": grant["password"]}
-    command = " ".join(f"'{a}'" for a in ssh_argv(grant, "-tt"))
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command], env=env, check=True
-    )
+    terminal = TmuxTerminal(f"atoll-ssh-{os.getpid()}", ssh_argv(grant, "-tt"), env, cols=100, rows=30)
     try:
-
-        def screen() -> str:
-            return subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True
-            ).stdout
-
-        def wait_for(text: str) -> None:
-            deadline = time.monotonic() + 30
-            while text not in screen():
-                assert time.monotonic() < deadline, screen()
-                time.sleep(0.2)
-
         time.sleep(2)
-        subprocess.run(["tmux", "send-keys", "-t", name, "echo SIZE-$(stty size)", "Enter"], check=True)
-        wait_for("SIZE-30 100")
-        subprocess.run(["tmux", "resize-window", "-t", name, "-x", "120", "-y", "40"], check=True)
-        time.sleep(0.5)
-        subprocess.run(["tmux", "send-keys", "-t", name, "echo SIZE-$(stty size)", "Enter"], check=True)
-        wait_for("SIZE-40 120")
-        subprocess.run(["tmux", "send-keys", "-t", name, "exit", "Enter"], check=True)
+        terminal.send("echo SIZE-$(stty size)")
+        terminal.wait_for("SIZE-30 100", timeout_s=30)
+        terminal.resize(120, 40)
+        terminal.send("echo SIZE-$(stty size)")
+        terminal.wait_for("SIZE-40 120", timeout_s=30)
+        terminal.send("exit")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        terminal.close()
 
 
 def test_expired_access_is_refused(client: httpx.Client, sandbox: str) -> None:
