@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -74,16 +73,6 @@ def archive_path(template_id: str) -> str:
 
 def size_path(template_id: str) -> str:
     return f"/v1/internal/template/{template_id}"
-
-
-def tree_bytes(directory: Path) -> int:
-    """The disk space the tree's files take (allocated blocks: sparse files count what they use)."""
-    total = 0
-    for parent, dirs, files in os.walk(directory):
-        for name in (*dirs, *files):
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
-    return total
 
 
 class TemplateCopies:

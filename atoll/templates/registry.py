@@ -99,17 +99,18 @@ class TemplateRegistry:
         if name.startswith(SYSTEM_PREFIX) or self.lookup is None:
             return self.get(name)
         template_id = await self.lookup(org_id, name)
-        if template_id:
-            await self.ensure(template_id)
-        template = self.by_id(template_id) if template_id else None
+        template = await self.ensure(template_id) if template_id else None
         # the catalog's name is current; the one on disk is the name it was imported under
         return replace(template, name=name) if template is not None else None
 
-    async def ensure(self, template_id: str) -> None:
-        """An imported template's files on this host: on a cluster node that lacks them, copied
-        from another node first (``fetch``; raises when they cannot be had). Nothing otherwise."""
-        if self.fetch is not None and self.by_id(template_id) is None:
+    async def ensure(self, template_id: str) -> Template | None:
+        """An imported template with its files on this host: on a cluster node that lacks them,
+        copied from another node first (``fetch``; raises when they cannot be had)."""
+        template = self.by_id(template_id)
+        if template is None and self.fetch is not None:
             await self.fetch(template_id)
+            template = self.by_id(template_id)
+        return template
 
     def save(self, template: Template) -> None:
         data = asdict(template)

@@ -6,16 +6,14 @@ template was deleted."""
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from atoll._exceptions import NotFoundError
-from atoll.server import snapshot_transfer
+from atoll.server import snapshot_quota, snapshot_transfer
 from atoll.server.cluster_auth import require_cluster_token
 from atoll.server.state import services
-from atoll.server.template_copies import TemplateCopies, tree_bytes
+from atoll.server.template_copies import TemplateCopies
 
 router = APIRouter(prefix="/v1/internal", include_in_schema=False)
 
@@ -32,7 +30,7 @@ def _copies(request: Request) -> TemplateCopies:
 async def template_size(template_id: str, request: Request) -> dict[str, int]:
     """What the template's files take on disk: the copying node admits that much first."""
     directory = await _copies(request).served(template_id)
-    return {"bytes": await asyncio.to_thread(tree_bytes, directory)}
+    return {"bytes": (await snapshot_quota.measure(directory)).size_bytes}
 
 
 @router.get("/template/{template_id}/archive")
