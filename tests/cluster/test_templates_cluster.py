@@ -63,6 +63,13 @@ def _import(http: httpx.Client, name: str, uri: str) -> tuple[list[dict[str, Any
     return lines[:-1], lines[-1]
 
 
+def _web_archive(tmp_path: Path, imports: Path) -> str:
+    """The test image as a local OCI archive in every node's import directory: its import URI."""
+    layout = build_image(tmp_path / "image")
+    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    return f"oci-archive:{imports / 'web.tar'}"
+
+
 def _drain(url: str, node_id: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "atoll.cli.main", "node", "drain", node_id, "--database-url", url],
@@ -79,10 +86,9 @@ def test_a_template_imported_through_a_replica_runs_on_every_node(
     cluster: Cluster, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     nodes, replica, url, database, imports = cluster
-    layout = build_image(tmp_path / "image")
-    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    web = _web_archive(tmp_path, imports)
     with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
-        events, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        events, last = _import(http, "web", web)
         assert events and all({"phase", "message"} <= set(e) for e in events), events
         assert "template" in last, last
         template = last["template"]
@@ -140,7 +146,7 @@ def test_a_template_imported_through_a_replica_runs_on_every_node(
         assert refused.status_code == 400, refused.text
 
         _drain(url, other)  # no node up to import: 503 naming it, nothing imported
-        answer = http.post("/v1/template", json={"name": "none", "uri": f"oci-archive:{imports / 'web.tar'}"})
+        answer = http.post("/v1/template", json={"name": "none", "uri": web})
         assert answer.status_code == 503, answer.text
         assert answer.headers.get("retry-after") and "no node" in answer.json()["message"]
         assert [t["name"] for t in http.get("/v1/templates").json()["items"] if not t["is_system"]] == []
@@ -156,10 +162,9 @@ def test_a_template_no_live_node_holds_is_503_until_its_holder_is_back(
     cluster: Cluster, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     nodes, replica, url, database, imports = cluster
-    layout = build_image(tmp_path / "image")
-    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    web = _web_archive(tmp_path, imports)
     with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
-        _, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        _, last = _import(http, "web", web)
         tid = last["template"]["id"]
         importer = next(n for n, p in nodes.items() if (p.data_dir / "user-templates" / tid).is_dir())
         other = next(n for n in NODES if n != importer)
@@ -177,8 +182,7 @@ def test_a_template_no_live_node_holds_is_503_until_its_holder_is_back(
         assert "no live node" in none.json()["message"], none.text
         assert not list((nodes[other].data_dir / "user-templates").iterdir()), "a partial copy stayed"
 
-        nodes[importer].start()  # back, up (a node marked down forgets its drain) ...
-        _drain(url, importer)  # ... and drained again: the other node copies from it
+        nodes[importer].start()  # back, still draining: the other node copies from it
         sandbox = api.create(http, template_name="web")["id"]
         assert _node_of(postgres, database, sandbox) == other
         assert api.run(http, sandbox, "cat /www/index.html")["stdout"] == IMAGE_FILE
@@ -192,12 +196,11 @@ def test_a_snapshot_of_a_template_sandbox_restores_on_a_node_without_the_templat
     cluster: Cluster, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     nodes, replica, url, database, imports = cluster
-    layout = build_image(tmp_path / "image")
-    sh("tar", "-C", layout, "-cf", imports / "web.tar", ".")
+    web = _web_archive(tmp_path, imports)
     with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=300) as http:
         if not http.get("/v1/health").json().get("checkpoint"):
             pytest.skip("snapshots need a checkpointing runtime on this host")
-        _, last = _import(http, "web", f"oci-archive:{imports / 'web.tar'}")
+        _, last = _import(http, "web", web)
         tid = last["template"]["id"]
         sandbox = api.create(http, template_name="web")["id"]
         importer = _node_of(postgres, database, sandbox)
