@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -80,9 +81,17 @@ class Watcher:
         return False
 
     def close(self) -> None:
+        # Closing the response from this thread does not wake the reader blocked in recv() (on
+        # Linux a socket closed by another thread keeps its recv waiting, here for the server's
+        # next keep-alive): shut the socket down first, which ends that recv with EOF at once.
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
         self._response.close()
         self._client.close()
-        self._thread.join(timeout=10)
 
 
 def is_(kind: str, path: str, **extra: Any) -> Callable[[dict[str, Any]], bool]:
