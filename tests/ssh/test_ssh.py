@@ -2,7 +2,8 @@
 paramiko as a second, independent client: accesses through the public leap0 SDK's wire,
 commands, an interactive shell on a terminal that follows a resize, ``ssh -L`` to a server in the
 sandbox, SFTP, refusals, a paused sandbox that answers after login, and accesses that go with
-their sandbox. Its own server (``--ssh-port`` on a free port, short access lifetime)."""
+their sandbox (an access's expiry: test_ssh_expiry.py). Its own server (``--ssh-port`` on a free
+port)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,10 @@ from tests.ssh._helpers import ssh_server as start_ssh_server
 
 pytestmark = [pytest.mark.privileged]
 
-TTL_S = 30
-
 
 @pytest.fixture(scope="module")
 def ssh_server() -> Iterator[ServerProcess]:
-    with start_ssh_server("s", "--ssh-access-ttl-s", str(TTL_S)) as proc:
+    with start_ssh_server("s") as proc:
         yield proc
 
 
@@ -167,15 +166,6 @@ def test_interactive_shell_follows_a_resize(client: httpx.Client, sandbox: str) 
         terminal.send("exit")
     finally:
         terminal.close()
-
-
-def test_expired_access_is_refused(client: httpx.Client, sandbox: str) -> None:
-    grant = access(client, sandbox)
-    assert run_ssh(grant, "echo before").stdout == "before\n"
-    time.sleep(TTL_S + 1)
-    assert run_ssh(grant, "echo after").returncode != 0
-    base = f"/v1/sandbox/{sandbox}/ssh/{grant['id']}"
-    assert client.post(f"{base}/validate", json={"password": grant["password"]}).json()["valid"] is False
 
 
 def test_scp_both_ways_and_sftp(client: httpx.Client, sandbox: str, tmp_path: Path) -> None:
