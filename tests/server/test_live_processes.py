@@ -220,7 +220,10 @@ def test_slow_reader_of_yes_keeps_server_memory_flat(
     baseline = _rss_mib(server_pid)
     peak = baseline
     received = 0
-    deadline = time.monotonic() + 30
+    # Long enough that output buffered for this reader (~400 KB/s) would pass the 50 MiB bound
+    # twice over: yes writes GB/s, and the stream carries what a reader that keeps up takes,
+    # ~70-140 MB/s on runc but ~5.5-6 MB/s under gVisor (its paced port forwarding).
+    deadline = time.monotonic() + (20 if RUNTIME == "runsc" else 10)
     with http.stream("GET", f"/v1/sandbox/{sandbox}/process/{pid}/events", headers={"accept": accept}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith(accept)
         # each read as it comes: a fixed chunk size would wait for that many bytes, and a stream
