@@ -282,6 +282,7 @@ class GVisorBackend(CgroupBackend):
         sandbox_id: str,
         console_socket: Path,
         pid_file: Path,
+        internal_pid_file: Path,
         log_file: Path,
         process_file: Path,
         cwd: str,
@@ -289,13 +290,31 @@ class GVisorBackend(CgroupBackend):
         command: Sequence[str],
     ) -> list[str]:
         """``runsc exec`` of ``command`` detached on a new terminal (no ``--tty``: a console
-        socket implies one), as the sandbox's user (the image's USER)."""
+        socket implies one), as the sandbox's user (the image's USER); the shell's pid in the
+        sandbox, which leads its session there, to ``internal_pid_file``."""
         identity = user_options(self.state_root, sandbox_id, gids_flag="--additional-gids", joined=True)
         return self._argv(
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
-            "--pid-file", str(pid_file), "--cwd", cwd, *identity, *terminal.env_options(env),
-            sandbox_id, *command,
+            "--pid-file", str(pid_file), "--internal-pid-file", str(internal_pid_file), "--cwd", cwd,
+            *identity, *terminal.env_options(env), sandbox_id, *command,
         )  # fmt: skip
+
+    async def kill_terminal_session(self, sandbox_id: str, session_id: int) -> None:
+        """SIGKILL every process of session ``session_id`` in the sandbox (a terminal's, which
+        the host cannot signal: it runs in the sentry), by the agent. Not in a sandbox paused
+        here: nothing there runs, and the agent would not answer."""
+        if sandbox_id in self._paused:
+            return
+        argv = (oci_config.BUSYBOX_PATH, "sh", "-c", _KILL_SESSION, "atoll-kill", str(session_id))
+        await self.executor.exec(sandbox_id, ExecRequest(argv=argv, env={}, timeout=10))
+
+
+# /proc/PID/stat after the command's name, which may hold spaces: state ppid pgrp session ...
+_KILL_SESSION = (
+    'sid=$1; for f in /proc/[0-9]*/stat; do read -r line < "$f" 2>/dev/null || continue; '
+    'set -- ${line##*") "}; '
+    '[ "$4" = "$sid" ] || continue; p=${f#/proc/}; kill -9 "${p%/stat}" 2>/dev/null; done; exit 0'
+)
 
 
 def count_open_connections(proc_net_tcp: str, *, ignore_local: str = "") -> int:

@@ -434,13 +434,15 @@ class OCIBackend(CgroupBackend):
         sandbox_id: str,
         console_socket: Path,
         pid_file: Path,
+        internal_pid_file: Path,
         log_file: Path,
         process_file: Path,
         cwd: str,
         env: Mapping[str, str],
         command: Sequence[str],
     ) -> list[str]:
-        """``exec`` of ``command`` detached on a new terminal, as the sandbox's user."""
+        """``exec`` of ``command`` detached on a new terminal, as the sandbox's user (no
+        ``internal_pid_file``: the host signals an OCI sandbox's processes itself)."""
         argv = self._argv(
             "--log", str(log_file), "exec", "--detach", "--console-socket", str(console_socket),
             "--pid-file", str(pid_file),

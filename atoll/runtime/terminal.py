@@ -21,7 +21,7 @@ import signal
 import socket
 import struct
 import termios
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -48,7 +48,8 @@ _reapers: set[asyncio.Task[None]] = set()
 class ExecCommand(Protocol):
     """A runtime's whole ``exec`` argv for a detached terminal running ``command`` with ``env``.
     A runtime that takes the process as a file (runc and crun: ``oci_config.command_process``)
-    writes it to ``process_file``, which ``open_terminal`` removes afterwards."""
+    writes it to ``process_file``, one whose processes have pids of their own inside (runsc)
+    writes the shell's to ``internal_pid_file``; ``open_terminal`` removes both afterwards."""
 
     def __call__(
         self,
@@ -56,12 +57,18 @@ class ExecCommand(Protocol):
         sandbox_id: str,
         console_socket: Path,
         pid_file: Path,
+        internal_pid_file: Path,
         log_file: Path,
         process_file: Path,
         cwd: str,
         env: Mapping[str, str],
         command: Sequence[str],
     ) -> list[str]: ...
+
+
+# Kills, inside the sandbox, every process of the session its argument (the shell's pid there)
+# leads: for a runtime whose sandbox processes the host cannot signal (gVisor's run in its sentry).
+KillInside = Callable[[int], Awaitable[object]]
 
 
 def env_options(env: Mapping[str, str]) -> list[str]:
@@ -86,6 +93,11 @@ def _receive_fd(conn: socket.socket) -> int:
     return fds[0]
 
 
+def _wake(ready: asyncio.Future[None] | None) -> None:
+    if ready is not None and not ready.done():
+        ready.set_result(None)
+
+
 async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], object]) -> None:
     """Wait until the event loop reports ``fd`` ready (``add`` is its add_reader/add_writer)."""
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -102,23 +114,32 @@ async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], obje
 
 
 class Terminal:
-    """A started terminal: the master fd and the shell (the leader of its own session)."""
+    """A started terminal: the master fd and the shell (the leader of its own session). Under
+    gVisor ``pid`` is the host's `runsc exec` that waits for the shell, and ``inside_pid`` the
+    shell's pid in the sandbox, whose session ``kill_inside`` ends."""
 
-    def __init__(self, master: int, pid: int) -> None:
+    def __init__(
+        self, master: int, pid: int, *, inside_pid: int | None = None, kill_inside: KillInside | None = None
+    ) -> None:
         self.master = master
         self.pid = pid
+        self.inside_pid = inside_pid
+        self._kill_inside = kill_inside if inside_pid is not None else None
         self._pidfd = os.pidfd_open(pid)  # from here on the pid cannot be confused with another
         self._exit_code: int | None = None
         self._waiting = asyncio.Lock()  # one waiter on the pidfd at a time (one reader per fd)
+        self._hung_up = False
+        self._readable: asyncio.Future[None] | None = None  # what a waiting read() waits on
         os.set_blocking(master, False)
 
     def resize(self, cols: int, rows: int) -> None:
         set_size(self.master, cols, rows)
 
     async def read(self) -> bytes:
-        """The next output; b"" once every process holding the terminal has closed it."""
+        """The next output; b"" once every process holding the terminal has closed it, or once
+        the terminal was hung up (``hang_up``)."""
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._hung_up:
             try:
                 return os.read(self.master, READ_SIZE)
             except BlockingIOError:
@@ -127,7 +148,21 @@ class Terminal:
                 if exc.errno == errno.EIO:  # no slave left: the terminal is over
                     return b""
                 raise
-            await _ready(self.master, loop.add_reader, loop.remove_reader)
+            self._readable = loop.create_future()
+            loop.add_reader(self.master, _wake, self._readable)
+            try:
+                await self._readable
+            finally:
+                loop.remove_reader(self.master)
+                self._readable = None
+        return b""
+
+    def hang_up(self) -> None:
+        """End the output: a waiting ``read`` returns b"" now, and so does every later one. The
+        master stays open until ``close`` (after the reader has let go of it), which hangs up
+        whatever still holds the terminal (the kernel, or gVisor's sentry, sends it SIGHUP)."""
+        self._hung_up = True
+        _wake(self._readable)
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -157,6 +192,13 @@ class Terminal:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             _kill_session(self.pid)
+        if self._kill_inside is not None and self.inside_pid is not None:
+            # under gVisor the signals above reach `runsc exec`, not the session in the sentry
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._kill_inside(self.inside_pid), KILL_WAIT_S)
+        # and whatever of it is left (the inside kill failed, or there is none) keeps the
+        # terminal open, so its output would never end: hung up, the reader lets go
+        self.hang_up()
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(self.wait(), KILL_WAIT_S)
         return -1
@@ -195,15 +237,17 @@ async def open_terminal(
     socket_dir: Path,
     exec_command: ExecCommand | None = None,
     oom_score_adj: int | None = oci_config.OOM_SCORE_ADJ,
+    kill_inside: KillInside | None = None,
 ) -> Terminal:
     """Start ``argv`` on a new terminal in the sandbox. ``runtime_argv`` is the runtime binary
     with its global options (``crun --root …``); a runtime whose ``exec`` takes other options
     (runsc) gives ``exec_command`` instead. ``oom_score_adj`` is what the sandbox's commands
-    have (None: leave what the runtime gives, as gVisor's sentry gives commands)."""
+    have (None: leave what the runtime gives, as gVisor's sentry gives commands); ``kill_inside``
+    is the runtime's kill of a session inside the sandbox (``Terminal.kill``)."""
     token = os.urandom(6).hex()
     base = socket_dir / f"{sandbox_id}-{token}.pty"  # with_suffix replaces ".pty": the token stays
-    sock_path, pid_file, log_file, process_file = (
-        base.with_suffix(s) for s in (".sock", ".pid", ".log", ".process.json")
+    sock_path, pid_file, internal_pid_file, log_file, process_file = (
+        base.with_suffix(s) for s in (".sock", ".pid", ".ipid", ".log", ".process.json")
     )
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     master = -1
@@ -219,8 +263,9 @@ async def open_terminal(
         shell = [busybox, "sh", "-c", wait, "atoll-pty", *argv]
         if exec_command is not None:
             command = exec_command(
-                sandbox_id=sandbox_id, console_socket=sock_path, pid_file=pid_file, log_file=log_file,
-                process_file=process_file, cwd=cwd, env=env, command=shell,
+                sandbox_id=sandbox_id, console_socket=sock_path, pid_file=pid_file,
+                internal_pid_file=internal_pid_file, log_file=log_file, process_file=process_file,
+                cwd=cwd, env=env, command=shell,
             )  # fmt: skip
         else:
             command = [*runtime_argv, "--log", str(log_file), "exec", "--detach", "--tty"]
@@ -233,12 +278,15 @@ async def open_terminal(
             message = err.decode(errors="replace").strip()
             raise TerminalStartFailed(message or f"the runtime exited {rc}")
         pid = int(pid_file.read_text().strip())
+        inside_pid = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            inside_pid = int(internal_pid_file.read_text().strip())
         conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(server), START_TIMEOUT_S)
         with conn:
             conn.settimeout(5)
             master = await asyncio.to_thread(_receive_fd, conn)
         set_size(master, cols, rows)
-        return Terminal(master, pid)
+        return Terminal(master, pid, inside_pid=inside_pid, kill_inside=kill_inside)
     except BaseException:
         if master >= 0:
             os.close(master)
@@ -251,6 +299,6 @@ async def open_terminal(
         raise
     finally:
         server.close()
-        for path in (sock_path, pid_file, log_file, process_file):
+        for path in (sock_path, pid_file, internal_pid_file, log_file, process_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import secrets
@@ -208,6 +209,8 @@ class PtyManager:
             env = {**template.sandbox_env(), "TERM": "xterm-256color", **row.env_vars, **session.envs}
             backend: Any = self.manager.host.backend_for(row)
             shell = await asyncio.to_thread(self._shell, row)
+            kill_session = getattr(backend, "kill_terminal_session", None)  # gVisor: in the sentry
+            kill_inside = functools.partial(kill_session, row.id) if kill_session is not None else None
             try:
                 await _check_cwd(backend, row.id, session.cwd)
                 session.terminal = await terminal.open_terminal(
@@ -221,6 +224,7 @@ class PtyManager:
                     cols=session.cols,
                     rows=session.rows,
                     socket_dir=backend.state_root,
+                    kill_inside=kill_inside,
                 )
             except SandboxFailure as exc:  # typed by the runtime; errors.py picks the status
                 raise http_error(exc, subject="PTY") from None

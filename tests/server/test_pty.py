@@ -3,8 +3,11 @@ lazy start, several sessions, and sessions ending with their sandbox."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +16,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import atoll
+from atoll.runtime import terminal
+from atoll.runtime.gvisor import GVisorBackend
 from tests._support import api
-from tests._support.server import ServerProcess
+from tests._support.server import INSTANCE, RUNTIME, ServerProcess
 
 pytestmark = [pytest.mark.privileged, pytest.mark.usefixtures("no_leaks")]
 
@@ -127,6 +132,70 @@ def test_several_sessions_are_independent(http: httpx.Client, server: ServerProc
         assert b"unset\r\n" in read_until(b, b"unset\r\n")
     for name in ("a", "b"):
         assert http.delete(f"/v1/sandbox/{sandbox}/pty/{name}").status_code == 204
+
+
+@pytest.mark.skipif(
+    RUNTIME != "runsc", reason="the shell runs in gVisor's sentry, out of a host kill's reach"
+)
+def test_a_killed_gvisor_terminal_ends_its_output(http: httpx.Client, sandbox: str) -> None:
+    """The server's own terminal code on a sandbox of the server's: under gVisor the host's kill
+    reaches `runsc exec`, not the shell in the sentry, which keeps the terminal open. Even with
+    no kill inside the sandbox the output must end: a session's end waited 10 s for it."""
+    runsc = shutil.which("runsc")
+    assert runsc is not None
+    backend = GVisorBackend(
+        binary=runsc, state_root=Path("/run/atoll") / INSTANCE / "runsc", cgroup_parent=""
+    )
+    marker = "sleep 3517"  # what the shell becomes: it neither reads the terminal nor exits
+
+    async def main() -> None:
+        term = await terminal.open_terminal(
+            [runsc, "--root", str(backend.state_root)], sandbox, exec_command=backend.terminal_argv,
+            oom_score_adj=None, argv=["/bin/sh", "-c", f"echo up; exec {marker}"], env={}, cwd="/",
+            cols=80, rows=24, socket_dir=backend.state_root,
+        )  # fmt: skip
+        try:
+            seen = b""
+            while b"up" not in seen:
+                seen += await asyncio.wait_for(term.read(), 30)
+            await term.kill()
+            while await asyncio.wait_for(term.read(), 60):  # before the fix: never b"", a timeout
+                pass
+        finally:
+            term.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        # without the kill inside (``kill_inside``, left out here) the sentry's process outlives
+        # the hang-up; the shared sandbox must not keep it
+        api.run(http, sandbox, f"pkill -KILL -f '^{marker}$' || true")
+
+
+def test_deleting_a_session_ends_what_its_terminal_runs(
+    http: httpx.Client, server: ServerProcess, sandbox: str
+) -> None:
+    """Every process of the terminal's session ends with it, whatever it makes of the hang-up:
+    a job that ignores SIGHUP and a foreground command. Under gVisor they run in the sentry, out
+    of the host's signals: the agent kills them there (``kill_terminal_session``)."""
+    assert http.post(f"/v1/sandbox/{sandbox}/pty", json={"id": "kill"}).status_code == 201
+    markers = ("sleep 3518", "sleep 3519")
+
+    def running() -> list[str]:
+        listed = api.run(http, sandbox, "ps -eo args")["stdout"].splitlines()
+        return [m for m in markers if m in listed]
+
+    with ws(server, sandbox, "kill") as conn:
+        conn.send(f"(trap '' HUP; exec {markers[0]}) & {markers[1]}\n".encode())
+        deadline = time.monotonic() + 30
+        while running() != list(markers):
+            assert time.monotonic() < deadline, running()
+            time.sleep(0.2)
+    assert http.delete(f"/v1/sandbox/{sandbox}/pty/kill").status_code == 204
+    deadline = time.monotonic() + 30
+    while left := running():  # before the fix, under gVisor: both for good
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)
 
 
 def test_auth_and_unknown_sessions(http: httpx.Client, server: ServerProcess, sandbox: str) -> None:
