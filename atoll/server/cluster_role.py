@@ -135,7 +135,7 @@ def drain_mover(settings: Settings, cluster: ClusterRole, manager: SandboxManage
         return None
     return DrainMover(
         manager=manager, registry=registry, placer=placer, node_id=node_id,
-        address=node_address(settings), token=token,
+        address=node_address(settings), token=token, retry_after_s=settings.drain_retry_after_s,
     )  # fmt: skip
 
 

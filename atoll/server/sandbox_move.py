@@ -29,7 +29,7 @@ import httpx
 from atoll._exceptions import APIError, ConflictError, NodeUnreachable
 from atoll._states import State
 from atoll._tasks import cancel_and_wait
-from atoll.cluster.handoff import MOVABLE_PAUSE, RetryBook, SandboxHandoff
+from atoll.cluster.handoff import MOVABLE_PAUSE, RETRY_AFTER_S, RetryBook, SandboxHandoff
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
 from atoll.cluster.registry import DRAINING, NodeRegistry
 from atoll.runtime.base import checkpoint_complete
@@ -82,6 +82,7 @@ class DrainMover:
         address: str,
         token: str,
         tick_s: float = TICK_S,
+        retry_after_s: float = RETRY_AFTER_S,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -91,7 +92,7 @@ class DrainMover:
         self.address = address  # where the targets reach this node's internal paths
         self.token = token
         self.tick_s = tick_s
-        self.retries = RetryBook()
+        self.retries = RetryBook(base_s=retry_after_s)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     node_down_after_s: float = Field(
         default=10.0, gt=0, le=3600, description="Seconds of silence after which a node is marked down."
     )
+    drain_retry_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=300,
+        description="Seconds before a draining node tries again to move a paused sandbox whose move "
+        "failed (then doubled each failure, up to 5 minutes).",
+    )
     cluster_token: str | None = Field(
         default=None,
         min_length=16,

@@ -27,7 +27,10 @@ from tests._support.server import IFACE_PREFIX, INSTANCE, ServerProcess
 
 pytestmark = [pytest.mark.privileged]
 NODES = ("node-a", "node-b")
-MOVE_TIMEOUT_S = 240.0  # generous: a failed try waits 30 s before the next (handoff.RetryBook)
+MOVE_TIMEOUT_S = 240.0  # generous; the nodes try a failed move again after RETRY_AFTER_S
+# shorter than the default 30 s, but not so short that a second try (which sets the sandbox's
+# move_id while under way) could overlap the checks made right after the first one failed
+RETRY_AFTER_S = 10
 
 
 @pytest.fixture
@@ -35,7 +38,13 @@ def cluster(
     postgres: PostgresServer, tmp_path: Path
 ) -> Iterator[tuple[dict[str, NodeProcess], ServerProcess, str, str]]:
     with two_nodes_and_replica(
-        postgres, tmp_path, NODES, first_index=25, replica_tag="v", org_id="org-dm"
+        postgres,
+        tmp_path,
+        NODES,
+        first_index=25,
+        replica_tag="v",
+        org_id="org-dm",
+        node_args=("--drain-retry-after-s", str(RETRY_AFTER_S)),
     ) as c:
         yield c.nodes, c.replica, c.url, c.database
 

@@ -31,6 +31,7 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "node_router_address": ("http://10.0.0.2:7701", {}),
     "heartbeat_interval_s": (3.0, {}),
     "node_down_after_s": (30.0, {}),
+    "drain_retry_after_s": (2.0, {}),
     "cluster_token": ("a-shared-secret-of-32-characters", {}),
     "host": ("0.0.0.0", {}),
     "port": (7800, {}),
