@@ -38,8 +38,11 @@ GONE_TIMEOUT_S = 60.0
 Cluster = tuple[dict[str, NodeProcess], ServerProcess, str, str, Path]
 
 
-@pytest.fixture
-def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def shared_cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the module's tests (~10 s to start each): each test ends with its
+    sandboxes and templates deleted and checks that nothing leaked; ``cluster`` undrains."""
+    tmp_path = tmp_path_factory.mktemp("templates-cluster")
     imports = tmp_path / "imports"  # every node's import directory: whichever imports finds the file
     imports.mkdir()
     # info: the access log shows each internal archive a node serves
@@ -48,6 +51,20 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
         postgres, tmp_path, NODES, node_args=node_args, first_index=28, replica_tag="y", org_id="org-tpl"
     ) as c:
         yield c.nodes, c.replica, c.url, c.database, imports
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster, postgres: PostgresServer) -> Cluster:
+    """The shared cluster with both nodes up and taking sandboxes (a test before drained them)."""
+    nodes, _, url, database, _ = shared_cluster
+    for node_id, node in nodes.items():
+        assert node.proc is not None and node.proc.poll() is None, f"{node_id} is not running"
+        _node_cli(url, "undrain", node_id)
+    deadline = time.monotonic() + GONE_TIMEOUT_S
+    while {_state_of(postgres, database, n) for n in NODES} != {"up"}:
+        assert time.monotonic() < deadline, {n: _state_of(postgres, database, n) for n in NODES}
+        time.sleep(0.5)
+    return shared_cluster
 
 
 def _node_of(postgres: PostgresServer, database: str, sandbox_id: str) -> str:
@@ -70,12 +87,16 @@ def _web_archive(tmp_path: Path, imports: Path) -> str:
     return f"oci-archive:{imports / 'web.tar'}"
 
 
-def _drain(url: str, node_id: str) -> None:
+def _node_cli(url: str, command: str, node_id: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "atoll.cli.main", "node", "drain", node_id, "--database-url", url],
+        [sys.executable, "-m", "atoll.cli.main", "node", command, node_id, "--database-url", url],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _drain(url: str, node_id: str) -> None:
+    _node_cli(url, "drain", node_id)
 
 
 def _archives_served(node: NodeProcess, template_id: str) -> int:
