@@ -64,10 +64,11 @@ def serve(
     from atoll.server.app import create_app
     from atoll.server.limits import LimitedHttpToolsProtocol
 
-    if os.geteuid() != 0:
-        raise typer.BadParameter("atoll serve manages namespaces, cgroups and nftables: run it as root")
     settings = settings_from_options(options)
-    if build_template:
+    # an API replica runs no sandbox: no privilege, and no template of its own (docs/cluster.md)
+    if settings.runs_sandboxes and os.geteuid() != 0:
+        raise typer.BadParameter("atoll serve manages namespaces, cgroups and nftables: run it as root")
+    if build_template and settings.runs_sandboxes:
         _build_default_template(settings.templates_dir)
     if settings.build_templates:
         from atoll.server.template_builds import log_to_stderr

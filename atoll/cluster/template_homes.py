@@ -1,6 +1,7 @@
 """Which node does what with an organisation's imported template (docs/cluster.md, Templates),
 from the node rows alone: the node an API replica sends an import to, and the nodes a node
-lacking a template's files may copy them from (those whose heartbeat lists the template's id).
+lacking a template's files may copy them from (those whose heartbeat lists the template's id),
+and the node whose templates a replica lists.
 
 The import goes to the **up node with the most room** (placement's load: the mean of its
 reserved vCPU and memory fractions; ties by id). A pull and unpack take CPU and disk, and the
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from atoll.cluster.registry import ALIVE, UP
 from atoll.store.models import NodeRow
+from atoll.templates.registry import SYSTEM_PREFIX
 
 
 def load(node: NodeRow) -> float:
@@ -26,6 +28,17 @@ def importer(nodes: Sequence[NodeRow]) -> NodeRow | None:
     """The node an import is sent to; None when no node is up and sized (none takes sandboxes)."""
     fit = [n for n in nodes if n.state == UP and n.cpus > 0 and n.memory_mib > 0]
     return min(fit, key=lambda n: (load(n), n.id), default=None)
+
+
+def lister(nodes: Sequence[NodeRow]) -> NodeRow | None:
+    """The node whose templates an API replica lists (it has none of its own): of the live ones,
+    the one with the most system templates built, then the least loaded."""
+    live = [n for n in nodes if n.state in ALIVE]
+    return min(live, key=lambda n: (-_system_count(n), load(n), n.id), default=None)
+
+
+def _system_count(node: NodeRow) -> int:
+    return sum(1 for name in node.templates or () if name.startswith(SYSTEM_PREFIX))
 
 
 def holders(nodes: Sequence[NodeRow], template_id: str, *, own_id: str | None) -> list[NodeRow]:

@@ -9,34 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import logging
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from fastapi import FastAPI
 
 from atoll import dashboard
-from atoll._exceptions import ServerError
 from atoll._tasks import cancel_and_wait
-from atoll.network import firewall
-from atoll.network.addressing import AddressPlan
-from atoll.network.egress import EgressConfig, EgressService
-from atoll.network.pool import NetworkPool
 from atoll.router import build_router
-from atoll.runtime import helpers, hostlimits, lxcfs, reaping
-from atoll.runtime.base import BACKENDS, RuntimeBackend
-from atoll.runtime.base import resolve as resolve_runtime
-from atoll.runtime.disk import DiskPool
-from atoll.runtime.userns import CLAIMS_DIR, Ranges
 from atoll.server import cluster_role, errors, template_copies
 from atoll.server.activity import Activity, ActivityMiddleware
 from atoll.server.disk_budget import DiskBudget
 from atoll.server.disk_watermark import DiskWatermark
 from atoll.server.forward import ForwardToNodeMiddleware, NodeForwarder
-from atoll.server.host import SandboxHost
 from atoll.server.host_cleanup import clean_host_if_unused
+from atoll.server.host_setup import make_private_dirs, prepare_host, prepare_process
 from atoll.server.limits import BodyLimitMiddleware
 from atoll.server.lsp import LspService
 from atoll.server.manager import SandboxManager
@@ -44,7 +31,7 @@ from atoll.server.metrics import LatencyMiddleware, MetricsService, StateCounter
 from atoll.server.processes import ProcessService
 from atoll.server.pty import PtyManager
 from atoll.server.ratelimit import RateLimitMiddleware, RateLimits
-from atoll.server.reconcile import reconcile
+from atoll.server.reconcile import Report, reconcile
 from atoll.server.routes import (
     filesystem,
     git,
@@ -76,42 +63,10 @@ from atoll.store import db
 from atoll.store.observed import ObservedRepository
 from atoll.store.repo import Repository, SnapshotRepository, new_api_key
 from atoll.templates.catalog import TemplateCatalog
-from atoll.templates.registry import TemplateRegistry
 
 log = logging.getLogger("atoll.server")
 DEFAULT_ORG = "org_default"
 FORWARD_CONNECTIONS = 512  # an API replica's connections to all nodes at once (streams included)
-
-
-def load_backend(settings: Settings, name: str | None = None) -> RuntimeBackend:
-    """The server's default backend, or the one called ``name`` (a template may ask for one)."""
-    default = name is None
-    name = resolve_runtime(settings.runtime) if name is None else name
-    if name not in BACKENDS:
-        raise RuntimeError(f"unknown runtime {name!r} (known: {', '.join(BACKENDS)})")
-    module_name, _, attr = BACKENDS[name].partition(":")
-    cls: Any = getattr(importlib.import_module(module_name), attr)
-    binary = str(settings.runtime_binary) if default and settings.runtime_binary else shutil.which(name)
-    if binary is None:
-        how = "bash scripts/setup-gvisor.sh" if name == "runsc" else f"apt-get install {name}"
-        raise RuntimeError(f"{name} is not installed ({how})")
-    backend: RuntimeBackend = cls(
-        binary=binary, state_root=settings.run_dir / name, cgroup_parent=settings.cgroup_parent
-    )
-    if settings.userns and name in ("crun", "runc"):  # gVisor maps ids in its own kernel (docs/security.md)
-        backend.use_userns()  # type: ignore[attr-defined]  # in its slot's (userns_ranges)
-    log.info("runtime %s (checkpoint %s)", name, "available" if backend.can_checkpoint else "unavailable")
-    return backend
-
-
-def userns_ranges(settings: Settings) -> Ranges | None:
-    """With user namespaces on, each network slot claims a range of host ids and is made in a
-    user namespace mapping it (``atoll.runtime.userns_slot``), which its sandbox joins."""
-    if not settings.userns:
-        return None
-    return Ranges(
-        CLAIMS_DIR, base=settings.userns_base, count=settings.userns_ranges, owner=settings.cgroup_parent
-    )
 
 
 async def bootstrap_keys(repo: Repository, settings: Settings) -> str | None:
@@ -162,15 +117,8 @@ async def _start(
     def undo(what: str, close: Callable[[], Awaitable[object]]) -> None:
         stack.push_async_callback(_closing, what, close)
 
-    for directory in settings.private_dirs:
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)  # sandbox content below: no host user may reach it (docs/security.md)
-    helpers.prepare(settings.helpers_dir)
-    reaping.become_subreaper()
-    hostlimits.raise_shared_tables()  # sandboxes share them: let memory cgroups bound each one
-    undo("lxcfs", functools.partial(lxcfs.stop_if_unused, settings.run_dir))
-    if settings.lxcfs:  # /proc/meminfo etc. of OCI sandboxes show their limits
-        await lxcfs.start(settings.run_dir)
+    make_private_dirs(settings)
+    await prepare_process(settings, undo)
     await asyncio.to_thread(db.upgrade, settings.db_url)
     engine = db.make_engine(settings.db_url, application_name=cluster_role.node_identity(settings))
     undo("the store", engine.dispose)
@@ -184,60 +132,17 @@ async def _start(
             f"\n  Created the first API key (shown once, stored only as a hash):\n\n    {minted}\n",
             flush=True,
         )
-    # no sandbox left: no litter on the host (firewall table, cgroup parents, run directory)
-    undo("host clean-up", functools.partial(clean_host_if_unused, settings, repo))
-    egress = EgressService(
-        EgressConfig(
-            instance=settings.instance,
-            subnet=settings.subnet,
-            deny_cidrs=settings.deny_cidrs,
-            allow_private_cidrs=settings.allow_private_cidrs,
-            upstreams=tuple(settings.dns_upstreams()),
-            upstream_ca_bundle=settings.egress_ca_bundle,
-        )
-    )
-    undo("egress", egress.close)
-    await egress.start()  # binds the resolver and the proxy: the firewall redirects to their ports
-    await firewall.apply(
-        instance=settings.instance,
-        subnet=settings.subnet,
-        iface_prefix=settings.iface_prefix,
-        deny_cidrs=settings.deny_cidrs,
-        dns_port=egress.dns_port,
-        proxy_port=egress.proxy_port,
-        open_cidrs=settings.allow_private_cidrs,
-        closed_cidrs=egress.closed_cidrs,
-    )
-    plan = AddressPlan(settings.subnet, instance=settings.instance, iface_prefix=settings.iface_prefix)
-    pool = NetworkPool(plan, target_size=settings.netns_pool_size, ranges=userns_ranges(settings))
-    undo("network pool", pool.close)
-    disks = None
-    if settings.disk_quota:  # started even when off: it removes a crashed server's pooled disks
-        disks = DiskPool(
-            settings.disk_pool_dir,
-            size_mib=settings.disk_mib,
-            blank_dir=settings.blank_disks_dir,
-            target_size=settings.disk_pool_size,
-        )
-        undo("disk pool", disks.close)
-    host = SandboxHost(
-        settings=settings,
-        backend=load_backend(settings),
-        pool=pool,
-        templates=TemplateRegistry(settings.templates_dir, user_root=settings.user_templates_dir),
-        egress=egress,
-        disks=disks if settings.disk_pool_size > 0 else None,
-        load_backend=functools.partial(load_backend, settings),
-    )
-    for name in BACKENDS:  # a runtime with state on this host may hold leftovers to reconcile
-        if (settings.run_dir / name).is_dir() and name not in host.backends:
-            with contextlib.suppress(ServerError):
-                host.backend_named(name)
+    if settings.runs_sandboxes:  # no sandbox left: no litter on the host (firewall, cgroups, run dir)
+        undo("host clean-up", functools.partial(clean_host_if_unused, settings, repo))
+    pieces = await prepare_host(settings, undo)
+    host, egress, disks = pieces.host, pieces.egress, pieces.disks
     warm = WarmPool(
         host, size=settings.warm_pool_size, template_names=settings.warm_templates, quiet=activity.quiet
     )
     undo("warm pool", warm.close)
-    builds = TemplateBuilds(host.templates, on_built=warm.wake) if settings.build_templates else None
+    builds = None
+    if settings.build_templates and settings.runs_sandboxes:
+        builds = TemplateBuilds(host.templates, on_built=warm.wake)
     disk_budget = DiskBudget(
         settings.data_dir,
         (settings.sandboxes_dir, settings.disk_pool_dir),
@@ -253,8 +158,10 @@ async def _start(
         template_gate=builds.check if builds is not None else None,  # 503 while one builds
     )
     snapshots_service = SnapshotService(manager, SnapshotRepository(repo.sessions))
-    report = await reconcile(manager)
-    report.removed += await snapshots_service.sweep()
+    report = Report()
+    if settings.runs_sandboxes:  # an API replica's host holds none to adopt or remove
+        report = await reconcile(manager)
+        report.removed += await snapshots_service.sweep()
     if disks is not None:
         report.removed += await disks.start()
     ptys, lsp_service, processes = PtyManager(manager), LspService(manager), ProcessService(manager)

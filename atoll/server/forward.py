@@ -23,10 +23,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from atoll._exceptions import NodeUnreachable
+from atoll._exceptions import APIError, AuthenticationError, NodeUnreachable
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
 from atoll.cluster.registry import NodeRegistry, SandboxHome
-from atoll.cluster.template_homes import importer
+from atoll.cluster.template_homes import importer, lister
 from atoll.server import errors, forward_ws
 from atoll.server.cluster_auth import TOKEN_HEADER
 from atoll.server.schemas import CreateSandboxBody, RestoreSnapshotBody
@@ -40,6 +40,8 @@ SANDBOX_PATH = re.compile(r"^/v1/sandbox/(?P<sandbox_id>[^/]+)(?P<rest>/.*)?$")
 SNAPSHOT_PATH = re.compile(r"^/v1/snapshot/(?P<snapshot_id>[^/]+)/?$")
 # an import of an organisation's template: done by a node (docs/cluster.md, Templates)
 TEMPLATE_IMPORT_PATH = re.compile(r"^/v1/template/?$")
+# what a replica reads of templates: the system ones are on the nodes' hosts (docs/cluster.md)
+TEMPLATE_READ_PATH = re.compile(r"^/v1/(templates|template/[^/]+)/?$")
 # headers of one connection, not of the request (RFC 9110 §7.6.1), and the replica's own Host
 HOP_BY_HOP = frozenset(
     {
@@ -125,6 +127,14 @@ class NodeForwarder:
         node = importer(await self.registry.nodes())
         if node is None:
             raise NodeUnreachable("no node of the cluster is up to import the template; retry later")
+        return node.address
+
+    async def node_for_templates(self) -> str:
+        """The node that lists templates for this replica, which holds none: the live one with
+        the most system templates built (``template_homes.lister``); 503 when none is up."""
+        node = lister(await self.registry.nodes())
+        if node is None:
+            raise NodeUnreachable("no node of the cluster is up to list its templates; retry later")
         return node.address
 
     async def create(self, org_id: str, body: CreateSandboxBody, request: Request) -> Response:
@@ -295,7 +305,7 @@ class ForwardToNodeMiddleware:
         try:
             address = None if forwarder is None else await _destination(forwarder, scope)
         except NodeUnreachable as exc:  # no node to send it to: 503 with Retry-After
-            await errors.error_response(errors.http_error(exc))(scope, receive, send)
+            await errors.error_response(await _unreachable(exc, scope))(scope, receive, send)
             return
         if forwarder is None or address is None:
             await self.app(scope, receive, send)
@@ -305,6 +315,17 @@ class ForwardToNodeMiddleware:
             )
         else:
             await forwarder.relay(scope, receive, send, address)
+
+
+async def _unreachable(exc: NodeUnreachable, scope: Scope) -> APIError:
+    """The 503, to a client with a key only: any other gets its 401, as a node would answer."""
+    from atoll.server.auth import require_org  # it imports the services' state, which imports us
+
+    try:
+        await require_org(Request(scope))
+    except AuthenticationError as refused:
+        return refused
+    return errors.http_error(exc)
 
 
 async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
@@ -320,8 +341,12 @@ async def _destination(forwarder: NodeForwarder, scope: Scope) -> str | None:
         return await forwarder.node_for(sandbox["sandbox_id"])
     if (snapshot := SNAPSHOT_PATH.match(path)) is not None and scope.get("method") == "DELETE":
         return await forwarder.node_for_snapshot(snapshot["snapshot_id"])
-    if TEMPLATE_IMPORT_PATH.match(path) and scope.get("method") == "POST" and scope["type"] == "http":
+    if scope["type"] != "http":
+        return None
+    if TEMPLATE_IMPORT_PATH.match(path) and scope.get("method") == "POST":
         return await forwarder.node_for_import()
+    if TEMPLATE_READ_PATH.match(path) and scope.get("method") in ("GET", "HEAD"):
+        return await forwarder.node_for_templates()
     return None
 
 

@@ -270,11 +270,7 @@ class SandboxHost:
 
     async def teardown(self, row: SandboxRow, *, keep_disk: bool) -> None:
         """Release everything the sandbox holds on the host (idempotent)."""
-        for hook in self.teardown_hooks:
-            try:
-                await hook(row.id)
-            except Exception:
-                log.exception("teardown hook failed for %s", row.id)
+        await self.end_sessions(row.id)
         template = self.find_template(row)
         slot = self.slot_of(row)
         if template is not None:
@@ -292,6 +288,14 @@ class SandboxHost:
                 await asyncio.to_thread(remove_host_tree, self.sandbox_dir(row.id))
             except OSError:
                 log.exception("removing %s failed", self.sandbox_dir(row.id))
+
+    async def end_sessions(self, sandbox_id: str) -> None:
+        """What this process holds open into the sandbox (terminals, streams) ends first."""
+        for hook in self.teardown_hooks:
+            try:
+                await hook(sandbox_id)
+            except Exception:
+                log.exception("teardown hook failed for %s", sandbox_id)
 
     # pause and resume -------------------------------------------------------------------
     async def pause(self, row: SandboxRow) -> str:

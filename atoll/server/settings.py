@@ -349,12 +349,20 @@ class Settings(BaseSettings):
         return self.snapshots_root or self.data_dir / "snapshots"
 
     @property
+    def runs_sandboxes(self) -> bool:
+        """False for an API replica, which places sandboxes on nodes (docs/cluster.md)."""
+        return self.role != "api"
+
+    @property
     def run_dir(self) -> Path:
         return Path("/run/atoll") / self.instance
 
     @property
     def private_dirs(self) -> tuple[Path, ...]:
-        """Directories that hold sandbox, snapshot or template content: 0700 root."""
+        """Directories that hold sandbox, snapshot or template content: 0700 root. An API
+        replica holds none of it: only its own state (keys of its router's CA and SSH gateway)."""
+        if not self.runs_sandboxes:
+            return (self.data_dir, self.user_templates_dir)
         dirs = (self.data_dir, self.sandboxes_dir, self.snapshots_dir, self.run_dir.parent, self.run_dir)
         return (*dirs, self.templates_dir, self.user_templates_dir)
 

@@ -39,7 +39,7 @@ class AppServices:
     activity: Activity
     repo: ObservedRepository
     manager: SandboxManager
-    egress: EgressService
+    egress: EgressService | None  # None on an API replica: its nodes' sandboxes have theirs
     disk_watermark: DiskWatermark
     ptys: PtyManager
     lsp: LspService

@@ -15,6 +15,8 @@ from pathlib import Path
 
 DEFAULT_TEMPLATE_NAME = "system/debian:bookworm"
 SYSTEM_PREFIX = "system/"
+# the ids of system templates (fixed by their recipes), never an imported one's ("tpl-" + hex)
+SYSTEM_ID_PREFIX = "tpl-system-"
 # (org id, template name) -> id of the org's template, or None
 NameLookup = Callable[[str, str], Awaitable[str | None]]
 # template id -> nothing once its files are on this host (a cluster node copies them from

@@ -69,8 +69,10 @@ class PostgresServer:
         return f"postgresql+psycopg://{SUPERUSER}@/{database}?host={self.socket_dir}"
 
     def start(self) -> None:
-        shutil.chown(self.root, USER, USER)
-        self.root.chmod(0o700)
+        # the socket's directory: its owner and group root only, so that root with no capability
+        # (an API replica, tests/_support/server.py) reaches the socket as root does
+        shutil.chown(self.root, USER, "root")
+        self.root.chmod(0o710)
         _as_postgres(
             pg_bin("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
             "--no-sync", "-E", "UTF8", "--locale=C",

@@ -30,6 +30,15 @@ API_KEY = "atl_test_" + os.urandom(12).hex()
 PIDS_LIMIT = 256
 DISK_MIB = 1024
 SANDBOX_DOMAIN = "sbx.localhost"
+# util-linux's setpriv: root's capabilities gone (bounding, inheritable and ambient sets), and no
+# way back (no_new_privs): what the API Deployment's securityContext drops (deploy/)
+DROP_ALL_CAPABILITIES = (
+    "setpriv",
+    "--bounding-set=-all",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--no-new-privs",
+)
 
 
 def _ephemeral_low() -> int:
@@ -127,9 +136,19 @@ class ServerProcess:
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"}
 
+    @property
+    def is_api_replica(self) -> bool:
+        return any(
+            a == "--role" and b == "api" for a, b in zip(self.extra_args, self.extra_args[1:], strict=False)
+        )
+
     def argv(self) -> list[str]:
+        # an API replica runs as in production (docs/cluster.md): with no capability at all, and
+        # no template of its own (a directory of them would hide a path that needs the nodes')
+        replica = (*DROP_ALL_CAPABILITIES, "--") if self.is_api_replica else ()
+        own = ("--templates-dir", str(self.data_dir / "no-templates")) if self.is_api_replica else ()
         return [
-            sys.executable, "-m", "atoll.cli.main", "serve",
+            *replica, sys.executable, "-m", "atoll.cli.main", "serve",
             "--host", self.host, "--port", str(self.port),
             "--instance", self.instance, "--data-dir", str(self.data_dir),
             "--iface-prefix", self.iface_prefix, "--subnet", self.subnet,
@@ -143,7 +162,7 @@ class ServerProcess:
             *(["--runtime", self.runtime] if self.runtime else []),
             "--router-port", str(self.router_port), "--sandbox-domain", SANDBOX_DOMAIN,
             *(["--database-url", self.database_url] if self.database_url else []),
-            *self.extra_args,
+            *own, *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 120.0) -> None:

@@ -3,6 +3,8 @@ replica needs is checked before anything starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -30,6 +32,14 @@ def test_an_api_replica_keeps_no_warm_sandboxes(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ATOLL_DATABASE_URL", PG)
     assert Settings().warm_pool_size == 0  # the same from the environment
     assert Settings(role="all", database_url=PG).warm_pool_size == 2  # a node keeps its default
+
+
+def test_an_api_replica_keeps_only_its_own_directories(tmp_path: Path) -> None:
+    replica = Settings(role="api", database_url=PG, data_dir=tmp_path)
+    assert not replica.runs_sandboxes
+    assert replica.private_dirs == (tmp_path, tmp_path / "user-templates")  # no /run/atoll, no sandboxes
+    node = Settings(role="node", database_url=PG, data_dir=tmp_path)
+    assert node.runs_sandboxes and {node.sandboxes_dir, node.run_dir} <= set(node.private_dirs)
 
 
 def test_heartbeats_fit_in_the_down_interval() -> None:

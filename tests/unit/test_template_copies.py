@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, update
 
 from atoll.cluster.registry import DOWN, DRAINING, UP
-from atoll.cluster.template_homes import holders, importer, load
+from atoll.cluster.template_homes import holders, importer, lister, load
 from atoll.server.template_copies import KeyedLocks
 from atoll.store import db
 from atoll.store.models import NodeRow, TemplateRow, utcnow
@@ -45,6 +45,20 @@ def test_an_import_goes_to_the_up_node_with_the_most_room() -> None:
     unsized = _node("u")
     unsized.cpus = 0
     assert importer([unsized, _node("c", DRAINING), _node("d", DOWN)]) is None
+
+
+def test_a_replica_lists_the_templates_of_the_live_node_with_the_most_system_ones() -> None:
+    debian, desktop = "system/debian:bookworm", "system/desktop:v0.1.0"
+    nodes = [
+        _node("idle", templates=[debian, TID, "tpl-1", "tpl-2"]),  # imported ones do not count
+        _node("busy", reserved=3, templates=[debian, desktop]),
+        _node("down", DOWN, templates=[debian, desktop, "system/code-interpreter:v0.1.0"]),
+    ]
+    chosen = lister(nodes)
+    assert chosen is not None and chosen.id == "busy"
+    chosen = lister([*nodes, _node("drained", DRAINING, templates=[debian, desktop])])
+    assert chosen is not None and chosen.id == "drained"  # alive, as many, less loaded
+    assert lister([_node("down", DOWN, templates=[debian])]) is None
 
 
 def test_a_copy_is_asked_of_live_holders_up_ones_first() -> None:

@@ -23,7 +23,7 @@ Org = Annotated[str, Depends(require_org)]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _egress(request: Request) -> EgressService:
+def _egress(request: Request) -> EgressService | None:
     return services(request).egress
 
 
@@ -35,7 +35,12 @@ async def sandbox_network(sandbox_id: str, org: Org, request: Request) -> dict[s
     policy: dict[str, Any] = row.network_policy.wire() if row.network_policy else {"mode": "allow-all"}
     for transform in policy.get("transforms") or ():
         transform["inject_headers"] = {k: "***" for k in transform.get("inject_headers") or {}}
-    return {"id": row.id, "state": row.state, "network_policy": policy, **_egress(request).report(row.id)}
+    return {"id": row.id, "state": row.state, "network_policy": policy, **_report(request, row.id)}
+
+
+def _report(request: Request, sandbox_id: str) -> dict[str, Any]:
+    egress = _egress(request)  # an API replica has none: the sandbox's node answers (forwarded)
+    return egress.report(sandbox_id) if egress is not None else {"attached": False}
 
 
 class _EgressCollector(Collector):
@@ -76,7 +81,8 @@ class _EgressCollector(Collector):
 @router.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
 async def metrics(org: Org, request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_EgressCollector(_egress(request).reports(org)))
+    egress = _egress(request)
+    registry.register(_EgressCollector(egress.reports(org) if egress is not None else {}))
     # the org's sandboxes' resource gauges, state changes and API latencies (atoll.server.metrics)
     registry.register(await collector_for(services(request).metrics, org))
     return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

@@ -38,7 +38,7 @@ from atoll.server.state import services
 from atoll.store.models import TemplateRow
 from atoll.templates import oci
 from atoll.templates.catalog import TemplateCatalog
-from atoll.templates.registry import SYSTEM_PREFIX, Template
+from atoll.templates.registry import SYSTEM_ID_PREFIX, SYSTEM_PREFIX, Template
 
 router = APIRouter(prefix="/v1", tags=["templates"])
 Org = Annotated[str, Depends(require_org)]
@@ -128,7 +128,8 @@ def _system(request: Request) -> list[Template]:
 
 
 def _refuse_system(request: Request, template_id: str, what: str) -> None:
-    if any(t.id == template_id for t in _system(request)):
+    # by id alone too: an API replica has none of the system templates' files (docs/cluster.md)
+    if template_id.startswith(SYSTEM_ID_PREFIX) or any(t.id == template_id for t in _system(request)):
         raise ConflictError(f"system templates cannot be {what}")
 
 
