@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._support import api, cluster
+from tests._support import api, cluster, orphans
 from tests._support.leaks import assert_no_leaks
 from tests._support.postgres import PostgresServer, running_postgres
 from tests._support.server import ServerProcess
@@ -58,6 +58,11 @@ BACKEND_NEUTRAL = (
     "tests/runtime/test_agent_errors.py",
     "tests/runtime/test_agent_pacing.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a killed server's gVisor processes are reaped here at once, not late by the host's PID 1
+    orphans.start()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
