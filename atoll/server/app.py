@@ -190,6 +190,7 @@ async def _start(
     cluster = await cluster_role.start(  # registers and heartbeats on PostgreSQL (docs/cluster.md)
         settings, engine, repo, manager.capacity,
         template_names=host.templates.cached, warm_ready=warm.ready_by_template,
+        runtime=(host.backend.name, host.backend.can_checkpoint),
         ssh_host_key=ssh_public_host_key(settings),  # the API replicas' gateways pin it
     )  # fmt: skip
     undo("cluster membership", cluster.close)

@@ -147,10 +147,12 @@ async def start(
     *,
     template_names: Callable[[], list[str]],
     warm_ready: Callable[[], dict[str, int]],
+    runtime: tuple[str, bool] = ("", False),
     ssh_host_key: str | None = None,
 ) -> ClusterRole:
     """Join the cluster (nothing on SQLite). ``template_names`` and ``warm_ready`` tell each
-    heartbeat what the host has cached and how many warm sandboxes of each template wait;
+    heartbeat what the host has cached and how many warm sandboxes of each template wait,
+    ``runtime`` its default runtime's name and whether it checkpoints;
     ``ssh_host_key`` is the SSH gateway's public key, which replicas pin (None: no gateway)."""
     node_id = node_identity(settings)
     if node_id is None:
@@ -177,7 +179,8 @@ async def start(
                 memory_mib=memory_mib,
                 templates=template_names(),
                 pools=warm_ready(),
-                health={"status": "ok"},
+                # what an API replica's /v1/health says of the cluster (runtime_of_nodes)
+                health={"status": "ok", "runtime": runtime[0], "checkpoint": runtime[1]},
                 router_address=router_address,
                 ssh_address=ssh_address,
                 ssh_host_key=ssh_host_key if ssh_address else None,
@@ -197,3 +200,13 @@ async def start(
     )
     liveness.start()
     return ClusterRole(heartbeat, liveness, node_id=node_id, registry=registry, placer=placer)
+
+
+async def runtime_of_nodes(registry: NodeRegistry) -> tuple[str, bool]:
+    """What an API replica, which runs no sandbox, reports as its runtime: the live nodes' one
+    (``mixed`` when they differ, ``none`` with none live), and whether every live node checkpoints
+    (pause to disk and snapshots work whichever node a sandbox lands on)."""
+    health = [n.health or {} for n in await registry.nodes() if n.state in ALIVE]
+    names = {str(h.get("runtime") or "") for h in health}
+    name = "none" if not names else names.pop() if len(names) == 1 else "mixed"
+    return name, bool(health) and all(h.get("checkpoint") is True for h in health)

@@ -77,6 +77,9 @@ def test_a_replica_without_privileges_serves_and_prepares_nothing_on_its_host(
     _assert_nothing_on_the_host(replica)
 
     with httpx.Client(base_url=replica.base_url, headers=replica.headers, timeout=120) as http:
+        # its health names its node's runtime (it has none): what sandboxes made through it run on
+        own, nodes = httpx.get(f"{node.base_url}/v1/health").json(), http.get("/v1/health").json()
+        assert (nodes["runtime"], nodes["checkpoint"]) == (own["runtime"], own["checkpoint"]), nodes
         # its templates directory is empty: the system templates listed are the node's
         listed = http.get("/v1/templates")
         assert listed.status_code == 200, listed.text

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from atoll._exceptions import NotFoundError
 from atoll.router import ca_path
 from atoll.server import response_models as rm
+from atoll.server.cluster_role import runtime_of_nodes
 from atoll.server.response_models import answers
 from atoll.server.settings import Settings
 from atoll.server.state import services
@@ -27,10 +28,13 @@ def _local_ca(settings: Settings) -> bool:
 async def health(request: Request) -> dict[str, Any]:
     state = services(request)
     manager, settings = state.manager, state.settings
+    runtime, checkpoint = manager.host.backend.name, manager.host.backend.can_checkpoint
+    if state.forwarder is not None:  # an API replica runs none: its nodes' (docs/cluster.md)
+        runtime, checkpoint = await runtime_of_nodes(state.forwarder.registry)
     return {
         "status": "ok",
-        "runtime": manager.host.backend.name,
-        "checkpoint": manager.host.backend.can_checkpoint,
+        "runtime": runtime,
+        "checkpoint": checkpoint,
         # OCI sandboxes in user namespaces of their own (root inside is an unprivileged host uid)
         "userns": getattr(manager.host.backend, "userns", None) is not None,
         "network_pool_ready": manager.host.pool.ready_count,
