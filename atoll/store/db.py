@@ -4,13 +4,16 @@ several processes share state (docs/cluster.md). One set of Alembic migrations s
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -63,7 +66,24 @@ def make_engine(url: str, *, application_name: str | None = None) -> AsyncEngine
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"application_name": application_name[:63]} if application_name else {}
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_async_engine(url, connect_args=connect_args)
+    event.listen(engine.sync_engine, "checkout", _drop_if_server_hung_up)
+    return engine
+
+
+def _drop_if_server_hung_up(_dbapi_connection: object, record: ConnectionPoolEntry, _proxy: object) -> None:
+    """A pooled connection the server has closed (a restart, ``pg_terminate_backend``, an idle
+    timeout) is replaced before use. In place of a ping per checkout (a round trip: ~0.35 ms
+    measured here, and a request checks out several times): an idle connection's socket is
+    readable only when the server hung up or is hanging up, which a poll tells without a round
+    trip. (A server that vanished without closing is not caught, by a ping neither: it hangs.)"""
+    driver = record.driver_connection
+    if driver is None or driver.closed or driver.broken:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(driver.fileno(), select.POLLIN)
+    if poller.poll(0):  # poll, not select: a busy server's fds pass FD_SETSIZE (1024)
+        raise DisconnectionError("the database server closed the connection")
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
