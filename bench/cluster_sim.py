@@ -227,11 +227,8 @@ async def quality(engine: AsyncEngine, policy: PlacementPolicy) -> dict[str, flo
 async def simulate(url: str, args: argparse.Namespace, server_cpu: Callable[[], float] | None) -> None:
     rng = random.Random(args.seed)
     db.upgrade(url)
-    # the pool holds one connection per placer; pinged at each checkout, as db.make_engine's
-    # are (a round trip the statement count below does not see: it is not a cursor's)
-    engine = create_async_engine(
-        db.check_url(url), pool_size=args.concurrency, max_overflow=0, pool_pre_ping=True
-    )
+    # the pool holds one connection per placer, checked at checkout as the servers' are
+    engine = db.make_engine(url, pool_size=args.concurrency)
     beat_engine = create_async_engine(db.check_url(url), pool_size=HEARTBEAT_CONNECTIONS, max_overflow=0)
     policy = PlacementPolicy(cpu_overcommit=args.cpu_overcommit, memory_overcommit=args.memory_overcommit)
     placer = Placer(engine, policy)

@@ -20,7 +20,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ORDER = (
     "lifecycle", "userns", "burst", "snapshots", "density", "router", "egress", "code_interpreter",
-    "processes", "dev_services", "desktop", "dashboard", "cluster",
+    "processes", "dev_services", "desktop", "dashboard", "cluster", "cluster_sim",
 )  # fmt: skip
 TIMEOUT_S = 1800
 STOP_GRACE_S = 120  # for a benchmark stopped at its timeout to clean up

@@ -57,16 +57,20 @@ def upgrade(url: str) -> None:
     command.upgrade(config, "head")
 
 
-def make_engine(url: str, *, application_name: str | None = None) -> AsyncEngine:
+def make_engine(
+    url: str, *, application_name: str | None = None, pool_size: int | None = None
+) -> AsyncEngine:
     """``application_name`` names this process's connections on PostgreSQL (``pg_stat_activity``:
-    which node holds which lock)."""
+    which node holds which lock); ``pool_size``: at most this many connections on PostgreSQL
+    (default: SQLAlchemy's 5, with 10 more when busy)."""
     url = check_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"application_name": application_name[:63]} if application_name else {}
-    engine = create_async_engine(url, connect_args=connect_args)
+    sized = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+    engine = create_async_engine(url, connect_args=connect_args, **sized)
     event.listen(engine.sync_engine, "checkout", _drop_if_server_hung_up)
     return engine
 
