@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -177,7 +178,12 @@ class NodeForwarder:
         return _relayed(answer, background=BackgroundTask(self._keep_room, pending, sandbox_id))
 
     async def _keep_room(self, pending: str, sandbox_id: str) -> None:
-        if not await self.placer.rename(pending, sandbox_id):
+        try:
+            renamed = await self.placer.rename(pending, sandbox_id)
+        except SQLAlchemyError as exc:  # the answer is gone: nobody to tell but the log
+            log.warning("sandbox %s: its room stays provisional (%s): %s", sandbox_id, pending, exc)
+            return
+        if not renamed:
             log.warning("sandbox %s was placed under %s, which no longer holds room", sandbox_id, pending)
 
     async def _undo_create(self, address: str, sandbox_id: str, request: Request) -> None:

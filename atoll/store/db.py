@@ -80,7 +80,9 @@ def _drop_if_server_hung_up(_dbapi_connection: object, record: ConnectionPoolEnt
     timeout) is replaced before use. In place of a ping per checkout (a round trip: ~0.35 ms
     measured here, and a request checks out several times): an idle connection's socket is
     readable only when the server hung up or is hanging up, which a poll tells without a round
-    trip. (A server that vanished without closing is not caught, by a ping neither: it hangs.)"""
+    trip. A false alarm (a parameter the server announces unasked after a configuration reload)
+    costs a new connection. (A server that vanished without closing is not caught, by a ping
+    neither: it hangs.)"""
     driver = record.driver_connection
     if driver is None or driver.closed or driver.broken:
         raise DisconnectionError("the connection is closed")
