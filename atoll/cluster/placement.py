@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, exists, or_, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from atoll._exceptions import ClusterCapacityExhausted
 from atoll._states import State
@@ -153,11 +153,11 @@ class Placer:
         """Put the room placed under ``provisional_id`` (an API replica places before the node
         names the sandbox) under the sandbox's own id; False when nothing was placed under it."""
         async with self.engine.begin() as connection:
-            renamed = await connection.execute(
-                update(PlacementRow)
-                .where(PlacementRow.sandbox_id == provisional_id)
-                .values(sandbox_id=sandbox_id)
-            )
+            return await self._rename(connection, provisional_id, sandbox_id)
+
+    async def _rename(self, connection: AsyncConnection, provisional_id: str, sandbox_id: str) -> bool:
+        which = PlacementRow.sandbox_id == provisional_id
+        renamed = await connection.execute(update(PlacementRow).where(which).values(sandbox_id=sandbox_id))
         return bool(renamed.rowcount)
 
     async def release_ended(self, *, provisional_after_s: float = PROVISIONAL_TTL_S) -> int:
@@ -188,13 +188,29 @@ class Placer:
         """Give the sandbox's room back to its node; False when it held none (released already,
         or never placed)."""
         async with self.engine.begin() as connection:
-            gone = (await connection.execute(self._sql.forget, {"p_sandbox_id": sandbox_id})).first()
-            if gone is None:
-                return False
-            await connection.execute(
-                self._sql.give_back,
-                {"p_node_id": gone.node_id, "p_vcpu": gone.vcpu, "p_memory_mib": gone.memory_mib},
-            )
+            return await self._release(connection, sandbox_id)
+
+    async def transfer(self, provisional_id: str, sandbox_id: str) -> bool:
+        """A sandbox that moved to another node: the room it held (if any) given back and the
+        room placed for it on the new node under ``provisional_id`` put under its id, in one
+        transaction (a mover that dies in between leaves the ledger as it was, never with both
+        rooms given back). False, and nothing changed, when nothing was placed under
+        ``provisional_id``."""
+        async with self.engine.connect() as connection, connection.begin() as transaction:
+            await self._release(connection, sandbox_id)
+            if await self._rename(connection, provisional_id, sandbox_id):
+                return True
+            await transaction.rollback()  # the room the sandbox holds stays held
+        return False
+
+    async def _release(self, connection: AsyncConnection, sandbox_id: str) -> bool:
+        gone = (await connection.execute(self._sql.forget, {"p_sandbox_id": sandbox_id})).first()
+        if gone is None:
+            return False
+        await connection.execute(
+            self._sql.give_back,
+            {"p_node_id": gone.node_id, "p_vcpu": gone.vcpu, "p_memory_mib": gone.memory_mib},
+        )
         return True
 
     @contextlib.asynccontextmanager

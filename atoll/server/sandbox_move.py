@@ -184,8 +184,7 @@ class DrainMover:
         made here directly) is given back and the target's kept under its id, or the target's
         given back."""
         if taken:
-            await self.placer.release(sandbox_id)
-            await self.placer.rename(pending, sandbox_id)
+            await self.placer.transfer(pending, sandbox_id)
         else:
             await self.placer.release(pending)
 

@@ -26,7 +26,7 @@ from atoll.cluster.placement import (
     Placer,
     provisional_id,
 )
-from atoll.cluster.registry import DOWN, NodeRegistry, NodeReport
+from atoll.cluster.registry import DOWN, DRAINING, NodeRegistry, NodeReport
 from atoll.server import errors
 from atoll.server.settings import Settings
 from atoll.store import db
@@ -155,6 +155,30 @@ async def test_a_failed_create_releases_its_room(sessions: async_sessionmaker[As
     async with placer.reservation(request):
         pass  # made: the room stays held until the sandbox is deleted
     assert await _reserved(sessions) == {"n1": (4, 256)}
+
+
+async def test_a_moved_sandboxs_room_is_transferred_in_one_step(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    placer = Placer(sessions.kw["bind"], POLICY)
+    await _node(sessions, "n1")
+    moved = _request()
+    assert (await placer.place(moved)).node_id == "n1"
+    await _node(sessions, "n2")
+    assert await NodeRegistry(sessions).set_draining("n1", True) == DRAINING
+    pending = provisional_id()  # its room on the node it moves to (sandbox_move)
+    target = await placer.place(PlacementRequest(pending, "org-a", DEBIAN, 1, 256))
+    assert target.node_id == "n2"
+    assert await _reserved(sessions) == {"n1": (1, 256), "n2": (1, 256)}
+
+    assert await placer.transfer(pending, moved.sandbox_id)
+    assert await _reserved(sessions) == {"n1": (0, 0), "n2": (1, 256)}
+    async with sessions() as s:
+        placed = (await s.execute(select(PlacementRow.sandbox_id, PlacementRow.node_id))).all()
+    assert [tuple(row) for row in placed] == [(moved.sandbox_id, "n2")]
+    # nothing under the provisional id any more: nothing changes (the room stays held)
+    assert not await placer.transfer(pending, moved.sandbox_id)
+    assert await _reserved(sessions) == {"n1": (0, 0), "n2": (1, 256)}
 
 
 async def test_ended_sandboxes_and_stale_provisional_placements_give_their_room_back(
