@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from atoll.network import egress_trust
 from atoll.network.ca import CertificateAuthority
 from atoll.network.policy import EgressPolicy
 
@@ -46,7 +47,7 @@ class SandboxEgress:
         self.org_id = attachment.org_id
         self.slot = attachment.slot
         self.policy = policy
-        self.ca_dir = attachment.sandbox_dir / "egress"
+        self.ca_dir = attachment.sandbox_dir / egress_trust.CA_DIR
         self.stats = Stats()
         self.learned: dict[ipaddress.IPv4Address, dict[str, float]] = {}
         self._contexts: dict[str, tuple[ssl.SSLContext, float]] = {}

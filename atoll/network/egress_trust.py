@@ -15,6 +15,8 @@ from atoll.runtime.spec import upper_dir
 
 log = logging.getLogger("atoll.egress")
 
+# the sandbox's CA on the host, under its sandbox directory (its key never enters the sandbox)
+CA_DIR = "egress"
 # where the sandbox's CA lands inside it (Debian layout; the env vars make it work elsewhere)
 GUEST_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 GUEST_CA = "usr/local/share/ca-certificates/atoll-egress.crt"
@@ -42,7 +44,7 @@ def install_ca(policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | 
     if not policy.transforms:
         return
     ca = CertificateAuthority.load_or_create(
-        sandbox_dir / "egress",
+        sandbox_dir / CA_DIR,
         f"Atoll egress CA {sandbox_dir.name}",
         permitted=[t.domain for t in policy.transforms],
     )

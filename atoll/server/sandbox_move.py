@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -32,6 +33,7 @@ from atoll._tasks import cancel_and_wait
 from atoll.cluster.handoff import MOVABLE_PAUSE, RETRY_AFTER_S, RetryBook, SandboxHandoff
 from atoll.cluster.placement import PlacementRequest, Placer, provisional_id
 from atoll.cluster.registry import DRAINING, NodeRegistry
+from atoll.network import egress_trust
 from atoll.runtime.base import checkpoint_complete
 from atoll.server import snapshot_transfer, transitions
 from atoll.server.cluster_auth import TOKEN_HEADER
@@ -48,8 +50,17 @@ TICK_S = 2.0  # how often a draining node looks for a paused sandbox to move
 MOVE_TIMEOUT_S = 900.0
 CONNECT_TIMEOUT_S = 5.0
 # what the source streams: the disk layer (the overlay's upper dir) and the memory image; the
-# /etc files, egress files and the runtime's bundle are made again by the target
+# /etc files, egress rules and the runtime's bundle are made again by the target
 ARCHIVED = ("disk/upper", "checkpoint")
+# and, when it has one, the sandbox's own egress CA (TLS transforms): its processes restored from
+# memory trust the CA they loaded before the move (Node reads NODE_EXTRA_CA_CERTS once), so
+# the target's proxy must sign with the same one, not a CA of its own
+ARCHIVED_IF_PRESENT = (egress_trust.CA_DIR,)
+
+
+def archived(sandbox_dir: Path) -> tuple[str, ...]:
+    """The members of a moving sandbox's directory the source streams."""
+    return ARCHIVED + tuple(m for m in ARCHIVED_IF_PRESENT if (sandbox_dir / m).is_dir())
 
 
 def archive_path(sandbox_id: str, move_id: str) -> str:

@@ -1,11 +1,13 @@
 """A draining node's paused sandboxes move to other nodes (issue #22): one real PostgreSQL, two
 nodes and an API replica sharing a cluster token. Sandboxes are made on node A (B drained
-meanwhile); one counts in memory and is paused, one stays running, one is paused too. With
-both nodes draining no node has room: the paused ones stay on A, paused, and one of them
-resumes there. Once B takes sandboxes again, a first try fails on B (its sandboxes directory made
-immutable): the sandbox stays on A, B leaks nothing. The next try moves it to B: same id, still
-paused, A's copy gone; resumed through the replica its counter goes on from the checkpointed
-memory and its file is there. The running ones stay on A."""
+meanwhile); one counts in memory and is paused (its policy terminates TLS for a domain, so it
+has an egress CA of its own), one stays running, one is paused too. With both nodes draining
+no node has room: the paused ones stay on A, paused, and one of them resumes there. Once B
+takes sandboxes again, a first try fails on B (its sandboxes directory made immutable): the
+sandbox stays on A, B leaks nothing. The next try moves it to B: same id, still paused, A's
+copy gone; resumed through the replica its counter goes on from the checkpointed memory, its
+file is there, and it trusts the same egress CA as before (B signs with it). The running ones
+stay on A."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from atoll.network.egress_trust import CA_DIR, GUEST_BUNDLE, GUEST_CA
 from tests._support import api, counter
 from tests._support.cluster import NodeProcess, two_nodes_and_replica
 from tests._support.leaks import assert_no_leaks, host_view, option
@@ -31,6 +34,7 @@ MOVE_TIMEOUT_S = 240.0  # generous; the nodes try a failed move again after RETR
 # shorter than the default 30 s, but not so short that a second try (which sets the sandbox's
 # move_id while under way) could overlap the checks made right after the first one failed
 RETRY_AFTER_S = 10
+TRANSFORMING = {"mode": "allow-all", "transforms": [{"domain": "api.example.test", "inject_headers": {"X-Key": "k"}}]}
 
 
 @pytest.fixture
@@ -97,10 +101,14 @@ def test_a_draining_nodes_paused_sandbox_moves_and_resumes_on_another(
         if not http.get("/v1/health").json().get("checkpoint"):
             pytest.skip("moving a paused sandbox needs a checkpointing runtime on this host")
         _node_cli(url, "drain", b)  # the sandboxes are made on A
-        moving, running, refused = (api.create(http, memory=512)["id"] for _ in range(3))
+        # the moving one terminates TLS for a domain (a transform): its egress CA moves with it
+        moving = api.create(http, memory=512, network_policy=TRANSFORMING)["id"]
+        running, refused = (api.create(http, memory=512)["id"] for _ in range(2))
         assert {_column(postgres, database, sid, "node_id") for sid in (moving, running, refused)} == {a}
         api.run(http, moving, counter.START + "\necho kept > /root/kept\nsleep 1.5\n")
         before = counter.read(http, moving)
+        trusted = api.run(http, moving, f"cat /{GUEST_CA}; grep -c BEGIN /{GUEST_BUNDLE}")["stdout"]
+        assert "BEGIN CERTIFICATE" in trusted, trusted
         api.run(http, refused, "echo here > /root/here")
         for sid in (moving, refused):
             assert http.post(f"/v1/sandbox/{sid}/pause").status_code in (200, 201)
@@ -154,6 +162,10 @@ def test_a_draining_nodes_paused_sandbox_moves_and_resumes_on_another(
         value = counter.read(http, moving)
         assert before <= value < before + 200, (before, value)
         assert api.run(http, moving, "cat /root/kept")["stdout"] == "kept\n"
+        # the CA its processes loaded before the move is the one B's proxy signs with: the same
+        # certificate in its trust store, and no second one added (B made no CA of its own)
+        assert api.run(http, moving, f"cat /{GUEST_CA}; grep -c BEGIN /{GUEST_BUNDLE}")["stdout"] == trusted
+        assert (nodes[b].data_dir / "sandboxes" / moving / CA_DIR).is_dir()
         assert api.run(http, moving, "echo $((6 * 7))")["stdout"] == "42\n"
         assert http.get(f"/v1/sandbox/{moving}").json()["state"] == "running"
         assert _column(postgres, database, moving, "node_id") == b

@@ -75,7 +75,7 @@ async def sandbox_archive(
         raise NotFoundError("no such move of this sandbox is under way here")
     directory = app.manager.host.sandbox_dir(sandbox_id)
     return StreamingResponse(
-        snapshot_transfer.archive(directory, sandbox_move.ARCHIVED), media_type="application/x-tar"
+        snapshot_transfer.archive(directory, sandbox_move.archived(directory)), media_type="application/x-tar"
     )
 
 
