@@ -34,7 +34,10 @@ MOVE_TIMEOUT_S = 240.0  # generous; the nodes try a failed move again after RETR
 # shorter than the default 30 s, but not so short that a second try (which sets the sandbox's
 # move_id while under way) could overlap the checks made right after the first one failed
 RETRY_AFTER_S = 10
-TRANSFORMING = {"mode": "allow-all", "transforms": [{"domain": "api.example.test", "inject_headers": {"X-Key": "k"}}]}
+TRANSFORMING = {
+    "mode": "allow-all",
+    "transforms": [{"domain": "api.example.test", "inject_headers": {"X-Key": "k"}}],
+}
 
 
 @pytest.fixture
