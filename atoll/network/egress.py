@@ -159,8 +159,12 @@ class EgressService:
         return egress_trust.sandbox_env(policy)
 
     @staticmethod
-    def prepare(policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None) -> None:
-        egress_trust.install_ca(policy, sandbox_dir, template_rootfs)
+    def prepare(
+        policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None, snapshot_dir: Path | None
+    ) -> None:
+        """``snapshot_dir``: the snapshot the sandbox was restored from, whose CA it may keep."""
+        inherited = snapshot_dir / egress_trust.CA_DIR if snapshot_dir is not None else None
+        egress_trust.install_ca(policy, sandbox_dir, template_rootfs, inherited)
 
     def _rules(self, slot: Slot, policy: EgressPolicy) -> str:
         return egress_rules.attach(

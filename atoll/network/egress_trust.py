@@ -38,15 +38,20 @@ def sandbox_env(policy: EgressPolicy) -> dict[str, str]:
     return {**{k: f"/{GUEST_BUNDLE}" for k in CA_ENV_BUNDLE}, "NODE_EXTRA_CA_CERTS": f"/{GUEST_CA}"}
 
 
-def install_ca(policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None) -> None:
+def install_ca(
+    policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | None, inherited: Path | None = None
+) -> None:
     """Before boot: for transforms, create (once) the sandbox's CA on the host and install its
-    certificate in the sandbox's trust store (written into the root's upper layer)."""
+    certificate in the sandbox's trust store (written into the root's upper layer). A sandbox
+    restored from a snapshot takes the snapshot's CA (``inherited``) when it permits every
+    transform's domain: processes restored from memory trust the CA they loaded."""
     if not policy.transforms:
         return
+    domains = [t.domain for t in policy.transforms]
+    if inherited is not None and not (sandbox_dir / CA_DIR).exists():
+        _inherit(inherited, sandbox_dir / CA_DIR, domains)
     ca = CertificateAuthority.load_or_create(
-        sandbox_dir / CA_DIR,
-        f"Atoll egress CA {sandbox_dir.name}",
-        permitted=[t.domain for t in policy.transforms],
+        sandbox_dir / CA_DIR, f"Atoll egress CA {sandbox_dir.name}", permitted=domains
     )
     pem = ca.cert_pem
     upper = upper_dir(sandbox_dir)
@@ -64,3 +69,20 @@ def install_ca(policy: EgressPolicy, sandbox_dir: Path, template_rootfs: Path | 
             confined.replace_in_layer(str(upper), path, data.lstrip(b"\n"))
         except (OSError, FileFailure) as exc:  # the sandbox broke its own trust store: boot anyway
             log.warning("sandbox %s: could not install its egress CA at /%s: %s", sandbox_dir.name, path, exc)
+
+
+def _inherit(source: Path, target: Path, domains: list[str]) -> None:
+    """``source``'s CA copied as ``target`` when it signs for all ``domains`` (else a new one
+    is made: a restore may name other transforms than its snapshot did)."""
+    try:
+        ca = CertificateAuthority.load(source)
+    except (OSError, ValueError):  # no CA kept (a snapshot of a sandbox without transforms)
+        return
+    if all(ca.permits(domain) for domain in domains):
+        ca.save(target)
+
+
+def keep_ca(sandbox_dir: Path, snapshot_dir: Path) -> None:
+    """A snapshot keeps its sandbox's CA (when it has one), for the sandboxes restored from it."""
+    if (sandbox_dir / CA_DIR).is_dir():
+        CertificateAuthority.load(sandbox_dir / CA_DIR).save(snapshot_dir / CA_DIR)

@@ -189,7 +189,10 @@ class SandboxHost:
             (etc / "resolv.conf").write_text(self.egress.resolv_conf(slot))
             template = self.find_template(row)
             rootfs = template.rootfs if template else None
-            self.egress.prepare(EgressPolicy.compile(row.network_policy), self.sandbox_dir(row.id), rootfs)
+            base = row.base_snapshot_id
+            restored_from = self.settings.snapshots_dir / base if base else None
+            policy = EgressPolicy.compile(row.network_policy)
+            self.egress.prepare(policy, self.sandbox_dir(row.id), rootfs, restored_from)
 
     # network ----------------------------------------------------------------------------
     def network_files(self, row: SandboxRow, slot: Slot) -> tuple[SandboxRow, dict[str, Any]]:

@@ -28,6 +28,7 @@ from atoll._exceptions import (
 )
 from atoll._policy import NetworkPolicy
 from atoll._states import Event, State
+from atoll.network import egress_trust
 from atoll.runtime.base import RuntimeBackend
 from atoll.runtime.commands import CommandFailed, CommandTimeout, reported_errnos, run
 from atoll.runtime.spec import CheckpointFailed, upper_dir
@@ -171,6 +172,7 @@ class SnapshotService:
         finally:
             if not kill_after:  # not frozen (a freeze cut short by the timeout) is fine
                 await self.manager.host.thaw(row)
+        egress_trust.keep_ca(self.manager.host.sandbox_dir(row.id), directory)  # for its restores
         log.info(
             "snapshot of %s: frozen %.2f s; %d entries checked, %d copied again, %d removed",
             row.id, time.monotonic() - frozen_at, found.checked, found.copied, found.removed,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import atoll
+from atoll.network.egress_trust import GUEST_BUNDLE, GUEST_CA
 from tests._support import api, counter
 from tests._support.server import INSTANCE, ServerProcess
 
@@ -101,6 +102,34 @@ def test_snapshot_restores_into_independent_forks(
     assert not snapshot_dir.exists()
     with pytest.raises(atoll.NotFoundError):
         client.snapshots.get(snapshot.id)
+
+
+def _trusted(sandbox: atoll.Sandbox) -> tuple[str, int]:
+    """The sandbox's egress CA certificate, and how many certificates its trust store holds."""
+    out = sandbox.process.execute(command=f"cat /{GUEST_CA}; grep -c BEGIN /{GUEST_BUNDLE}").stdout
+    certificate, count = out.rstrip("\n").rsplit("\n", 1)
+    assert "BEGIN CERTIFICATE" in certificate, out
+    return certificate, int(count)
+
+
+def test_a_restore_keeps_the_snapshots_egress_ca(client: atoll.Client) -> None:
+    """A policy that terminates TLS gives a sandbox a CA of its own; its processes restored from
+    a snapshot's memory trust that CA only (Node reads NODE_EXTRA_CA_CERTS once), so a restore
+    signs with it, unless the restore names a transform the CA may not sign for."""
+    transform = {"domain": "api.example.test", "inject_headers": {"X-Key": "k"}}
+    policy = {"mode": "allow-all", "transforms": [transform]}
+    source = client.sandboxes.create(memory_mib=512, network_policy=policy)
+    ca, count = _trusted(source)
+    snapshot = source.create_snapshot(name=f"ca-{source.id}")
+    same = client.snapshots.restore(snapshot_name=snapshot.name)
+    assert _trusted(same) == (ca, count)  # the same CA, and no second one in the store
+    other = {"mode": "allow-all", "transforms": [{**transform, "domain": "other.example.test"}]}
+    elsewhere = client.snapshots.restore(snapshot_name=snapshot.name, network_policy=other)
+    own_ca, own_count = _trusted(elsewhere)
+    assert own_ca != ca and own_count == count  # a CA of its own, in the snapshot's one's place
+    for sandbox in (same, elsewhere, source):
+        sandbox.delete()
+    client.snapshots.delete(snapshot.id)
 
 
 def test_kill_sandbox_after_ends_the_source(client: atoll.Client) -> None:
