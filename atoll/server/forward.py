@@ -161,16 +161,18 @@ class NodeForwarder:
         pending = provisional_id()
         wanted = PlacementRequest(pending, org_id, spec.template, spec.vcpu, spec.memory_mib)
         placement = await self.placer.place(wanted)  # ClusterCapacityExhausted: 503 + Retry-After
+        sandbox_id = None
         try:
             answer = await self._send(placement.node_id, placement.address, request, extra_headers)
-            sandbox_id = answer.json()["id"] if answer.status_code == 201 else None
-            if sandbox_id is not None and await request.is_disconnected():
-                await self._undo_create(placement.address, sandbox_id, request)
-        except BaseException:
-            await self.placer.release(pending)
-            raise
+            if answer.status_code == 201:
+                made = answer.json()["id"]
+                if await request.is_disconnected():
+                    await self._undo_create(placement.address, made, request)
+                sandbox_id = made
+        finally:
+            if sandbox_id is None:  # not made, or undone: the room goes back
+                await self.placer.release(pending)
         if sandbox_id is None:
-            await self.placer.release(pending)
             return _relayed(answer)
         # the room goes under the sandbox's id once the answer is on its way: bookkeeping the
         # client need not wait for (a transaction: ~3 ms of a create's ~40). A replica killed
